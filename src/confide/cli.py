@@ -9,29 +9,30 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from confide import __version__
-from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER
+from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
 from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
 from confide.platforms import (
     DCAP_PLATFORMS,
     MAX_EVIDENCE_FILE,
+    AutoTcbEvaluation,
     VerifyRequest,
     detect_platform,
     read_input_file,
-    require_automatic_tcb_evaluation,
-    require_tcb_evaluation,
+    require_minimum,
+    tcb_evaluation_minimum,
     verify_request,
 )
 from confide.termsafe import printable, printable_lines
-from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
+from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = ["main", "parse_time"]
 
@@ -125,9 +126,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--tcb-eval-numbers", "tcb_eval_numbers", type=_PATH, metavar="FILE",
               help="With --min-tcb-eval-number auto: Intel PCS's TCB evaluation data numbers answer"
                    " (default: from the --collateral directory or URL).")  # fmt: skip
-@click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
-              help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number is"
-                   " required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
+@tcb_recovery_grace_option()
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -173,8 +172,7 @@ def evidence_verify(
         auto = min_tcb_eval == AUTO
         if (tcb_eval_numbers is not None or tcb_recovery_grace is not None) and not auto:
             raise UsageError("--tcb-eval-numbers and --tcb-recovery-grace are for --min-tcb-eval-number auto")
-        if auto and chosen not in (Platform.SGX, Platform.TDX):
-            raise UsageError(f"--min-tcb-eval-number auto is for SGX and TDX quotes, got {chosen.value}")
+        minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
         request = VerifyRequest(
             evidence=raw,
             platform=chosen,
@@ -192,18 +190,11 @@ def evidence_verify(
             min_tcb_evaluation_data_number=min_tcb_eval if isinstance(min_tcb_eval, int) else None,
             tcb_evaluation_numbers=auto,
             tcb_evaluation_numbers_file=tcb_eval_numbers,
+            tcb_recovery_grace=minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None,
         )
         result = verify_request(request)
-        if isinstance(min_tcb_eval, int):
-            require_tcb_evaluation(result, min_tcb_eval, "--min-tcb-eval-number")
-        elif auto:
-            result = require_automatic_tcb_evaluation(
-                result,
-                timedelta(
-                    days=DEFAULT_TCB_RECOVERY_GRACE_DAYS if tcb_recovery_grace is None else tcb_recovery_grace
-                ),
-                "--min-tcb-eval-number auto",
-            )
+        if minimum is not None:
+            result = require_minimum(result, minimum, "--min-tcb-eval-number")
     except ConfideError as exc:
         _fail(exc, chosen, as_json)
         return

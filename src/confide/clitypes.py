@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-__all__ = ["AUTO", "MIN_TCB_EVAL_NUMBER", "MinTcbEvalNumber"]
+from confide.platforms import AUTO, MAX_TCB_EVAL_NUMBER, MAX_TCB_RECOVERY_GRACE_DAYS
 
-AUTO = "auto"
+__all__ = ["AUTO", "MIN_TCB_EVAL_NUMBER", "MinTcbEvalNumber", "tcb_recovery_grace_option"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class MinTcbEvalNumber(click.ParamType[int | str, Any]):
@@ -17,7 +20,7 @@ class MinTcbEvalNumber(click.ParamType[int | str, Any]):
     verification time (docs/dcap.md, "Automatic minimum")."""
 
     name = "integer"
-    _range = click.IntRange(1, 0xFFFF_FFFF)
+    _range = click.IntRange(1, MAX_TCB_EVAL_NUMBER)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if value == AUTO:
@@ -30,3 +33,16 @@ class MinTcbEvalNumber(click.ParamType[int | str, Any]):
 
 
 MIN_TCB_EVAL_NUMBER = MinTcbEvalNumber()
+
+
+def tcb_recovery_grace_option(when: str = "With --min-tcb-eval-number auto") -> Callable[[_F], _F]:
+    """``--tcb-recovery-grace DAYS`` (0..3650) of every command that takes
+    ``--min-tcb-eval-number auto`` (``when``: the help's opening words)."""
+    return click.option(
+        "--tcb-recovery-grace",
+        "tcb_recovery_grace",
+        type=click.IntRange(0, MAX_TCB_RECOVERY_GRACE_DAYS),
+        metavar="DAYS",
+        help=f"{when}: days after a TCB recovery event before its number is required (default 365: what"
+        " Intel PCS's standard update serves).",
+    )

@@ -910,7 +910,8 @@ class Cas:
         ignore_advisories: Iterable[str] = (),
         expect_witnesses: int | None = None,
         expect_witness_keys: Iterable[str] = (),
-        min_tcb_eval_number: int | None = None,
+        min_tcb_eval_number: int | str | None = None,
+        tcb_recovery_grace_days: int | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -922,7 +923,12 @@ class Cas:
         bytes; ``measurements``: hex, one of which the CAS must run; ``expect``: claim to
         allowed values; ``collateral``: SGX/TDX DCAP collateral location; ``tolerate``: policy
         tolerances such as ``outdated-tcb``; ``expect_witnesses``/``expect_witness_keys``: the
-        attested witness quorum). :attr:`attestation` keeps what was verified.
+        attested witness quorum; ``min_tcb_eval_number``: an integer, or ``"auto"``, the number
+        Intel's TCB evaluation data numbers require at ``at`` after ``tcb_recovery_grace_days``
+        (default 365), which needs ``collateral`` a PCS directory or URL: ``--min-tcb-eval-number
+        N|auto`` and ``--tcb-recovery-grace``). :attr:`attestation` keeps what was verified (with
+        ``"auto"``, the requirement and its reason in ``attestation.evidence.details
+        ["required_tcb_evaluation"]``).
 
         ``measurements`` (or an ``expect`` of the platform's measurement claim) is required:
         evidence alone proves only that *some* code runs in a TEE, and ``cas attest`` without
@@ -934,8 +940,13 @@ class Cas:
         claim), ``AppraisalError`` (a debug TEE, a TCB status not tolerated, a witness quorum
         below the expectation), ``BindingError``, ``SignatureError`` and the other
         ``VerificationError`` classes, ``NetworkError``, ``UsageError`` for malformed options."""
-        from confide.cas.pin import MEASUREMENT_CLAIMS, WitnessExpectation, attest_cas  # noqa: PLC0415
-        from confide.collateral.dcap import source_for  # noqa: PLC0415
+        from confide.cas.pin import (  # noqa: PLC0415
+            MEASUREMENT_CLAIMS,
+            WitnessExpectation,
+            attest_cas,
+            attest_collateral,
+        )
+        from confide.platforms import tcb_evaluation_minimum  # noqa: PLC0415
         from confide.policy.model import Tolerance  # noqa: PLC0415
 
         expected = []
@@ -962,16 +973,16 @@ class Cas:
         for claim, values in (expect or {}).items():
             if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
                 raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
-        # as cas attest's --expect-witnesses and --min-tcb-eval-number (click.IntRange) take them
-        for option, value, top in (
-            ("expect_witnesses", expect_witnesses, None),
-            ("min_tcb_eval_number", min_tcb_eval_number, 0xFFFF_FFFF),
-        ):
-            if value is not None and (
-                type(value) is not int or value < 1 or (top is not None and value > top)
-            ):
-                bound = "at least 1" if top is None else f"1 to {top}"
-                raise UsageError(f"{option}: got {value!r}, expected an integer, {bound}")
+        # as cas attest's --expect-witnesses (click.IntRange) takes it
+        if expect_witnesses is not None and (type(expect_witnesses) is not int or expect_witnesses < 1):
+            raise UsageError(f"expect_witnesses: got {expect_witnesses!r}, expected an integer, at least 1")
+        # as cas attest's --min-tcb-eval-number N|auto and --tcb-recovery-grace (the same check)
+        minimum = tcb_evaluation_minimum(
+            min_tcb_eval_number,
+            tcb_recovery_grace_days,
+            option="min_tcb_eval_number",
+            grace_option="tcb_recovery_grace_days",
+        )
         witness_expectation = WitnessExpectation.of(
             expect_witnesses, tuple(expect_witness_keys), "expect_witness_keys"
         )
@@ -984,12 +995,17 @@ class Cas:
             sim_key_pem=key_pem,
             at=at,
             measurements=tuple(expected),
-            collateral=source_for(collateral) if collateral else None,
+            collateral=attest_collateral(
+                collateral,
+                minimum,
+                option="min_tcb_eval_number='auto'",
+                collateral_option="collateral= a PCS directory or URL",
+            ),
             tolerate=tolerances,
             ignore_advisories=tuple(ignore_advisories),
             expect={k: tuple(v) for k, v in (expect or {}).items()},
             expect_witnesses=witness_expectation,
-            min_tcb_evaluation_data_number=min_tcb_eval_number,
+            min_tcb_evaluation_data_number=minimum,
         )
         client = CasClient(url, pinned.certificate_pem, timeout=timeout)
         return cls(
@@ -1884,7 +1900,8 @@ class AsyncCas:
         ignore_advisories: Iterable[str] = (),
         expect_witnesses: int | None = None,
         expect_witness_keys: Iterable[str] = (),
-        min_tcb_eval_number: int | None = None,
+        min_tcb_eval_number: int | str | None = None,
+        tcb_recovery_grace_days: int | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -1895,7 +1912,8 @@ class AsyncCas:
             Cas.attested, url, sim_key=sim_key, measurements=tuple(measurements), expect=expect,
             collateral=collateral, tolerate=tuple(tolerate), ignore_advisories=tuple(ignore_advisories),
             expect_witnesses=expect_witnesses, expect_witness_keys=tuple(expect_witness_keys),
-            min_tcb_eval_number=min_tcb_eval_number, any_measurement=any_measurement, at=at,
+            min_tcb_eval_number=min_tcb_eval_number, tcb_recovery_grace_days=tcb_recovery_grace_days,
+            any_measurement=any_measurement, at=at,
             sim_dir=sim_dir, timeout=timeout,
         )  # fmt: skip
         return cls(await asyncio.to_thread(call))

@@ -722,6 +722,60 @@ def _cert_sha(path: Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _ledger_argv(command: str, tmp_path: Path, setup: dict[str, object], *extra: str) -> list[str]:  # noqa: F811
+    db, keys = setup["db"], setup["keys"]
+    assert isinstance(keys, dict)
+    if command == "serve":
+        return ["serve", "--log-db", str(db), "--listen", "127.0.0.1:0", *extra]
+    return ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+            "--log", keys["log"], "--listen", "127.0.0.1:0", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["serve", "witness"])
+def test_ledger_metrics_listener_requires_client_certificates(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    command: str,
+) -> None:
+    """ledger serve and ledger witness serve with --metrics-client-ca (docs/ledger.md "Metrics
+    and refusals"), over real TLS 1.3 and 1.2: no client certificate, or one of another CA, gets
+    no HTTP at all; one of the bundle's CA is served (with the token: both are required) and
+    counted by its certificate."""
+    server_ca, cert, key = tls_server_files(tmp_path, "metrics")
+    ca_a, issuer_a = tls_client_ca(tmp_path, "a")
+    _ca_b, issuer_b = tls_client_ca(tmp_path, "b")
+    client_a = tls_client_files(tmp_path, "scraper-a", issuer_a)
+    client_b = tls_client_files(tmp_path, "scraper-b", issuer_b)
+    argv = _ledger_argv(
+        command, tmp_path, setup, "--metrics-listen", "127.0.0.1:0", "--metrics-token-file",
+        str(_token_file(tmp_path, f"prometheus:{TOKEN}\n")), "--metrics-cert", str(cert), "--metrics-key",
+        str(key), "--metrics-client-ca", str(ca_a),
+    )  # fmt: skip
+    proc, _url, metrics_url = _start_ledger(argv)
+    try:
+        assert metrics_url.startswith("https://127.0.0.1:"), metrics_url
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            served = _scrape(metrics_url, server_ca, client_a, TOKEN, version)
+            assert isinstance(served, tuple) and served[0] == 200, served
+            assert "confide_ledger_http_requests_total" in served[1]
+            assert _scrape(metrics_url, server_ca, None, TOKEN, version) == "refused"
+            assert _scrape(metrics_url, server_ca, client_b, TOKEN, version) == "refused"
+        unauthorized = _scrape(metrics_url, server_ca, client_a)  # the certificate alone: the token too
+        assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
+        served = _scrape(metrics_url, server_ca, client_a, TOKEN)
+        assert isinstance(served, tuple) and served[0] == 200
+        sha_a = _cert_sha(client_a[0])
+        assert (
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 3.0'
+            in served[1]
+        ), served[1]
+        assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]
+    finally:
+        rest = _stop(proc)
+    assert TOKEN not in rest and "Traceback" not in rest, rest
+
+
+@pytest.mark.parametrize("command", ["cas", "serve", "witness"])
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -733,15 +787,25 @@ def _cert_sha(path: Path) -> str:
           "--metrics-client-ca", "{missing}"), "--metrics-client-ca '{missing}': does not exist"),
     ],
 )  # fmt: skip
-def test_bad_metrics_client_ca_options_exit_2(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
-    """Refused before anything is written (the data directory not created), one line, exit 2."""
+def test_bad_metrics_client_ca_options_exit_2(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    command: str,
+    args: tuple[str, ...],
+    says: str,
+) -> None:
+    """cas serve, ledger serve and ledger witness serve alike: refused before anything is
+    written (the CAS's data directory not created), one line, exit 2, no key material in it."""
     _, cert, key = tls_server_files(tmp_path, "metrics")
     ca, _issuer = tls_client_ca(tmp_path, "a")
     values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem")}
+    extra = [a.format(**values) for a in args]
+    if command == "cas":
+        argv = ["cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev", *extra]
+    else:
+        argv = ["ledger", *_ledger_argv(command, tmp_path, setup, *extra)]
     r = subprocess.run(
-        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev",
-         *(a.format(**values) for a in args)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "confide", *argv], capture_output=True, text=True, timeout=60, check=False,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
     )  # fmt: skip
     assert r.returncode == 2, r.stderr

@@ -25,7 +25,7 @@ from cas_inproc import RuntimeKey, last_attestation, production_cas, refused, si
 from cli import run_confide
 from confide import errors
 from confide.cas.verifier import PlatformVerifier
-from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource, source_for
+from confide.collateral.dcap import BundleFileSource, PcsDirectorySource, PcsHttpSource, source_for
 from confide.errors import PolicyError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral, TcbEvaluationNumbersText
@@ -579,20 +579,28 @@ def test_cas_with_a_fake_pcs(tmp_path: Path, grace_days: int) -> None:
         path = serve_tcb_evaluation_numbers(pcs, "sgx", SGX_AUG.read_bytes(), CHAIN)
         cas, _verifier = _pcs_cas(tmp_path, pcs.url, grace_days)
         body = RuntimeKey(cas).body(policy="app", service="svc", platform="sgx", evidence=SGX.quote_bytes())  # type: ignore[arg-type]
-        job = cas.collateral_job(body)  # type: ignore[attr-defined]
-        assert job is not None
-        job.run()
-        assert path in pcs.requests  # fetched with the collateral, before phase 1
-        if grace_days == 0:
-            refused(
-                cas,
-                body,
-                errors.CollateralOutdatedError,
-                r"expected at least 20 \(cas serve --min-tcb-eval-number auto: ",
-            )  # type: ignore[arg-type]
-        else:
+        # A request's own bundle carries no list: the CAS's, from its source (read before phase
+        # 1, from the source's disk cache by then), judges it as it judges its own collateral.
+        own = RuntimeKey(cas).body(  # type: ignore[arg-type]
+            policy="app", service="svc", platform="sgx", evidence=SGX.quote_bytes(),
+            aux={"collateral": SGX.collateral_bytes()},
+        )  # fmt: skip
+        for request, fetches_list in ((body, True), (own, False)):
+            asked = len(pcs.requests)
+            job = cas.collateral_job(request)  # type: ignore[attr-defined]
+            assert job is not None and job.fetch is not None
+            job.run()
+            # the list fetched with the collateral, before phase 1; then from the disk cache
+            assert (path in pcs.requests[asked:]) == fetches_list
+            assert fetches_list or pcs.requests[asked:] == []
+            if grace_days == 0:
+                refused(
+                    cas, request, errors.CollateralOutdatedError,
+                    r"expected at least 20 \(cas serve --min-tcb-eval-number auto: ",
+                )  # type: ignore[arg-type]  # fmt: skip
+                continue
             # verified (the list's minimum is 17), then refused: a real quote binds no fresh key
-            refused(cas, body, errors.BindingError, "report data got")  # type: ignore[arg-type]
+            refused(cas, request, errors.BindingError, "report data got")  # type: ignore[arg-type]
             recorded = last_attestation(cas)["tcb_evaluation"]  # type: ignore[arg-type]
             assert {k: recorded[k] for k in ("tcb_info", "qe_identity", "required")} == {
                 "tcb_info": 17, "qe_identity": 17, "required": 17,
@@ -601,12 +609,6 @@ def test_cas_with_a_fake_pcs(tmp_path: Path, grace_days: int) -> None:
                 "TCB recovery event of 2024-03-12T00:00:00Z (tcbEvaluationDataNumber 17)"
                 in recorded["reason"]
             )
-        # A request's own bundle carries no list: refused under auto.
-        own = RuntimeKey(cas).body(  # type: ignore[arg-type]
-            policy="app", service="svc", platform="sgx", evidence=SGX.quote_bytes(),
-            aux={"collateral": SGX.collateral_bytes()},
-        )  # fmt: skip
-        refused(cas, own, errors.CollateralMissingError, "without Intel's TCB evaluation data numbers")  # type: ignore[arg-type]
 
 
 def test_cas_serve_options() -> None:
@@ -714,6 +716,8 @@ def test_prepare_wires_auto_into_the_source(tmp_path: Path) -> None:
         assert verifier.min_tcb_evaluation_data_number == auto
         source = verifier.dcap_source
         assert isinstance(source, PcsHttpSource | PcsDirectorySource) and source.tcb_evaluation_numbers
+        if isinstance(source, PcsHttpSource):  # and keeps what is below the minimum off its disk
+            assert source.tcb_recovery_grace == timedelta(days=30)
     fixed, *_ = prepare(
         tmp_path / "fixed", host="127.0.0.1", dev=False, db_url=None, collateral="https://pccs.example:8081",
         min_tcb_evaluation_data_number=18,
@@ -722,3 +726,211 @@ def test_prepare_wires_auto_into_the_source(tmp_path: Path) -> None:
     source = fixed.verifier.dcap_source
     assert isinstance(source, PcsHttpSource) and not source.tcb_evaluation_numbers
     assert source.min_tcb_evaluation_data_number == 18
+
+
+# --- a request's own bundle under cas serve ... auto: the CAS's list -------------------------------------
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_requests_bundle_is_judged_by_the_cas_list(tmp_path: Path, prefetch: bool) -> None:
+    """``cas serve --collateral DIR --min-tcb-eval-number auto``: a request that sends its own
+    dcap-qvl bundle (which has no list) is judged by the list of the CAS's source for the TEE
+    type, verified with the bundle (the same minimum as for the CAS's own collateral), whether
+    the list was read by the prefetch or, without one, by phase 1. A source without a list for
+    that TEE type: refused (``CollateralMissingError``), never judged without a minimum."""
+    from confide.verify.result import Platform
+
+    aux = {"collateral": SGX.collateral_bytes()}
+    d = _sgx_directory(tmp_path, SGX_JUN, SGX_AUG)
+    for grace_days, required in ((365, 17), (0, 20)):
+        verifier = PlatformVerifier(
+            dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
+            min_tcb_evaluation_data_number=AutoTcbEvaluation(timedelta(days=grace_days)),
+        )
+        job = verifier.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+        assert job is not None
+        prefetched = job.run() if prefetch else None
+        if required == 17:
+            v = verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+            assert v.tcb_evaluation_numbers is not None
+            assert v.tcb_evaluation_numbers.issue_date == t("2025-08-15T05:15:31Z")  # the newest, the CAS's
+            assert v.details["required_tcb_evaluation"]["required"] == 17  # type: ignore[index]
+        else:
+            with pytest.raises(errors.CollateralOutdatedError, match="expected at least 20"):
+                verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+    # With N (not auto), a request's bundle is judged by N alone: no list is read.
+    fixed = PlatformVerifier(dcap_source=PcsDirectorySource(d), min_tcb_evaluation_data_number=17)
+    assert fixed.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time) is None
+    v = fixed.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+    assert v.tcb_evaluation_numbers is None
+    # A source without the SGX list: refused with the source's reason.
+    for listed in d.glob("tcbeval-*.json"):
+        listed.unlink()
+    bare = PlatformVerifier(
+        dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
+        min_tcb_evaluation_data_number=AutoTcbEvaluation(),
+    )
+    job = bare.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+    assert job is not None
+    for prefetched in (job.run(), None):
+        with pytest.raises(errors.CollateralMissingError, match="has no TCB evaluation data numbers for SGX"):
+            bare.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+
+
+# --- evidence verify --platform az-tdx-vtpm --min-tcb-eval-number auto ------------------------------------
+
+
+def test_cli_az_tdx_vtpm_automatic_minimum(tmp_path: Path) -> None:
+    """Azure TDX vTPM evidence: its TD quote's collateral and Intel's TDX list (a file, or the
+    PCS directory), judged as a TDX quote's."""
+    evidence = ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json"
+    case = next(
+        c for c in CASES if c.quote == "tdx/trustee-az-tdx-vtpm/td-quote.bin" and "1025" in c.collateral
+    )
+    base = ("evidence", "verify", evidence, "--platform", "az-tdx-vtpm", "--at", case.at, "--json")
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto",
+                    "--tcb-eval-numbers", TDX_OCT)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    details = json.loads(r.stdout)["details"]
+    assert details["required_tcb_evaluation"]["required"] == 17
+    assert details["tcb_evaluation_numbers"]["id"] == "TDX"
+    d = _directory_from_bundle(tmp_path, case, TDX_OCT)
+    r = run_confide(*base, "--collateral", d, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "0")
+    assert r.returncode == errors.CollateralOutdatedError.exit_code, r.stdout + r.stderr
+    assert "expected at least 20 (--min-tcb-eval-number auto: " in json.loads(r.stdout)["error"]["message"]
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto")
+    assert json.loads(r.stdout)["error"]["class"] == "CollateralMissingError"  # a bundle, no list given
+    # the SGX list for a TD quote: refused
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto",
+                    "--tcb-eval-numbers", SGX_AUG)  # fmt: skip
+    assert json.loads(r.stdout)["error"]["class"] == "CollateralError"
+
+
+# --- cas attest / Cas.attested --min-tcb-eval-number auto ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grace_days", "error"), [(400, errors.BindingError), (0, errors.CollateralOutdatedError)]
+)
+def test_cas_attest_automatic_minimum(tmp_path: Path, grace_days: int, error: type[Exception]) -> None:
+    """``cas attest --collateral DIR --min-tcb-eval-number auto``: the CAS's evidence is judged
+    by the minimum Intel's list (from the directory) requires, before its binding is checked (a
+    real quote binds no certificate of this test: verified, it fails there)."""
+    from confide.cas.pin import attest_collateral, verify_cas_evidence
+
+    minimum = AutoTcbEvaluation(timedelta(days=grace_days))
+    source = attest_collateral(str(_directory_from_bundle(tmp_path, TDX, TDX_OCT)), minimum)
+    assert isinstance(source, PcsDirectorySource) and source.tcb_evaluation_numbers
+    doc = {"platform": "tdx", "evidence": base64.b64encode(TDX.quote_bytes()).decode(), "log_key": "k"}
+    match = (
+        r"expected at least 20 \(cas attest --min-tcb-eval-number auto: Intel's"
+        if grace_days == 0
+        else "not bound"
+    )
+    with pytest.raises(error, match=match):
+        verify_cas_evidence(
+            b"not a certificate", json.dumps(doc).encode(), sim_key_pem=None, at=TDX.time, collateral=source,
+            min_tcb_evaluation_data_number=minimum,
+        )  # fmt: skip
+    # a bundle has no list; no collateral at all brings none either
+    for location in (str(ASSETS / TDX.collateral), None):
+        with pytest.raises(errors.UsageError, match=r"needs --collateral DIR\|URL"):
+            attest_collateral(location, minimum)
+    assert isinstance(attest_collateral(str(ASSETS / TDX.collateral), 17), BundleFileSource)  # N: as before
+    assert attest_collateral(None, 17) is None
+    url = attest_collateral("https://pccs.example:8081", minimum)
+    assert isinstance(url, PcsHttpSource) and url.tcb_evaluation_numbers
+    assert url.tcb_recovery_grace == timedelta(days=grace_days)
+
+
+def test_cli_cas_attest_and_ui_take_auto() -> None:
+    """Refused before the CAS is asked anything (an unreachable URL would be a NetworkError)."""
+    bundle = ASSETS / TDX.collateral
+    for command in (("cas", "attest"), ("ui", "--attest", "--measurement", "ab" * 48)):
+        assert "N|auto" in run_confide(*command[:1], *command[1:2], "--help").stdout
+        env = {"CONFIDE_CAS_URL": "https://127.0.0.1:1"}
+        url = ("https://127.0.0.1:1",) if command[0] == "cas" else ()
+        r = run_confide(*command, *url, "--min-tcb-eval-number", "auto", "--collateral", bundle, env=env)
+        assert r.returncode == 2 and "--min-tcb-eval-number auto needs --collateral DIR|URL" in r.stderr, (
+            r.stderr
+        )
+        r = run_confide(*command, *url, "--min-tcb-eval-number", "17", "--tcb-recovery-grace", "3", env=env)
+        assert r.returncode == 2 and "--tcb-recovery-grace is for --min-tcb-eval-number auto" in r.stderr, (
+            r.stderr
+        )
+        r = run_confide(
+            *command, *url, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "-1", env=env
+        )
+        assert r.returncode == 2, r.stderr
+    r = run_confide("ui", "--min-tcb-eval-number", "auto")
+    assert r.returncode == 2 and "are for --attest" in r.stderr
+
+
+def test_http_source_keeps_collateral_below_the_automatic_minimum_out_of_its_disk_cache(
+    tmp_path: Path,
+) -> None:
+    """A URL source under ``--min-tcb-eval-number auto`` (``tcb_recovery_grace``) treats the
+    minimum its list sets at its clock as a fixed ``N``: a TCB Info or QE Identity below it is
+    neither served from its disk cache nor kept, but asked for again, and refused with the
+    list's reason when the service answers it again; at or above it, cached as before."""
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    fmspc, ca = pck_info(quote)
+    real = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())  # evaluation 17
+
+    def source(grace_days: int) -> PcsHttpSource:
+        made = source_for(
+            pcs.url,
+            cache_dir=tmp_path,
+            tcb_evaluation_numbers=True,
+            tcb_recovery_grace=timedelta(days=grace_days),
+        )
+        assert isinstance(made, PcsHttpSource)
+        made.clock = lambda: SGX.time
+        return made
+
+    with fake_pcs() as pcs:
+        pcs.serve(SGX.quote_bytes(), real)
+        serve_tcb_evaluation_numbers(pcs, "sgx", SGX_AUG.read_bytes(), CHAIN)
+        coll = source(365).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)  # minimum 17: kept
+        asked = len(pcs.requests)
+        assert source(365).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee) == coll
+        assert len(pcs.requests) == asked  # all from the disk cache
+        with pytest.raises(
+            errors.CollateralOutdatedError,
+            match=r"tcbEvaluationDataNumber 17, expected at least 20 \(.*--min-tcb-eval-number auto: Intel's",
+        ):
+            source(0).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)  # minimum 20
+        tcb_asked = [r for r in pcs.requests[asked:] if "/tcb?" in r]
+        assert len(tcb_asked) == 1  # the cached TCB Info was not served: asked for again
+        # without the grace (the list only brought along), nothing changes
+        plain = source_for(pcs.url, cache_dir=tmp_path, tcb_evaluation_numbers=True)
+        assert isinstance(plain, PcsHttpSource) and plain.tcb_recovery_grace is None
+
+
+def test_memory_cache_rejudges_an_entry_when_the_automatic_minimum_rises(tmp_path: Path) -> None:
+    """``cas serve --collateral URL --min-tcb-eval-number auto``: collateral in the CAS's memory
+    is not served once the minimum its list sets at an attestation's time rises above it (a
+    grace period ended while it was held), though its nextUpdate is still ahead: the prefetch
+    asks the source again. Without the grace (the list only), or with N, it is served."""
+    from confide.cas.pcs import DcapCollateralCache, DcapKey
+
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    key = DcapKey(*pck_info(quote), quote.tee)
+    real = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())  # evaluation 17
+    # evaluation 18's recovery event (2024-11-12) + grace falls five days after SGX.time
+    grace_days = (SGX.time + timedelta(days=5) - t("2024-11-12T00:00:00Z")).days
+    later = SGX.time + timedelta(days=6)
+    with fake_pcs() as pcs:
+        pcs.serve(SGX.quote_bytes(), real)
+        serve_tcb_evaluation_numbers(pcs, "sgx", SGX_AUG.read_bytes(), CHAIN)
+        for with_grace, served_later in ((True, False), (False, True)):
+            source = source_for(
+                pcs.url, cache_dir=tmp_path / str(with_grace), tcb_evaluation_numbers=True,
+                tcb_recovery_grace=timedelta(days=grace_days) if with_grace else None,
+            )  # fmt: skip
+            assert isinstance(source, PcsHttpSource)
+            source.clock = lambda: SGX.time
+            cache = DcapCollateralCache(source)
+            cache.get(key, SGX.time)
+            assert cache.cached(key, SGX.time) is not None  # minimum 17 at SGX.time
+            assert (cache.cached(key, later) is not None) == served_later, with_grace

@@ -127,7 +127,12 @@ def test_a_malformed_board_answer_is_a_parse_error_before_anything_is_signed(
     assert signed == []
 
 
-UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting would be a NetworkError
+UNREACHABLE = "https://127.0.0.1:1"
+# a dcap-qvl collateral bundle: it has no TCB evaluation data numbers
+BUNDLE = (
+    Path(__file__).parents[1]
+    / "assets/sgx/automata-dcap-attestation/collateral_0825_00606a000000.dcapqvl.json"
+)  # a call that got as far as connecting would be a NetworkError
 
 
 @pytest.mark.parametrize(
@@ -148,8 +153,20 @@ UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting woul
         ({"any_measurement": True, "min_tcb_eval_number": 0}, "min_tcb_eval_number: got 0"),
         ({"any_measurement": True, "min_tcb_eval_number": "17"}, "min_tcb_eval_number: got '17'"),
         ({"any_measurement": True, "min_tcb_eval_number": 1 << 32}, "min_tcb_eval_number: got 4294967296"),
+        ({"any_measurement": True, "min_tcb_eval_number": True}, "min_tcb_eval_number: got True"),
+        # or "auto" (cas attest --min-tcb-eval-number auto), with a PCS directory or URL only
+        ({"any_measurement": True, "min_tcb_eval_number": "Auto"}, "min_tcb_eval_number: got 'Auto'"),
+        ({"any_measurement": True, "min_tcb_eval_number": "auto"}, "needs collateral= a PCS directory or URL"),
+        ({"any_measurement": True, "min_tcb_eval_number": "auto", "collateral": str(BUNDLE)},
+         "min_tcb_eval_number='auto' needs collateral= a PCS directory or URL"),
+        ({"any_measurement": True, "min_tcb_eval_number": "auto", "tcb_recovery_grace_days": -1},
+         "tcb_recovery_grace_days: got -1"),
+        ({"any_measurement": True, "min_tcb_eval_number": "auto", "tcb_recovery_grace_days": "30"},
+         "tcb_recovery_grace_days: got '30'"),
+        ({"any_measurement": True, "min_tcb_eval_number": 17, "tcb_recovery_grace_days": 30},
+         "tcb_recovery_grace_days is for min_tcb_eval_number auto"),
     ],
-)
+)  # fmt: skip
 def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any], match: str) -> None:
     """cas attest without --measurement prints the measurement for a person to check; a script
     gets no such line, so Cas.attested wants the measurement (or any_measurement=True). Its
@@ -158,12 +175,15 @@ def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any
         Cas.attested(UNREACHABLE, sim_key=b"unused", **options)
 
 
-def test_attested_with_a_measurement_claim_or_any_measurement_goes_on_to_connect() -> None:
+def test_attested_with_a_measurement_claim_or_any_measurement_goes_on_to_connect(tmp_path: Path) -> None:
     for options in (
         {"measurements": ["ab" * 48]},
         {"expect": {"mr_td": ["ab" * 48]}},
         {"any_measurement": True},
-    ):
+        {"any_measurement": True, "min_tcb_eval_number": "auto", "collateral": str(tmp_path)},
+        {"any_measurement": True, "min_tcb_eval_number": "auto", "tcb_recovery_grace_days": 0,
+         "collateral": "https://pccs.example:8081"},
+    ):  # fmt: skip
         with pytest.raises(NetworkError):
             Cas.attested(UNREACHABLE, sim_key=b"unused", timeout=5.0, **options)  # type: ignore[arg-type]
 
@@ -358,3 +378,27 @@ def test_an_approvals_answer_is_checked_and_expiry_refused_before_anything_is_se
         with pytest.raises(UsageError, match="expires"):
             cas.approve_successor("sim", {"measurement": "ab" * 48}, ident, expires=expires)  # type: ignore[arg-type]
     assert sent == []
+
+
+def test_async_attested_takes_the_automatic_minimum() -> None:
+    """AsyncCas.attested passes min_tcb_eval_number='auto' and tcb_recovery_grace_days through to
+    Cas.attested (the same checks, in its worker thread)."""
+    import asyncio
+
+    from confide.sdk import AsyncCas
+
+    for options, error, match in (
+        ({"min_tcb_eval_number": "auto", "collateral": str(BUNDLE)}, UsageError, "needs collateral="),
+        (
+            {"min_tcb_eval_number": 17, "tcb_recovery_grace_days": 1},
+            UsageError,
+            "tcb_recovery_grace_days is for",
+        ),
+        ({"min_tcb_eval_number": "auto", "collateral": str(BUNDLE.parent)}, NetworkError, ""),
+    ):
+        with pytest.raises(error, match=match or None):
+            asyncio.run(
+                AsyncCas.attested(
+                    UNREACHABLE, sim_key=b"unused", any_measurement=True, timeout=5.0, **options
+                )
+            )  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import click
 
 from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
-from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER
+from confide.clitypes import MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.options import reload_interval
@@ -71,9 +71,7 @@ def cas() -> None:
               " TCB evaluation data number below N; a --collateral URL's older answers are not"
               " kept but asked for again. auto: the number Intel's TCB evaluation data numbers"
               " (fetched with the collateral) require at each attestation.")  # fmt: skip
-@click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
-              help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number"
-              " is required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
+@tcb_recovery_grace_option()
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -348,11 +346,10 @@ def cas_serve(
     from confide.cas.server import parse_witnesses, serve
     from confide.cas.successor_board import parse_board_file
     from confide.cas.witness_quorum import parse_max_lag
-    from confide.collateral import is_url
     from confide.httpserve.limits import HttpLimits
     from confide.httpserve.ratelimit import parse_rate
     from confide.ledger.http import client_tls_context
-    from confide.platforms import AutoTcbEvaluation, TcbEvaluationMinimum
+    from confide.platforms import automatic_minimum_source, tcb_evaluation_minimum
 
     refresh = DEFAULT_REFRESH_SECONDS
     if evidence_refresh is not None:
@@ -373,17 +370,8 @@ def cas_serve(
         raise UsageError("--witness-quorum needs --witness URL=VKEY (at least as many as the quorum)")
     if witness_max_lag is not None and witness_quorum is None:
         raise UsageError("--witness-max-lag needs --witness-quorum")
-    if tcb_recovery_grace is not None and min_tcb_eval != AUTO:
-        raise UsageError("--tcb-recovery-grace is for --min-tcb-eval-number auto")
-    if min_tcb_eval == AUTO and not (collateral and (is_url(collateral) or Path(collateral).is_dir())):
-        raise UsageError(
-            "--min-tcb-eval-number auto needs --collateral DIR|URL (a PCS directory, Intel PCS or a PCCS: "
-            "they bring Intel's TCB evaluation data numbers; a bundle file has none)"
-        )
-    minimum: TcbEvaluationMinimum | None = min_tcb_eval if isinstance(min_tcb_eval, int) else None
-    if min_tcb_eval == AUTO:
-        grace = None if tcb_recovery_grace is None else timedelta(days=tcb_recovery_grace)
-        minimum = AutoTcbEvaluation() if grace is None else AutoTcbEvaluation(grace)
+    minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
+    automatic_minimum_source(collateral, minimum)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
@@ -607,9 +595,12 @@ _CAS_TOLERANCES = (
 @click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
               help="A witness you trust (repeat): the CAS's quorum must include --expect-witnesses"
               " of them (default 1) whichever of its witnesses cosign.")  # fmt: skip
-@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=MIN_TCB_EVAL_NUMBER, metavar="N|auto",
               help="SGX/TDX: refuse a CAS whose evidence verifies only with Intel collateral (TCB Info,"
-              " QE Identity) of a TCB evaluation data number below N (exit 62).")  # fmt: skip
+              " QE Identity) of a TCB evaluation data number below N (exit 62); auto: the number"
+              " Intel's TCB evaluation data numbers (from the --collateral directory or URL) require"
+              " now.")  # fmt: skip
+@tcb_recovery_grace_option()
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -621,11 +612,12 @@ def cas_attest(
     ignore_advisories: tuple[str, ...],
     expect_witnesses: int | None,
     expect_witness_keys: tuple[str, ...],
-    min_tcb_eval: int | None,
+    min_tcb_eval: int | str | None,
+    tcb_recovery_grace: int | None,
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
-    from confide.cas.pin import WitnessExpectation, attest_cas, write_pin
-    from confide.collateral.dcap import source_for
+    from confide.cas.pin import WitnessExpectation, attest_cas, attest_collateral, write_pin
+    from confide.platforms import tcb_evaluation_minimum
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.policy.model import Tolerance
     from confide.verify.result import Platform
@@ -646,16 +638,17 @@ def cas_attest(
     expect = _expected_claims(expect_specs)
     witness_expectation = WitnessExpectation.of(expect_witnesses, expect_witness_keys, "--expect-witness")
     location = collateral or os.environ.get(COLLATERAL_ENV)
+    minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
     pinned = attest_cas(
         url,
         sim_key_pem=key_pem,
         measurements=tuple(expected),
-        collateral=source_for(location) if location else None,
+        collateral=attest_collateral(location, minimum),
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
         expect=expect,
         expect_witnesses=witness_expectation,
-        min_tcb_evaluation_data_number=min_tcb_eval,
+        min_tcb_evaluation_data_number=minimum,
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
@@ -665,7 +658,10 @@ def cas_attest(
         click.echo(printable(f"  TCB status: {ev.tcb_status.value}{advisories}"), err=True)
     if ev.tcb_evaluation is not None:
         numbers = ev.tcb_evaluation
-        checked = f" (at least {min_tcb_eval}, as expected)" if min_tcb_eval is not None else ""
+        checked = f" (at least {minimum}, as expected)" if isinstance(minimum, int) else ""
+        required = ev.details.get("required_tcb_evaluation")
+        if isinstance(required, dict):  # --min-tcb-eval-number auto
+            checked = f" (at least {required.get('required')}, as expected: {required.get('reason')})"
         click.echo(
             f"  TCB evaluation data numbers: TCB Info {numbers.tcb_info}, QE Identity {numbers.qe_identity}"
             f"{checked}",

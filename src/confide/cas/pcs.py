@@ -44,7 +44,10 @@ again. With a :class:`~confide.cas.tcb_floor.TcbEvaluationFloor` (``floor``), co
 memory whose TCB Info or QE Identity is below the floor the CAS has reached since it was fetched
 (another CA's entry of the same FMSPC, another platform's newer QE Identity) is not served: the
 prefetch fetches it again (its numbers are read once, unverified, when it is fetched: they only
-decide what is served from memory; the verified ones are judged).
+decide what is served from memory; the verified ones are judged). Under ``--min-tcb-eval-number
+auto`` (a source with ``tcb_recovery_grace``), so is collateral below the minimum its own TCB
+evaluation data numbers (read once, unverified) set at the attestation's time: a grace period
+that ends while it is held does not leave it served, and refused, until its ``nextUpdate``.
 
 PCK certificates: a quote whose certification data only names its PCK certificate (types 1-4,
 :class:`~confide.evidence.dcap.PckCertId`) needs it before the platform's FMSPC and PCK CA (the
@@ -82,12 +85,14 @@ from confide.collateral.dcap import (
     DcapCollateralSource,
     PckCertificateSource,
     PcsHttpSource,
+    unverified_tcb_evaluation_numbers,
 )
 from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate, TcbEvaluationNumbersText
 from confide.lru import Lru
 from confide.verify.dcap import DcapVerifier, missing_pck_error
+from confide.verify.result import TcbEvaluationNumbers
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 
 __all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "PCK_MEMORY_SECONDS", "DcapCollateralCache", "DcapKey"]
@@ -127,6 +132,10 @@ class _Entry:
     fetched: float  # monotonic
     numbers: tuple[int, int] = (0, 0)
     """The (TCB Info, QE Identity) tcbEvaluationDataNumber as read, unverified, when fetched."""
+    listed: TcbEvaluationNumbers | None = None
+    """Its TCB evaluation data numbers as read, unverified, when fetched (a source under
+    ``--min-tcb-eval-number auto``): the minimum they set at an attestation's time decides
+    whether it is still served (:meth:`DcapCollateralCache._below_automatic`)."""
 
 
 class DcapCollateralCache:
@@ -182,9 +191,25 @@ class DcapCollateralCache:
     def cached(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
         """The collateral in memory if it is current at ``at`` (before its earliest nextUpdate)."""
         entry = self._memory.get(key)
-        if entry is None or entry.expires is None or not at < entry.expires or self._below_floor(key, entry):
+        if (
+            entry is None
+            or entry.expires is None
+            or not at < entry.expires
+            or self._below_floor(key, entry)
+            or self._below_automatic(entry, at)
+        ):
             return None
         return entry.collateral
+
+    def _below_automatic(self, entry: _Entry, at: datetime) -> bool:
+        """Whether ``entry`` is below the minimum its TCB evaluation data numbers set at ``at``
+        with the source's grace (``--min-tcb-eval-number auto``; a grace period has ended since
+        it was fetched): not served, fetched again (the source then refuses what is still below
+        it, and keeps none of it)."""
+        grace = self.source.tcb_recovery_grace if isinstance(self.source, PcsHttpSource) else None
+        if entry.listed is None or grace is None:
+            return False
+        return min(entry.numbers) < entry.listed.required(at, grace).number
 
     def _below_floor(self, key: DcapKey, entry: _Entry) -> bool:
         """Whether ``entry`` is older than the floor reached since it was fetched (module
@@ -291,7 +316,8 @@ class DcapCollateralCache:
         # would be handed to every attestation until then. Not current, it is handed over for
         # FAILURE_GRACE seconds (the verifier refuses it), then fetched again.
         expires = _expires(collateral) if self._signatures.collateral_signed(collateral) else None
-        self._remember(key, _Entry(collateral, expires, self.monotonic(), _numbers(collateral)))
+        listed = unverified_tcb_evaluation_numbers(collateral.tcb_evaluation_numbers)
+        self._remember(key, _Entry(collateral, expires, self.monotonic(), _numbers(collateral), listed))
         _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
         return collateral
 

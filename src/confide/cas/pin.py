@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from confide import jsonstrict
 from confide.cas.own_vcek import AMD_CRL_FIELD
 from confide.cas.verifier import PlatformVerifier, check_binding
-from confide.collateral.dcap import DcapCollateralSource
+from confide.collateral.dcap import DcapCollateralSource, source_for
 from confide.errors import (
     AppraisalError,
     BindingError,
@@ -59,8 +59,8 @@ from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
 from confide.platforms import (
     AutoTcbEvaluation,
     TcbEvaluationMinimum,
-    require_automatic_tcb_evaluation,
-    require_tcb_evaluation,
+    automatic_minimum_source,
+    require_minimum,
 )
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
@@ -486,14 +486,12 @@ def verify_cas_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
     if min_tcb_evaluation_data_number is not None and verified.tcb_evaluation is not None:
-        minimum = min_tcb_evaluation_data_number
-        if isinstance(minimum, AutoTcbEvaluation):
-            where = "cas serve --min-tcb-eval-number auto, the CAS's own evidence"
-            verified = require_automatic_tcb_evaluation(verified, minimum.grace, where)
-        else:
-            require_tcb_evaluation(
-                verified, minimum, "cas serve --min-tcb-eval-number, the CAS's own evidence"
-            )
+        verified = require_minimum(
+            verified,
+            min_tcb_evaluation_data_number,
+            "cas serve --min-tcb-eval-number",
+            ", the CAS's own evidence",
+        )
     return _pin(cert_der, verified, document)
 
 
@@ -510,7 +508,7 @@ def verify_cas_evidence(
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
     expect_witnesses: WitnessExpectation | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
@@ -518,9 +516,12 @@ def verify_cas_evidence(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
     if min_tcb_evaluation_data_number is not None:
-        # As confide evidence verify --min-tcb-eval-number: CollateralOutdatedError (exit 62),
-        # a UsageError for evidence of a platform without Intel collateral.
-        require_tcb_evaluation(verified, min_tcb_evaluation_data_number, "cas attest --min-tcb-eval-number")
+        # As confide evidence verify --min-tcb-eval-number N|auto: CollateralOutdatedError (exit
+        # 62), a UsageError for evidence of a platform without Intel collateral; with auto, the
+        # list and the requirement in the pinned evidence's details.
+        verified = require_minimum(
+            verified, min_tcb_evaluation_data_number, "cas attest --min-tcb-eval-number"
+        )
     # The same tolerance rules as a policy's security.attestation (confide.policy.appraise);
     # simulated evidence is the caller's explicit choice (--sim-key).
     try:
@@ -601,6 +602,26 @@ def expected_claim_mismatches(
     return problems
 
 
+def attest_collateral(
+    location: str | None,
+    minimum: TcbEvaluationMinimum | None,
+    *,
+    option: str = "--min-tcb-eval-number auto",
+    collateral_option: str = "--collateral DIR|URL",
+) -> DcapCollateralSource | None:
+    """The collateral source of ``cas attest --collateral`` (and ``Cas.attested(collateral=)``)
+    for ``minimum``: with :class:`~confide.platforms.AutoTcbEvaluation` a PCS directory or URL
+    that also brings Intel's TCB evaluation data numbers (a bundle file: :class:`UsageError`,
+    as for ``cas serve``); ``None`` without a location."""
+    with_list = automatic_minimum_source(
+        location, minimum, option=option, collateral_option=collateral_option
+    )
+    grace = minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None
+    return (
+        source_for(location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace) if location else None
+    )
+
+
 def attest_cas(
     url: str,
     *,
@@ -613,7 +634,7 @@ def attest_cas(
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
     expect_witnesses: WitnessExpectation | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence and its binding to the TLS certificate and log key (and, from
     a CAS with a witness quorum, its witnesses).
@@ -629,8 +650,10 @@ def attest_cas(
     the bound witness quorum must satisfy it (:func:`witness_mismatches`). The pin is refused
     otherwise, naming every mismatch. With ``min_tcb_evaluation_data_number`` (SGX/TDX only), the
     TCB Info and QE Identity the evidence was verified with must both be of that TCB evaluation
-    or later (:func:`~confide.platforms.require_tcb_evaluation`:
-    :class:`~confide.errors.CollateralOutdatedError`)."""
+    or later (:func:`~confide.platforms.require_minimum`:
+    :class:`~confide.errors.CollateralOutdatedError`); with
+    :class:`~confide.platforms.AutoTcbEvaluation`, of the one Intel's TCB evaluation data numbers
+    require at ``at`` (``collateral`` must bring them: :func:`attest_collateral`)."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     pinned = verify_cas_evidence(
         cert_der,

@@ -695,8 +695,14 @@ def prepare(
             ),
             floor=tcb_floor.minimum,
             # --min-tcb-eval-number auto: Intel's TCB evaluation data numbers come with the
-            # collateral (the same fetches, caches and prefetch).
+            # collateral (the same fetches, caches and prefetch), and what is below the minimum
+            # they set is not kept on disk
             tcb_evaluation_numbers=isinstance(min_tcb_evaluation_data_number, AutoTcbEvaluation),
+            tcb_recovery_grace=(
+                min_tcb_evaluation_data_number.grace
+                if isinstance(min_tcb_evaluation_data_number, AutoTcbEvaluation)
+                else None
+            ),
         )
         if collateral
         else None

@@ -7,7 +7,9 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 - ``sim``: a simulated report; ``sgx``/``tdx``: a DCAP quote, ``aux["collateral"]`` optionally a
   dcap-qvl JSON collateral bundle (else the CAS's DCAP source: from a URL, fetched before
   phase 1 and kept in memory, :mod:`confide.cas.pcs`; a local file or directory, read before
-  phase 1 at every attestation); ``sev-snp``: the report,
+  phase 1 at every attestation; under ``--min-tcb-eval-number auto`` a bundle, which has no
+  TCB evaluation data numbers, gets the CAS's source's list for the TEE type, read before
+  phase 1: :meth:`PlatformVerifier._with_list`); ``sev-snp``: the report,
   ``aux["auxblob"]`` (configfs-tsm's certificate table) or ``aux["vcek"]``; without a VCEK/VLEK
   in either, the CAS fetches the VCEK from AMD KDS when it has a KDS source (``cas serve --kds
   URL``), else refuses.
@@ -114,7 +116,12 @@ from confide.cas.rims import RimCache
 from confide.cas.tcb_floor import TcbEvaluationFloor
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
-from confide.collateral.dcap import DcapCollateralSource, PckCertificateSource, PcsHttpSource
+from confide.collateral.dcap import (
+    DcapCollateralSource,
+    PckCertificateSource,
+    PcsHttpSource,
+    TcbEvaluationNumbersSource,
+)
 from confide.collateral.nvidia_ocsp import DirOcspSource
 from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_targets
 from confide.errors import (
@@ -128,14 +135,14 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
-from confide.evidence.dcap import PckCertId, Quote
+from confide.evidence.dcap import PckCertId, Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
-from confide.platforms import TcbEvaluationMinimum, require_minimum
+from confide.platforms import AutoTcbEvaluation, TcbEvaluationMinimum, require_minimum
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
@@ -200,6 +207,9 @@ class Prefetched:
     ocsp: Mapping[_OcspKey, OcspResponse | ConfideError] = field(default_factory=_frozen)
     rims: Mapping[str, ReferenceManifest | ConfideError] = field(default_factory=_frozen)
     pck: Mapping[PckCertId, PckCertificate | ConfideError] = field(default_factory=_frozen)
+    tcb_eval: Mapping[TeeType, TcbEvaluationNumbersResponse | ConfideError] = field(default_factory=_frozen)
+    """Intel's TCB evaluation data numbers (response, issuer chain) by TEE type, for a request's
+    own collateral bundle under ``--min-tcb-eval-number auto`` (:meth:`PlatformVerifier._with_list`)."""
 
     def merged(self, other: Prefetched) -> Prefetched:
         """Both; ``other``'s outcome where both have one (it is the later)."""
@@ -209,7 +219,12 @@ class Prefetched:
             _frozen({**self.ocsp, **other.ocsp}),
             _frozen({**self.rims, **other.rims}),
             _frozen({**self.pck, **other.pck}),
+            _frozen({**self.tcb_eval, **other.tcb_eval}),
         )
+
+
+TcbEvaluationNumbersResponse = tuple[bytes, tuple[bytes, ...]]
+"""Intel PCS's TCB evaluation data numbers response and its issuer chain (DER, leaf first)."""
 
 
 @dataclass(frozen=True)
@@ -451,6 +466,13 @@ class PlatformVerifier:
             cert_id = quote.pck_cert_id()
         except ConfideError:
             return None
+        if "collateral" in aux and self._adds_list(source):
+            # a request's own bundle under --min-tcb-eval-number auto: the CAS's list for it
+            # (and, for a type 1-4 quote, the PCK certificate it names)
+            pck_job = (
+                self._pck_job(source, quote, cert_id, at, pck_only=True) if cert_id is not None else None
+            )
+            return _both(pck_job, self._list_job(source, quote.tee))
         if cert_id is not None:
             return self._pck_job(source, quote, cert_id, at, pck_only="collateral" in aux)
         if "collateral" in aux:
@@ -466,6 +488,45 @@ class PlatformVerifier:
         if found is not None:
             return CollateralJob(Prefetched(dcap=_frozen({key: found})))
         return CollateralJob(Prefetched(), lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
+
+    def _adds_list(self, source: DcapCollateralSource | None) -> bool:
+        """Whether a request's own collateral bundle gets this CAS's TCB evaluation data numbers:
+        under ``--min-tcb-eval-number auto``, from a source that has them (a PCS directory or
+        URL: ``cas serve`` refuses another)."""
+        return isinstance(self.min_tcb_evaluation_data_number, AutoTcbEvaluation) and isinstance(
+            source, TcbEvaluationNumbersSource
+        )
+
+    def _list_job(self, source: DcapCollateralSource, tee: TeeType) -> CollateralJob:
+        """Blocking (the source's disk cache, else the network; a directory: disk): the TCB
+        evaluation data numbers of ``tee`` from this CAS's source, or the error it ran into."""
+        assert isinstance(source, TcbEvaluationNumbersSource)
+
+        def fetch() -> Prefetched:
+            return Prefetched(tcb_eval=_frozen({tee: _list_outcome(source, tee)}))
+
+        return CollateralJob(Prefetched(), fetch)
+
+    def _with_list(self, sent: DcapCollateral, tee: TeeType, prefetched: Prefetched | None) -> DcapCollateral:
+        """A request's own collateral bundle (``aux["collateral"]``, which has no TCB evaluation
+        data numbers) under ``--min-tcb-eval-number auto``: with this CAS's source's list for the
+        TEE type (what the prefetch read; without a prefetch, read here, blocking). Intel signs
+        the list, and the verifier checks it with the rest of the collateral (its chain to the
+        pinned root, the bundle's Root CA CRL, its dates, its id), so where it came from does not
+        matter; the CAS never judges a request's bundle by a list the request chose."""
+        source = self.dcap_source
+        if sent.tcb_evaluation_numbers is not None or not self._adds_list(source):
+            return sent
+        assert isinstance(source, TcbEvaluationNumbersSource)
+        outcome = prefetched.tcb_eval.get(tee) if prefetched is not None else None
+        if outcome is None:
+            if prefetched is not None:
+                raise _not_read(f"Intel's TCB evaluation data numbers for {tee.name} from --collateral")
+            outcome = _list_outcome(source, tee)
+        body, chain = _outcome(outcome)
+        return dataclasses.replace(
+            sent, tcb_evaluation_numbers=body, tcb_evaluation_numbers_issuer_chain=chain
+        )
 
     def _pck_job(
         self, source: DcapCollateralSource, quote: Quote, cert_id: PckCertId, at: datetime, *, pck_only: bool
@@ -946,7 +1007,8 @@ class PlatformVerifier:
         refused, "attest again")."""
         pck = self._pck_certificate(quote, prefetched)
         if "collateral" in aux:
-            return DcapCollateral.from_dcap_qvl_json(aux["collateral"]), pck
+            sent = DcapCollateral.from_dcap_qvl_json(aux["collateral"])
+            return self._with_list(sent, quote.tee, prefetched), pck
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         if self.dcap_cache is not None:
@@ -1010,6 +1072,31 @@ def _missing_rim_ids(evidence: bytes, sent: list[ReferenceManifest]) -> list[str
     versions = {rim.version.lower() for rim in sent}
     targets = rim_targets(NvidiaAttestationReport.from_bytes(evidence))
     return [rim_id for rim_id, version in targets if version.lower() not in versions]
+
+
+def _both(first: CollateralJob | None, second: CollateralJob) -> CollateralJob:
+    """One job of two: what both found, and both fetches one after the other."""
+    if first is None:
+        return second
+    fetches = [job.fetch for job in (first, second) if job.fetch is not None]
+
+    def fetch() -> Prefetched:
+        fetched = Prefetched()
+        for one in fetches:
+            fetched = fetched.merged(one())
+        return fetched
+
+    return CollateralJob(first.found.merged(second.found), fetch if fetches else None)
+
+
+def _list_outcome(
+    source: TcbEvaluationNumbersSource, tee: TeeType
+) -> TcbEvaluationNumbersResponse | ConfideError:
+    """Blocking: the TCB evaluation data numbers of ``tee`` from ``source``, or its error."""
+    try:
+        return source.get_tcb_evaluation_numbers(tee)
+    except ConfideError as exc:
+        return exc
 
 
 def _read_local(source: DcapCollateralSource, key: DcapKey) -> Prefetched:

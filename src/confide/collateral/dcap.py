@@ -21,7 +21,10 @@ names itself. One caching decision reads an unverified field: an HTTP source giv
 ``min_tcb_evaluation_data_number`` neither serves from its disk cache nor keeps a TCB Info or
 QE Identity whose ``tcbEvaluationDataNumber`` is below it (a response older than required is
 asked for again, and refused when the service answers it again), so that collateral of a TCB
-evaluation that was superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
+evaluation that was superseded is not cached until its ``nextUpdate``; given
+``tcb_recovery_grace`` (``--min-tcb-eval-number auto``), the minimum that its TCB evaluation
+data numbers set at its clock with that grace is one too (the list read unverified, for the
+cache only; the verifier checks it and judges the verified numbers). A ``floor`` (the CAS's
 :class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
 platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
 type).
@@ -68,6 +71,7 @@ from confide.evidence.dcap_collateral import (
     PCK_CHAIN_LENGTH,
     DcapCollateral,
     PckCertificate,
+    TcbEvaluationNumbersText,
     split_pcs_response,
 )
 from confide.evidence.pck import PckExtension, parse_pck_extension
@@ -75,6 +79,7 @@ from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import read_bounded, write_atomic
 from confide.httpbody import read_body
 from confide.verify.dcap import DcapVerifier, pck_lookup
+from confide.verify.result import TcbEvalNumber, TcbEvaluationNumbers
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
 from confide.verify.x509util import (
     CERTIFICATE_ERRORS,
@@ -92,8 +97,10 @@ __all__ = [
     "PckCertificateSource",
     "PcsDirectorySource",
     "PcsHttpSource",
+    "TcbEvaluationNumbersSource",
     "crl_from_bytes",
     "source_for",
+    "unverified_tcb_evaluation_numbers",
     "verify_pck_certificate",
 ]
 
@@ -124,6 +131,14 @@ class PckCertificateSource(Protocol):
     1-4 names (:class:`~confide.evidence.dcap.PckCertId`), unverified."""
 
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate: ...
+
+
+@runtime_checkable
+class TcbEvaluationNumbersSource(Protocol):
+    """One method: Intel's TCB evaluation data numbers response for a TEE type and its issuer
+    chain (DER, leaf first), unverified (:class:`PcsDirectorySource`, :class:`PcsHttpSource`)."""
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]: ...
 
 
 def verify_pck_certificate(pck: PckCertificate, root_der: bytes = INTEL_SGX_ROOT_CA_DER) -> PckExtension:
@@ -533,9 +548,11 @@ class PcsHttpSource:
         min_tcb_evaluation_data_number: int | None = None,
         floor: EvaluationFloor | None = None,
         tcb_evaluation_numbers: bool = False,
+        tcb_recovery_grace: timedelta | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tcb_evaluation_numbers = tcb_evaluation_numbers
+        self.tcb_recovery_grace = tcb_recovery_grace
         self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
         self.floor = floor
         self.cache_dir = cache_dir
@@ -654,7 +671,11 @@ class PcsHttpSource:
         tcb_url = f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}"
         qe_url = f"{v4.format(tee_path)}/qe/identity"
         floor_key = (tee_path, fmspc.hex())
-        tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key)
+        numbers, numbers_chain = (
+            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
+        )
+        listed = self._automatic_minimum(numbers)
+        tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key, listed)
         tcb_body, tcb_chain = self._fetch(
             tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check, signed=self._signed_json("tcbInfo")
         )
@@ -662,7 +683,7 @@ class PcsHttpSource:
             qe_url,
             "qe",
             "SGX-Enclave-Identity-Issuer-Chain",
-            check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key),
+            check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key, listed),
             signed=self._signed_json("enclaveIdentity"),
         )
         crl_body, crl_chain = self._fetch(
@@ -676,9 +697,6 @@ class PcsHttpSource:
         )
         tcb_text, tcb_sig = split_pcs_response(tcb_body, "tcbInfo")
         qe_text, qe_sig = split_pcs_response(qe_body, "enclaveIdentity")
-        numbers, numbers_chain = (
-            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
-        )
 
         def chain(pem: bytes, what: str) -> tuple[bytes, ...]:
             return tuple(parse_pem_chain(normalise_pem(pem, structure=what), structure=what))
@@ -733,15 +751,30 @@ class PcsHttpSource:
 
         return signed
 
+    def _automatic_minimum(self, numbers: bytes | None) -> tuple[int, str] | None:
+        """With ``tcb_recovery_grace``: the minimum that the TCB evaluation data numbers response
+        ``numbers`` sets at this source's clock, and why (read unverified, for the cache only:
+        :meth:`_evaluation_check`); ``None`` without one, or for a response that does not parse
+        (the verifier refuses it)."""
+        listed = unverified_tcb_evaluation_numbers(numbers)
+        if listed is None or self.tcb_recovery_grace is None:
+            return None
+        required = listed.required(self.clock(), self.tcb_recovery_grace)
+        return required.number, f"--min-tcb-eval-number auto: {required.reason()}"
+
     def _evaluation_check(
-        self, url: str, key: str, floor_key: tuple[str, str]
+        self, url: str, key: str, floor_key: tuple[str, str], listed: tuple[int, str] | None = None
     ) -> Callable[[bytes, bytes], None] | None:
-        """With ``min_tcb_evaluation_data_number`` or a ``floor``: a check (``_fetch``) refusing
-        a TCB Info or QE Identity response of an older TCB evaluation (module docstring). The
-        number is read unverified, for the cache only: the verifier checks the signature over
-        it, and the caller (``evidence verify --min-tcb-eval-number``, a policy, the CAS's floor)
-        the verified numbers."""
+        """With ``min_tcb_evaluation_data_number``, the automatic minimum ``listed`` (number,
+        reason: :meth:`_automatic_minimum`) or a ``floor``: a check (``_fetch``) refusing a TCB
+        Info or QE Identity response of an older TCB evaluation (module docstring). The number
+        is read unverified, for the cache only: the verifier checks the signature over it, and
+        the caller (``evidence verify --min-tcb-eval-number``, a policy, the CAS's floor) the
+        verified numbers."""
         configured, floor = self.min_tcb_evaluation_data_number, self.floor
+        why = "the collateral service serves an older TCB evaluation than required"
+        if listed is not None and (configured is None or listed[0] > configured):
+            configured, why = listed[0], f"{why}: {listed[1]}"
         if configured is None and floor is None:
             return None
 
@@ -753,7 +786,7 @@ class PcsHttpSource:
             if configured is not None and number < configured:
                 raise CollateralOutdatedError(
                     f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected at least "
-                    f"{configured} (the collateral service serves an older TCB evaluation than required)"
+                    f"{configured} ({why})"
                 )
             seen = floor(key, *floor_key) if floor is not None else 0
             if number < seen:
@@ -802,6 +835,23 @@ class PcsHttpSource:
         return PckCertificate.from_pem(body, chain, structure="pckcert")
 
 
+def unverified_tcb_evaluation_numbers(numbers: bytes | None) -> TcbEvaluationNumbers | None:
+    """A TCB evaluation data numbers response parsed, **not verified**, for a cache's decisions
+    only (what to serve or keep: the automatic minimum it sets; its ``verified_at`` is its
+    ``issueDate``); ``None`` for none, or for one that does not parse (the verifier refuses it).
+    Never judge evidence by it."""
+    if numbers is None:
+        return None
+    try:
+        parsed = TcbEvaluationNumbersText.from_response(numbers)
+    except ParseError:
+        return None
+    return TcbEvaluationNumbers(
+        parsed.id, parsed.version, parsed.issue_date, parsed.next_update,
+        tuple(TcbEvalNumber(*entry) for entry in parsed.numbers), parsed.issue_date,
+    )  # fmt: skip
+
+
 def source_for(
     location: str,
     *,
@@ -809,12 +859,15 @@ def source_for(
     min_tcb_evaluation_data_number: int | None = None,
     floor: EvaluationFloor | None = None,
     tcb_evaluation_numbers: bool = False,
+    tcb_recovery_grace: timedelta | None = None,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
     ``min_tcb_evaluation_data_number``: see the module docstring), a directory, or a bundle
     file. ``tcb_evaluation_numbers``: a URL or directory source also brings Intel's TCB
-    evaluation data numbers with the collateral (a bundle has none)."""
+    evaluation data numbers with the collateral (a bundle has none); ``tcb_recovery_grace``
+    (with it, ``--min-tcb-eval-number auto``): a URL source keeps out of its disk cache what is
+    below the minimum they set (module docstring)."""
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -823,6 +876,7 @@ def source_for(
             min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
             floor=floor,
             tcb_evaluation_numbers=tcb_evaluation_numbers,
+            tcb_recovery_grace=tcb_recovery_grace if tcb_evaluation_numbers else None,
         )
     path = Path(location)
     if path.is_dir():

@@ -232,6 +232,12 @@ _METRICS_OPTIONS = [
                  " --cert-reload-interval."),
     click.option("--metrics-key", type=_PATH, metavar="FILE",
                  help="The --metrics-cert certificate's private key (PEM, unencrypted)."),
+    click.option("--metrics-client-ca", type=_PATH, metavar="FILE",
+                 help="Require a client certificate (mutual TLS) on the --metrics-listen listener,"
+                 " chaining to one of this file's PEM certificates (each one a trust anchor); needs"
+                 " --metrics-cert. Scrapers are then named by their certificate's subject and SHA-256"
+                 " in the log and the counters. With --metrics-token-file, both are required."
+                 " Reloaded with --metrics-cert (a bad file keeps the CAs in use)."),
 ]  # fmt: skip
 
 
@@ -244,16 +250,18 @@ def _metrics(
     metrics_cert: Path | None,
     metrics_key: Path | None,
     reload_interval: float,
+    metrics_client_ca: Path | None = None,
 ) -> dict[str, Any]:
     """The metrics listener's address, its certificate and the tokens (``--metrics-listen``,
-    ``--metrics-cert``, ``--metrics-key``, ``--metrics-token-file``; docs/ledger.md "Metrics and
-    refusals") as server arguments: the files read at once (a bad one: a usage error), then
-    reloaded on SIGHUP and every ``reload_interval`` seconds (``--cert-reload-interval``) when
-    they changed."""
+    ``--metrics-cert``, ``--metrics-key``, ``--metrics-token-file``, ``--metrics-client-ca``:
+    the client CAs its TLS handshake requires a certificate of, read and reloaded with the
+    certificate; docs/ledger.md "Metrics and refusals") as server arguments: the files read at
+    once (a bad one: a usage error), then reloaded on SIGHUP and every ``reload_interval``
+    seconds (``--cert-reload-interval``) when they changed."""
     address = None if metrics_listen is None else _address(metrics_listen, "--metrics-listen")
     tokens, tls = metrics_files(
         address is not None, metrics_token_file, metrics_cert, metrics_key, poll_interval=reload_interval,
-        logger="confide.ledger",
+        logger="confide.ledger", client_ca=metrics_client_ca,
     )  # fmt: skip
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
@@ -402,6 +410,7 @@ def serve_tiles(
     metrics_token_file: Path | None,
     metrics_cert: Path | None,
     metrics_key: Path | None,
+    metrics_client_ca: Path | None,
     **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
@@ -411,9 +420,8 @@ def serve_tiles(
         reloadable = metrics_token_file is not None or metrics_cert is not None
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         rate = parse_rate(request_rate, request_burst, "request")
-        metrics = _metrics(
-            metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
-        )
+        metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
+                           cert_reload_interval, metrics_client_ca)  # fmt: skip
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
                              limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
                              **metrics)  # fmt: skip
@@ -537,6 +545,7 @@ def witness_serve(
     metrics_token_file: Path | None,
     metrics_cert: Path | None,
     metrics_key: Path | None,
+    metrics_client_ca: Path | None,
     **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
@@ -546,9 +555,8 @@ def witness_serve(
         rate = parse_rate(request_rate, request_burst, "request")
         reloadable = metrics_token_file is not None or metrics_cert is not None
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
-        metrics = _metrics(
-            metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
-        )
+        metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
+                           cert_reload_interval, metrics_client_ca)  # fmt: skip
         server = WitnessServer(witness, _address(listen), tls=tls,
                                limits=_limits(**limits, metrics_listener=metrics_listen is not None),
                                rate=rate, **metrics)  # fmt: skip

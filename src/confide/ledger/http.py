@@ -43,6 +43,7 @@ from confide.httpserve.limits import (
     HttpLimits,
 )
 from confide.httpserve.metrics_listener import (
+    ClientCertScrapers,
     MetricsAuth,
     MetricsListenerApp,
     MetricsTokenFile,
@@ -275,7 +276,9 @@ class LedgerHTTPServer(HttpServer):
     wherever it is served (``--metrics-token-file``: a
     :class:`~confide.httpserve.metrics_listener.MetricsTokenFile` is reloaded on ``SIGHUP`` and
     polled as the certificates are). ``metrics_tls``: the metrics listener serves HTTPS with
-    that certificate (``--metrics-cert``, ``--metrics-key``; reloaded as ``tls`` is)."""
+    that certificate (``--metrics-cert``, ``--metrics-key``; reloaded as ``tls`` is); when it
+    requires client certificates (``--metrics-client-ca``), scrapers are named and counted by
+    them (:class:`~confide.httpserve.metrics_listener.ClientCertScrapers`)."""
 
     thread_name = "ledger-http"
 
@@ -323,7 +326,10 @@ class LedgerHTTPServer(HttpServer):
             limits = listener_limits(metrics.limits)
             refusals = metrics.refusals
             limits.on_refusal = lambda reason, client: refusals.log(reason, client, listener="metrics")
-            listener = MetricsListenerApp(metrics.render, auth=auth, limits=limits)
+            client_certs = None
+            if metrics_tls is not None and metrics_tls.client_ca is not None:
+                client_certs = ClientCertScrapers(logger="confide.ledger")  # named by certificate
+            listener = MetricsListenerApp(metrics.render, auth=auth, limits=limits, client_certs=client_certs)
             metrics.registry.register(listener)
             companions.append((plain_server(listener, limits, metrics_tls), sock))
         app = MetricsApp(app, metrics, route, limiter, on_api=metrics_listen is None, auth=auth)

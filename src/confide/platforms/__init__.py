@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
+from confide.collateral import is_url
 from confide.errors import (
     CollateralMissingError,
     CollateralOutdatedError,
@@ -27,18 +28,23 @@ from confide.fsutil import read_bounded
 from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
 
 __all__ = [
+    "AUTO",
     "DCAP_PLATFORMS",
     "MAX_CERTIFICATE_FILE",
     "MAX_EVIDENCE_FILE",
+    "MAX_TCB_EVAL_NUMBER",
+    "MAX_TCB_RECOVERY_GRACE_DAYS",
     "PLATFORM_MODULES",
     "AutoTcbEvaluation",
     "TcbEvaluationMinimum",
     "VerifyRequest",
+    "automatic_minimum_source",
     "detect_platform",
     "read_input_file",
     "require_automatic_tcb_evaluation",
     "require_minimum",
     "require_tcb_evaluation",
+    "tcb_evaluation_minimum",
     "verify_request",
 ]
 
@@ -70,6 +76,9 @@ class VerifyRequest:
     ``--collateral`` directory or URL; reported in ``VerifiedEvidence.tcb_evaluation_numbers``."""
     tcb_evaluation_numbers_file: Path | None = None
     """``--tcb-eval-numbers FILE``: Intel PCS's answer, signed by the TCB Info's signer."""
+    tcb_recovery_grace: timedelta | None = None
+    """With ``tcb_evaluation_numbers``: the automatic minimum's grace (``--tcb-recovery-grace``),
+    which a URL source also keeps older collateral out of its disk cache by."""
 
     @property
     def digest(self) -> str:
@@ -152,14 +161,76 @@ class AutoTcbEvaluation:
 TcbEvaluationMinimum = int | AutoTcbEvaluation
 """A fixed minimum TCB evaluation data number, or the automatic one."""
 
+AUTO = "auto"
+"""``--min-tcb-eval-number auto``, ``min_tcb_evaluation_data_number: auto``."""
 
-def require_minimum(result: VerifiedEvidence, minimum: TcbEvaluationMinimum, where: str) -> VerifiedEvidence:
+MAX_TCB_EVAL_NUMBER = 0xFFFF_FFFF
+MAX_TCB_RECOVERY_GRACE_DAYS = 3650
+
+
+def tcb_evaluation_minimum(
+    value: object,
+    grace_days: object = None,
+    *,
+    option: str = "--min-tcb-eval-number",
+    grace_option: str = "--tcb-recovery-grace",
+) -> TcbEvaluationMinimum | None:
+    """The minimum that ``option`` (an integer 1..2**32-1, ``auto`` or ``None``) and
+    ``grace_option`` (days 0..3650, with ``auto`` only; ``None``: the default,
+    :data:`~confide.verify.result.DEFAULT_TCB_RECOVERY_GRACE_DAYS`) ask for: ``None``, the
+    number, or :class:`AutoTcbEvaluation`. What every command and the SDK take, checked alike
+    (:class:`UsageError` naming the option; a boolean is not an integer)."""
+    if grace_days is not None and value != AUTO:
+        raise UsageError(f"{grace_option} is for {option} auto")
+    if value is None:
+        return None
+    if value == AUTO:
+        if grace_days is None:
+            return AutoTcbEvaluation()
+        if type(grace_days) is not int or not 0 <= grace_days <= MAX_TCB_RECOVERY_GRACE_DAYS:
+            raise UsageError(
+                f"{grace_option}: got {grace_days!r}, expected an integer, "
+                f"0 to {MAX_TCB_RECOVERY_GRACE_DAYS} (days)"
+            )
+        return AutoTcbEvaluation(timedelta(days=grace_days))
+    if type(value) is not int or not 1 <= value <= MAX_TCB_EVAL_NUMBER:
+        raise UsageError(
+            f"{option}: got {value!r}, expected an integer, 1 to {MAX_TCB_EVAL_NUMBER}, or 'auto'"
+        )
+    return value
+
+
+def automatic_minimum_source(
+    location: str | None,
+    minimum: TcbEvaluationMinimum | None,
+    *,
+    option: str = "--min-tcb-eval-number auto",
+    collateral_option: str = "--collateral DIR|URL",
+) -> bool:
+    """Whether the collateral source at ``location`` (``--collateral``) must bring Intel's TCB
+    evaluation data numbers: with :class:`AutoTcbEvaluation` it must be a PCS directory or a
+    URL (Intel PCS, a PCCS), a :class:`UsageError` otherwise (a dcap-qvl bundle file has no
+    list, and without a source nothing brings one)."""
+    if not isinstance(minimum, AutoTcbEvaluation):
+        return False
+    if not (location and (is_url(location) or Path(location).is_dir())):
+        raise UsageError(
+            f"{option} needs {collateral_option} (a PCS directory, Intel PCS or a PCCS: they bring "
+            "Intel's TCB evaluation data numbers; a bundle file has none)"
+        )
+    return True
+
+
+def require_minimum(
+    result: VerifiedEvidence, minimum: TcbEvaluationMinimum, where: str, context: str = ""
+) -> VerifiedEvidence:
     """:func:`require_tcb_evaluation` for a fixed ``minimum``,
-    :func:`require_automatic_tcb_evaluation` for :class:`AutoTcbEvaluation` (``where`` then
-    gets `` auto``)."""
+    :func:`require_automatic_tcb_evaluation` for :class:`AutoTcbEvaluation` (``where``, the
+    option, then gets `` auto``), the refusal naming ``where`` and ``context`` (e.g. ``", the
+    CAS's own evidence"``). What every command, the CAS and the SDK apply."""
     if isinstance(minimum, AutoTcbEvaluation):
-        return require_automatic_tcb_evaluation(result, minimum.grace, f"{where} auto")
-    return require_tcb_evaluation(result, minimum, where)
+        return require_automatic_tcb_evaluation(result, minimum.grace, f"{where} auto{context}")
+    return require_tcb_evaluation(result, minimum, f"{where}{context}")
 
 
 def require_automatic_tcb_evaluation(
@@ -168,7 +239,10 @@ def require_automatic_tcb_evaluation(
     """:func:`require_tcb_evaluation` with the minimum that the verified TCB evaluation data
     numbers of ``result`` set at its verification time with ``grace``
     (:meth:`~confide.verify.result.TcbEvaluationNumbers.required`); ``result`` with that list
-    and the requirement (number and reason) in its details. The refusal names the reason."""
+    and the requirement (number and reason) in its details. The refusal names the reason;
+    evidence of a platform without Intel collateral is a :class:`UsageError`, as for a number."""
+    if result.tcb_evaluation is None:
+        raise UsageError(f"{where} applies to Intel DCAP evidence only, got {result.platform.value}")
     numbers = result.tcb_evaluation_numbers
     if numbers is None:
         raise CollateralMissingError(

@@ -9,18 +9,17 @@ Inputs:
   quote's ``extraData`` is only reported (claim ``nonce``, ``nonce_checked: false``).
 * SEV-SNP: the VCEK comes from the evidence and chains to the pinned AMD roots
   (``--root`` replaces the pinned ARK, tests only). ``--vcek``/``--chain`` are refused.
-* TDX: ``--collateral`` (or ``CONFIDE_DCAP_COLLATERAL``) as for ``--platform tdx``.
+* TDX: ``--collateral`` (or ``CONFIDE_DCAP_COLLATERAL``), ``--min-tcb-eval-number N|auto``
+  and ``--tcb-eval-numbers`` as for ``--platform tdx`` (the TD quote's collateral).
 """
 
 from __future__ import annotations
-
-import os
 
 from confide.errors import UsageError
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.platforms import VerifyRequest
-from confide.platforms.dcap import COLLATERAL_ENV, fetch_collateral, root_der
+from confide.platforms.dcap import request_collateral, root_der
 from confide.platforms.sev_snp import embedded_verifier, roots_with_override
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
@@ -54,10 +53,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     evidence = parse_evidence(req.evidence, HclReportType.TDX)
     assert evidence.td_quote is not None
     dcap = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DCAP
-    location = req.collateral_url or (
-        str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
-    )
-    collateral, pck = fetch_collateral(
-        dcap, Quote.from_bytes(evidence.td_quote), location, req.min_tcb_evaluation_data_number
-    )
+    # the TD quote's collateral as evidence verify fetches an SGX/TDX quote's (with auto, Intel's
+    # TCB evaluation data numbers too: verified with it, kept in the result)
+    collateral, pck = request_collateral(dcap, Quote.from_bytes(evidence.td_quote), req)
     return verify_azure_tdx(evidence, dcap, collateral, at=req.at, nonce=req.nonce, pck=pck)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -24,6 +25,7 @@ from . import VerifyRequest, read_input_file
 __all__ = [
     "COLLATERAL_ENV",
     "fetch_collateral",
+    "request_collateral",
     "root_der",
     "verify_request",
 ]
@@ -54,6 +56,7 @@ def fetch_collateral(
     location: str | None,
     min_tcb_evaluation_data_number: int | None = None,
     tcb_evaluation_numbers: bool = False,
+    tcb_recovery_grace: timedelta | None = None,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
@@ -69,6 +72,7 @@ def fetch_collateral(
         location,
         min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=tcb_evaluation_numbers,
+        tcb_recovery_grace=tcb_recovery_grace,
     )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
@@ -89,14 +93,15 @@ def fetch_collateral(
     return collateral, pck
 
 
-def verify_request(req: VerifyRequest) -> VerifiedEvidence:
-    quote = Quote.from_bytes(req.evidence)
-    got = Platform.TDX if quote.is_tdx else Platform.SGX
-    if got is not req.platform:
-        raise ParseError(
-            f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
-        )
-    verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+def request_collateral(
+    verifier: DcapVerifier, quote: Quote, req: VerifyRequest
+) -> tuple[DcapCollateral | None, PckCertificate | None]:
+    """:func:`fetch_collateral` for ``evidence verify``'s options (SGX, TDX and the TD quote of
+    Azure TDX vTPM evidence alike): the location ``--collateral`` (else
+    ``$CONFIDE_DCAP_COLLATERAL``), ``--min-tcb-eval-number N``, and with ``auto`` Intel's TCB
+    evaluation data numbers from ``--tcb-eval-numbers FILE`` (Intel PCS's answer: its issuer
+    chain is taken to be the TCB Info's, which Intel PCS serves for both) or else from the
+    directory or URL."""
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
@@ -107,10 +112,9 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         location,
         req.min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
+        tcb_recovery_grace=req.tcb_recovery_grace,
     )
     if from_file is not None and collateral is not None:
-        # Intel PCS's answer as a file: its issuer chain is the TCB Info's (Intel PCS serves the
-        # same TCB signing chain for both).
         body = read_input_file(
             from_file,
             "--tcb-eval-numbers",
@@ -118,6 +122,18 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
             "Intel PCS's TCB evaluation data numbers",
         )
         collateral = dataclasses.replace(collateral, tcb_evaluation_numbers=body)
+    return collateral, pck
+
+
+def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    quote = Quote.from_bytes(req.evidence)
+    got = Platform.TDX if quote.is_tdx else Platform.SGX
+    if got is not req.platform:
+        raise ParseError(
+            f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
+        )
+    verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+    collateral, pck = request_collateral(verifier, quote, req)
     result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from confide.clitypes import MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
 from confide.errors import UsageError
 
 if TYPE_CHECKING:
@@ -107,12 +108,14 @@ def _attested_cas(
     ignore_advisories: tuple[str, ...],
     expect_witnesses: int | None,
     expect_witness_keys: tuple[str, ...],
-    min_tcb_eval: int | None,
+    min_tcb_eval: int | str | None,
+    tcb_recovery_grace: int | None = None,
 ) -> Cas:
     """``--attest``: the CAS at ``CONFIDE_CAS_URL`` pinned by its evidence (``Cas.attested``,
     the code ``cas attest`` runs) instead of ``CONFIDE_CAS_CERT``."""
     from confide.cas.cli import _expected_claims
     from confide.cas.pin import MEASUREMENT_CLAIMS
+    from confide.platforms import automatic_minimum_source, tcb_evaluation_minimum
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.sdk import Cas
 
@@ -125,6 +128,9 @@ def _attested_cas(
             "--attest: give --measurement HEX, the code the CAS must run (or --expect CLAIM=HEX for its "
             "measurement claim); `confide cas attest URL` prints the measurement it runs, for you to check"
         )
+    location = collateral or environ.get(COLLATERAL_ENV) or None
+    # the options' own names in refusals (Cas.attested checks the same, by its arguments' names)
+    automatic_minimum_source(location, tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace))
     sim_dir = environ.get("CONFIDE_SIM_DIR")
     if sim_key is None and sim_dir:
         sim_key = Path(sim_dir) / "platform-key.pub.pem"
@@ -133,12 +139,13 @@ def _attested_cas(
         sim_key=sim_key,
         measurements=measurements,
         expect=expect,
-        collateral=collateral or environ.get(COLLATERAL_ENV) or None,
+        collateral=location,
         tolerate=tolerate,
         ignore_advisories=ignore_advisories,
         expect_witnesses=expect_witnesses,
         expect_witness_keys=expect_witness_keys,
         min_tcb_eval_number=min_tcb_eval,
+        tcb_recovery_grace_days=tcb_recovery_grace,
         sim_dir=sim_dir or None,
     )
     given = (environ.get("CONFIDE_LOG_KEY") or "").strip()
@@ -198,8 +205,10 @@ def _attested_cas(
               help="--attest: the least attested witness quorum of the CAS (as cas attest).")  # fmt: skip
 @click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
               help="--attest: a witness you trust (repeat; as cas attest --expect-witness).")  # fmt: skip
-@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
-              help="--attest: SGX/TDX: the least TCB evaluation data number (as cas attest).")  # fmt: skip
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=MIN_TCB_EVAL_NUMBER, metavar="N|auto",
+              help="--attest: SGX/TDX: the least TCB evaluation data number, or auto: the one Intel's"
+              " TCB evaluation data numbers require (as cas attest).")  # fmt: skip
+@tcb_recovery_grace_option("--attest --min-tcb-eval-number auto")
 def ui(
     listen: str | None,
     identity_file: Path | None,
@@ -214,7 +223,8 @@ def ui(
     ignore_advisories: tuple[str, ...],
     expect_witnesses: int | None,
     expect_witness_keys: tuple[str, ...],
-    min_tcb_eval: int | None,
+    min_tcb_eval: int | str | None,
+    tcb_recovery_grace: int | None,
 ) -> None:
     """Serve the stakeholders' web page on this machine: see who you are and which CAS, read
     policies, their events, verified history and accesses, download CRLs, apply, approve,
@@ -236,18 +246,19 @@ def ui(
 
     parsed = parse_listen(listen) if listen is not None else None
     attest_options = (measurements, expect_specs, sim_key, tolerate, collateral, ignore_advisories,
-                      expect_witnesses, expect_witness_keys, min_tcb_eval)  # fmt: skip
+                      expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace)  # fmt: skip
     if not attest and any(o not in (None, ()) for o in attest_options):
         raise UsageError(
             "--measurement, --expect, --sim-key, --tolerate, --collateral, --ignore-advisory, "
-            "--expect-witnesses, --expect-witness and --min-tcb-eval-number are for --attest"
+            "--expect-witnesses, --expect-witness, --min-tcb-eval-number and --tcb-recovery-grace are "
+            "for --attest"
         )
     identity = load_identity(identity_file) if identity_file is not None else None
     environ = _parse_env_file(env_file) if env_file is not None else dict(os.environ)
     if attest:
         cas = _attested_cas(
             environ, measurements, expect_specs, sim_key, tolerate, collateral,
-            ignore_advisories, expect_witnesses, expect_witness_keys, min_tcb_eval,
+            ignore_advisories, expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace,
         )  # fmt: skip
     else:
         cas = Cas.from_env(environ)
