@@ -386,6 +386,39 @@ def test_a_read_only_mount_removed_from_outside_is_reported_lost(tmp_path: Path)
     assert not _mounted(mnt)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs below the FUSE mount (root)")
+@pytest.mark.parametrize("how", ["close", "abort", "killed"])
+def test_unmounting_leaves_a_mount_below_the_mountpoint_alone(tmp_path: Path, how: str) -> None:
+    """A FUSE mount over a directory that is itself a mountpoint (a tmpfs, a bind mount, a
+    container's volume): after the server's own unmount the path is still listed in the mount
+    table, with the mount below. That one is not ours: the clean-up after the server (which
+    lazily unmounts a dead server's mount) must leave it, whether the mount was closed, aborted
+    or its server killed. Before, root's `fusermount -u -z` detached it."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "below", str(mnt)], check=True)
+    try:
+        (mnt / "below.txt").write_bytes(b"not the volume's\n")
+        h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse")
+        try:
+            assert (mnt / "a.txt").read_bytes() == b"a\n"
+            if how == "close":
+                assert h.close() == tag
+            elif how == "abort":
+                h.abort()
+            else:
+                h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+                while not h.mount_lost():
+                    select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+                with pytest.raises(StorageError, match="has died"):
+                    h.close()
+        finally:
+            h.abort()
+        assert (mnt / "below.txt").read_bytes() == b"not the volume's\n"  # the tmpfs, still there
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)
