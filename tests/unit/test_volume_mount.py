@@ -419,6 +419,27 @@ def test_unmounting_leaves_a_mount_below_the_mountpoint_alone(tmp_path: Path, ho
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
+def test_a_dead_mount_reached_through_a_symlink_is_removed(tmp_path: Path) -> None:
+    """The mount table lists a mountpoint as the kernel resolved it: a killed server's dead
+    mount at a path with a symlink in it (``/var/run`` -> ``/run``) is found there and removed,
+    not left behind (ENOTCONN for every later access)."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    real = tmp_path / "real"
+    (real / "mnt").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    h = mount_volume(vol, key, tmp_path / "link" / "mnt", expected_tag=tag, mode="fuse")
+    try:
+        h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        while not h.mount_lost():
+            select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+        assert _mounted(real / "mnt")
+        with pytest.raises(StorageError, match="has died"):
+            h.close()
+    finally:
+        h.abort()
+    assert not _mounted(real / "mnt")
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)

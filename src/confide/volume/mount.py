@@ -261,11 +261,14 @@ def _listed_mount(path: Path) -> bool:
     with the mount it covered (a mountpoint that was one already: a tmpfs, a bind mount), which
     an unmount must not take away."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        # the calling thread's table: its mount namespace is the one the unmount command runs in
+        with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError:
         return os.path.ismount(path)
-    want = str(path)
+    # as the kernel lists it, symlinks resolved (/var/run/x is /run/x); not the last component:
+    # the mountpoint itself may be dead (ENOTCONN)
+    want = os.path.join(os.path.realpath(path.parent), path.name)
     unescape = re.compile(r"\\([0-7]{3})")  # mountinfo writes space, tab, newline, backslash as \ooo
     here: dict[str, tuple[str, bool]] = {}  # mount ID -> (parent ID, whether ours), at ``path``
     for line in lines:
