@@ -387,7 +387,7 @@ def test_a_read_only_mount_removed_from_outside_is_reported_lost(tmp_path: Path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs below the FUSE mount (root)")
-@pytest.mark.parametrize("how", ["close", "abort", "killed"])
+@pytest.mark.parametrize("how", ["close", "abort", "killed", "removed"])
 def test_unmounting_leaves_a_mount_below_the_mountpoint_alone(tmp_path: Path, how: str) -> None:
     """A FUSE mount over a directory that is itself a mountpoint (a tmpfs, a bind mount, a
     container's volume): after the server's own unmount the path is still listed in the mount
@@ -406,12 +406,17 @@ def test_unmounting_leaves_a_mount_below_the_mountpoint_alone(tmp_path: Path, ho
                 assert h.close() == tag
             elif how == "abort":
                 h.abort()
-            else:
+            elif how == "killed":
                 h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
                 while not h.mount_lost():
                     select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
                 with pytest.raises(StorageError, match="has died"):
                     h.close()
+            else:  # removed from outside: close() must not unmount again what is left there
+                subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+                while not h.mount_lost():
+                    select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+                assert h.close() == tag
         finally:
             h.abort()
         assert (mnt / "below.txt").read_bytes() == b"not the volume's\n"  # the tmpfs, still there

@@ -462,6 +462,8 @@ class _FuseMount(MountHandle):
             if line != "ack":
                 raise self._failure(line, "acknowledge the commit")
             for attempt in range(50):  # busy while the application still has files open
+                if not _listed_mount(self.mountpoint):  # gone already (from outside): what is
+                    break  # listed there now, if anything, is the mount ours covered
                 r = subprocess.run(_unmount_cmd(self.mountpoint, lazy=attempt == 49), capture_output=True,  # noqa: S603
                                    text=True, check=False)  # fmt: skip
                 if r.returncode == 0 or not os.path.ismount(self.mountpoint):
