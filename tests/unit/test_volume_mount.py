@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -657,6 +658,61 @@ def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(
     assert sorted(p.name for p in (vol / OBJECTS_DIR).iterdir()) == [
         e.file_id.hex() for e in load_sealed(vol, key)[0].entries if e.file_id
     ]
+
+
+_LOST_PARENT = """
+import select, sys, time
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import mount_volume
+vol, keyhex, mnt, tag = sys.argv[1:]
+h = mount_volume(Path(vol), VolumeKey.from_hex(keyhex), Path(mnt), expected_tag=tag, mode="fuse",
+                 writable=True, on_parent_exit="commit")
+(Path(mnt) / "kept").write_bytes(b"sealed by the server alone")
+print(h._proc.pid, flush=True)
+while not h.mount_lost():  # the test unmounts it from outside; the server waits for us then
+    select.select([h.status_fd()], [], [], 10)
+print("lost", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_parents_death_after_an_outside_umount_is_its_death_not_a_signal(tmp_path: Path) -> None:
+    """A server whose mount was removed from outside waits for its parent's decision; the
+    parent's death then ends the wait as ``on_parent_exit`` says (docs/volume-mount.md,
+    "Signals"), here ``commit``: sealed. The death arrives as the parent-death signal,
+    SERVER_STOP_SIGNAL, the same as another process's stop; before, it was taken for that stop
+    and the session discarded whatever ``on_parent_exit`` said."""
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
+    mnt = _mnt(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_LOST_PARENT), str(vol), key.hex(), str(mnt), tag],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+        assert parent.stdout.readline().strip() == "lost"  # the server said 'stopped': it waits
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{child}"):
+            stat_file = Path(f"/proc/{child}/stat")
+            with contextlib.suppress(OSError):
+                if stat_file.read_text().split()[2] == "Z":
+                    break
+            assert time.monotonic() < deadline, "the FUSE server outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+    m, new = load_sealed(vol, key)
+    assert new != tag and "kept" in m.by_path()
 
 
 @pytest.mark.parametrize(

@@ -929,7 +929,7 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     read-only session: only the report, so that its parent learns the mount is gone).
     ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), that signal now or
     the parent's death discards them (the parent's death: as ``on_parent_exit`` says). Returns
-    whether the signal ended the wait."""
+    whether the signal ended the wait (from another process: the parent's death sends it too)."""
     terminated: list[int] = []
     signal.signal(SERVER_STOP_SIGNAL, lambda sig, _frame: terminated.append(sig))
     log.warning("confide volume: the FUSE loop ended, not by the mounting process; waiting for it")
@@ -937,7 +937,7 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     while not decided.wait(0.5):  # wakes for the signal too (its handler runs in this thread)
         if terminated or os.getppid() != parent:
             break
-    return bool(terminated)
+    return bool(terminated) and os.getppid() == parent  # not the parent's death signal
 
 
 def _fuse_options(writable: bool) -> dict[str, Any]:
@@ -985,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
     status = os.fdopen(status_fd, "w", buffering=1)
-    decision = {"commit": False}
+    decision = {"commit": False, "said": False}  # said: a command came (not only the end of stdin)
 
     def say(line: str) -> None:
         with contextlib.suppress(OSError):
@@ -1014,6 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     def commands() -> None:
         for line in sys.stdin:
             decision["commit"] = line.strip() == "commit"
+            decision["said"] = True
             say("ack")
             decided.set()
         decided.set()
@@ -1038,7 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
     # 'commit' seals nothing there
     if parent_alive and not decided.is_set():
         signalled = _await_decision(parent, decided, say)
-        parent_alive = os.getppid() == parent
+        # its death ends the wait as its end of stdin without a command (its descriptors close
+        # before it is reparented: getppid() may still name it) or as its death signal
+        parent_alive = os.getppid() == parent and (decision["said"] or not decided.is_set())
     try:
         if not writable:
             say(f"unchanged {reader.tag}")
