@@ -715,6 +715,29 @@ def test_the_parents_death_after_an_outside_umount_is_its_death_not_a_signal(tmp
     assert new != tag and "kept" in m.by_path()
 
 
+def test_the_fuse_server_is_not_dumpable_before_it_reads_the_key(tmp_path: Path) -> None:
+    """The server holds the volume key and decrypted contents (an ephemeral session: every file
+    it wrote, whole): a core dump would put them on disk, and the same user's processes could
+    read its memory. ``confide run`` makes itself not dumpable for that reason, but execve(2)
+    gives the server a dumpable process again: it must say so itself, before the key arrives."""
+    code = textwrap.dedent(
+        """
+        import ctypes, io, os, sys
+        from confide.volume import _fusefs
+        sys.stdin = io.StringIO("not a key\\n")  # main() stops at the key: nothing is mounted
+        r, w = os.pipe()
+        rc = _fusefs.main([sys.argv[1], sys.argv[2], "00" * 32, str(os.getppid()), str(w), "eph"])
+        print(rc, ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rc, dumpable = r.stdout.split()
+    assert rc != "0" and dumpable == "0"
+
+
 @pytest.mark.parametrize(
     ("release", "expected"),
     [

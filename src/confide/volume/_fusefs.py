@@ -84,7 +84,7 @@ log = logging.getLogger("confide.volume.mount")
 
 _TMP_PREFIX = ".tmp-"
 READAHEAD = 4 << 20  # bytes of kernel read-ahead asked for (requests up to 1 MiB with libfuse 3)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4  # <linux/prctl.h>
 
 
 @dataclass(eq=False)
@@ -880,6 +880,17 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no core dump of this server, which holds the volume key and
+    decrypted contents (a dump would put them on disk), and no ptrace or /proc/PID/mem access
+    by the same user's other processes. The mounting process's setting (``confide run`` sets
+    it) does not survive the execve that started this one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("confide volume: cannot disable core dumps of the FUSE server: %s",
+                    os.strerror(ctypes.get_errno()))  # fmt: skip
+
+
 # Larger than any C library's struct sigaction: libfuse's action is copied whole, as bytes; only
 # its first member (sa_handler, first on every Linux ABI but MIPS) is read.
 _SIGACTION_SIZE = 512
@@ -984,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     on_parent_exit = args[6] if len(args) > 6 else "discard"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
+    _not_dumpable()  # before the key is read
     status = os.fdopen(status_fd, "w", buffering=1)
     decision = {"commit": False, "said": False}  # said: a command came (not only the end of stdin)
 
