@@ -332,3 +332,28 @@ def test_a_partial_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyt
         run._write_private(target, b"s3cret-value")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []  # neither the file nor its staged copy
+
+
+_SHOW_SIGNALS = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]  # no shell: sh clears the mask
+
+
+@pytest.mark.parametrize("how", ["launch", "supervise"])
+def test_the_program_gets_default_signal_dispositions_and_an_empty_mask(how: str) -> None:
+    """Ignored signals and the signal mask survive execve(2). Python ignores SIGPIPE and SIGXFSZ
+    for itself: the exec'd program (``launch``, confide run without volumes) got them ignored, so
+    a pipeline in it (``producer | head``) never ended its producer by SIGPIPE. A mask
+    ``confide run`` was started with (here SIGUSR1 and SIGTERM blocked) must not reach the
+    program either: it must see the signals it is sent (confide run forwards them)."""
+    code = (
+        "import signal, sys\n"
+        "from confide.runtime.run import Launch, launch, supervise\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGTERM])\n"
+        f"plan = Launch({_SHOW_SIGNALS!r}, {{'PATH': '/bin:/usr/bin'}}, {{}}, None)\n"
+        f"sys.exit(supervise(plan, None)) if {how == 'supervise'!r} else launch(plan)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(run.__file__).parents[2])}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -386,6 +387,65 @@ def test_a_read_only_mount_removed_from_outside_is_reported_lost(tmp_path: Path)
     assert not _mounted(mnt)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs below the FUSE mount (root)")
+@pytest.mark.parametrize("how", ["close", "abort", "killed", "removed"])
+def test_unmounting_leaves_a_mount_below_the_mountpoint_alone(tmp_path: Path, how: str) -> None:
+    """A FUSE mount over a directory that is itself a mountpoint (a tmpfs, a bind mount, a
+    container's volume): after the server's own unmount the path is still listed in the mount
+    table, with the mount below. That one is not ours: the clean-up after the server (which
+    lazily unmounts a dead server's mount) must leave it, whether the mount was closed, aborted
+    or its server killed. Before, root's `fusermount -u -z` detached it."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "below", str(mnt)], check=True)
+    try:
+        (mnt / "below.txt").write_bytes(b"not the volume's\n")
+        h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse")
+        try:
+            assert (mnt / "a.txt").read_bytes() == b"a\n"
+            if how == "close":
+                assert h.close() == tag
+            elif how == "abort":
+                h.abort()
+            elif how == "killed":
+                h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+                while not h.mount_lost():
+                    select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+                with pytest.raises(StorageError, match="has died"):
+                    h.close()
+            else:  # removed from outside: close() must not unmount again what is left there
+                subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+                while not h.mount_lost():
+                    select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+                assert h.close() == tag
+        finally:
+            h.abort()
+        assert (mnt / "below.txt").read_bytes() == b"not the volume's\n"  # the tmpfs, still there
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def test_a_dead_mount_reached_through_a_symlink_is_removed(tmp_path: Path) -> None:
+    """The mount table lists a mountpoint as the kernel resolved it: a killed server's dead
+    mount at a path with a symlink in it (``/var/run`` -> ``/run``) is found there and removed,
+    not left behind (ENOTCONN for every later access)."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    real = tmp_path / "real"
+    (real / "mnt").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    h = mount_volume(vol, key, tmp_path / "link" / "mnt", expected_tag=tag, mode="fuse")
+    try:
+        h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        while not h.mount_lost():
+            select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+        assert _mounted(real / "mnt")
+        with pytest.raises(StorageError, match="has died"):
+            h.close()
+    finally:
+        h.abort()
+    assert not _mounted(real / "mnt")
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)
@@ -598,6 +658,84 @@ def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(
     assert sorted(p.name for p in (vol / OBJECTS_DIR).iterdir()) == [
         e.file_id.hex() for e in load_sealed(vol, key)[0].entries if e.file_id
     ]
+
+
+_LOST_PARENT = """
+import select, sys, time
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import mount_volume
+vol, keyhex, mnt, tag = sys.argv[1:]
+h = mount_volume(Path(vol), VolumeKey.from_hex(keyhex), Path(mnt), expected_tag=tag, mode="fuse",
+                 writable=True, on_parent_exit="commit")
+(Path(mnt) / "kept").write_bytes(b"sealed by the server alone")
+print(h._proc.pid, flush=True)
+while not h.mount_lost():  # the test unmounts it from outside; the server waits for us then
+    select.select([h.status_fd()], [], [], 10)
+print("lost", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_parents_death_after_an_outside_umount_is_its_death_not_a_signal(tmp_path: Path) -> None:
+    """A server whose mount was removed from outside waits for its parent's decision; the
+    parent's death then ends the wait as ``on_parent_exit`` says (docs/volume-mount.md,
+    "Signals"), here ``commit``: sealed. The death arrives as the parent-death signal,
+    SERVER_STOP_SIGNAL, the same as another process's stop; before, it was taken for that stop
+    and the session discarded whatever ``on_parent_exit`` said."""
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
+    mnt = _mnt(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_LOST_PARENT), str(vol), key.hex(), str(mnt), tag],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+        assert parent.stdout.readline().strip() == "lost"  # the server said 'stopped': it waits
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{child}"):
+            stat_file = Path(f"/proc/{child}/stat")
+            with contextlib.suppress(OSError):
+                if stat_file.read_text().split()[2] == "Z":
+                    break
+            assert time.monotonic() < deadline, "the FUSE server outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+    m, new = load_sealed(vol, key)
+    assert new != tag and "kept" in m.by_path()
+
+
+def test_the_fuse_server_is_not_dumpable_before_it_reads_the_key(tmp_path: Path) -> None:
+    """The server holds the volume key and decrypted contents (an ephemeral session: every file
+    it wrote, whole): a core dump would put them on disk, and the same user's processes could
+    read its memory. ``confide run`` makes itself not dumpable for that reason, but execve(2)
+    gives the server a dumpable process again: it must say so itself, before the key arrives."""
+    code = textwrap.dedent(
+        """
+        import ctypes, io, os, sys
+        from confide.volume import _fusefs
+        sys.stdin = io.StringIO("not a key\\n")  # main() stops at the key: nothing is mounted
+        r, w = os.pipe()
+        rc = _fusefs.main([sys.argv[1], sys.argv[2], "00" * 32, str(os.getppid()), str(w), "eph"])
+        print(rc, ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rc, dumpable = r.stdout.split()
+    assert rc != "0" and dumpable == "0"
 
 
 @pytest.mark.parametrize(

@@ -707,7 +707,13 @@ def _run_supervised(
         _remove(injected)
         raise
     try:
-        proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
+        # an empty mask for the program (Popen restores the dispositions Python changed, not the
+        # mask, which exec passes on): set on this thread while it forks, put back after
+        mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        try:
+            proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except OSError as exc:
         mounted.close()
         _remove(injected)
@@ -820,7 +826,34 @@ def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if before_exec is not None:
         before_exec()
     _close_on_exec_above_stderr()
+    restore = _program_signals()
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:
+        restore()
         raise UsageError(f"cannot execute {program}: {exc.strerror}") from None
+
+
+# What Python sets to SIG_IGN for itself at start (as ``Popen(restore_signals=True)`` restores).
+_PYTHON_IGNORED = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
+def _program_signals() -> Callable[[], None]:
+    """Before the ``execve`` of the program: give it what a program started from a shell gets,
+    as the supervised one gets it (``Popen``). Ignored signals and the signal mask survive
+    exec: the program got SIGPIPE and SIGXFSZ ignored (Python's own settings: a ``producer |
+    head`` in it never ended its producer) and any mask ``confide run`` was started with. Those
+    dispositions go back to their default and the mask is emptied; other ignored signals came
+    from the caller (``nohup``) and stay, as a plain exec leaves them. Returns what undoes it
+    (the exec failed)."""
+    before = {sig: signal.signal(sig, signal.SIG_DFL) for sig in _PYTHON_IGNORED}
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+    def restore() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+    return restore

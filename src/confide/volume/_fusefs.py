@@ -84,7 +84,7 @@ log = logging.getLogger("confide.volume.mount")
 
 _TMP_PREFIX = ".tmp-"
 READAHEAD = 4 << 20  # bytes of kernel read-ahead asked for (requests up to 1 MiB with libfuse 3)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4  # <linux/prctl.h>
 
 
 @dataclass(eq=False)
@@ -880,6 +880,17 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no core dump of this server, which holds the volume key and
+    decrypted contents (a dump would put them on disk), and no ptrace or /proc/PID/mem access
+    by the same user's other processes. The mounting process's setting (``confide run`` sets
+    it) does not survive the execve that started this one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("confide volume: cannot disable core dumps of the FUSE server: %s",
+                    os.strerror(ctypes.get_errno()))  # fmt: skip
+
+
 # Larger than any C library's struct sigaction: libfuse's action is copied whole, as bytes; only
 # its first member (sa_handler, first on every Linux ABI but MIPS) is read.
 _SIGACTION_SIZE = 512
@@ -929,7 +940,7 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     read-only session: only the report, so that its parent learns the mount is gone).
     ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), that signal now or
     the parent's death discards them (the parent's death: as ``on_parent_exit`` says). Returns
-    whether the signal ended the wait."""
+    whether the signal ended the wait (from another process: the parent's death sends it too)."""
     terminated: list[int] = []
     signal.signal(SERVER_STOP_SIGNAL, lambda sig, _frame: terminated.append(sig))
     log.warning("confide volume: the FUSE loop ended, not by the mounting process; waiting for it")
@@ -937,7 +948,7 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     while not decided.wait(0.5):  # wakes for the signal too (its handler runs in this thread)
         if terminated or os.getppid() != parent:
             break
-    return bool(terminated)
+    return bool(terminated) and os.getppid() == parent  # not the parent's death signal
 
 
 def _fuse_options(writable: bool) -> dict[str, Any]:
@@ -984,8 +995,9 @@ def main(argv: list[str] | None = None) -> int:
     on_parent_exit = args[6] if len(args) > 6 else "discard"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
+    _not_dumpable()  # before the key is read
     status = os.fdopen(status_fd, "w", buffering=1)
-    decision = {"commit": False}
+    decision = {"commit": False, "said": False}  # said: a command came (not only the end of stdin)
 
     def say(line: str) -> None:
         with contextlib.suppress(OSError):
@@ -1014,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     def commands() -> None:
         for line in sys.stdin:
             decision["commit"] = line.strip() == "commit"
+            decision["said"] = True
             say("ack")
             decided.set()
         decided.set()
@@ -1038,7 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
     # 'commit' seals nothing there
     if parent_alive and not decided.is_set():
         signalled = _await_decision(parent, decided, say)
-        parent_alive = os.getppid() == parent
+        # its death ends the wait as its end of stdin without a command (its descriptors close
+        # before it is reparented: getppid() may still name it) or as its death signal
+        parent_alive = os.getppid() == parent and (decision["said"] or not decided.is_set())
     try:
         if not writable:
             say(f"unchanged {reader.tag}")

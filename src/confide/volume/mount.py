@@ -255,19 +255,32 @@ def _unmount_cmd(mountpoint: Path, lazy: bool) -> list[str]:
 
 
 def _listed_mount(path: Path) -> bool:
-    """Whether ``path`` is a mountpoint by the mount table: a dead FUSE server's mount is one,
-    though ``os.path.ismount`` says no (its ``lstat`` fails: ENOTCONN)."""
+    """Whether the mount on top at ``path`` is a confide FUSE mount by the mount table: a dead
+    FUSE server's mount is one, though ``os.path.ismount`` says no (its ``lstat`` fails:
+    ENOTCONN). Only ours: once the server's own mount is gone, the path may still be listed
+    with the mount it covered (a mountpoint that was one already: a tmpfs, a bind mount), which
+    an unmount must not take away."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        # the calling thread's table: its mount namespace is the one the unmount command runs in
+        with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError:
         return os.path.ismount(path)
-    want = str(path)
+    # as the kernel lists it, symlinks resolved (/var/run/x is /run/x); not the last component:
+    # the mountpoint itself may be dead (ENOTCONN)
+    want = os.path.join(os.path.realpath(path.parent), path.name)
     unescape = re.compile(r"\\([0-7]{3})")  # mountinfo writes space, tab, newline, backslash as \ooo
-    return any(
-        len(fields := line.split(" ")) > 4 and unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]) == want
-        for line in lines
-    )
+    here: dict[str, tuple[str, bool]] = {}  # mount ID -> (parent ID, whether ours), at ``path``
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]) == want:
+            # after the optional fields: "-", the file system type and the source (_fuse_options)
+            sep = fields.index("-", 6) if "-" in fields[6:] else len(fields)
+            fstype, source = [*fields[sep + 1 : sep + 3], "", ""][:2]
+            ours = fstype == "fuse.confide" or (fstype.startswith("fuse") and source == "confide-volume")
+            here[fields[0]] = (fields[1], ours)
+    parents = {parent for parent, _ in here.values()}
+    return any(ours for mount_id, (_, ours) in here.items() if mount_id not in parents)  # on top
 
 
 class _FuseMount(MountHandle):
@@ -449,6 +462,8 @@ class _FuseMount(MountHandle):
             if line != "ack":
                 raise self._failure(line, "acknowledge the commit")
             for attempt in range(50):  # busy while the application still has files open
+                if not _listed_mount(self.mountpoint):  # gone already (from outside): what is
+                    break  # listed there now, if anything, is the mount ours covered
                 r = subprocess.run(_unmount_cmd(self.mountpoint, lazy=attempt == 49), capture_output=True,  # noqa: S603
                                    text=True, check=False)  # fmt: skip
                 if r.returncode == 0 or not os.path.ismount(self.mountpoint):
