@@ -29,7 +29,12 @@ from confide.collateral.dcap import BundleFileSource, PcsDirectorySource, PcsHtt
 from confide.errors import PolicyError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral, TcbEvaluationNumbersText
-from confide.platforms import AutoTcbEvaluation, require_automatic_tcb_evaluation, require_minimum
+from confide.platforms import (
+    MAX_TCB_RECOVERY_GRACE_DAYS,
+    AutoTcbEvaluation,
+    require_automatic_tcb_evaluation,
+    require_minimum,
+)
 from confide.policy import appraise, loads_policy, policy_hash
 from confide.verify.dcap import DcapVerifier, pck_info
 from confide.verify.result import TcbEvaluationNumbers, VerifiedEvidence
@@ -294,6 +299,17 @@ def test_grace_is_not_negative() -> None:
     with pytest.raises(ValueError, match="negative"):
         AutoTcbEvaluation(timedelta(days=-1))
     assert AutoTcbEvaluation().grace == timedelta(days=365)
+
+
+def test_grace_is_capped_like_the_option() -> None:
+    # Built directly (SDK), a grace past the CLI's and the policy's cap overflowed the date
+    # arithmetic of each verification (OverflowError) instead of failing at construction.
+    assert AutoTcbEvaluation(timedelta(days=MAX_TCB_RECOVERY_GRACE_DAYS)).grace.days == 3650
+    for days in (MAX_TCB_RECOVERY_GRACE_DAYS + 1, 999_999_999):
+        with pytest.raises(ValueError, match="at most 3650 days"):
+            AutoTcbEvaluation(timedelta(days=days))
+    with pytest.raises(TypeError, match="timedelta"):
+        AutoTcbEvaluation(365)  # type: ignore[arg-type]
 
 
 def _with_list(case: Case, listed: Path) -> VerifiedEvidence:
