@@ -1609,17 +1609,38 @@ class _SignalHold:
 
     def __init__(self) -> None:
         self._depth = 0
+        self._holding = False  # from the first enter until the last leave has put the handlers back
         self._found: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+        self._notes: dict[int, Callable[[int, FrameType | None], None]] = {}
         self._came: list[int] = []
 
-    def _note(self, signum: int, _frame: FrameType | None) -> None:
-        if signum not in self._came:
-            self._came.append(signum)
+    def _note_taker(
+        self, found: Callable[[int, FrameType | None], object] | int
+    ) -> Callable[[int, FrameType | None], None]:
+        """The handler of a hold whose signal found ``found`` in place: while a hold is on, it
+        notes the signal (raised again at the last :meth:`leave`). Once the hold is over it can
+        still be called: other code that set a handler of its own during the hold saved this
+        one and put it back after (uvicorn's ``capture_signals``). It then passes the signal on
+        to ``found``, the handler it stood in for (a default action: set back, then raised),
+        instead of noting it for a hold that will never deliver it."""
+
+        def note(signum: int, frame: FrameType | None) -> None:
+            if self._holding:  # this hold, or a later one (delivered at its last leave)
+                if signum not in self._came:
+                    self._came.append(signum)
+            elif callable(found):
+                found(signum, frame)
+            else:  # SIG_DFL (SIG_IGN and handlers not set from Python are not held)
+                signal.signal(signum, found)
+                signal.raise_signal(signum)
+
+        return note
 
     def enter(self) -> bool:
         if threading.current_thread() is not threading.main_thread():
             return False
         if self._depth == 0:
+            self._holding = True
             for signum in _HELD_SIGNALS:
                 # What is replaced is noted first: an application's handler may raise (see the
                 # caller) as signal.signal returns, and the caller then enters again, when the
@@ -1628,8 +1649,9 @@ class _SignalHold:
                     found = signal.getsignal(signum)
                     if found is None or found is signal.SIG_IGN or _loop_handler(found):
                         continue
+                    self._notes[signum] = self._note_taker(found)
                     self._found[signum] = found
-                signal.signal(signum, self._note)  # again after an interrupted enter: the same
+                signal.signal(signum, self._notes[signum])  # again after an interrupted enter: the same
         self._depth += 1
         return True
 
@@ -1638,17 +1660,19 @@ class _SignalHold:
         if self._depth:
             return
         found, self._found = self._found, {}
+        notes, self._notes = self._notes, {}
         first: BaseException | None = None
         for signum, handler in found.items():
             while True:  # a held signal still pending is noted first; another's handler may raise
                 try:
                     # not over a handler the application set meanwhile (asynchronous sessions:
                     # the loop runs other tasks during the hold)
-                    if signal.getsignal(signum) == self._note:
+                    if signal.getsignal(signum) is notes[signum]:
                         signal.signal(signum, handler)
                     break
                 except BaseException as exc:
                     first = first or exc
+        self._holding = False
         came, self._came = self._came, []
         for signum in came:
             try:
