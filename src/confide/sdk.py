@@ -1801,6 +1801,9 @@ class _AsyncVolumeSession:
         try:
             cancelled = await _through_cancellation(thread.mounted)
         except BaseException:  # GeneratorExit: closed with its loop, the block never runs
+            # Nobody takes the namespace the thread may open after this: it is closed then (at
+            # once if it is open already).
+            thread.mounted.add_done_callback(_close_namespace)
             thread.end(discard=True)
             raise
         failure = thread.mounted.exception()
@@ -1849,6 +1852,15 @@ class _AsyncVolumeSession:
             finally:
                 if early is not None:
                     raise early
+
+
+def _close_namespace(mounted: concurrent.futures.Future[tuple[MountedVolumes, int | None]]) -> None:
+    """Close the mount namespace descriptor a :class:`_VolumeThread` opened for an
+    ``__aenter__`` that no longer takes it (closed while it waited)."""
+    if not mounted.cancelled() and mounted.exception() is None:
+        namespace = mounted.result()[1]
+        if namespace is not None:
+            os.close(namespace)
 
 
 def _str_or_none(value: object) -> str | None:
