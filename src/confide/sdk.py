@@ -67,6 +67,7 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import shlex
 import signal
@@ -1694,6 +1695,8 @@ def _loop_handler(handler: object) -> bool:
 
 _HOLD = _SignalHold()
 
+_log = logging.getLogger("confide.sdk")
+
 
 _OWNER_POLL = 0.2
 """Seconds between checks, by an :meth:`AsyncCas.mount_volumes` session's thread, that the
@@ -1801,9 +1804,10 @@ class _AsyncVolumeSession:
         try:
             cancelled = await _through_cancellation(thread.mounted)
         except BaseException:  # GeneratorExit: closed with its loop, the block never runs
-            # Nobody takes the namespace the thread may open after this: it is closed then (at
-            # once if it is open already).
+            # Nobody takes the namespace the thread may open after this: it closes it (at once
+            # if it is open already), and an error of the discard is logged (nobody awaits it).
             thread.mounted.add_done_callback(_close_namespace)
+            thread.ended.add_done_callback(functools.partial(_log_unawaited, "discard"))
             thread.end(discard=True)
             raise
         failure = thread.mounted.exception()
@@ -1839,7 +1843,12 @@ class _AsyncVolumeSession:
         try:  # an error here replaces the block's exception (its __context__)
             assert self._thread is not None
             self._thread.end(discard=False)
-            cancelled = await _through_cancellation(self._thread.ended)
+            try:
+                cancelled = await _through_cancellation(self._thread.ended)
+            except BaseException:  # GeneratorExit: closed with its loop (not cancelled)
+                # The thread still seals and reports; nobody awaits its end: an error is logged.
+                self._thread.ended.add_done_callback(functools.partial(_log_unawaited, "seal and report"))
+                raise
             error = self._thread.ended.exception()
             if error is not None:  # wins over a cancellation: the CancelledError may be swallowed
                 raise error
@@ -1861,6 +1870,20 @@ def _close_namespace(mounted: concurrent.futures.Future[tuple[MountedVolumes, in
         namespace = mounted.result()[1]
         if namespace is not None:
             os.close(namespace)
+
+
+def _log_unawaited(what: str, ended: concurrent.futures.Future[None]) -> None:
+    """Log, at error level, an error of an :meth:`AsyncCas.mount_volumes` session's end that no
+    coroutine awaits any more (its ``__aenter__`` or ``__aexit__`` closed with its event loop,
+    not cancelled): the sync path would raise it. Its message only (no secret: errors.py)."""
+    error = None if ended.cancelled() else ended.exception()
+    if error is not None:
+        _log.error(
+            "confide.sdk: AsyncCas.mount_volumes: the %s after the coroutine was closed failed: %s: %s",
+            what,
+            type(error).__name__,
+            error,
+        )
 
 
 def _str_or_none(value: object) -> str | None:
