@@ -895,10 +895,10 @@ sys.exit(_fusefs.main(sys.argv[1:]))
 _EARLY_PARENT = """
 import os, subprocess, sys, time
 from pathlib import Path
-vol, keyhex, mnt, tag, server = sys.argv[1:]
+vol, keyhex, mnt, tag, server, mode = sys.argv[1:]
 r, w = os.pipe()
 proc = subprocess.Popen(
-    [sys.executable, "-c", server, vol, mnt, tag, str(os.getpid()), str(w), "rw"],
+    [sys.executable, "-c", server, vol, mnt, tag, str(os.getpid()), str(w), mode],
     stdin=subprocess.PIPE, pass_fds=(w,), text=True, start_new_session=True,
 )
 proc.stdin.write(keyhex + "\\n")
@@ -911,7 +911,8 @@ time.sleep(600)
 """
 
 
-def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["rw", "ro"])  # libfuse's threaded loop, and its single thread
+def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path, mode: str) -> None:
     """The parent dies after libfuse mounted but before the server handled the kernel's first
     request (``init``, where libfuse's exit handler is moved to SERVER_STOP_SIGNAL): the
     parent-death signal used to end the server by its default action, leaving its mount behind
@@ -922,7 +923,7 @@ def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(_EARLY_PARENT), str(vol), key.hex(), str(mnt), tag,
-         textwrap.dedent(_SLOW_INIT_SERVER)],
+         textwrap.dedent(_SLOW_INIT_SERVER), mode],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     child = 0
