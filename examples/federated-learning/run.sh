@@ -115,19 +115,11 @@ echo "model owner: fl-model ${MODEL_HASH:0:16}… (exports the model to the four
 # The three trainings of a round run at the same time: they share one copy of the model, which
 # each mounts ephemeral (a shared lock; its changes stay in its own view). Each `confide run`
 # mounts in a private mount namespace, which needs root; without it the mounts of the three
-# would meet at /run/confide/volumes/model, so they run one after another.
-train_all() {
-  local pids=() site pid
-  for site in a b c; do
-    if [ "$(id -u)" = 0 ]; then
-      confide run --config-id "hospital-$site/train" --tee sim -- "${TRAIN[@]}" &
-      pids+=($!)
-    else
-      confide run --config-id "hospital-$site/train" --tee sim -- "${TRAIN[@]}"
-    fi
-  done
-  for pid in "${pids[@]}"; do wait "$pid"; done   # a failed training stops the script (set -e)
-}
+# would meet at /run/confide/volumes/model, so they run one after another. A failed training
+# stops the script once all three have ended (train_all.sh).
+# shellcheck source=examples/federated-learning/train_all.sh
+source "$HERE/train_all.sh"
+if [ "$(id -u)" = 0 ]; then TRAIN_PARALLEL=1; else TRAIN_PARALLEL=0; fi
 for round in $(seq "$ROUNDS"); do
   step "round $round: the hospitals train in their TEEs (at the same time), then the aggregator averages"
   train_all

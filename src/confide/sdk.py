@@ -67,6 +67,7 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import shlex
 import signal
@@ -1609,17 +1610,38 @@ class _SignalHold:
 
     def __init__(self) -> None:
         self._depth = 0
+        self._holding = False  # from the first enter until the last leave has put the handlers back
         self._found: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+        self._notes: dict[int, Callable[[int, FrameType | None], None]] = {}
         self._came: list[int] = []
 
-    def _note(self, signum: int, _frame: FrameType | None) -> None:
-        if signum not in self._came:
-            self._came.append(signum)
+    def _note_taker(
+        self, found: Callable[[int, FrameType | None], object] | int
+    ) -> Callable[[int, FrameType | None], None]:
+        """The handler of a hold whose signal found ``found`` in place: while a hold is on, it
+        notes the signal (raised again at the last :meth:`leave`). Once the hold is over it can
+        still be called: other code that set a handler of its own during the hold saved this
+        one and put it back after (uvicorn's ``capture_signals``). It then passes the signal on
+        to ``found``, the handler it stood in for (a default action: set back, then raised),
+        instead of noting it for a hold that will never deliver it."""
+
+        def note(signum: int, frame: FrameType | None) -> None:
+            if self._holding:  # this hold, or a later one (delivered at its last leave)
+                if signum not in self._came:
+                    self._came.append(signum)
+            elif callable(found):
+                found(signum, frame)
+            else:  # SIG_DFL (SIG_IGN and handlers not set from Python are not held)
+                signal.signal(signum, found)
+                signal.raise_signal(signum)
+
+        return note
 
     def enter(self) -> bool:
         if threading.current_thread() is not threading.main_thread():
             return False
         if self._depth == 0:
+            self._holding = True
             for signum in _HELD_SIGNALS:
                 # What is replaced is noted first: an application's handler may raise (see the
                 # caller) as signal.signal returns, and the caller then enters again, when the
@@ -1628,8 +1650,9 @@ class _SignalHold:
                     found = signal.getsignal(signum)
                     if found is None or found is signal.SIG_IGN or _loop_handler(found):
                         continue
+                    self._notes[signum] = self._note_taker(found)
                     self._found[signum] = found
-                signal.signal(signum, self._note)  # again after an interrupted enter: the same
+                signal.signal(signum, self._notes[signum])  # again after an interrupted enter: the same
         self._depth += 1
         return True
 
@@ -1638,17 +1661,19 @@ class _SignalHold:
         if self._depth:
             return
         found, self._found = self._found, {}
+        notes, self._notes = self._notes, {}
         first: BaseException | None = None
         for signum, handler in found.items():
             while True:  # a held signal still pending is noted first; another's handler may raise
                 try:
                     # not over a handler the application set meanwhile (asynchronous sessions:
                     # the loop runs other tasks during the hold)
-                    if signal.getsignal(signum) == self._note:
+                    if signal.getsignal(signum) is notes[signum]:
                         signal.signal(signum, handler)
                     break
                 except BaseException as exc:
                     first = first or exc
+        self._holding = False
         came, self._came = self._came, []
         for signum in came:
             try:
@@ -1669,6 +1694,8 @@ def _loop_handler(handler: object) -> bool:
 
 
 _HOLD = _SignalHold()
+
+_log = logging.getLogger("confide.sdk")
 
 
 _OWNER_POLL = 0.2
@@ -1777,6 +1804,10 @@ class _AsyncVolumeSession:
         try:
             cancelled = await _through_cancellation(thread.mounted)
         except BaseException:  # GeneratorExit: closed with its loop, the block never runs
+            # Nobody takes the namespace the thread may open after this: it closes it (at once
+            # if it is open already), and an error of the discard is logged (nobody awaits it).
+            thread.mounted.add_done_callback(_close_namespace)
+            thread.ended.add_done_callback(functools.partial(_log_unawaited, "discard"))
             thread.end(discard=True)
             raise
         failure = thread.mounted.exception()
@@ -1812,7 +1843,12 @@ class _AsyncVolumeSession:
         try:  # an error here replaces the block's exception (its __context__)
             assert self._thread is not None
             self._thread.end(discard=False)
-            cancelled = await _through_cancellation(self._thread.ended)
+            try:
+                cancelled = await _through_cancellation(self._thread.ended)
+            except BaseException:  # GeneratorExit: closed with its loop (not cancelled)
+                # The thread still seals and reports; nobody awaits its end: an error is logged.
+                self._thread.ended.add_done_callback(functools.partial(_log_unawaited, "seal and report"))
+                raise
             error = self._thread.ended.exception()
             if error is not None:  # wins over a cancellation: the CancelledError may be swallowed
                 raise error
@@ -1825,6 +1861,29 @@ class _AsyncVolumeSession:
             finally:
                 if early is not None:
                     raise early
+
+
+def _close_namespace(mounted: concurrent.futures.Future[tuple[MountedVolumes, int | None]]) -> None:
+    """Close the mount namespace descriptor a :class:`_VolumeThread` opened for an
+    ``__aenter__`` that no longer takes it (closed while it waited)."""
+    if not mounted.cancelled() and mounted.exception() is None:
+        namespace = mounted.result()[1]
+        if namespace is not None:
+            os.close(namespace)
+
+
+def _log_unawaited(what: str, ended: concurrent.futures.Future[None]) -> None:
+    """Log, at error level, an error of an :meth:`AsyncCas.mount_volumes` session's end that no
+    coroutine awaits any more (its ``__aenter__`` or ``__aexit__`` closed with its event loop,
+    not cancelled): the sync path would raise it. Its message only (no secret: errors.py)."""
+    error = None if ended.cancelled() else ended.exception()
+    if error is not None:
+        _log.error(
+            "confide.sdk: AsyncCas.mount_volumes: the %s after the coroutine was closed failed: %s: %s",
+            what,
+            type(error).__name__,
+            error,
+        )
 
 
 def _str_or_none(value: object) -> str | None:

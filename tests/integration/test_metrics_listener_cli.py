@@ -623,6 +623,37 @@ def _scrape(
         connection.close()
 
 
+def _resumed(url: str, server_ca: Path, client: tuple[Path, Path], version: ssl.TLSVersion) -> bool:
+    """Two scrapes of ``url`` over TLS ``version`` with the client certificate ``client``, the
+    second offering the session the first ended with (a TLS 1.3 ticket, a TLS 1.2 ticket or
+    session id): whether the server resumed it (it then served a certificate it did not judge)."""
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.minimum_version = context.maximum_version = version
+    context.load_cert_chain(*client)
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    request = (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    session: ssl.SSLSession | None = None
+    reused = []
+    for _ in range(2):
+        with (
+            socket.create_connection((parts.hostname, parts.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=parts.hostname, session=session) as tls,
+        ):
+            tls.sendall(request)
+            answer = b""
+            while chunk := tls.recv(65536):  # to the end: TLS 1.3 tickets come after the handshake
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+            reused.append(tls.session_reused)
+            session = tls.session
+    assert not reused[0]
+    return reused[1]
+
+
 def _wait_for(cas: CasProcess, event: str, count: int) -> list[dict[str, Any]]:
     """The log's first ``count`` lines of ``event``, waited for."""
     assert cas.log is not None
@@ -665,13 +696,14 @@ def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> No
             assert _scrape(url, server_ca, None, TOKEN, version) == "refused"
             assert _scrape(url, server_ca, client_b, TOKEN, version) == "refused"
             assert _scrape(url, server_ca, expired, TOKEN, version) == "refused"
+            assert not _resumed(url, server_ca, client_a, version)  # each certificate judged
         unauthorized = _scrape(url, server_ca, client_a)  # the certificate alone: the token too
         assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
         served = _scrape(url, server_ca, client_a, TOKEN)
         assert isinstance(served, tuple)
         sha_a = _cert_sha(client_a[0])
         assert (
-            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 3.0'
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 7.0'
             in served[1]
         )
         assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]
@@ -760,13 +792,16 @@ def test_ledger_metrics_listener_requires_client_certificates(
             assert "confide_ledger_http_requests_total" in served[1]
             assert _scrape(metrics_url, server_ca, None, TOKEN, version) == "refused"
             assert _scrape(metrics_url, server_ca, client_b, TOKEN, version) == "refused"
+            # no session resumed: each connection's certificate judged at its own handshake
+            # (a resumed one carries the certificate judged when it was made, expired since)
+            assert not _resumed(metrics_url, server_ca, client_a, version)
         unauthorized = _scrape(metrics_url, server_ca, client_a)  # the certificate alone: the token too
         assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
         served = _scrape(metrics_url, server_ca, client_a, TOKEN)
         assert isinstance(served, tuple) and served[0] == 200
         sha_a = _cert_sha(client_a[0])
         assert (
-            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 3.0'
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 7.0'
             in served[1]
         ), served[1]
         assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]

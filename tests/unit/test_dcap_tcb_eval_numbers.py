@@ -25,11 +25,22 @@ from cas_inproc import RuntimeKey, last_attestation, production_cas, refused, si
 from cli import run_confide
 from confide import errors
 from confide.cas.verifier import PlatformVerifier
-from confide.collateral.dcap import BundleFileSource, PcsDirectorySource, PcsHttpSource, source_for
+from confide.collateral.dcap import (
+    BundleFileSource,
+    PcsDirectorySource,
+    PcsHttpSource,
+    source_for,
+    unverified_tcb_evaluation_numbers,
+)
 from confide.errors import PolicyError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral, TcbEvaluationNumbersText
-from confide.platforms import AutoTcbEvaluation, require_automatic_tcb_evaluation, require_minimum
+from confide.platforms import (
+    MAX_TCB_RECOVERY_GRACE_DAYS,
+    AutoTcbEvaluation,
+    require_automatic_tcb_evaluation,
+    require_minimum,
+)
 from confide.policy import appraise, loads_policy, policy_hash
 from confide.verify.dcap import DcapVerifier, pck_info
 from confide.verify.result import TcbEvaluationNumbers, VerifiedEvidence
@@ -294,6 +305,17 @@ def test_grace_is_not_negative() -> None:
     with pytest.raises(ValueError, match="negative"):
         AutoTcbEvaluation(timedelta(days=-1))
     assert AutoTcbEvaluation().grace == timedelta(days=365)
+
+
+def test_grace_is_capped_like_the_option() -> None:
+    # Built directly (SDK), a grace past the CLI's and the policy's cap overflowed the date
+    # arithmetic of each verification (OverflowError) instead of failing at construction.
+    assert AutoTcbEvaluation(timedelta(days=MAX_TCB_RECOVERY_GRACE_DAYS)).grace.days == 3650
+    for days in (MAX_TCB_RECOVERY_GRACE_DAYS + 1, 999_999_999):
+        with pytest.raises(ValueError, match="at most 3650 days"):
+            AutoTcbEvaluation(timedelta(days=days))
+    with pytest.raises(TypeError, match="timedelta"):
+        AutoTcbEvaluation(365)  # type: ignore[arg-type]
 
 
 def _with_list(case: Case, listed: Path) -> VerifiedEvidence:
@@ -934,3 +956,22 @@ def test_memory_cache_rejudges_an_entry_when_the_automatic_minimum_rises(tmp_pat
             cache.get(key, SGX.time)
             assert cache.cached(key, SGX.time) is not None  # minimum 17 at SGX.time
             assert (cache.cached(key, later) is not None) == served_later, with_grace
+
+
+def test_a_far_future_recovery_event_is_not_yet_enforced_and_overflows_nothing() -> None:
+    """A list read unverified (the caches' decisions under auto: a PCCS's answer, before any
+    signature is checked) may date an event in year 9999: ``date + grace`` overflowed
+    (OverflowError from a cache lookup or a fetch, not a refusal). It is an event not yet
+    enforced: the lowest number the list gives is required."""
+    inner = (
+        '{"id":"TDX","version":1,"issueDate":"2025-10-20T00:00:00Z","nextUpdate":"2025-11-19T00:00:00Z",'
+        '"tcbEvalNumbers":[{"tcbEvaluationDataNumber":19,"tcbRecoveryEventDate":"9999-12-31T23:59:59Z",'
+        '"tcbDate":"9999-12-31T00:00:00Z"},{"tcbEvaluationDataNumber":17,'
+        '"tcbRecoveryEventDate":"2024-03-12T00:00:00Z","tcbDate":"2024-03-13T00:00:00Z"}]}'
+    )
+    body = f'{{"tcbEvaluationDataNumbers":{inner},"signature":"{"00" * 64}"}}'.encode()
+    listed = unverified_tcb_evaluation_numbers(body)
+    assert listed is not None
+    assert listed.required(t("2025-10-20T00:00:00Z"), timedelta(days=3650)).number == 17
+    assert listed.required(t("2025-10-20T00:00:00Z"), timedelta(days=365)).number == 17
+    assert listed.required(t("2025-03-01T00:00:00Z"), timedelta(days=365)).number == 17  # none yet: lowest

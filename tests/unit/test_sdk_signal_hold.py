@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -192,3 +195,53 @@ def test_a_handler_the_application_sets_during_an_async_hold_is_kept(handlers: l
     hold.leave()
     assert signal.getsignal(signal.SIGTERM) is set_meanwhile
     assert mine == [signal.SIGTERM] and handlers == []
+
+
+def test_a_note_taker_put_back_after_the_hold_passes_its_signals_on(handlers: list[int]) -> None:
+    """Code that sets a handler of its own during an asynchronous hold saves the hold's
+    note-taker and puts it back once done (uvicorn's ``capture_signals``), after the hold
+    ended. The note-taker then noted every later signal for a hold that never delivered it: the
+    signal was swallowed for good. It passes it on to the handler it stood in for."""
+    hold = _SignalHold()
+    hold.enter()
+    saved = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)  # a server starts
+    hold.leave()
+    signal.signal(signal.SIGTERM, saved)  # and, stopping, puts back what it found
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handlers == [signal.SIGTERM]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handlers == [signal.SIGTERM, signal.SIGTERM]
+    # during a later hold it is held again, and delivered at that hold's end (through it)
+    assert hold.enter()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handlers == [signal.SIGTERM, signal.SIGTERM]
+    hold.leave()
+    assert handlers == [signal.SIGTERM, signal.SIGTERM, signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is saved
+
+
+_DEFAULT_ACTION_CHILD = """
+import os, signal, sys, time
+from confide.sdk import _SignalHold
+
+hold = _SignalHold()
+hold.enter()
+saved = signal.signal(signal.SIGTERM, lambda _s, _f: None)
+hold.leave()
+signal.signal(signal.SIGTERM, saved)
+print("armed", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+print("swallowed", flush=True)
+"""
+
+
+def test_a_note_taker_put_back_after_the_hold_gives_a_default_action(tmp_path: Path) -> None:
+    """The same with SIGTERM at its default: the signal ends the process, as without the hold."""
+    src = Path(__file__).parents[2] / "src"
+    child = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_ACTION_CHILD],
+        env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert child.stdout == "armed\n", child.stderr
+    assert child.returncode == -signal.SIGTERM

@@ -875,3 +875,78 @@ def test_an_ephemeral_mount_still_authenticates_every_chunk(tmp_path: Path) -> N
     with pytest.raises(RollbackError):
         mount_volume(vol, key, mnt, expected_tag="00" * 32, mode="fuse", ephemeral=True)
     assert not _mounted(mnt)
+
+
+_SLOW_INIT_SERVER = """
+import sys, time
+from confide.volume import _fusefs
+
+init = _fusefs.VolumeFS.init_with_config
+
+def slow_init(self, conn, config):  # the window between libfuse's mount and the first init
+    print("in init", file=sys.stderr, flush=True)
+    time.sleep(2)
+    init(self, conn, config)
+
+_fusefs.VolumeFS.init_with_config = slow_init
+sys.exit(_fusefs.main(sys.argv[1:]))
+"""
+
+_EARLY_PARENT = """
+import os, subprocess, sys, time
+from pathlib import Path
+vol, keyhex, mnt, tag, server, mode = sys.argv[1:]
+r, w = os.pipe()
+proc = subprocess.Popen(
+    [sys.executable, "-c", server, vol, mnt, tag, str(os.getpid()), str(w), mode],
+    stdin=subprocess.PIPE, pass_fds=(w,), text=True, start_new_session=True,
+)
+proc.stdin.write(keyhex + "\\n")
+proc.stdin.flush()
+print(proc.pid, flush=True)
+while not any(line.split()[4] == mnt for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+    time.sleep(0.005)  # the mount table, not a stat: a stat would wait for the init
+print("mounted", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])  # libfuse's threaded loop, and its single thread
+def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path, mode: str) -> None:
+    """The parent dies after libfuse mounted but before the server handled the kernel's first
+    request (``init``, where libfuse's exit handler is moved to SERVER_STOP_SIGNAL): the
+    parent-death signal used to end the server by its default action, leaving its mount behind
+    (ENOTCONN for every access, nobody to remove it). It is noted until ``init``, which then
+    ends the loop: the server unmounts and exits, the session discarded."""
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
+    mnt = _mnt(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_EARLY_PARENT), str(vol), key.hex(), str(mnt), tag,
+         textwrap.dedent(_SLOW_INIT_SERVER), mode],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "mounted"
+        parent.send_signal(signal.SIGKILL)  # within the server's 2 s init
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{child}"):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                    break
+            assert time.monotonic() < deadline, "the FUSE server outlived its parent"
+            time.sleep(0.1)
+        assert not _mounted(mnt), "the server's mount was left behind"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+        if _mounted(mnt):
+            subprocess.run(volume_mount._unmount_cmd(mnt, True), capture_output=True, check=False)
+    assert verify_volume(vol, key, tag).ok and load_sealed(vol, key)[1] == tag

@@ -1145,7 +1145,7 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     if state == "pending":
         click.echo(printable(f"{name}: pending approval by the update board"), err=True)
     for warning in policy_warnings(doc):  # docs/limitations.md "confide run": not a refusal
-        click.echo(warning, err=True)
+        click.echo(printable(warning), err=True)  # it names the policy's file paths
 
 
 @policy.command("approve")

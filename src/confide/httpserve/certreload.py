@@ -115,6 +115,12 @@ class LoadedCertificate:
     chain_length: int
     not_before: datetime
     client_ca: LoadedClientCa | None = None
+    fresh: Callable[[], ssl.SSLContext] | None = None
+    """With ``client_ca``: a new context of the same files for each connection (what
+    :meth:`CertificateReloader.__call__` hands out): OpenSSL keeps a server's TLS 1.2 sessions
+    in its context's cache, and ``OP_NO_TICKET`` leaves that on (Python cannot turn it off), so
+    one context for every connection resumed a client's session by its id, with the client
+    certificate judged at the handshake that made it."""
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -184,11 +190,15 @@ def load_certificate_pair(
     key: Path,
     make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
     options: tuple[str, str] = TLS_OPTIONS,
+    *,
+    per_connection: bool = False,
 ) -> LoadedCertificate:
     """``make_context()`` loaded with the PEM certificate chain in ``cert`` and its unencrypted
     PEM private key in ``key``, both parsed and checked to match first. A
     :class:`UsageError` (one line: the option, the file, what is wrong; ``options`` name the
-    two files) otherwise. Its dates are not judged here (:func:`check_valid_at`)."""
+    two files) otherwise. Its dates are not judged here (:func:`check_valid_at`).
+    ``per_connection``: also a function making a new such context from the same bytes
+    (:attr:`LoadedCertificate.fresh`)."""
     cert_opt, key_opt = options
     both = f"{cert_opt}/{key_opt}"
     cert_pem = _read(cert, cert_opt)
@@ -237,9 +247,16 @@ def load_certificate_pair(
     except OSError as exc:
         raise UsageError(f"{both}: cannot load: {exc.strerror or exc}") from None
     der = leaf.public_bytes(serialization.Encoding.DER)
+
+    def fresh() -> ssl.SSLContext:
+        made = make_context()
+        _load_chain(made, cert_pem, key_pem, cert, key)
+        return made
+
     return LoadedCertificate(
-        ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc
-    )
+        ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc,
+        fresh=fresh if per_connection else None,
+    )  # fmt: skip
 
 
 def load_client_ca(path: Path, option: str) -> LoadedClientCa:
@@ -280,7 +297,8 @@ def load_client_ca(path: Path, option: str) -> LoadedClientCa:
 def _requiring_client_certs(make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa) -> ssl.SSLContext:
     """``make_context()`` asking every client for a certificate chaining to ``ca`` and refusing
     the handshake without one (TLS 1.2 and 1.3 alike). No session is resumed (no TLS 1.3
-    tickets, no TLS 1.2 tickets): a resumed session carries the certificate of the handshake
+    tickets, no TLS 1.2 tickets; TLS 1.2 session ids: each connection gets a context of its own,
+    :attr:`LoadedCertificate.fresh`): a resumed session carries the certificate of the handshake
     that made it, judged then, so an expired one would be served for the session's lifetime;
     each connection's certificate is judged at its own handshake."""
     ctx = make_context()
@@ -440,7 +458,7 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         ca = load_client_ca(self.client_ca, self.client_ca_option)
         make = self._make_context
         loaded = load_certificate_pair(
-            self.cert, self.key, lambda: _requiring_client_certs(make, ca), self.options
+            self.cert, self.key, lambda: _requiring_client_certs(make, ca), self.options, per_connection=True
         )
         return replace(loaded, client_ca=ca)
 
@@ -477,8 +495,10 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         return self.loaded.context
 
     def __call__(self) -> ssl.SSLContext:
-        """The context for a new connection."""
-        return self.loaded.context
+        """The context for a new connection: with a client CA bundle, one of its own
+        (:attr:`LoadedCertificate.fresh`: no session of another connection can be resumed)."""
+        loaded = self.loaded
+        return loaded.context if loaded.fresh is None else loaded.fresh()
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """``<metric_prefix>_reloads_total{result}`` and ``<metric_prefix>_not_after_seconds``

@@ -154,8 +154,16 @@ class AutoTcbEvaluation:
     grace: timedelta = timedelta(days=DEFAULT_TCB_RECOVERY_GRACE_DAYS)
 
     def __post_init__(self) -> None:
+        # The cap of --tcb-recovery-grace and the policy's setting: a larger grace (built here
+        # directly) overflowed the date arithmetic of every verification (OverflowError).
+        if not isinstance(self.grace, timedelta):
+            raise TypeError(f"grace: expected a timedelta, got {type(self.grace).__name__}")
         if self.grace < timedelta(0):
             raise ValueError("grace must not be negative")
+        if self.grace > timedelta(days=MAX_TCB_RECOVERY_GRACE_DAYS):
+            raise ValueError(
+                f"grace must be at most {MAX_TCB_RECOVERY_GRACE_DAYS} days, got {self.grace.days} days"
+            )
 
 
 TcbEvaluationMinimum = int | AutoTcbEvaluation

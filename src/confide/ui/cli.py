@@ -16,6 +16,7 @@ import click
 
 from confide.clitypes import MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
 from confide.errors import UsageError
+from confide.termsafe import printable
 
 if TYPE_CHECKING:
     from confide.sdk import Cas
@@ -293,9 +294,11 @@ def ui(
         shown = f"[{host}]" if ":" in host else host
         who = identity.fingerprint if identity is not None else "no identity yet"
         if warning is not None:
-            click.echo(warning, err=True)
+            click.echo(printable(warning), err=True)
         where = f"http://{shown}:{bound}/"
-        click.echo(f"confide ui: serving {cas.url} as {who} on {where} (trusted by {state.trust})", err=True)
+        # the URL and the certificate file's path are the environment's (client.env) text
+        serving = f"confide ui: serving {cas.url} as {who} on {where} (trusted by {state.trust})"
+        click.echo(printable(serving), err=True)
         click.echo(f"http://{shown}:{bound}/?token={state.token}")
         sys.stdout.flush()
         try:

@@ -171,7 +171,9 @@ class TcbEvaluationNumbers:
         (Intel lists the evaluations it still supports)."""
         if grace < timedelta(0):
             raise ValueError("grace must not be negative")
-        enforced = [n for n in self.numbers if n.tcb_recovery_event_date + grace <= at]
+        # at - grace, not date + grace: a list read unverified (a cache's decisions) may date an
+        # event in year 9999, and the sum overflowed (OverflowError, not a refusal)
+        enforced = [n for n in self.numbers if n.tcb_recovery_event_date <= at - grace]
         if enforced:
             event = max(enforced, key=lambda n: n.number)
             return RequiredTcbEvaluation(event.number, grace, at, self.issue_date, event)

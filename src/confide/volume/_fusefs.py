@@ -930,6 +930,45 @@ def _hold_signals() -> bool:
     return True
 
 
+class _EarlyStop:
+    """:data:`SERVER_STOP_SIGNAL` noted from :meth:`arm` (main thread, right before the mount)
+    until the file system's ``init`` asks :meth:`came` (any thread): a Python handler, whose C
+    part writes the signal's number to the wakeup descriptor from whichever thread the kernel
+    picked (the Python part would run in the main thread only, which is inside libfuse's loop).
+    :meth:`disarm` (main thread, after the loop) removes the wakeup descriptor."""
+
+    def __init__(self) -> None:
+        self._r = self._w = -1
+
+    def arm(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        signal.signal(SERVER_STOP_SIGNAL, lambda _sig, _frame: None)
+
+    def came(self) -> bool:
+        try:
+            noted = os.read(self._r, 4096)
+        except BlockingIOError:
+            return False
+        return int(SERVER_STOP_SIGNAL) in noted
+
+    def disarm(self) -> None:
+        if self._r < 0:
+            return
+        signal.set_wakeup_fd(-1)
+        os.close(self._r)
+        os.close(self._w)
+        self._r = self._w = -1
+
+
+def _default_stop_signal() -> None:
+    """:data:`SERVER_STOP_SIGNAL` back to its default action, from any thread (through libc)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal(int(SERVER_STOP_SIGNAL), _SIG_DFL)
+
+
 def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], None]) -> bool:
     """The loop ended before the parent said what to do with the session: the mount was
     removed from outside (``umount`` of the mountpoint) or :data:`SERVER_STOP_SIGNAL` came from
@@ -1012,9 +1051,19 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     fs = VolumeFS(reader, key, writable=writable, ephemeral=ephemeral)
     mounted = threading.Event()
+    # From the mount (inside _FUSE) to the first init, SERVER_STOP_SIGNAL (the parent's death,
+    # or abort()) would end this process by its default action and leave the mount behind: no
+    # handler of libfuse's answers it yet. It is only noted then (the wakeup descriptor, written
+    # in whichever thread takes it) and acted on at init, with libfuse's handler in place.
+    early = _EarlyStop()
 
     def ready() -> None:
-        _hold_signals()  # before 'ready': once mounted, only the mounting process ends the loop
+        # before 'ready': once mounted, only the mounting process ends the loop
+        if not _hold_signals():
+            _default_stop_signal()  # as before: its default action ends the process
+        if early.came() or os.getppid() != parent:  # stopped, or the parent died, before init
+            log.warning("confide volume: stopped before the FUSE mount was ready; unmounting")
+            os.kill(os.getpid(), SERVER_STOP_SIGNAL)  # libfuse's handler ends the loop: unmounted
         mounted.set()
         say("ready")
 
@@ -1033,7 +1082,11 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=commands, daemon=True).start()
     try:
-        _FUSE(fs, mountpoint, **_fuse_options(writable))
+        early.arm()
+        try:
+            _FUSE(fs, mountpoint, **_fuse_options(writable))
+        finally:
+            early.disarm()
     except Exception as exc:
         if not mounted.is_set():  # the mount itself failed (no /dev/fuse, busy mountpoint, ...)
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
