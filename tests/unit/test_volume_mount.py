@@ -874,6 +874,8 @@ def test_an_ephemeral_session_holds_its_files_to_a_memory_budget(tmp_path: Path)
     with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=8 * CS) as h:
         assert h.memory_limit == 8 * CS
         _write_new(mnt / "a", _pattern(5 * CS, 1))
+        sv = os.statvfs(mnt)  # df shows the budget and its rest
+        assert sv.f_blocks == 8 * CS // sv.f_frsize and sv.f_bavail == 3 * CS // sv.f_frsize
         # past the budget: ENOSPC, and nothing of the write is in the file (no partial write)
         _enospc(_write_new, mnt / "b", _pattern(4 * CS, 2))
         assert (mnt / "b").stat().st_size == 0

@@ -524,10 +524,17 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
 
     def statfs(self, path: str) -> dict[str, int]:
         sv = os.statvfs(self.directory)
-        return {
+        out = {
             k: getattr(sv, k)
             for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
         } | {"f_namemax": 255}
+        if self.ephemeral and self.memory_limit is not None:
+            # what a write can still take is the budget's rest, not the volume directory's disk
+            with self._lock:
+                free = max(0, self.memory_limit - self.memory_used)
+            unit = out["f_frsize"] or 4096
+            out |= {"f_blocks": self.memory_limit // unit, "f_bfree": free // unit, "f_bavail": free // unit}
+        return out
 
     # --- FUSE operations: data ---------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
