@@ -114,8 +114,10 @@ echo "model owner: fl-model ${MODEL_HASH:0:16}… (exports the model to the four
 
 # The three trainings of a round run at the same time: they share one copy of the model, which
 # each mounts ephemeral (a shared lock; its changes stay in its own view). Each `confide run`
-# mounts in a private mount namespace, which needs root; without it the mounts of the three
-# would meet at /run/confide/volumes/model, so they run one after another. A failed training
+# mounts in a private mount namespace, which needs root; without it each run mounts in a
+# directory of its own under /run/confide/volumes only where its user may create one (else the
+# three would meet at /run/confide/volumes/model and all but one be refused), so they run one
+# after another. A failed training
 # stops the script once all three have ended (train_all.sh).
 # shellcheck source=examples/federated-learning/train_all.sh
 source "$HERE/train_all.sh"

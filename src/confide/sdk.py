@@ -1498,7 +1498,9 @@ class Cas:
         and :func:`~confide.runtime.volumes.seal_and_report`), with the block as the program.
 
         Each volume is mounted writable at ``/run/confide/volumes/NAME`` (FUSE, else tmpfs; not
-        root: a private directory under /dev/shm) after its tag was checked against the released
+        root: at ``/run/confide/volumes/run-XXXXXXXX/NAME``, a directory of the block's own, and
+        in the tmpfs fallback a private directory under /dev/shm linked from there; see
+        ``VolumeMounts.paths``) after its tag was checked against the released
         one; an image contract (``$CONFIDE_SCONIFY``) binds its protected paths at their
         original places, which needs root. As root, the mounts are made in a private mount
         namespace of the calling thread: use them from that thread and the processes it starts.

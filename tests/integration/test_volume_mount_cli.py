@@ -45,7 +45,11 @@ def _mounted(path: Path) -> bool:
 
 class _Mount:
     def __init__(self, *args: str, user: str | None = None, extra_env: dict[str, str] | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("CONFIDE_VOLUME_KEY", "CONFIDE_TMPFS_FOLIOS")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("CONFIDE_VOLUME_KEY", "CONFIDE_TMPFS_FOLIOS", "CONFIDE_EPHEMERAL_MEMORY")
+        }
         env["PYTHONPATH"] = str(SRC)
         env.update(extra_env or {})
         cmd = [sys.executable, "-m", "confide", "volume", "mount", *args]
@@ -603,3 +607,40 @@ def test_writable_and_ephemeral_together_is_a_usage_error(vol: tuple[Path, Path,
     rc, _out, err = m.stop()
     assert rc == 2 and "--writable and --ephemeral" in err and len(err.strip().splitlines()) == 1, err
     assert not _mounted(mnt)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ephemeral-memory", "1G"], "--ephemeral-memory: applies to --ephemeral mounts only"),
+        (["--ephemeral", "--ephemeral-memory", "lots"], "--ephemeral-memory: got 'lots', expected a size"),
+    ],
+)
+def test_ephemeral_memory_usage_errors(
+    vol: tuple[Path, Path, str, Path], args: list[str], message: str
+) -> None:
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, *args)
+    rc, _out, err = m.stop()
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not _mounted(mnt)
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_ephemeral_memory_option_fails_writes_past_it_with_enospc(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    # the option wins over the environment variable
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--ephemeral",
+               "--ephemeral-memory", "64K", extra_env={"CONFIDE_EPHEMERAL_MEMORY": "1M"})  # fmt: skip
+    try:
+        assert "ephemeral read-write via fuse" in m.first, m.first
+        (mnt / "a").write_bytes(bytes(60_000))
+        with pytest.raises(OSError) as ei:
+            (mnt / "b").write_bytes(bytes(10_000))
+        assert ei.value.errno == errno.ENOSPC
+        (mnt / "a").unlink()
+        (mnt / "b").write_bytes(bytes(10_000))
+        assert (mnt / "b").stat().st_size == 10_000
+    finally:
+        rc, out, err = m.stop()
+    assert rc == 0 and f"unmounted; tag: {tag} (unchanged)" in out, out + err

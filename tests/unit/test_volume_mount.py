@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from confide.errors import RollbackError, SignatureError, StorageError
+from confide.errors import RollbackError, SignatureError, StorageError, UsageError
 from confide.volume import (
     Region,
     RegionRule,
@@ -850,6 +850,107 @@ def test_an_ephemeral_mount_is_refused_while_a_writable_one_is_live(tmp_path: Pa
     assert new != tag  # the writer's session was not disturbed
     with mount_volume(vol, key, mnt2, expected_tag=new, mode="fuse", ephemeral=True):
         assert (mnt2 / "a").read_bytes() == b"sealed at the end"
+
+
+def _enospc(fn: object, *args: object) -> None:
+    with pytest.raises(OSError) as ei:
+        fn(*args)  # type: ignore[operator]
+    assert ei.value.errno == errno.ENOSPC
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_an_ephemeral_session_holds_its_files_to_a_memory_budget(tmp_path: Path) -> None:
+    files = {"big.bin": _pattern(40 * CS + 7), "small.txt": b"small\n", "plain/p.txt": b"public\n"}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    before = _digest(vol)
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=8 * CS) as h:
+        assert h.memory_limit == 8 * CS
+        _write_new(mnt / "a", _pattern(5 * CS, 1))
+        sv = os.statvfs(mnt)  # df shows the budget and its rest
+        assert sv.f_blocks == 8 * CS // sv.f_frsize and sv.f_bavail == 3 * CS // sv.f_frsize
+        # past the budget: ENOSPC, and nothing of the write is in the file (no partial write)
+        _enospc(_write_new, mnt / "b", _pattern(4 * CS, 2))
+        assert (mnt / "b").stat().st_size == 0
+        _write_new(mnt / "b", _pattern(3 * CS, 2))  # exactly up to the budget
+        fd = os.open(mnt / "a", os.O_WRONLY)
+        try:
+            _enospc(os.pwrite, fd, b"x", 5 * CS)  # one byte more
+            assert os.pwrite(fd, b"Z" * CS, CS) == CS  # an overwrite inside the file holds nothing new
+        finally:
+            os.close(fd)
+        want_a = bytearray(_pattern(5 * CS, 1))
+        want_a[CS : 2 * CS] = b"Z" * CS
+        assert (mnt / "a").read_bytes() == bytes(want_a)
+        _enospc(os.truncate, mnt / "b", 4 * CS)  # an extension counts as well (a sparse file whole)
+        assert (mnt / "b").read_bytes() == _pattern(3 * CS, 2)
+        # opening a volume file for writing decrypts all of it into memory: refused whole
+        _enospc(open, mnt / "big.bin", "r+b")
+        assert (mnt / "big.bin").read_bytes() == files["big.bin"]
+        # a removal gives the memory back: the same write now works
+        (mnt / "a").unlink()
+        _write_new(mnt / "c", _pattern(4 * CS, 3))
+        # so does a truncation (b: 3 chunks -> 0)
+        os.truncate(mnt / "b", 0)
+        _write_new(mnt / "d", _pattern(4 * CS, 4))
+        _enospc(_write_new, mnt / "e", b"y")
+        # a file removed while open holds its memory until its last handle is closed
+        fd = os.open(mnt / "d", os.O_RDONLY)
+        (mnt / "d").unlink()
+        _enospc(_write_new, mnt / "e", b"y")
+        os.close(fd)
+        _write_new(mnt / "e", _pattern(4 * CS, 5))
+        # O_TRUNC on a volume file holds nothing of its old contents; a rename into another
+        # region re-encrypts nothing in an ephemeral session (no memory held, contents kept)
+        (mnt / "e").unlink()
+        with (mnt / "big.bin").open("wb") as f:
+            f.write(_pattern(4 * CS, 6))
+        os.rename(mnt / "small.txt", mnt / "plain" / "moved.txt")
+        assert (mnt / "plain" / "moved.txt").read_bytes() == b"small\n"
+        assert (mnt / "c").read_bytes() == _pattern(4 * CS, 3)
+        assert (mnt / "big.bin").read_bytes() == _pattern(4 * CS, 6)
+    assert _digest(vol) == before  # nothing of it reached the volume directory
+
+
+def test_the_ephemeral_memory_budget_defaults_and_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"x"})
+    mnt = _mnt(tmp_path)
+    monkeypatch.delenv(volume_mount.EPHEMERAL_MEMORY_ENV, raising=False)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True) as h:
+        assert h.memory_limit == volume_mount.EPHEMERAL_MEMORY_FLOOR == 1 << 30
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as h:
+        assert h.memory_limit is None  # read-only: nothing held in memory
+    # the environment variable `confide run` passes on; a value given explicitly wins
+    monkeypatch.setenv(volume_mount.EPHEMERAL_MEMORY_ENV, "2K")
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True) as h:
+        assert h.memory_limit == 2048
+        _enospc(_write_new, mnt / "n", bytes(2049))
+        _write_new(mnt / "n", bytes(2048))
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=0) as h:
+        assert h.memory_limit == 0
+        _enospc(_write_new, mnt / "n", b"1")
+        _write_new(mnt / "empty", b"")  # an empty file holds nothing
+    for bad in ("lots", "-1", "1.5G", ""):
+        monkeypatch.setenv(volume_mount.EPHEMERAL_MEMORY_ENV, bad)
+        with pytest.raises(UsageError, match=r"\$CONFIDE_EPHEMERAL_MEMORY: got"):
+            mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True)
+        assert not _mounted(mnt)
+    # the default: the volume's file bytes when they are more than the floor
+    monkeypatch.delenv(volume_mount.EPHEMERAL_MEMORY_ENV)
+    monkeypatch.setattr(volume_mount, "EPHEMERAL_MEMORY_FLOOR", 0)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True) as h:
+        assert h.memory_limit == 1  # the one byte of "a"
+    assert volume_mount.parse_size("512M", "x") == 512 << 20 and volume_mount.parse_size("3", "x") == 3
+    assert volume_mount.parse_size("2GiB", "x") == 2 << 30 and volume_mount.parse_size("1t", "x") == 1 << 40
 
 
 def test_an_ephemeral_mount_still_authenticates_every_chunk(tmp_path: Path) -> None:

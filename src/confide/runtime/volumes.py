@@ -10,8 +10,12 @@ Where the plaintext appears:
   ``/confide/sconify.json``) listing each volume's protected paths; the volume is mounted at a
   staging directory and each protected path is bind-mounted at its original place (root, in the
   private mount namespace);
-- otherwise the volume is mounted at ``/run/confide/volumes/<name>`` and the application finds
-  it through ``CONFIDE_VOLUME_<NAME>`` in its environment.
+- otherwise the volume is mounted at ``/run/confide/volumes/<name>`` (as root, in the private
+  namespace) and the application finds it through ``CONFIDE_VOLUME_<NAME>`` in its environment.
+  Without root there is no private namespace: concurrent runs share one, so each run mounts its
+  volumes in a directory of its own, ``/run/confide/volumes/run-XXXXXXXX/<name>`` (removed at the
+  end), which only ``CONFIDE_VOLUME_<NAME>`` names; where that directory cannot be made, at
+  ``/run/confide/volumes/<name>``, refused while another run's mount or link is there.
 
 Volumes are mounted writable. What happens to the changes follows the volume's update policy,
 which the release names (``docs/policy.md``, "Volume update policies"):
@@ -36,6 +40,7 @@ import ctypes.util
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +49,7 @@ from confide import jsonstrict
 from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
-from confide.volume.mount import MountHandle, _private_namespace, mount_volume
+from confide.volume.mount import MountHandle, _listed_mount, _private_namespace, mount_volume
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
@@ -125,6 +130,8 @@ class MountedVolumes:
     environment: dict[str, str]
     binds: list[Path] = field(default_factory=list)
     mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
+    # not root: the run's own mount point directories, removed (if empty) once unmounted
+    staging_dirs: list[Path] = field(default_factory=list)
 
     def paths(self) -> dict[str, Path]:
         """Where each volume is mounted, by name (the staging directory; under an image contract
@@ -161,6 +168,7 @@ class MountedVolumes:
         for _, handle in reversed(self.handles):
             with contextlib.suppress(StorageError):
                 handle.abort()
+        _remove_staging(self.staging_dirs)
 
     def close(self) -> dict[str, tuple[str, str]]:
         """Seal and unmount (an ``ephemeral`` volume: unmount and discard); returns
@@ -204,6 +212,7 @@ class MountedVolumes:
             )
             if new and new != old:
                 changed[release.name] = (old, new)
+        _remove_staging(self.staging_dirs)
         return changed, errors
 
 
@@ -217,26 +226,76 @@ def _message(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _remove_staging(dirs: list[Path]) -> None:
+    """Remove a run's own mount point directories, deepest first, if empty: an rmdir, never more
+    (a directory that is not empty holds what was written after its mount was lost: left, with
+    a warning, as is one still mounted)."""
+    while dirs:
+        path = dirs.pop()
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("confide: cannot remove the volume mount point %s: %s", path, exc.strerror or exc)
+
+
+def _run_directory() -> Path | None:
+    """Not root: a new directory (0700) of this run's own under :data:`STAGING` for its volumes'
+    mount points, as concurrent runs share the mount namespace; None where none can be made
+    there (e.g. a :data:`STAGING` the user may not write to)."""
+    try:
+        STAGING.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="run-", dir=STAGING))
+    except OSError:
+        return None
+
+
+def _check_free(staging: Path, name: str) -> None:
+    """Not root, at the shared path: refuse a mount point another run is using (its FUSE mount
+    would be covered, its /dev/shm link cannot be replaced)."""
+    if os.path.islink(staging) or os.path.ismount(staging) or _listed_mount(staging):
+        raise StorageError(
+            f"the mount point {staging} of protected volume {name!r} is in use (the mount or /dev/shm "
+            f"link of another run of a volume of that name): runs without root share it unless they "
+            f"may create a directory of their own in {STAGING}; nothing was mounted"
+        )
+
+
 def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
     """Mount every released volume (call from the thread that will run the application)."""
     if not volumes:
         return MountedVolumes([], {})
-    if os.geteuid() == 0:
+    root = os.geteuid() == 0
+    if root:
         _private_namespace()
     handles: list[tuple[VolumeRelease, MountHandle]] = []
     env: dict[str, str] = {}
     binds: list[Path] = []
     mounted: dict[str, str] = {}
+    created: list[Path] = []  # the run's own directories, to remove at the end
+    base = STAGING
+    if not root:
+        own = _run_directory()
+        if own is not None:
+            base = own
+            created.append(own)
     try:
         for vol in volumes:
             mounts = _contract_mounts(vol.name)
-            staging = STAGING / vol.name
+            staging = base / vol.name
             try:
-                staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if base is STAGING:
+                    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+                else:
+                    staging.mkdir(mode=0o700)
+                    created.append(staging)
             except OSError as exc:
                 raise StorageError(
                     f"cannot create the volume's mount point {staging}: {exc.strerror or exc}"
                 ) from None
+            if not root and base is STAGING:
+                _check_free(staging, vol.name)
             # ephemeral stays writable for the service, in its private copy (tmpfs, or the FUSE
             # server's memory), under the shared lock; abort() drops the changes at the end.
             handle = mount_volume(
@@ -264,8 +323,9 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
                     h.abort()
                 else:
                     h.close()
+        _remove_staging(created)
         raise
-    return MountedVolumes(handles, env, binds, mounted)
+    return MountedVolumes(handles, env, binds, mounted, created)
 
 
 def seal_and_report(

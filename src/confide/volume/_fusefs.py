@@ -14,7 +14,10 @@ sealed MANIFEST is untouched, so discarding a session just drops its new objects
 An ``ephemeral`` session (``eph``: writable, never sealed) commits nothing: each file written
 keeps its plaintext in its memory file until the server exits, and namespace changes live in
 the in-memory tree only. Nothing is written into the volume directory, so such a session takes
-the volume's lock shared, next to read-only mounts and other ephemeral sessions.
+the volume's lock shared, next to read-only mounts and other ephemeral sessions. Its memory
+files are held to a byte budget (``memory_limit``: the sum of their sizes, a sparse file
+counted whole): an open for writing, a write, a truncation or a rename that would go past it
+fails with ``ENOSPC`` and changes nothing; removing or truncating a file gives its bytes back.
 
 Times (docs/volume-format.md, "Manifest"): ``st_mtime`` is the entry's recorded modification
 time, and ``st_ctime`` and ``st_atime`` report it too (the format stores neither). A writable
@@ -105,6 +108,7 @@ class _Node:
     dirty_chunks: set[int] = field(default_factory=set)  # chunks written since the last commit
     dirty_from: int | None = None  # every chunk from this index on changed (truncation)
     opens: int = 0
+    held: int = 0  # bytes of the budget held for buf_fd (its size; 0 without one)
     orphan: bool = False  # unlinked while open
     mtime_ns: int = 0  # recorded in the manifest
     ctime_ns: int = 0  # reported only (the format stores no ctime)
@@ -132,12 +136,19 @@ UTIME_OMIT = (1 << 30) - 2
 class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
     """mfusepy operations over a sealed volume; read-only unless ``writable``. ``ephemeral``
     (with ``writable``): changes stay in memory (memfds, the tree) and are never committed to
-    the volume directory; the session cannot be sealed."""
+    the volume directory; the session cannot be sealed. ``memory_limit``: the most bytes its
+    memfds may hold together (their sizes), else ``ENOSPC``; None: no limit of its own."""
 
     use_ns = True
 
     def __init__(
-        self, reader: VolumeReader, key: VolumeKey, *, writable: bool, ephemeral: bool = False
+        self,
+        reader: VolumeReader,
+        key: VolumeKey,
+        *,
+        writable: bool,
+        ephemeral: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         self.reader = reader
         self.manifest: Manifest = reader.manifest
@@ -145,6 +156,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._key = key
         self.writable = writable
         self.ephemeral = ephemeral
+        self.memory_limit = memory_limit
+        self.memory_used = 0  # sum of the nodes' held bytes: the memfds' sizes
         self.changed = False
         self.new_objects: set[bytes] = set()  # file and chunk ids written in this session
         self.bytes_written = 0  # bytes of chunk objects written in this session (tests, bench)
@@ -248,9 +261,15 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         ``keep_contents=False`` (truncation to 0) skips the decryption."""
         if node.buf_fd is not None:
             return node.buf_fd
-        fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
+        e = node.entry
+        size = e.size if keep_contents and e is not None else 0
+        self._hold(node, size)  # before anything is decrypted: ENOSPC, nothing changed
         try:
-            e = node.entry
+            fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
+        except BaseException:
+            self._give_back(node)
+            raise
+        try:
             if keep_contents and e is not None and e.size and e.chunks is not None:
                 self.reader.chunks.decrypt(e, fd)
             elif keep_contents and e is not None and e.size:
@@ -268,14 +287,35 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                     os.close(obj_fd)
         except SignatureError as exc:
             os.close(fd)
+            self._give_back(node)
             self._integrity(node.path, exc)
         except BaseException:
             os.close(fd)
+            self._give_back(node)
             raise
         node.buf_fd = fd
         if not keep_contents:
             self._truncated(node, 0)
         return fd
+
+    def _hold(self, node: _Node, size: int) -> None:
+        """Make ``node``'s share of the memory budget ``size`` bytes (its memfd's size to be):
+        ``ENOSPC`` if that would take the session past its limit (nothing held then)."""
+        grow = size - node.held
+        if grow > 0 and self.memory_limit is not None and self.memory_used + grow > self.memory_limit:
+            raise _err(errno.ENOSPC)
+        self.memory_used += grow
+        node.held = size
+
+    def _give_back(self, node: _Node) -> None:
+        """``node`` has no memfd (any more): its bytes return to the budget."""
+        self.memory_used -= node.held
+        node.held = 0
+
+    def _settle(self, node: _Node) -> None:
+        """Hold exactly the memfd's size (after a write that wrote less than reserved)."""
+        if node.buf_fd is not None:
+            self._hold(node, os.fstat(node.buf_fd).st_size)
 
     def _wrote(self, node: _Node, offset: int, length: int) -> None:
         """Mark the chunks of [offset, offset + length) as changed (copy-on-write at commit)."""
@@ -484,10 +524,17 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
 
     def statfs(self, path: str) -> dict[str, int]:
         sv = os.statvfs(self.directory)
-        return {
+        out = {
             k: getattr(sv, k)
             for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
         } | {"f_namemax": 255}
+        if self.ephemeral and self.memory_limit is not None:
+            # what a write can still take is the budget's rest, not the volume directory's disk
+            with self._lock:
+                free = max(0, self.memory_limit - self.memory_used)
+            unit = out["f_frsize"] or 4096
+            out |= {"f_blocks": self.memory_limit // unit, "f_bfree": free // unit, "f_bavail": free // unit}
+        return out
 
     # --- FUSE operations: data ---------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
@@ -505,6 +552,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 fd = self._materialize(node, keep_contents=not trunc)
                 if trunc and had:
                     os.ftruncate(fd, 0)
+                    self._hold(node, 0)
                     self._truncated(node, 0)
                     node.dirty = True
                 if trunc:  # POSIX open(): O_TRUNC marks st_mtime and st_ctime, even of an empty file
@@ -548,7 +596,12 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             node = self._fh.get(fh) or self._node(path)
             fd = self._materialize(node)
-            n = os.pwrite(fd, data, offset)
+            # the whole write or nothing of it: ENOSPC before a byte is written
+            self._hold(node, max(node.held, offset + len(data)))
+            try:
+                n = os.pwrite(fd, data, offset)
+            finally:
+                self._settle(node)
             self._wrote(node, offset, n)
             node.dirty = True
             self._modified(node)
@@ -562,7 +615,11 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if node.kind is not EntryKind.FILE:
                 raise _err(errno.EISDIR)
             fd = self._materialize(node, keep_contents=length > 0)
-            os.ftruncate(fd, length)
+            self._hold(node, max(node.held, length))  # a shrink gives back after it is done
+            try:
+                os.ftruncate(fd, length)
+            finally:
+                self._settle(node)
             self._truncated(node, length)
             node.dirty = True
             self._modified(node)
@@ -579,6 +636,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         if node.buf_fd is not None and node.opens == 0 and (gone or not self.ephemeral):
             os.close(node.buf_fd)
             node.buf_fd = None
+            self._give_back(node)
 
     def flush(self, path: str, fh: int) -> int:
         with self._lock:
@@ -738,6 +796,12 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             node.entry = replace(node.entry, path=node.path)
         region = region_for(node.path, self.manifest.rules, self.manifest.default_region)
         if region is node.region:
+            return
+        if self.ephemeral:
+            # nothing is ever written under the new region: the committed version stays
+            # readable from its object (its entry keeps its region), and decrypting it here
+            # would hold memory (and could fail with ENOSPC) halfway through the rename
+            node.region = region
             return
         self._materialize(node)
         node.region = region
@@ -1013,7 +1077,8 @@ def _fuse_options(writable: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point. argv: VOLUME_DIR MOUNTPOINT TAG PARENT_PID STATUS_FD rw|ro|eph
-    [commit|discard] (``eph``: writable, changes kept in memory and never sealed; the lock shared).
+    [commit|discard [MEMORY_LIMIT]] (``eph``: writable, changes kept in memory and never sealed;
+    the lock shared; MEMORY_LIMIT: the bytes its memory files may hold, ``-`` for no limit).
 
     stdin: first line the volume key (hex); later lines are commands from the parent
     ('commit' = seal at unmount, 'discard'). Status lines on STATUS_FD: 'ready', then at the
@@ -1032,6 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
     ephemeral = args[5] == "eph"
     writable = args[5] == "rw" or ephemeral
     on_parent_exit = args[6] if len(args) > 6 else "discard"
+    memory_limit = int(args[7]) if len(args) > 7 and args[7] != "-" else None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
     _not_dumpable()  # before the key is read
@@ -1049,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfideError as exc:
         say(f"error {exc.exit_code} {exc.message}")
         return exc.exit_code
-    fs = VolumeFS(reader, key, writable=writable, ephemeral=ephemeral)
+    fs = VolumeFS(reader, key, writable=writable, ephemeral=ephemeral, memory_limit=memory_limit)
     mounted = threading.Event()
     # From the mount (inside _FUSE) to the first init, SERVER_STOP_SIGNAL (the parent's death,
     # or abort()) would end this process by its default action and leave the mount behind: no

@@ -20,7 +20,7 @@ from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
-from confide.volume.mount import MountMode, StopSignals, mount_volume
+from confide.volume.mount import MountMode, StopSignals, mount_volume, parse_size
 from confide.volume.store import (
     PENDING_NAME,
     add_sources,
@@ -297,6 +297,12 @@ def open_cmd(
     "--ephemeral", is_flag=True,
     help="Read-write, changes dropped at unmount, never written to DIR; shares DIR like a read-only mount.",
 )  # fmt: skip
+@click.option(
+    "--ephemeral-memory", metavar="SIZE",
+    help="With --ephemeral over FUSE: the most bytes the session's written files may hold in memory "
+    "(e.g. 512M, 2G; past it writes fail with ENOSPC). Default: $CONFIDE_EPHEMERAL_MEMORY, else the "
+    "larger of 1G and the volume's file bytes.",
+)  # fmt: skip
 def mount_cmd(
     directory: Path,
     mountpoint: Path,
@@ -305,6 +311,7 @@ def mount_cmd(
     mode: str,
     writable: bool,
     ephemeral: bool,
+    ephemeral_memory: str | None,
 ) -> None:
     """Mount the volume at MOUNTPOINT until SIGINT, SIGTERM or SIGHUP, then unmount (and seal
     if --writable).
@@ -316,6 +323,15 @@ def mount_cmd(
     if writable and ephemeral:
         _die(UsageError("--writable and --ephemeral: got both, expected at most one"))
         return
+    memory_limit = None
+    if ephemeral_memory is not None:
+        try:
+            if not ephemeral:
+                raise UsageError("--ephemeral-memory: applies to --ephemeral mounts only")
+            memory_limit = parse_size(ephemeral_memory, "--ephemeral-memory")
+        except UsageError as exc:
+            _die(exc)
+            return
     # The stop signals are held from before the mount until after the unmount: one that comes
     # while mounting, between the mount and the wait, or during the unmount and seal ends in
     # the same clean unmount (docs/volume-mount.md, "Signals").
@@ -329,6 +345,7 @@ def mount_cmd(
                 mode=cast(MountMode, mode),
                 writable=writable,
                 ephemeral=ephemeral,
+                memory_limit=memory_limit,
             )
         except ConfideError as exc:
             _die(exc)

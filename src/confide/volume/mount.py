@@ -182,6 +182,7 @@ class MountHandle:
         self.mode = mode  # "fuse", "tmpfs" (private namespace) or "shm" (not root)
         self.writable = writable
         self.ephemeral = ephemeral  # writable, never sealed: close() drops the changes
+        self.memory_limit: int | None = None  # an ephemeral FUSE session's budget (bytes)
         self.tag = tag
         self.path = path  # where the files are (the mountpoint, except in "shm" mode)
         self.closed = False
@@ -293,14 +294,17 @@ class _FuseMount(MountHandle):
         writable: bool,
         on_parent_exit: str,
         ephemeral: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         super().__init__(mountpoint, "fuse", writable, tag, mountpoint, ephemeral)
+        self.memory_limit = memory_limit if ephemeral else None
         r, w = os.pipe()
         env = {**os.environ, **fuse3_library()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_path(), env.get("PYTHONPATH")]))
         argv = [
             sys.executable, "-m", "confide.volume._fusefs", str(volume_dir), str(mountpoint), tag,
             str(os.getpid()), str(w), "eph" if ephemeral else "rw" if writable else "ro", on_parent_exit,
+            "-" if self.memory_limit is None else str(self.memory_limit),
         ]  # fmt: skip
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own module, absolute paths
@@ -575,6 +579,38 @@ def _large_folio_choice() -> tuple[bytes, int | None] | None:
     if choice == "large":
         return LARGE_FOLIO_TMPFS
     raise UsageError(f"${FOLIOS_ENV}: got {choice[:40]!r}, expected small or large")
+
+
+# The byte budget of an ephemeral FUSE session's memory files (docs/volume-mount.md, "Sharing a
+# volume"): `confide volume mount --ephemeral-memory SIZE`, else $CONFIDE_EPHEMERAL_MEMORY (what
+# `confide run` and the SDK read), else the larger of EPHEMERAL_MEMORY_FLOOR and the volume's
+# file bytes (every file can be rewritten once at its size).
+EPHEMERAL_MEMORY_ENV = "CONFIDE_EPHEMERAL_MEMORY"
+EPHEMERAL_MEMORY_FLOOR = 1 << 30
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes from ``N`` or ``N`` followed by K, M, G or T (powers of 1024); :class:`UsageError`
+    naming ``what`` otherwise."""
+    m = re.fullmatch(r"([0-9]{1,15})([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if m is None:
+        raise UsageError(f"{what}: got {text[:40]!r}, expected a size in bytes (e.g. 1073741824, 512M, 2G)")
+    return int(m[1]) * _SIZE_UNITS[m[2].upper()]
+
+
+def ephemeral_memory(manifest: Manifest, given: int | None) -> int:
+    """The budget of an ephemeral FUSE session over ``manifest``: ``given``, else
+    $CONFIDE_EPHEMERAL_MEMORY, else the default (see EPHEMERAL_MEMORY_FLOOR)."""
+    if given is not None:
+        if given < 0:
+            raise UsageError(f"ephemeral memory: got {given}, expected a size of at least 0 bytes")
+        return given
+    text = os.environ.get(EPHEMERAL_MEMORY_ENV)
+    if text is not None:
+        return parse_size(text, f"${EPHEMERAL_MEMORY_ENV}")
+    files = sum(e.size for e in manifest.entries if e.kind is EntryKind.FILE)
+    return max(EPHEMERAL_MEMORY_FLOOR, files)
 
 
 def mount_tmpfs_at(mountpoint: Path, opts: bytes = TMPFS_OPTIONS) -> None:
@@ -1171,6 +1207,7 @@ def mount_volume(
     writable: bool = False,
     on_parent_exit: Literal["discard", "commit"] = "discard",
     ephemeral: bool = False,
+    memory_limit: int | None = None,
 ) -> MountHandle:
     """Expose the sealed volume at ``mountpoint``; refuse before serving anything if the
     manifest does not authenticate (:class:`SignatureError`) or its tag is not
@@ -1188,7 +1225,10 @@ def mount_volume(
     or in the FUSE server's memory, never in the volume directory, and the volume's lock is
     taken shared, as for a read-only mount, so other read-only and ephemeral mounts of the same
     directory may be live at the same time; a writable (sealing) mount, ``add``, ``rm`` and
-    ``seal`` still need the lock alone.
+    ``seal`` still need the lock alone. An ephemeral FUSE session holds its files' changes in
+    at most ``memory_limit`` bytes (else $CONFIDE_EPHEMERAL_MEMORY, else the larger of 1 GiB and
+    the volume's file bytes: :func:`ephemeral_memory`); past it writes fail with ``ENOSPC``.
+    The tmpfs modes do not apply it (their copy is bounded by the tmpfs's own size).
     """
     volume_dir = volume_dir.resolve()
     mountpoint = Path(os.path.abspath(mountpoint))
@@ -1203,6 +1243,8 @@ def mount_volume(
     if mode not in ("auto", "fuse", "tmpfs"):
         raise UsageError(f"mount mode: got {mode!r}, expected auto, fuse or tmpfs")
     _large_folio_choice()  # a bad $CONFIDE_TMPFS_FOLIOS is a usage error before anything is mounted
+    # a bad $CONFIDE_EPHEMERAL_MEMORY too, whatever the mode
+    budget = ephemeral_memory(manifest, memory_limit) if ephemeral else None
     if mode in ("auto", "fuse"):
         why = fuse_usable()
         if why is None:
@@ -1214,7 +1256,9 @@ def mount_volume(
             if probe is not None:
                 os.close(probe)
             try:
-                return _FuseMount(volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral)
+                return _FuseMount(
+                    volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral, budget
+                )
             except StorageError as exc:
                 if mode == "fuse":
                     raise
