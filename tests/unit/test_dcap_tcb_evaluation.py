@@ -323,6 +323,47 @@ def test_early_update_is_asked_for_and_cached_apart(tmp_path: Path) -> None:
         PcsHttpSource("https://pcs.example", cache_dir=tmp_path, update="earliest")
 
 
+def test_cli_pcs_update(tmp_path: Path) -> None:
+    """``evidence verify --collateral URL --pcs-update early`` asks for the early answers (here
+    the only ones the service has: the standard request is a 404); ``--pcs-update`` with a
+    directory or file, without ``--collateral``, or for other evidence: usage errors, as for
+    ``cas serve``, ``cas attest``, ``ui`` and ``Cas.attested``."""
+    from confide.sdk import Cas
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    base = ("evidence", "verify", ASSETS / TDX.quote, "--at", TDX.at, "--json")
+    with fake_pcs() as pcs:
+        early = pcs.serve(TDX.quote_bytes(), _coll(TDX), update="early")  # early answers only
+        r = run_confide(*base, "--collateral", pcs.url, "--pcs-update", "early", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert set(early[:2]) <= set(pcs.requests)
+        r = run_confide(*base, "--collateral", pcs.url, env=env)
+        assert r.returncode == errors.CollateralMissingError.exit_code and "404" in r.stdout, r.stdout
+    for args in (
+        ("--collateral", ASSETS / TDX.collateral, "--pcs-update", "early"),
+        ("--pcs-update", "early"),
+        ("--collateral", pcs.url, "--pcs-update", "earliest"),
+    ):
+        r = run_confide(*base, *args, env=env)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+    r = run_confide(
+        "evidence", "verify", ASSETS / TDX.quote, "--platform", "sev-snp", "--pcs-update", "early"
+    )
+    assert r.returncode == 2 and "only for Intel DCAP evidence" in r.stdout + r.stderr
+    for command in (("cas", "serve", "--data-dir", tmp_path / "x"), ("cas", "attest", "https://127.0.0.1:1")):
+        r = run_confide(*command, "--collateral", ASSETS / TDX.collateral, "--pcs-update", "early")
+        assert r.returncode == 2 and "--pcs-update" in r.stderr and "--collateral URL" in r.stderr, r.stderr
+    r = run_confide("ui", "--pcs-update", "early")
+    assert r.returncode == 2 and "--pcs-update are for --attest" in r.stderr, r.stderr
+    with pytest.raises(errors.UsageError, match="--pcs-update needs --collateral URL"):
+        Cas.attested("https://127.0.0.1:1", any_measurement=True, pcs_update="early")
+    with pytest.raises(errors.UsageError, match="--pcs-update is for --collateral URL"):
+        Cas.attested(
+            "https://127.0.0.1:1", any_measurement=True, collateral=str(ASSETS / TDX.collateral),
+            pcs_update="early",
+        )  # fmt: skip
+
+
 def test_cas_collateral_cache_keeps_the_refusal_class(tmp_path: Path) -> None:
     quote = Quote.from_bytes(TDX.quote_bytes())
     fmspc, ca = pck_info(quote)
