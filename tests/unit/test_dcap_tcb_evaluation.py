@@ -364,6 +364,27 @@ def test_cli_pcs_update(tmp_path: Path) -> None:
         )  # fmt: skip
 
 
+def test_pcs_update_reaches_each_source(tmp_path: Path) -> None:
+    """``pcs_update`` reaches the URL source that ``cas serve`` (``prepare``), ``cas attest``,
+    ``ui --attest`` and ``Cas.attested`` (``attest_collateral``) build; without it, none."""
+    from confide.cas.pin import attest_collateral
+    from confide.cas.server import prepare
+
+    url = "https://pccs.example:8081"
+    for update in ("early", "standard", None):
+        cas, *_ = prepare(
+            tmp_path / str(update), host="127.0.0.1", dev=False, db_url=None, collateral=url, pcs_update=update
+        )  # fmt: skip
+        assert isinstance(cas.verifier, PlatformVerifier)
+        served = cas.verifier.dcap_source
+        assert isinstance(served, PcsHttpSource) and served.update == update
+        attested = attest_collateral(url, None, pcs_update=update)
+        assert isinstance(attested, PcsHttpSource) and attested.update == update
+    with pytest.raises(errors.UsageError, match="--pcs-update is for --collateral URL"):
+        prepare(tmp_path / "dir", host="127.0.0.1", dev=False, db_url=None, collateral=str(tmp_path),
+                pcs_update="early")  # fmt: skip
+
+
 def test_cas_collateral_cache_keeps_the_refusal_class(tmp_path: Path) -> None:
     quote = Quote.from_bytes(TDX.quote_bytes())
     fmspc, ca = pck_info(quote)
