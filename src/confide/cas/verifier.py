@@ -9,7 +9,8 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   phase 1 and kept in memory, :mod:`confide.cas.pcs`; a local file or directory, read before
   phase 1 at every attestation; under ``--min-tcb-eval-number auto`` a bundle, which has no
   TCB evaluation data numbers, gets the CAS's source's list for the TEE type, read before
-  phase 1: :meth:`PlatformVerifier._with_list`); ``sev-snp``: the report,
+  phase 1 and then kept in memory until its nextUpdate: :meth:`PlatformVerifier._with_list`);
+  ``sev-snp``: the report,
   ``aux["auxblob"]`` (configfs-tsm's certificate table) or ``aux["vcek"]``; without a VCEK/VLEK
   in either, the CAS fetches the VCEK from AMD KDS when it has a KDS source (``cas serve --kds
   URL``), else refuses.
@@ -455,15 +456,15 @@ class PlatformVerifier:
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
     ) -> CollateralJob | None:
         """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
-                pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
-                request made up. A quote that only names its PCK certificate (certification data types
-                1-4) has it fetched first (by what the quote names; with a request's own collateral
-                bundle, only it), and its chain verified, before the collateral is asked for. A local
-                source (``--collateral FILE|DIR``) is read by the job's ``fetch`` at every attestation
-                (disk I/O, off the event loop; nothing is kept), a remote one through
+        pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
+        request made up. A quote that only names its PCK certificate (certification data types
+        1-4) has it fetched first (by what the quote names; with a request's own collateral
+        bundle, only it), and its chain verified, before the collateral is asked for. A local
+        source (``--collateral FILE|DIR``) is read by the job's ``fetch`` at every attestation
+        (disk I/O, off the event loop; nothing is kept), a remote one through
         :attr:`dcap_cache`. A request's own bundle under ``--min-tcb-eval-number auto``: the
-                source's TCB evaluation data numbers, kept in memory until their ``nextUpdate`` once read
-                and their signature checked (:meth:`_kept_list`)."""
+        source's TCB evaluation data numbers, kept in memory until their ``nextUpdate`` once
+        read and their signature checked (:meth:`_kept_list`)."""
         source = self.dcap_source
         if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
             return None
