@@ -50,19 +50,34 @@ class FakePcs(RouteServer):
             self.routes[path] = (200, pem_chain([pck.leaf]).encode(), headers)
         return paths
 
-    def serve(self, quote: bytes, collateral: DcapCollateral, pck: PckCertificate | None = None) -> list[str]:
+    def serve(
+        self,
+        quote: bytes,
+        collateral: DcapCollateral,
+        pck: PckCertificate | None = None,
+        *,
+        update: str | None = None,
+        honour_update: bool = True,
+    ) -> list[str]:
         """Serve ``collateral`` for the platform of ``quote`` (its FMSPC, PCK CA and TEE type;
         for a quote of certification data type 1-4, of the PCK certificate ``pck``); returns the
-        four paths a fetch of it asks."""
+        four paths a fetch of it asks. As Intel PCS API v4, TCB Info and QE Identity take the
+        query parameter ``update``: ``update="early"`` serves this TCB Info and QE Identity to
+        requests with ``update=early`` only; otherwise (``None`` or ``"standard"``) to those
+        without the parameter (PCS's default) and with ``update=standard``; the paths returned
+        are the ones asked with ``update``. ``honour_update=False``: a PCCS that ignores the
+        parameter (the same answers whatever it asks for)."""
         parsed = Quote.from_bytes(quote)
         fmspc, ca = pck_info(parsed, pck)
         tee = "tdx" if parsed.tee == TeeType.TDX else "sgx"
         tcb_chain = urllib.parse.quote(pem_chain(collateral.tcb_info_issuer_chain))
         qe_chain = urllib.parse.quote(pem_chain(collateral.qe_identity_issuer_chain))
         crl_chain = urllib.parse.quote(pem_chain(collateral.pck_crl_issuer_chain))
+        tcb_path = f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex()}"
+        qe_path = f"/{tee}/certification/v4/qe/identity"
         paths = [
-            f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex()}",
-            f"/{tee}/certification/v4/qe/identity",
+            tcb_path + (f"&update={update}" if update else ""),
+            qe_path + (f"?update={update}" if update else ""),
             f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der",
             "/sgx/certification/v4/rootcacrl",
         ]
@@ -75,6 +90,16 @@ class FakePcs(RouteServer):
             (200, collateral.root_ca_crl.hex().encode(), {}),
         ]  # fmt: skip
         self.routes.update(zip(paths, answers, strict=True))
+        kinds = (
+            (None, "early", "standard")
+            if not honour_update
+            else (None, "standard")
+            if update != "early"
+            else ()
+        )
+        for kind in kinds:  # the same answers to the other forms of the request
+            self.routes[tcb_path + (f"&update={kind}" if kind else "")] = answers[0]
+            self.routes[qe_path + (f"?update={kind}" if kind else "")] = answers[1]
         return paths
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from confide import __version__
-from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
+from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
 from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
@@ -127,6 +127,7 @@ _PATH = click.Path(path_type=Path)
               help="With --min-tcb-eval-number auto: Intel PCS's TCB evaluation data numbers answer"
                    " (default: from the --collateral directory or URL).")  # fmt: skip
 @tcb_recovery_grace_option()
+@pcs_update_option()
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -147,6 +148,7 @@ def evidence_verify(
     min_tcb_eval: int | str | None,
     tcb_eval_numbers: Path | None,
     tcb_recovery_grace: int | None,
+    pcs_update: str | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -168,6 +170,10 @@ def evidence_verify(
             raise UsageError(
                 "--min-tcb-eval-number is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), "
                 f"got {chosen.value}"
+            )
+        if pcs_update is not None and chosen not in DCAP_PLATFORMS:
+            raise UsageError(
+                f"--pcs-update is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), got {chosen.value}"
             )
         auto = min_tcb_eval == AUTO
         if (tcb_eval_numbers is not None or tcb_recovery_grace is not None) and not auto:
@@ -191,6 +197,7 @@ def evidence_verify(
             tcb_evaluation_numbers=auto,
             tcb_evaluation_numbers_file=tcb_eval_numbers,
             tcb_recovery_grace=minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None,
+            pcs_update=pcs_update,
         )
         result = verify_request(request)
         if minimum is not None:

@@ -9,7 +9,13 @@ import click
 
 from confide.platforms import AUTO, MAX_TCB_EVAL_NUMBER, MAX_TCB_RECOVERY_GRACE_DAYS
 
-__all__ = ["AUTO", "MIN_TCB_EVAL_NUMBER", "MinTcbEvalNumber", "tcb_recovery_grace_option"]
+__all__ = [
+    "AUTO",
+    "MIN_TCB_EVAL_NUMBER",
+    "MinTcbEvalNumber",
+    "pcs_update_option",
+    "tcb_recovery_grace_option",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -45,4 +51,17 @@ def tcb_recovery_grace_option(when: str = "With --min-tcb-eval-number auto") -> 
         metavar="DAYS",
         help=f"{when}: days after a TCB recovery event before its number is required (default 365: what"
         " Intel PCS's standard update serves).",
+    )
+
+
+def pcs_update_option() -> Callable[[_F], _F]:
+    """``--pcs-update early|standard`` of every command that takes ``--collateral URL`` for Intel
+    DCAP (docs/dcap.md, "Early or standard collateral")."""
+    return click.option(
+        "--pcs-update",
+        "pcs_update",
+        type=click.Choice(["early", "standard"]),
+        help="With --collateral URL: ask Intel PCS (or a PCCS) for TCB Info and QE Identity of this"
+        " update (early: the newest TCB evaluation from its recovery event on; standard: about twelve"
+        " months later). Default: no parameter (PCS serves standard).",
     )

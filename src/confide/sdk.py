@@ -913,6 +913,7 @@ class Cas:
         expect_witness_keys: Iterable[str] = (),
         min_tcb_eval_number: int | str | None = None,
         tcb_recovery_grace_days: int | None = None,
+        pcs_update: str | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -929,7 +930,8 @@ class Cas:
         (default 365), which needs ``collateral`` a PCS directory or URL: ``--min-tcb-eval-number
         N|auto`` and ``--tcb-recovery-grace``). :attr:`attestation` keeps what was verified (with
         ``"auto"``, the requirement and its reason in ``attestation.evidence.details
-        ["required_tcb_evaluation"]``).
+        ["required_tcb_evaluation"]``; ``pcs_update``: ``"early"`` or ``"standard"``, the
+        ``update`` a ``collateral`` URL asks Intel PCS for, ``--pcs-update``).
 
         ``measurements`` (or an ``expect`` of the platform's measurement claim) is required:
         evidence alone proves only that *some* code runs in a TEE, and ``cas attest`` without
@@ -1001,6 +1003,7 @@ class Cas:
                 minimum,
                 option="min_tcb_eval_number='auto'",
                 collateral_option="collateral= a PCS directory or URL",
+                pcs_update=pcs_update,
             ),
             tolerate=tolerances,
             ignore_advisories=tuple(ignore_advisories),
@@ -1963,6 +1966,7 @@ class AsyncCas:
         expect_witness_keys: Iterable[str] = (),
         min_tcb_eval_number: int | str | None = None,
         tcb_recovery_grace_days: int | None = None,
+        pcs_update: str | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -1974,7 +1978,7 @@ class AsyncCas:
             collateral=collateral, tolerate=tuple(tolerate), ignore_advisories=tuple(ignore_advisories),
             expect_witnesses=expect_witnesses, expect_witness_keys=tuple(expect_witness_keys),
             min_tcb_eval_number=min_tcb_eval_number, tcb_recovery_grace_days=tcb_recovery_grace_days,
-            any_measurement=any_measurement, at=at,
+            pcs_update=pcs_update, any_measurement=any_measurement, at=at,
             sim_dir=sim_dir, timeout=timeout,
         )  # fmt: skip
         return cls(await asyncio.to_thread(call))

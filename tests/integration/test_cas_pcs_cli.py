@@ -117,3 +117,27 @@ def test_cas_serve_collateral_url_fetches_the_pck_certificate_of_a_ppid_quote(
         assert "fetching the PCK certificate for the quote's certification data type 3" in refusal.message
     finally:
         cas.stop()
+
+
+def test_cas_serve_pcs_update_early(pcs: FakePcs, tmp_path: Path) -> None:
+    """``cas serve --collateral URL --pcs-update early``: TCB Info and QE Identity are asked with
+    ``update=early`` (a service that has only the early answers serves them; the standard
+    request would be a 404), the rest as before."""
+    coll = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())
+    pcs.routes.clear()
+    early = pcs.serve(SGX.quote_bytes(), coll, update="early")  # the early answers only
+    cas = CasProcess(
+        tmp_path / "cas", None, extra_args=("--collateral", pcs.url, "--pcs-update", "early")
+    ).start()
+    try:
+        refusal = attest(cas)
+        assert type(refusal) is errors.CollateralExpiredError, refusal  # fetched; 2025's, out of date
+        assert sorted(pcs.requests) == sorted(early)
+    finally:
+        cas.stop()
+    plain = CasProcess(tmp_path / "plain", None, extra_args=("--collateral", pcs.url)).start()
+    try:
+        refusal = attest(plain)
+        assert type(refusal) is errors.CollateralMissingError and "404" in refusal.message, refusal
+    finally:
+        plain.stop()

@@ -33,7 +33,7 @@ from confide.collateral.dcap import (
     unverified_tcb_evaluation_numbers,
 )
 from confide.errors import PolicyError
-from confide.evidence.dcap import Quote
+from confide.evidence.dcap import Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, TcbEvaluationNumbersText
 from confide.platforms import (
     MAX_TCB_RECOVERY_GRACE_DAYS,
@@ -797,6 +797,71 @@ def test_a_requests_bundle_is_judged_by_the_cas_list(tmp_path: Path, prefetch: b
     for prefetched in (job.run(), None):
         with pytest.raises(errors.CollateralMissingError, match="has no TCB evaluation data numbers for SGX"):
             bare.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+
+
+class _CountingSource:
+    """A source whose TCB evaluation data numbers reads are counted (each one a directory
+    parse, or a URL source's disk read and signature check)."""
+
+    def __init__(self, inner: PcsDirectorySource) -> None:
+        self.inner, self.reads = inner, 0
+
+    def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
+        return self.inner.get_collateral(fmspc=fmspc, ca=ca, tee=tee)
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        self.reads += 1
+        return self.inner.get_tcb_evaluation_numbers(tee)
+
+
+def test_the_cas_keeps_the_verified_list_in_memory_until_its_next_update(tmp_path: Path) -> None:
+    """``cas serve ... --min-tcb-eval-number auto``, requests with their own bundle: the source's
+    list is read once, then served from memory (the job has nothing to fetch; phase 1 without a
+    prefetch reads nothing either) until its ``nextUpdate``, after which it is read again; each
+    verification still judges it (a date past its window refuses it). A list whose signature does
+    not lead to the pinned root is not kept: read at every request, refused every time."""
+    from confide.verify.result import Platform
+
+    aux = {"collateral": SGX.collateral_bytes()}
+    source = _CountingSource(
+        PcsDirectorySource(_sgx_directory(tmp_path, SGX_AUG), tcb_evaluation_numbers=True)
+    )
+    verifier = PlatformVerifier(dcap_source=source, min_tcb_evaluation_data_number=AutoTcbEvaluation())  # type: ignore[arg-type]
+    job = verifier.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+    assert job is not None and job.fetch is not None
+    prefetched = job.run()
+    assert source.reads == 1
+    v = verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+    assert v.details["required_tcb_evaluation"]["required"] == 17  # type: ignore[index]
+    for _ in range(3):
+        job = verifier.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+        assert job is not None and job.fetch is None  # from memory: no I/O
+        verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=job.run())
+        verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)  # no prefetch
+    assert source.reads == 1
+    # A TDX request would need the TDX list: not the SGX one kept (the directory has none).
+    assert verifier._kept_list(TeeType.TDX, SGX.time) is None
+    # At the list's nextUpdate: read again, and judged (out of its window now).
+    late = t("2025-09-14T05:15:31Z")
+    job = verifier.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=late)
+    assert job is not None and job.fetch is not None
+    prefetched = job.run()
+    assert source.reads == 2
+    with pytest.raises(errors.CollateralExpiredError):
+        verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=late, prefetched=prefetched)
+    # A list that does not verify is never kept.
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    (bad_dir / "list.json").write_bytes(_flip_in_signature(SGX_AUG.read_bytes()))
+    bad = _CountingSource(PcsDirectorySource(bad_dir, tcb_evaluation_numbers=True))
+    strict = PlatformVerifier(dcap_source=bad, min_tcb_evaluation_data_number=AutoTcbEvaluation())  # type: ignore[arg-type]
+    for reads in (1, 2):
+        job = strict.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+        assert job is not None and job.fetch is not None
+        prefetched = job.run()
+        assert bad.reads == reads
+        with pytest.raises(errors.SignatureError):
+            strict.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
 
 
 # --- evidence verify --platform az-tdx-vtpm --min-tcb-eval-number auto ------------------------------------

@@ -274,6 +274,117 @@ def test_http_source_neither_keeps_nor_serves_older_collateral(tmp_path: Path) -
         assert v.tcb_evaluation == TcbEvaluation(18, 18)
 
 
+def test_early_update_is_asked_for_and_cached_apart(tmp_path: Path) -> None:
+    """``--pcs-update early``: TCB Info and QE Identity are asked with ``update=early`` (Intel
+    PCS API v4), so a minimum that PCS's default (standard) collateral does not meet is met by
+    the early one; each kind has its own disk cache entries; a PCCS that ignores the parameter
+    answers the standard collateral, which is refused all the same."""
+    quote = Quote.from_bytes(TDX.quote_bytes())
+    fmspc, ca = pck_info(quote)
+    clock = lambda: TDX.time  # noqa: E731
+    pki = ForgedPki(at=TDX.time)
+    early = _renumbered(pki, _coll(TDX), 18, 18)  # under the test PKI: sources take its root
+
+    def source(update: str | None, cache: str) -> PcsHttpSource:
+        return PcsHttpSource(
+            pcs.url, cache_dir=tmp_path / cache, clock=clock, min_tcb_evaluation_data_number=18,
+            root_ca_der=pki.root_der, update=update,
+        )  # fmt: skip
+
+    with fake_pcs() as pcs:
+        pcs.serve(TDX.quote_bytes(), _coll(TDX))  # standard: evaluation 17
+        early_paths = pcs.serve(TDX.quote_bytes(), early, update="early")
+        for update in (None, "standard"):
+            with pytest.raises(errors.CollateralOutdatedError, match="tcbEvaluationDataNumber 17, expected"):
+                source(update, "one").get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+        asked = len(pcs.requests)
+        got = source("early", "one").get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+        assert got == early
+        assert set(early_paths[:2]) <= set(pcs.requests[asked:])
+        assert early_paths[0].endswith("&update=early") and early_paths[1].endswith("?update=early")
+        v = DcapVerifier(root_ca_der=pki.root_der).verify(
+            pki.forge_quote(TDX.quote_bytes()), got, at=TDX.time
+        )
+        assert v.tcb_evaluation == TcbEvaluation(18, 18)
+        # cached apart: a second early source reads its disk cache; a standard one still asks
+        asked = len(pcs.requests)
+        assert source("early", "one").get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee) == early
+        assert [p for p in pcs.requests[asked:] if "/tcb?" in p or "/qe/" in p] == []
+        lax = PcsHttpSource(pcs.url, cache_dir=tmp_path / "one", clock=clock, update="standard")
+        for _ in range(2):  # (the CRLs are the test PKI's: served last, for both kinds)
+            standard = lax.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+            assert (standard.tcb_info, standard.qe_identity) == (_coll(TDX).tcb_info, _coll(TDX).qe_identity)
+        assert source("early", "one").get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee) == early
+        # A PCCS that ignores update=: the standard answer comes back, and is refused.
+        pcs.serve(TDX.quote_bytes(), _coll(TDX), honour_update=False)
+        with pytest.raises(errors.CollateralOutdatedError, match="tcbEvaluationDataNumber 17, expected"):
+            source("early", "two").get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+    with pytest.raises(ValueError, match="expected 'early' or 'standard'"):
+        PcsHttpSource("https://pcs.example", cache_dir=tmp_path, update="earliest")
+
+
+def test_cli_pcs_update(tmp_path: Path) -> None:
+    """``evidence verify --collateral URL --pcs-update early`` asks for the early answers (here
+    the only ones the service has: the standard request is a 404); ``--pcs-update`` with a
+    directory or file, without ``--collateral``, or for other evidence: usage errors, as for
+    ``cas serve``, ``cas attest``, ``ui`` and ``Cas.attested``."""
+    from confide.sdk import Cas
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    base = ("evidence", "verify", ASSETS / TDX.quote, "--at", TDX.at, "--json")
+    with fake_pcs() as pcs:
+        early = pcs.serve(TDX.quote_bytes(), _coll(TDX), update="early")  # early answers only
+        r = run_confide(*base, "--collateral", pcs.url, "--pcs-update", "early", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert set(early[:2]) <= set(pcs.requests)
+        r = run_confide(*base, "--collateral", pcs.url, env=env)
+        assert r.returncode == errors.CollateralMissingError.exit_code and "404" in r.stdout, r.stdout
+    for args in (
+        ("--collateral", ASSETS / TDX.collateral, "--pcs-update", "early"),
+        ("--pcs-update", "early"),
+        ("--collateral", pcs.url, "--pcs-update", "earliest"),
+    ):
+        r = run_confide(*base, *args, env=env)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+    r = run_confide(
+        "evidence", "verify", ASSETS / TDX.quote, "--platform", "sev-snp", "--pcs-update", "early"
+    )
+    assert r.returncode == 2 and "only for Intel DCAP evidence" in r.stdout + r.stderr
+    for command in (("cas", "serve", "--data-dir", tmp_path / "x"), ("cas", "attest", "https://127.0.0.1:1")):
+        r = run_confide(*command, "--collateral", ASSETS / TDX.collateral, "--pcs-update", "early")
+        assert r.returncode == 2 and "--pcs-update" in r.stderr and "--collateral URL" in r.stderr, r.stderr
+    r = run_confide("ui", "--pcs-update", "early")
+    assert r.returncode == 2 and "--pcs-update are for --attest" in r.stderr, r.stderr
+    with pytest.raises(errors.UsageError, match="--pcs-update needs --collateral URL"):
+        Cas.attested("https://127.0.0.1:1", any_measurement=True, pcs_update="early")
+    with pytest.raises(errors.UsageError, match="--pcs-update is for --collateral URL"):
+        Cas.attested(
+            "https://127.0.0.1:1", any_measurement=True, collateral=str(ASSETS / TDX.collateral),
+            pcs_update="early",
+        )  # fmt: skip
+
+
+def test_pcs_update_reaches_each_source(tmp_path: Path) -> None:
+    """``pcs_update`` reaches the URL source that ``cas serve`` (``prepare``), ``cas attest``,
+    ``ui --attest`` and ``Cas.attested`` (``attest_collateral``) build; without it, none."""
+    from confide.cas.pin import attest_collateral
+    from confide.cas.server import prepare
+
+    url = "https://pccs.example:8081"
+    for update in ("early", "standard", None):
+        cas, *_ = prepare(
+            tmp_path / str(update), host="127.0.0.1", dev=False, db_url=None, collateral=url, pcs_update=update
+        )  # fmt: skip
+        assert isinstance(cas.verifier, PlatformVerifier)
+        served = cas.verifier.dcap_source
+        assert isinstance(served, PcsHttpSource) and served.update == update
+        attested = attest_collateral(url, None, pcs_update=update)
+        assert isinstance(attested, PcsHttpSource) and attested.update == update
+    with pytest.raises(errors.UsageError, match="--pcs-update is for --collateral URL"):
+        prepare(tmp_path / "dir", host="127.0.0.1", dev=False, db_url=None, collateral=str(tmp_path),
+                pcs_update="early")  # fmt: skip
+
+
 def test_cas_collateral_cache_keeps_the_refusal_class(tmp_path: Path) -> None:
     quote = Quote.from_bytes(TDX.quote_bytes())
     fmspc, ca = pck_info(quote)

@@ -18,7 +18,7 @@ import click
 
 from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
-from confide.clitypes import MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
+from confide.clitypes import MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.options import reload_interval
@@ -72,6 +72,7 @@ def cas() -> None:
               " kept but asked for again. auto: the number Intel's TCB evaluation data numbers"
               " (fetched with the collateral) require at each attestation.")  # fmt: skip
 @tcb_recovery_grace_option()
+@pcs_update_option()
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -333,6 +334,7 @@ def cas_serve(
     successor_board: Path | None,
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
+    pcs_update: str | None,
     replica_min_tcb: tuple[str, ...],
     opaque_refusals: bool,
     refusal_delay: float | None,
@@ -372,6 +374,7 @@ def cas_serve(
         raise UsageError("--witness-max-lag needs --witness-quorum")
     minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
     automatic_minimum_source(collateral, minimum)
+    _pcs_update_needs_url(pcs_update, collateral)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
@@ -386,6 +389,7 @@ def cas_serve(
         db_url=db_url,
         collateral=collateral,
         min_tcb_evaluation_data_number=minimum,
+        pcs_update=pcs_update,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
         witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),
@@ -601,6 +605,7 @@ _CAS_TOLERANCES = (
               " Intel's TCB evaluation data numbers (from the --collateral directory or URL) require"
               " now.")  # fmt: skip
 @tcb_recovery_grace_option()
+@pcs_update_option()
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -614,6 +619,7 @@ def cas_attest(
     expect_witness_keys: tuple[str, ...],
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
+    pcs_update: str | None,
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import WitnessExpectation, attest_cas, attest_collateral, write_pin
@@ -643,7 +649,7 @@ def cas_attest(
         url,
         sim_key_pem=key_pem,
         measurements=tuple(expected),
-        collateral=attest_collateral(location, minimum),
+        collateral=attest_collateral(location, minimum, pcs_update=pcs_update),
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
         expect=expect,
@@ -1490,3 +1496,11 @@ def _gpus_ready(provider: GpuQuoteProvider) -> None:
             "accept client requests",
             err=True,
         )
+
+
+def _pcs_update_needs_url(pcs_update: str | None, collateral: str | None) -> None:
+    """``--pcs-update`` is for ``--collateral URL`` (Intel PCS or a PCCS) only."""
+    from confide.collateral import is_url
+
+    if pcs_update is not None and not (collateral and is_url(collateral)):
+        raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")

@@ -608,17 +608,23 @@ def attest_collateral(
     *,
     option: str = "--min-tcb-eval-number auto",
     collateral_option: str = "--collateral DIR|URL",
+    pcs_update: str | None = None,
 ) -> DcapCollateralSource | None:
     """The collateral source of ``cas attest --collateral`` (and ``Cas.attested(collateral=)``)
     for ``minimum``: with :class:`~confide.platforms.AutoTcbEvaluation` a PCS directory or URL
     that also brings Intel's TCB evaluation data numbers (a bundle file: :class:`UsageError`,
-    as for ``cas serve``); ``None`` without a location."""
+    as for ``cas serve``); ``None`` without a location. ``pcs_update`` (``--pcs-update``): the
+    ``update`` a URL source asks Intel PCS for (another location, or none: :class:`UsageError`)."""
     with_list = automatic_minimum_source(
         location, minimum, option=option, collateral_option=collateral_option
     )
     grace = minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None
-    return (
-        source_for(location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace) if location else None
+    if location is None:
+        if pcs_update is not None:
+            raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
+        return None
+    return source_for(
+        location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace, pcs_update=pcs_update
     )
 
 

@@ -589,6 +589,7 @@ def prepare(
     join_as_successor: bool = False,
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
+    pcs_update: str | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
@@ -612,6 +613,7 @@ def prepare(
     (``--min-tcb-eval-number auto``): the collateral source also brings Intel's TCB evaluation
     data numbers (verified with the collateral), and the minimum is the one they set at the
     attestation's time with the grace period (docs/dcap.md, "Automatic minimum").
+    ``pcs_update`` (``--pcs-update``): the ``update`` a URL source asks Intel PCS for.
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document
@@ -703,6 +705,7 @@ def prepare(
                 if isinstance(min_tcb_evaluation_data_number, AutoTcbEvaluation)
                 else None
             ),
+            pcs_update=pcs_update,  # --pcs-update: a URL source's update= (docs/dcap.md)
         )
         if collateral
         else None
@@ -1129,6 +1132,7 @@ def serve(
     join_as_successor: bool = False,
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
+    pcs_update: str | None = None,
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
@@ -1219,6 +1223,7 @@ def serve(
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
+               pcs_update=pcs_update,
                replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
                metrics_tokens=metrics_tokens, metrics_tls=metrics_tls)  # fmt: skip
@@ -1364,6 +1369,7 @@ def _serve(
     join_as_successor: bool = False,
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
+    pcs_update: str | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
@@ -1384,7 +1390,8 @@ def _serve(
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
         successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
-        witnesses=quorum.attested() if quorum is not None else None, replica_min_tcb=replica_min_tcb,
+        pcs_update=pcs_update, witnesses=quorum.attested() if quorum is not None else None,
+        replica_min_tcb=replica_min_tcb,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     cas.opaque_refusals = opaque_refusals  # docs/cas.md "Opaque refusals"

@@ -9,7 +9,8 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   phase 1 and kept in memory, :mod:`confide.cas.pcs`; a local file or directory, read before
   phase 1 at every attestation; under ``--min-tcb-eval-number auto`` a bundle, which has no
   TCB evaluation data numbers, gets the CAS's source's list for the TEE type, read before
-  phase 1: :meth:`PlatformVerifier._with_list`); ``sev-snp``: the report,
+  phase 1 and then kept in memory until its nextUpdate: :meth:`PlatformVerifier._with_list`);
+  ``sev-snp``: the report,
   ``aux["auxblob"]`` (configfs-tsm's certificate table) or ``aux["vcek"]``; without a VCEK/VLEK
   in either, the CAS fetches the VCEK from AMD KDS when it has a KDS source (``cas serve --kds
   URL``), else refuses.
@@ -136,7 +137,7 @@ from confide.errors import (
 )
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import PckCertId, Quote, TeeType
-from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate, TcbEvaluationNumbersText
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
@@ -403,6 +404,10 @@ class PlatformVerifier:
         )
         self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
+        # --min-tcb-eval-number auto, a request's own bundle: the source's TCB evaluation data
+        # numbers per TEE type, kept once their signature leads to the pinned root, until their
+        # nextUpdate (_kept_list); the verification judges them (dates, id, CRL) at every use
+        self._lists: dict[TeeType, tuple[TcbEvaluationNumbersResponse, datetime]] = {}
         self.snp = SnpVerifier(amd_roots if amd_roots is not None else embedded_roots())
         self.kds = KdsVcekCache(kds, kds_cache, self.snp.roots, where=kds_where) if kds is not None else None
 
@@ -457,7 +462,9 @@ class PlatformVerifier:
         bundle, only it), and its chain verified, before the collateral is asked for. A local
         source (``--collateral FILE|DIR``) is read by the job's ``fetch`` at every attestation
         (disk I/O, off the event loop; nothing is kept), a remote one through
-        :attr:`dcap_cache`."""
+        :attr:`dcap_cache`. A request's own bundle under ``--min-tcb-eval-number auto``: the
+        source's TCB evaluation data numbers, kept in memory until their ``nextUpdate`` once
+        read and their signature checked (:meth:`_kept_list`)."""
         source = self.dcap_source
         if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
             return None
@@ -472,7 +479,7 @@ class PlatformVerifier:
             pck_job = (
                 self._pck_job(source, quote, cert_id, at, pck_only=True) if cert_id is not None else None
             )
-            return _both(pck_job, self._list_job(source, quote.tee))
+            return _both(pck_job, self._list_job(source, quote.tee, at))
         if cert_id is not None:
             return self._pck_job(source, quote, cert_id, at, pck_only="collateral" in aux)
         if "collateral" in aux:
@@ -497,20 +504,54 @@ class PlatformVerifier:
             source, TcbEvaluationNumbersSource
         )
 
-    def _list_job(self, source: DcapCollateralSource, tee: TeeType) -> CollateralJob:
-        """Blocking (the source's disk cache, else the network; a directory: disk): the TCB
-        evaluation data numbers of ``tee`` from this CAS's source, or the error it ran into."""
-        assert isinstance(source, TcbEvaluationNumbersSource)
+    def _list_job(self, source: DcapCollateralSource, tee: TeeType, at: datetime) -> CollateralJob:
+        """The TCB evaluation data numbers of ``tee`` from memory (:meth:`_kept_list`: no I/O),
+        else a blocking fetch (the source's disk cache, else the network; a directory: disk)
+        of them from this CAS's source, or the error it ran into."""
+        kept = self._kept_list(tee, at)
+        if kept is not None:
+            return CollateralJob(Prefetched(tcb_eval=_frozen({tee: kept})))
 
         def fetch() -> Prefetched:
-            return Prefetched(tcb_eval=_frozen({tee: _list_outcome(source, tee)}))
+            return Prefetched(tcb_eval=_frozen({tee: self._read_list(source, tee)}))
 
         return CollateralJob(Prefetched(), fetch)
 
-    def _with_list(self, sent: DcapCollateral, tee: TeeType, prefetched: Prefetched | None) -> DcapCollateral:
+    def _kept_list(self, tee: TeeType, at: datetime) -> TcbEvaluationNumbersResponse | None:
+        """The TCB evaluation data numbers of ``tee`` kept in memory while ``at`` is before
+        their ``nextUpdate`` (after it, or none kept: ``None``, the source is read again)."""
+        kept = self._lists.get(tee)
+        return kept[0] if kept is not None and at < kept[1] else None
+
+    def _read_list(
+        self, source: DcapCollateralSource, tee: TeeType
+    ) -> TcbEvaluationNumbersResponse | ConfideError:
+        """Blocking: :func:`_list_outcome`, and the answer kept in memory (:meth:`_kept_list`)
+        when it is for ``tee`` and its signature leads to the pinned root (signatures only, as
+        the HTTP source's disk cache keeps answers; no dates: the verification judges them at
+        every use). One that does not is not kept: it is read again at the next request, and
+        the verification refuses it with its own error."""
+        assert isinstance(source, TcbEvaluationNumbersSource)
+        outcome = _list_outcome(source, tee)
+        if isinstance(outcome, ConfideError):
+            return outcome
+        body, chain = outcome
+        try:
+            parsed = TcbEvaluationNumbersText.from_response(body)
+            self.dcap.check_signed_json(chain, parsed.text, parsed.signature, "TCB evaluation data numbers")
+        except ConfideError:
+            return outcome
+        if parsed.id == ("TDX" if tee == TeeType.TDX else "SGX"):
+            self._lists[tee] = (outcome, parsed.next_update)
+        return outcome
+
+    def _with_list(
+        self, sent: DcapCollateral, tee: TeeType, at: datetime, prefetched: Prefetched | None
+    ) -> DcapCollateral:
         """A request's own collateral bundle (``aux["collateral"]``, which has no TCB evaluation
         data numbers) under ``--min-tcb-eval-number auto``: with this CAS's source's list for the
-        TEE type (what the prefetch read; without a prefetch, read here, blocking). Intel signs
+        TEE type (what the prefetch found in memory or read; without a prefetch, from memory, else
+        read here, blocking: :meth:`_kept_list`). Intel signs
         the list, and the verifier checks it with the rest of the collateral (its chain to the
         pinned root, the bundle's Root CA CRL, its dates, its id), so where it came from does not
         matter; the CAS never judges a request's bundle by a list the request chose."""
@@ -522,7 +563,7 @@ class PlatformVerifier:
         if outcome is None:
             if prefetched is not None:
                 raise _not_read(f"Intel's TCB evaluation data numbers for {tee.name} from --collateral")
-            outcome = _list_outcome(source, tee)
+            outcome = self._kept_list(tee, at) or self._read_list(source, tee)
         body, chain = _outcome(outcome)
         return dataclasses.replace(
             sent, tcb_evaluation_numbers=body, tcb_evaluation_numbers_issuer_chain=chain
@@ -1008,7 +1049,7 @@ class PlatformVerifier:
         pck = self._pck_certificate(quote, prefetched)
         if "collateral" in aux:
             sent = DcapCollateral.from_dcap_qvl_json(aux["collateral"])
-            return self._with_list(sent, quote.tee, prefetched), pck
+            return self._with_list(sent, quote.tee, at, prefetched), pck
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         if self.dcap_cache is not None:

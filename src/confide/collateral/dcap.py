@@ -34,6 +34,12 @@ also bring Intel's TCB evaluation data numbers for the TEE type with the collate
 (``DcapCollateral.tcb_evaluation_numbers``: a ``{"tcbEvaluationDataNumbers":...}`` file of the
 directory, or ``GET /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``, cached on disk like
 TCB Info); the verifier checks it with the rest.
+
+``update`` (``--pcs-update early|standard``): the HTTP source asks Intel PCS for TCB Info and QE
+Identity of that update (Intel PCS API v4 "Get TCB Info" and "Get Intel's QE Identity", query
+parameter ``update``; without it PCS serves ``standard``); its disk cache keys each answer by
+the whole URL, so the kinds are cached apart. A PCCS may ignore the parameter: what comes back is
+judged all the same (the verifier, the minimum, the floor).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from confide.errors import (
     NetworkError,
     ParseError,
     StorageError,
+    UsageError,
 )
 from confide.evidence.dcap import CERT_TYPE_PPID_CLEARTEXT, CERT_TYPE_PPID_RSA3072, PckCertId, TeeType
 from confide.evidence.dcap_collateral import (
@@ -92,6 +99,7 @@ from confide.verify.x509util import (
 
 __all__ = [
     "PCS_API_KEY_ENV",
+    "PCS_UPDATES",
     "BundleFileSource",
     "DcapCollateralSource",
     "PckCertificateSource",
@@ -113,6 +121,11 @@ notAfter): a PCK certificate has no nextUpdate, and the PCS may issue another fo
 TCB after a TCB recovery."""
 
 MAX_RESPONSE_SIZE = 4 << 20
+PCS_UPDATES = ("early", "standard")
+"""The values of Intel PCS API v4's ``update`` query parameter of TCB Info and QE Identity
+(``--pcs-update``): ``early``, the collateral of the newest TCB evaluation from the day of its
+TCB recovery event; ``standard`` (PCS's default), that of an evaluation about twelve months
+later."""
 EvaluationFloor = Callable[[str, str, str], int]
 """(piece ``tcbInfo`` or ``enclaveIdentity``, TEE type ``sgx``/``tdx``, FMSPC hex) → the lowest
 tcbEvaluationDataNumber to keep or serve (0: any);
@@ -549,7 +562,11 @@ class PcsHttpSource:
         floor: EvaluationFloor | None = None,
         tcb_evaluation_numbers: bool = False,
         tcb_recovery_grace: timedelta | None = None,
+        update: str | None = None,
     ) -> None:
+        if update is not None and update not in PCS_UPDATES:
+            raise ValueError(f"update is {update!r}, expected 'early' or 'standard'")
+        self.update = update
         self.base_url = base_url.rstrip("/")
         self.tcb_evaluation_numbers = tcb_evaluation_numbers
         self.tcb_recovery_grace = tcb_recovery_grace
@@ -575,7 +592,8 @@ class PcsHttpSource:
         self.client = client or httpx2.Client(timeout=30.0, follow_redirects=False)
 
     def __repr__(self) -> str:  # never the API key
-        return f"PcsHttpSource({public_url(self.base_url)!r}, pck_query={self.pck_query!r})"
+        update = f", update={self.update!r}" if self.update is not None else ""
+        return f"PcsHttpSource({public_url(self.base_url)!r}, pck_query={self.pck_query!r}{update})"
 
     @staticmethod
     def _shown(url: str) -> str:
@@ -668,8 +686,12 @@ class PcsHttpSource:
             )
         tee_path = "tdx" if tee == TeeType.TDX else "sgx"
         v4 = f"{self.base_url}/{{}}/certification/v4"
+        # update=: Intel PCS API v4 "Get TCB Info" and "Get Intel's QE Identity" (module docstring)
         tcb_url = f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}"
         qe_url = f"{v4.format(tee_path)}/qe/identity"
+        if self.update is not None:
+            tcb_url += f"&update={self.update}"
+            qe_url += f"?update={self.update}"
         floor_key = (tee_path, fmspc.hex())
         numbers, numbers_chain = (
             self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
@@ -860,6 +882,7 @@ def source_for(
     floor: EvaluationFloor | None = None,
     tcb_evaluation_numbers: bool = False,
     tcb_recovery_grace: timedelta | None = None,
+    pcs_update: str | None = None,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
@@ -867,7 +890,10 @@ def source_for(
     file. ``tcb_evaluation_numbers``: a URL or directory source also brings Intel's TCB
     evaluation data numbers with the collateral (a bundle has none); ``tcb_recovery_grace``
     (with it, ``--min-tcb-eval-number auto``): a URL source keeps out of its disk cache what is
-    below the minimum they set (module docstring)."""
+    below the minimum they set (module docstring). ``pcs_update`` (``--pcs-update``): the ``update``
+    a URL source asks for (module docstring); with a directory or a bundle, :class:`UsageError`."""
+    if pcs_update is not None and pcs_update not in PCS_UPDATES:
+        raise UsageError(f"--pcs-update: got {pcs_update!r}, expected early or standard")
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -877,6 +903,11 @@ def source_for(
             floor=floor,
             tcb_evaluation_numbers=tcb_evaluation_numbers,
             tcb_recovery_grace=tcb_recovery_grace if tcb_evaluation_numbers else None,
+            update=pcs_update,
+        )
+    if pcs_update is not None:
+        raise UsageError(
+            f"--pcs-update is for --collateral URL (Intel PCS or a PCCS); {location} is a directory or a file"
         )
     path = Path(location)
     if path.is_dir():

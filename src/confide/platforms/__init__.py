@@ -79,6 +79,9 @@ class VerifyRequest:
     tcb_recovery_grace: timedelta | None = None
     """With ``tcb_evaluation_numbers``: the automatic minimum's grace (``--tcb-recovery-grace``),
     which a URL source also keeps older collateral out of its disk cache by."""
+    pcs_update: str | None = None
+    """Intel DCAP: ``--pcs-update early|standard``, the ``update`` a ``--collateral URL`` asks
+    Intel PCS for (:class:`~confide.collateral.dcap.PcsHttpSource`)."""
 
     @property
     def digest(self) -> str:

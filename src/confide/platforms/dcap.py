@@ -57,6 +57,7 @@ def fetch_collateral(
     min_tcb_evaluation_data_number: int | None = None,
     tcb_evaluation_numbers: bool = False,
     tcb_recovery_grace: timedelta | None = None,
+    pcs_update: str | None = None,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
@@ -65,14 +66,19 @@ def fetch_collateral(
     (``--min-tcb-eval-number``): a URL source neither serves from its disk cache nor keeps
     collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`). ``tcb_evaluation_numbers``:
     the collateral must also bring Intel's TCB evaluation data numbers (a directory or URL
-    source; a bundle has none: :class:`CollateralMissingError`)."""
+    source; a bundle has none: :class:`CollateralMissingError`). ``pcs_update``
+    (``--pcs-update``): the ``update`` a URL source asks for; with no location, or another,
+    :class:`UsageError`."""
     if not location:
+        if pcs_update is not None:
+            raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
         return None, None
     source = source_for(
         location,
         min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=tcb_evaluation_numbers,
         tcb_recovery_grace=tcb_recovery_grace,
+        pcs_update=pcs_update,
     )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
@@ -113,6 +119,7 @@ def request_collateral(
         req.min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
         tcb_recovery_grace=req.tcb_recovery_grace,
+        pcs_update=req.pcs_update,
     )
     if from_file is not None and collateral is not None:
         body = read_input_file(

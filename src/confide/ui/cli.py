@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from confide.clitypes import MIN_TCB_EVAL_NUMBER, tcb_recovery_grace_option
+from confide.clitypes import MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
 from confide.errors import UsageError
 from confide.termsafe import printable
 
@@ -111,6 +111,7 @@ def _attested_cas(
     expect_witness_keys: tuple[str, ...],
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None = None,
+    pcs_update: str | None = None,
 ) -> Cas:
     """``--attest``: the CAS at ``CONFIDE_CAS_URL`` pinned by its evidence (``Cas.attested``,
     the code ``cas attest`` runs) instead of ``CONFIDE_CAS_CERT``."""
@@ -147,6 +148,7 @@ def _attested_cas(
         expect_witness_keys=expect_witness_keys,
         min_tcb_eval_number=min_tcb_eval,
         tcb_recovery_grace_days=tcb_recovery_grace,
+        pcs_update=pcs_update,
         sim_dir=sim_dir or None,
     )
     given = (environ.get("CONFIDE_LOG_KEY") or "").strip()
@@ -210,6 +212,7 @@ def _attested_cas(
               help="--attest: SGX/TDX: the least TCB evaluation data number, or auto: the one Intel's"
               " TCB evaluation data numbers require (as cas attest).")  # fmt: skip
 @tcb_recovery_grace_option("--attest --min-tcb-eval-number auto")
+@pcs_update_option()
 def ui(
     listen: str | None,
     identity_file: Path | None,
@@ -226,6 +229,7 @@ def ui(
     expect_witness_keys: tuple[str, ...],
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
+    pcs_update: str | None,
 ) -> None:
     """Serve the stakeholders' web page on this machine: see who you are and which CAS, read
     policies, their events, verified history and accesses, download CRLs, apply, approve,
@@ -247,12 +251,13 @@ def ui(
 
     parsed = parse_listen(listen) if listen is not None else None
     attest_options = (measurements, expect_specs, sim_key, tolerate, collateral, ignore_advisories,
-                      expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace)  # fmt: skip
+                      expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace,
+                      pcs_update)  # fmt: skip
     if not attest and any(o not in (None, ()) for o in attest_options):
         raise UsageError(
             "--measurement, --expect, --sim-key, --tolerate, --collateral, --ignore-advisory, "
-            "--expect-witnesses, --expect-witness, --min-tcb-eval-number and --tcb-recovery-grace are "
-            "for --attest"
+            "--expect-witnesses, --expect-witness, --min-tcb-eval-number, --tcb-recovery-grace and "
+            "--pcs-update are for --attest"
         )
     identity = load_identity(identity_file) if identity_file is not None else None
     environ = _parse_env_file(env_file) if env_file is not None else dict(os.environ)
@@ -260,6 +265,7 @@ def ui(
         cas = _attested_cas(
             environ, measurements, expect_specs, sim_key, tolerate, collateral,
             ignore_advisories, expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace,
+            pcs_update,
         )  # fmt: skip
     else:
         cas = Cas.from_env(environ)
