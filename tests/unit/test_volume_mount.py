@@ -1051,3 +1051,27 @@ def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path,
         if _mounted(mnt):
             subprocess.run(volume_mount._unmount_cmd(mnt, True), capture_output=True, check=False)
     assert verify_volume(vol, key, tag).ok and load_sealed(vol, key)[1] == tag
+
+
+def test_an_ephemeral_memory_budget_past_the_largest_file_size_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a budget above 2**63 - 1 bytes (what no file can reach) overflowed the 64-bit statfs
+    # block counts: 2**80 bytes reported a mount of 0 blocks, 0 free (df; a program checking
+    # the free space first refused to write)
+    for bad in ("999999999999999T", "9223372036854775808", "8388608T", "5iB", "iB"):
+        with pytest.raises(UsageError, match="x: got"):
+            volume_mount.parse_size(bad, "x")
+    assert volume_mount.parse_size("9223372036854775807", "x") == (1 << 63) - 1
+    assert volume_mount.parse_size("8388607T", "x") == 8388607 << 40
+    assert volume_mount.parse_size("12B", "x") == 12 and volume_mount.parse_size("3kb", "x") == 3 << 10
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"x"})
+    mnt = _mnt(tmp_path)
+    with pytest.raises(UsageError, match="ephemeral memory: got"):
+        mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=1 << 80)
+    assert not _mounted(mnt)
+    with mount_volume(
+        vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=(1 << 63) - 1
+    ):
+        sv = os.statvfs(mnt)
+        assert sv.f_blocks * sv.f_frsize > 1 << 62 and sv.f_bavail * sv.f_frsize > 1 << 62
