@@ -1075,3 +1075,29 @@ def test_an_ephemeral_memory_budget_past_the_largest_file_size_is_refused(
     ):
         sv = os.statvfs(mnt)
         assert sv.f_blocks * sv.f_frsize > 1 << 62 and sv.f_bavail * sv.f_frsize > 1 << 62
+
+
+def test_an_ephemeral_session_gives_back_the_memory_of_a_file_it_did_not_change(tmp_path: Path) -> None:
+    # a volume file opened for writing is decrypted whole into memory; closed unchanged (GNU
+    # touch opens O_WRONLY, a reader opens r+b), or after a truncation refused with ENOSPC, its
+    # memory file was kept to the session's end, its bytes held from the budget for nothing
+    files = {"f.bin": _pattern(3 * CS), "g.bin": _pattern(2 * CS, 1)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=4 * CS):
+        free = os.statvfs(mnt).f_bavail
+        with (mnt / "f.bin").open("r+b") as f:
+            assert f.read() == files["f.bin"]
+        assert os.statvfs(mnt).f_bavail == free  # nothing changed: nothing held
+        _enospc(os.truncate, mnt / "g.bin", 5 * CS)  # decrypted (2 chunks), then refused
+        assert os.statvfs(mnt).f_bavail == free
+        _write_new(mnt / "new", _pattern(4 * CS, 2))  # the whole budget is there
+        assert (mnt / "f.bin").read_bytes() == files["f.bin"] and (mnt / "g.bin").read_bytes() == files[
+            "g.bin"
+        ]
+        # a changed file keeps its memory (its changes are nowhere else)
+        (mnt / "new").unlink()
+        with (mnt / "f.bin").open("r+b") as f:
+            f.write(b"Z")
+        assert os.statvfs(mnt).f_bavail == free - 3 * CS // os.statvfs(mnt).f_frsize
+        assert (mnt / "f.bin").read_bytes() == b"Z" + files["f.bin"][1:]
