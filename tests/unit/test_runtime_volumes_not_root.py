@@ -100,7 +100,7 @@ def test_without_a_directory_of_its_own_a_second_run_is_refused_naming_the_confl
 ) -> None:
     # where no directory of the run's own can be made under STAGING (not writable to the user;
     # root, running this test, would not be refused), the shared path STAGING/NAME is used
-    monkeypatch.setattr(runtime_volumes, "_run_directory", lambda: None)
+    monkeypatch.setattr(runtime_volumes, "_run_directory", lambda staging: None)
     release = _release(tmp_path)
     shared = not_root / "data"
     a = mount_released([release])
@@ -122,3 +122,51 @@ def test_without_a_directory_of_its_own_a_second_run_is_refused_naming_the_confl
         assert (shared / "notes.txt").read_bytes() == b"first\n"
     finally:
         c.close()
+
+
+def _make_unsafe(staging: Path, tmp: Path, how: str) -> None:
+    """STAGING (or a directory above it) that another local user could change."""
+    if how == "parent writable by others":
+        staging.mkdir(parents=True)
+        staging.parent.chmod(0o777)  # no sticky bit: anyone may rename STAGING's entries away
+    elif how == "owned by another user":
+        staging.mkdir(parents=True)
+        os.chown(staging, 12345, 12345)
+    else:  # "a symlink to another user's directory"
+        theirs = tmp / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 12345, 12345)
+        staging.parent.mkdir(parents=True)
+        staging.symlink_to(theirs)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize(
+    "how", ["parent writable by others", "owned by another user", "a symlink to another user's directory"]
+)
+@pytest.mark.parametrize("mode", _modes())
+def test_a_staging_directory_another_user_could_change_is_refused(
+    tmp_path: Path, not_root: Path, mode: str, how: str
+) -> None:
+    # another local user who can rename, replace or own /run/confide/volumes (or what is above
+    # it) could swap the run's directory for one of theirs after the mount: the program would
+    # then write its plaintext where $CONFIDE_VOLUME_<NAME> leads, into their directory
+    release = _release(tmp_path)
+    _make_unsafe(not_root, tmp_path, how)
+    before = sorted(os.listdir(not_root))
+    with pytest.raises(StorageError) as ei:
+        mount_released([release])
+    assert "another user" in ei.value.message and "nothing was mounted" in ei.value.message
+    assert sorted(os.listdir(not_root)) == before  # no run directory made there
+
+
+@pytest.mark.parametrize("mode", _modes())
+def test_a_sticky_world_writable_staging_directory_is_used(tmp_path: Path, not_root: Path, mode: str) -> None:
+    release = _release(tmp_path)
+    not_root.mkdir(parents=True)
+    not_root.chmod(0o1777)  # the shared /tmp-like setup: nobody may rename another's entries
+    m = mount_released([release])
+    try:
+        assert Path(m.environment["CONFIDE_VOLUME_DATA"]).parent.parent == not_root
+    finally:
+        m.close()

@@ -1051,3 +1051,53 @@ def test_the_parents_death_between_mount_and_init_still_unmounts(tmp_path: Path,
         if _mounted(mnt):
             subprocess.run(volume_mount._unmount_cmd(mnt, True), capture_output=True, check=False)
     assert verify_volume(vol, key, tag).ok and load_sealed(vol, key)[1] == tag
+
+
+def test_an_ephemeral_memory_budget_past_the_largest_file_size_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a budget above 2**63 - 1 bytes (what no file can reach) overflowed the 64-bit statfs
+    # block counts: 2**80 bytes reported a mount of 0 blocks, 0 free (df; a program checking
+    # the free space first refused to write)
+    for bad in ("999999999999999T", "9223372036854775808", "8388608T", "5iB", "iB"):
+        with pytest.raises(UsageError, match="x: got"):
+            volume_mount.parse_size(bad, "x")
+    assert volume_mount.parse_size("9223372036854775807", "x") == (1 << 63) - 1
+    assert volume_mount.parse_size("8388607T", "x") == 8388607 << 40
+    assert volume_mount.parse_size("12B", "x") == 12 and volume_mount.parse_size("3kb", "x") == 3 << 10
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"x"})
+    mnt = _mnt(tmp_path)
+    with pytest.raises(UsageError, match="ephemeral memory: got"):
+        mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=1 << 80)
+    assert not _mounted(mnt)
+    with mount_volume(
+        vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=(1 << 63) - 1
+    ):
+        sv = os.statvfs(mnt)
+        assert sv.f_blocks * sv.f_frsize > 1 << 62 and sv.f_bavail * sv.f_frsize > 1 << 62
+
+
+def test_an_ephemeral_session_gives_back_the_memory_of_a_file_it_did_not_change(tmp_path: Path) -> None:
+    # a volume file opened for writing is decrypted whole into memory; closed unchanged (GNU
+    # touch opens O_WRONLY, a reader opens r+b), or after a truncation refused with ENOSPC, its
+    # memory file was kept to the session's end, its bytes held from the budget for nothing
+    files = {"f.bin": _pattern(3 * CS), "g.bin": _pattern(2 * CS, 1)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True, memory_limit=4 * CS):
+        free = os.statvfs(mnt).f_bavail
+        with (mnt / "f.bin").open("r+b") as f:
+            assert f.read() == files["f.bin"]
+        assert os.statvfs(mnt).f_bavail == free  # nothing changed: nothing held
+        _enospc(os.truncate, mnt / "g.bin", 5 * CS)  # decrypted (2 chunks), then refused
+        assert os.statvfs(mnt).f_bavail == free
+        _write_new(mnt / "new", _pattern(4 * CS, 2))  # the whole budget is there
+        assert (mnt / "f.bin").read_bytes() == files["f.bin"] and (mnt / "g.bin").read_bytes() == files[
+            "g.bin"
+        ]
+        # a changed file keeps its memory (its changes are nowhere else)
+        (mnt / "new").unlink()
+        with (mnt / "f.bin").open("r+b") as f:
+            f.write(b"Z")
+        assert os.statvfs(mnt).f_bavail == free - 3 * CS // os.statvfs(mnt).f_frsize
+        assert (mnt / "f.bin").read_bytes() == b"Z" + files["f.bin"][1:]

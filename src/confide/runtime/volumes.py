@@ -40,6 +40,7 @@ import ctypes.util
 import logging
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,13 +241,44 @@ def _remove_staging(dirs: list[Path]) -> None:
             log.warning("confide: cannot remove the volume mount point %s: %s", path, exc.strerror or exc)
 
 
-def _run_directory() -> Path | None:
-    """Not root: a new directory (0700) of this run's own under :data:`STAGING` for its volumes'
-    mount points, as concurrent runs share the mount namespace; None where none can be made
-    there (e.g. a :data:`STAGING` the user may not write to)."""
-    try:
+def _safe_staging() -> Path:
+    """Not root: :data:`STAGING` (made if missing and possible), symlinks resolved, once no other
+    user could change what it leads to: each existing directory from it up to ``/`` owned by
+    root or this user, and writable by group or others only with the sticky bit. Otherwise
+    :class:`StorageError`: another user could rename this run's mount point directory away and
+    put one of theirs there, where ``$CONFIDE_VOLUME_<NAME>`` then leads the program."""
+    with contextlib.suppress(OSError):
         STAGING.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="run-", dir=STAGING))
+    real = Path(os.path.realpath(STAGING))
+    me = os.geteuid()
+    for path in (real, *real.parents):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot inspect {path}: {exc.strerror or exc}; nothing was mounted") from None
+        why = None
+        if not stat.S_ISDIR(st.st_mode):
+            why = "not a directory"
+        elif st.st_uid not in (0, me):
+            why = f"owned by uid {st.st_uid}"
+        elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            why = "writable by group or others without the sticky bit"
+        if why is not None:
+            raise StorageError(
+                f"the volume mount point directory {STAGING}: {path} is {why}, so another user could "
+                f"replace this run's mount points; nothing was mounted"
+            )
+    return real
+
+
+def _run_directory(staging: Path) -> Path | None:
+    """Not root: a new directory (0700) of this run's own under ``staging`` (:func:`_safe_staging`)
+    for its volumes' mount points, as concurrent runs share the mount namespace; None where none
+    can be made there (e.g. a :data:`STAGING` the user may not write to)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="run-", dir=staging))
     except OSError:
         return None
 
@@ -275,17 +307,19 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
     mounted: dict[str, str] = {}
     created: list[Path] = []  # the run's own directories, to remove at the end
     base = STAGING
+    shared = True  # base is STAGING (root: in the run's private namespace)
     if not root:
-        own = _run_directory()
+        base = _safe_staging()
+        own = _run_directory(base)
         if own is not None:
-            base = own
+            base, shared = own, False
             created.append(own)
     try:
         for vol in volumes:
             mounts = _contract_mounts(vol.name)
             staging = base / vol.name
             try:
-                if base is STAGING:
+                if shared:
                     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
                 else:
                     staging.mkdir(mode=0o700)
@@ -294,7 +328,7 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
                 raise StorageError(
                     f"cannot create the volume's mount point {staging}: {exc.strerror or exc}"
                 ) from None
-            if not root and base is STAGING:
+            if not root and shared:
                 _check_free(staging, vol.name)
             # ephemeral stays writable for the service, in its private copy (tmpfs, or the FUSE
             # server's memory), under the shared lock; abort() drops the changes at the end.

@@ -615,11 +615,16 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if node.kind is not EntryKind.FILE:
                 raise _err(errno.EISDIR)
             fd = self._materialize(node, keep_contents=length > 0)
-            self._hold(node, max(node.held, length))  # a shrink gives back after it is done
             try:
-                os.ftruncate(fd, length)
-            finally:
-                self._settle(node)
+                self._hold(node, max(node.held, length))  # a shrink gives back after it is done
+                try:
+                    os.ftruncate(fd, length)
+                finally:
+                    self._settle(node)
+            except BaseException:
+                if not node.dirty:
+                    self._drop_buffer(node)  # decrypted for this truncation only (no handle open)
+                raise
             self._truncated(node, length)
             node.dirty = True
             self._modified(node)
@@ -631,9 +636,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _drop_buffer(self, node: _Node, *, gone: bool = False) -> None:
         """Close the memfd of a file no handle has open: after its commit, or (``gone``) once
-        it left the tree. An ephemeral session keeps the memfd of a file in the tree (its
-        changes are nowhere else)."""
-        if node.buf_fd is not None and node.opens == 0 and (gone or not self.ephemeral):
+        it left the tree. An ephemeral session keeps the memfd of a file in the tree that it
+        changed (its changes are nowhere else); an unchanged one is read from its object again,
+        and its bytes go back to the budget."""
+        if node.buf_fd is not None and node.opens == 0 and (gone or not self.ephemeral or not node.dirty):
             os.close(node.buf_fd)
             node.buf_fd = None
             self._give_back(node)

@@ -588,23 +588,32 @@ def _large_folio_choice() -> tuple[bytes, int | None] | None:
 EPHEMERAL_MEMORY_ENV = "CONFIDE_EPHEMERAL_MEMORY"
 EPHEMERAL_MEMORY_FLOOR = 1 << 30
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# the largest budget: the largest file size (off_t); more would overflow statfs's block counts
+EPHEMERAL_MEMORY_MAX = (1 << 63) - 1
 
 
 def parse_size(text: str, what: str) -> int:
-    """Bytes from ``N`` or ``N`` followed by K, M, G or T (powers of 1024); :class:`UsageError`
-    naming ``what`` otherwise."""
-    m = re.fullmatch(r"([0-9]{1,15})([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
-    if m is None:
-        raise UsageError(f"{what}: got {text[:40]!r}, expected a size in bytes (e.g. 1073741824, 512M, 2G)")
-    return int(m[1]) * _SIZE_UNITS[m[2].upper()]
+    """Bytes from ``N`` or ``N`` followed by K, M, G or T (powers of 1024; ``B``, ``KiB``…
+    allowed), at most :data:`EPHEMERAL_MEMORY_MAX`; :class:`UsageError` naming ``what``
+    otherwise."""
+    m = re.fullmatch(r"([0-9]{1,19})(?:([KMGT])(?:i?B)?|B)?", text.strip(), re.IGNORECASE)
+    size = int(m[1]) * _SIZE_UNITS[(m[2] or "").upper()] if m is not None else -1
+    if not 0 <= size <= EPHEMERAL_MEMORY_MAX:
+        raise UsageError(
+            f"{what}: got {text[:40]!r}, expected a size in bytes (e.g. 1073741824, 512M, 2G) of at "
+            f"most {EPHEMERAL_MEMORY_MAX}"
+        )
+    return size
 
 
 def ephemeral_memory(manifest: Manifest, given: int | None) -> int:
     """The budget of an ephemeral FUSE session over ``manifest``: ``given``, else
     $CONFIDE_EPHEMERAL_MEMORY, else the default (see EPHEMERAL_MEMORY_FLOOR)."""
     if given is not None:
-        if given < 0:
-            raise UsageError(f"ephemeral memory: got {given}, expected a size of at least 0 bytes")
+        if not 0 <= given <= EPHEMERAL_MEMORY_MAX:
+            raise UsageError(
+                f"ephemeral memory: got {given}, expected a size of 0 to {EPHEMERAL_MEMORY_MAX} bytes"
+            )
         return given
     text = os.environ.get(EPHEMERAL_MEMORY_ENV)
     if text is not None:
