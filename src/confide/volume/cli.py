@@ -335,6 +335,11 @@ def mount_cmd(
             return
         access = "ephemeral read-write" if ephemeral else "read-write" if writable else "read-only"
         where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
+        if handle.mode == "tmpfs":
+            # Others see the bare directory at MOUNTPOINT: what they write there lands on the
+            # host's storage, unencrypted (docs/volume-mount.md, "Modes").
+            inside = f"/proc/{os.getpid()}/root{handle.mountpoint}"
+            where = f" (this process's private mount namespace: elsewhere at {inside})"
         click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
         click.echo(f"tag: {handle.tag}", nl=True)
         sys.stdout.flush()
