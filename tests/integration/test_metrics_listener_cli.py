@@ -623,6 +623,32 @@ def _scrape(
         connection.close()
 
 
+def _how_refused(url: str, server_ca: Path, version: ssl.TLSVersion) -> str:
+    """How a client without a certificate sees the refusal, as docs/cas.md "Metrics" says:
+    ``"closed after the handshake"`` (TLS 1.3: its side of the handshake ended, its first read
+    finds the connection closed), ``"closed in the handshake"`` (TLS 1.2), or ``"alert: ..."``
+    when a TLS alert arrived instead."""
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.minimum_version = context.maximum_version = version
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname=parts.hostname)
+        except (ssl.SSLEOFError, ConnectionResetError):
+            return "closed in the handshake"
+        except ssl.SSLError as exc:
+            return f"alert: {exc.reason}"
+        with tls:
+            try:
+                tls.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\n\r\n".encode())
+                return "closed after the handshake" if tls.recv(64) == b"" else "answered"
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                return "closed after the handshake"
+            except ssl.SSLError as exc:
+                return f"alert: {exc.reason}"
+
+
 def _resumed(url: str, server_ca: Path, client: tuple[Path, Path], version: ssl.TLSVersion) -> bool:
     """Two scrapes of ``url`` over TLS ``version`` with the client certificate ``client``, the
     second offering the session the first ended with (a TLS 1.3 ticket, a TLS 1.2 ticket or
@@ -697,6 +723,9 @@ def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> No
             assert _scrape(url, server_ca, client_b, TOKEN, version) == "refused"
             assert _scrape(url, server_ca, expired, TOKEN, version) == "refused"
             assert not _resumed(url, server_ca, client_a, version)  # each certificate judged
+        # no TLS alert (asyncio's SSL transport closes without sending the one OpenSSL wrote)
+        assert _how_refused(url, server_ca, ssl.TLSVersion.TLSv1_3) == "closed after the handshake"
+        assert _how_refused(url, server_ca, ssl.TLSVersion.TLSv1_2) == "closed in the handshake"
         unauthorized = _scrape(url, server_ca, client_a)  # the certificate alone: the token too
         assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
         served = _scrape(url, server_ca, client_a, TOKEN)
@@ -792,6 +821,12 @@ def test_ledger_metrics_listener_requires_client_certificates(
             assert "confide_ledger_http_requests_total" in served[1]
             assert _scrape(metrics_url, server_ca, None, TOKEN, version) == "refused"
             assert _scrape(metrics_url, server_ca, client_b, TOKEN, version) == "refused"
+            want = (
+                "closed after the handshake"
+                if version == ssl.TLSVersion.TLSv1_3
+                else "closed in the handshake"
+            )
+            assert _how_refused(metrics_url, server_ca, version) == want  # no TLS alert, as the CAS's
             # no session resumed: each connection's certificate judged at its own handshake
             # (a resumed one carries the certificate judged when it was made, expired since)
             assert not _resumed(metrics_url, server_ca, client_a, version)

@@ -526,3 +526,21 @@ def test_the_async_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
     assert "previous size None" in out and (tmp_path / "work" / "auditor.json").exists()
     assert f"stranger reads audited: AccessDeniedError (exit {errors.AccessDeniedError.exit_code})" in out
     assert out.rstrip().endswith("OK")
+
+
+def test_the_volume_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
+    """examples/sdk/volume_service.py: a self-attesting asyncio service mounts its released
+    volume (AsyncCas.mount_volumes), is stopped twice by SIGTERM (its loop's handler), and each
+    stop seals and reports; the second run sees the first's line."""
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sdk" / "volume_service.py"),
+         str(cas_proc.data_dir / "client.env"), str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = ran.stdout
+    assert "owner applied notes: " in out and "(active)" in out
+    assert 'service run 1: exit 0: {"lines": 2, ' in out and 'service run 2: exit 0: {"lines": 3, ' in out
+    assert "volume tags the CAS recorded: 3, " in out and "FAILED" not in out
+    assert out.rstrip().endswith("OK")

@@ -90,6 +90,8 @@ def test_tmpfs_read_only_in_a_private_namespace(vol: tuple[Path, Path, str, Path
     try:
         assert "read-only via tmpfs" in m.first, m.first + m.proc.stderr.read() if m.proc.stderr else ""
         inside = m.root() / str(mnt).lstrip("/")
+        # the line says where the files are for other processes (MOUNTPOINT is their bare directory)
+        assert f"(this process's private mount namespace: elsewhere at {inside}), pid {m.proc.pid}" in m.first
         for rel, data in FILES.items():
             assert (inside / rel).read_bytes() == data
         assert os.readlink(inside / "link") == "readme.txt"

@@ -560,3 +560,23 @@ def test_implicit_directories_are_0755_whatever_the_umask(tmp_path: Path) -> Non
         os.umask(old)
     for d in ("x", "x/y"):
         assert stat.S_IMODE((tmp_path / "out" / d).stat().st_mode) == 0o755
+
+
+def test_verify_names_unreferenced_objects(tmp_path: Path) -> None:
+    """`volume verify` (text) notes the objects no file of the version uses, as the JSON lists
+    them: a killed writable FUSE session leaves its new objects so (docs/volume-mount.md
+    "Signals"); they change nothing in the verdict, and the next seal removes them."""
+    vol, key, tag = _volume(tmp_path)
+    key_file = tmp_path / "key"
+    write_key(key_file, key)
+    clean = run_confide("volume", "verify", vol, "--key", key_file)
+    assert clean.returncode == 0 and "unreferenced" not in clean.stderr, clean.stderr
+    objects = vol / "objects"
+    some = next(objects.iterdir())
+    (objects / ("0" * 32)).write_bytes(some.read_bytes())  # an object of a session that was lost
+    text = run_confide("volume", "verify", vol, "--key", key_file, "--tag", tag)
+    assert text.returncode == 0, text.stderr
+    assert f"note: 1 unreferenced object(s) in objects/ ({'0' * 32}): " in text.stderr
+    assert text.stdout.startswith("verified: ")
+    as_json = run_confide("volume", "verify", vol, "--key", key_file, "--json")
+    assert json.loads(as_json.stdout)["unreferenced_objects"] == ["0" * 32]

@@ -250,6 +250,18 @@ def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json:
                 "nothing, the next add, rm, seal or writable mount removes it",
                 err=True,
             )
+        if report.unreferenced_objects:
+            # left by an interrupted add or seal, or by a writable mount's session that was lost
+            # (its FUSE server killed): not part of the volume, removed by the next seal
+            stray = report.unreferenced_objects
+            shown = ", ".join(stray[:5]) + (f", and {len(stray) - 5} more" if len(stray) > 5 else "")
+            click.echo(
+                printable(
+                    f"note: {len(stray)} unreferenced object(s) in objects/ "
+                    f"({shown}): no file of this version uses them; the next seal removes them"
+                ),
+                err=True,
+            )
         state = "verified" if report.ok else "FAILED"
         click.echo(f"{state}: {report.files} files, {report.bytes} bytes, generation {report.generation}")
         click.echo(f"tag: {report.tag}")
@@ -352,6 +364,11 @@ def mount_cmd(
             return
         access = "ephemeral read-write" if ephemeral else "read-write" if writable else "read-only"
         where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
+        if handle.mode == "tmpfs":
+            # Others see the bare directory at MOUNTPOINT: what they write there lands on the
+            # host's storage, unencrypted (docs/volume-mount.md, "Modes").
+            inside = f"/proc/{os.getpid()}/root{handle.mountpoint}"
+            where = f" (this process's private mount namespace: elsewhere at {inside})"
         click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
         click.echo(f"tag: {handle.tag}", nl=True)
         sys.stdout.flush()

@@ -161,9 +161,19 @@ def fuse_usable() -> str | None:
         return f"/dev/fuse is not usable: {exc.strerror or exc}"
     os.close(fd)
     env = {**os.environ, **fuse3_library()}
+    # In a session of its own, as the FUSE server: a terminal's ^C (or `timeout -s INT`) sent to
+    # the caller's process group while it runs must not kill the probe, which read as "libfuse
+    # cannot be loaded" and failed the mount that `volume mount` holds such a signal for.
     probe = subprocess.run(
-        [sys.executable, "-c", "import mfusepy"], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", "import mfusepy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=True,
     )
+    if probe.returncode < 0:
+        return f"the libfuse probe ({sys.executable} -c 'import mfusepy') was {_how(probe.returncode)}"
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return f"libfuse cannot be loaded (apt-get install fuse3 libfuse3-3): {last}"
