@@ -365,3 +365,30 @@ def test_the_program_gets_default_signal_dispositions_and_an_empty_mask(how: str
     expected_ignored = int(ours.split()[1], 16) & ~pythons
     assert r.stdout.split()[:3] == ["SigBlk:", "0" * 16, "SigIgn:"]
     assert int(r.stdout.split()[3], 16) == expected_ignored
+
+
+def test_an_exec_failing_otherwise_than_oserror_gives_python_its_signal_settings_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """launch() sets SIGPIPE and SIGXFSZ to their default and empties the mask just before the
+    exec; an exec that raises anything (not only OSError: a ValueError for a NUL, or a test's
+    stand-in) must put Python's settings back. Left at SIG_DFL, a later write to a closed pipe
+    killed this process by SIGPIPE (a pytest worker crashed so, in a FUSE test after the NVIDIA
+    test that replaces execve)."""
+
+    class Stop(Exception):
+        pass
+
+    def refusing_execve(*_: object) -> None:
+        raise Stop
+
+    monkeypatch.setattr(os, "execve", refusing_execve)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        with pytest.raises(Stop):
+            run.launch(run.Launch(["/bin/true"], {"PATH": "/bin:/usr/bin"}, {}, None))
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+        assert signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -832,6 +832,9 @@ def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     except OSError as exc:
         restore()
         raise UsageError(f"cannot execute {program}: {exc.strerror}") from None
+    except BaseException:  # ValueError (a NUL), anything else: this process keeps Python's settings
+        restore()
+        raise
 
 
 # What Python sets to SIG_IGN for itself at start (as ``Popen(restore_signals=True)`` restores).
