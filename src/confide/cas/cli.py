@@ -374,7 +374,10 @@ def cas_serve(
         raise UsageError("--witness-max-lag needs --witness-quorum")
     minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
     automatic_minimum_source(collateral, minimum)
-    _pcs_update_needs_url(pcs_update, collateral)
+    if pcs_update is not None:
+        from confide.collateral.dcap import check_pcs_update
+
+        check_pcs_update(collateral, pcs_update)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
@@ -1496,11 +1499,3 @@ def _gpus_ready(provider: GpuQuoteProvider) -> None:
             "accept client requests",
             err=True,
         )
-
-
-def _pcs_update_needs_url(pcs_update: str | None, collateral: str | None) -> None:
-    """``--pcs-update`` is for ``--collateral URL`` (Intel PCS or a PCCS) only."""
-    from confide.collateral import is_url
-
-    if pcs_update is not None and not (collateral and is_url(collateral)):
-        raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")

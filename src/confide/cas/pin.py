@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from confide import jsonstrict
 from confide.cas.own_vcek import AMD_CRL_FIELD
 from confide.cas.verifier import PlatformVerifier, check_binding
-from confide.collateral.dcap import DcapCollateralSource, source_for
+from confide.collateral.dcap import DcapCollateralSource, check_pcs_update, source_for
 from confide.errors import (
     AppraisalError,
     BindingError,
@@ -619,9 +619,8 @@ def attest_collateral(
         location, minimum, option=option, collateral_option=collateral_option
     )
     grace = minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None
+    check_pcs_update(location, pcs_update)
     if location is None:
-        if pcs_update is not None:
-            raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
         return None
     return source_for(
         location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace, pcs_update=pcs_update

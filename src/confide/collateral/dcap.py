@@ -106,6 +106,7 @@ __all__ = [
     "PcsDirectorySource",
     "PcsHttpSource",
     "TcbEvaluationNumbersSource",
+    "check_pcs_update",
     "crl_from_bytes",
     "source_for",
     "unverified_tcb_evaluation_numbers",
@@ -874,6 +875,22 @@ def unverified_tcb_evaluation_numbers(numbers: bytes | None) -> TcbEvaluationNum
     )  # fmt: skip
 
 
+def check_pcs_update(location: str | None, pcs_update: str | None) -> None:
+    """``--pcs-update`` (Intel PCS API v4's ``update`` parameter): ``early`` or ``standard``, and
+    only with ``--collateral URL`` (Intel PCS or a PCCS); a :class:`UsageError` otherwise. The one
+    check of every command, the CAS and the SDK."""
+    if pcs_update is None:
+        return
+    if pcs_update not in PCS_UPDATES:
+        raise UsageError(f"--pcs-update: got {pcs_update!r}, expected early or standard")
+    if not location:
+        raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
+    if not is_url(location):
+        raise UsageError(
+            f"--pcs-update is for --collateral URL (Intel PCS or a PCCS); {location} is a directory or a file"
+        )
+
+
 def source_for(
     location: str,
     *,
@@ -892,8 +909,7 @@ def source_for(
     (with it, ``--min-tcb-eval-number auto``): a URL source keeps out of its disk cache what is
     below the minimum they set (module docstring). ``pcs_update`` (``--pcs-update``): the ``update``
     a URL source asks for (module docstring); with a directory or a bundle, :class:`UsageError`."""
-    if pcs_update is not None and pcs_update not in PCS_UPDATES:
-        raise UsageError(f"--pcs-update: got {pcs_update!r}, expected early or standard")
+    check_pcs_update(location, pcs_update)
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -904,10 +920,6 @@ def source_for(
             tcb_evaluation_numbers=tcb_evaluation_numbers,
             tcb_recovery_grace=tcb_recovery_grace if tcb_evaluation_numbers else None,
             update=pcs_update,
-        )
-    if pcs_update is not None:
-        raise UsageError(
-            f"--pcs-update is for --collateral URL (Intel PCS or a PCCS); {location} is a directory or a file"
         )
     path = Path(location)
     if path.is_dir():

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from confide.collateral.dcap import PckCertificateSource, source_for
+from confide.collateral.dcap import PckCertificateSource, check_pcs_update, source_for
 from confide.errors import CollateralMissingError, ParseError, UsageError
 from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import MAX_TCB_EVAL_NUMBERS_SIZE, DcapCollateral, PckCertificate
@@ -69,9 +69,8 @@ def fetch_collateral(
     source; a bundle has none: :class:`CollateralMissingError`). ``pcs_update``
     (``--pcs-update``): the ``update`` a URL source asks for; with no location, or another,
     :class:`UsageError`."""
+    check_pcs_update(location, pcs_update)
     if not location:
-        if pcs_update is not None:
-            raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
         return None, None
     source = source_for(
         location,
