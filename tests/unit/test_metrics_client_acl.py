@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
@@ -45,7 +45,7 @@ from confide.httpserve.metrics_listener import (
 from confide.ledger.http import TilesServer, ledger_limits
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, connect, write_transaction
-from pki import Issuer, issue, tls_client_ca, tls_client_files, tls_server_files
+from pki import Issuer, client_crl, crls_pem, issue, tls_client_ca, tls_client_files, tls_server_files
 
 WAIT = 10.0
 LOGGER = "confide.ledger"
@@ -63,39 +63,6 @@ def _cert(path: Path) -> x509.Certificate:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(_cert(path).public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _crl(
-    issuer: Issuer,
-    revoked: list[x509.Certificate],
-    *,
-    this_update: datetime | None = None,
-    next_update: datetime | None = None,
-    delta: bool = False,
-) -> x509.CertificateRevocationList:
-    """A CRL of ``issuer`` revoking ``revoked``: by default from an hour ago for a day."""
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer[0].subject)
-        .last_update(this_update or now - timedelta(hours=1))
-        .next_update(next_update or now + timedelta(days=1))
-        .add_extension(x509.CRLNumber(1), critical=False)
-    )
-    for cert in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
-            .revocation_date(now - timedelta(minutes=30))
-            .build()
-        )
-    if delta:
-        builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
-    return builder.sign(issuer[1], hashes.SHA256())
-
-
-def _pem(*crls: x509.CertificateRevocationList) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls)
 
 
 class Pki:
@@ -119,8 +86,8 @@ class Pki:
         self.bundle.write_bytes(self.ca_a.read_bytes() + self.ca_b.read_bytes())
         self.crl = directory / "client.crl"
         revoked = [_cert(self.client["revoked"][0])]
-        self.crls = [_crl(self.a, revoked), _crl(self.b, [])]
-        self.crl.write_bytes(_pem(*self.crls))
+        self.crls = [client_crl(self.a, revoked), client_crl(self.b, [])]
+        self.crl.write_bytes(crls_pem(*self.crls))
         self.allow = directory / "allow"
         self.allow.write_text(
             "# the scrapers of the metrics listener\n"
@@ -302,7 +269,7 @@ def test_crls_fail_closed(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     """A CA of the bundle without a CRL in the file, or whose CRL is past its nextUpdate: its
     clients are refused (reason crl). The CRL file is reloaded with the certificate."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    _replace(pki.crl, _pem(_crl(pki.a, [])))  # B's CRL left out
+    _replace(pki.crl, crls_pem(client_crl(pki.a, [])))  # B's CRL left out
     tiles = _tiles(pki)
     tiles.serve_in_thread()
     try:
@@ -311,12 +278,14 @@ def test_crls_fail_closed(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
         served = _scrape(tiles, pki, "revoked")  # A's new CRL revokes nothing
         assert isinstance(served, tuple) and served[0] == 200
         now = datetime.now(UTC)
-        stale = _crl(pki.b, [], this_update=now - timedelta(days=2), next_update=now - timedelta(days=1))
-        _replace(pki.crl, _pem(_crl(pki.a, []), stale))
+        stale = client_crl(
+            pki.b, [], this_update=now - timedelta(days=2), next_update=now - timedelta(days=1)
+        )
+        _replace(pki.crl, crls_pem(client_crl(pki.a, []), stale))
         assert tiles.metrics_tls is not None and tiles.metrics_tls.reload() is True
         assert _scrape(tiles, pki, "b") == "refused"
         assert _failures(tiles, {"crl": 2}) == {"crl": 2}
-        _replace(pki.crl, _pem(_crl(pki.a, [_cert(pki.client["ok"][0])]), _crl(pki.b, [])))
+        _replace(pki.crl, crls_pem(client_crl(pki.a, [_cert(pki.client["ok"][0])]), client_crl(pki.b, [])))
         assert tiles.metrics_tls.reload() is True
         served = _scrape(tiles, pki, "b")
         assert isinstance(served, tuple) and served[0] == 200
@@ -449,7 +418,9 @@ def test_the_allow_list_needs_the_client_ca(pki: Pki) -> None:
 def test_crls_der_and_pem(pki: Pki) -> None:
     ca = load_client_ca(pki.bundle, METRICS_CLIENT_CA_OPTION)
     der = pki.dir / "a.crl"
-    der.write_bytes(_crl(pki.a, [_cert(pki.client["revoked"][0])]).public_bytes(serialization.Encoding.DER))
+    der.write_bytes(
+        client_crl(pki.a, [_cert(pki.client["revoked"][0])]).public_bytes(serialization.Encoding.DER)
+    )
     loaded = load_client_crl(der, METRICS_CLIENT_CRL_OPTION, ca)
     assert (
         loaded.issuers == (ca.sha256[0],)
@@ -481,21 +452,21 @@ def test_bad_crl_files_are_one_line_usage_errors(pki: Pki, case: str) -> None:
     bundle = pki.bundle
     path = pki.dir / "bad.crl"
     if case == "stranger":  # a CRL of a CA not in the bundle
-        path.write_bytes(_pem(_crl(tls_client_ca(pki.dir, "stranger")[1], [])))
+        path.write_bytes(crls_pem(client_crl(tls_client_ca(pki.dir, "stranger")[1], [])))
     elif case == "forged":  # A's name, another key
         other = ec.generate_private_key(ec.SECP256R1())
-        path.write_bytes(_pem(_crl((pki.a[0], other), [])))
+        path.write_bytes(crls_pem(client_crl((pki.a[0], other), [])))
     elif case == "delta":
-        path.write_bytes(_pem(_crl(pki.a, [], delta=True)))
+        path.write_bytes(crls_pem(client_crl(pki.a, [], delta=True)))
     elif case == "twice":
-        path.write_bytes(_pem(_crl(pki.a, []), _crl(pki.a, [])))
+        path.write_bytes(crls_pem(client_crl(pki.a, []), client_crl(pki.a, [])))
     elif case == "no-crl-sign":
         bundle, issuer = _no_crl_sign(pki)
-        path.write_bytes(_pem(_crl(issuer, [])))
+        path.write_bytes(crls_pem(client_crl(issuer, [])))
     elif case == "garbage":
         path.write_bytes(b"not a CRL at all")
     elif case == "half":
-        data = _pem(_crl(pki.a, []), _crl(pki.b, []))
+        data = crls_pem(client_crl(pki.a, []), client_crl(pki.b, []))
         path.write_bytes(data[: len(data) - 60])
     elif case == "certificate":
         path.write_bytes(pki.ca_a.read_bytes())

@@ -403,11 +403,12 @@ class HttpLimits:
                 if handshake is None:
                     return
                 self._handshake = None
+                failed = None
+                if handshake.done() and not handshake.cancelled():
+                    failed = handshake.exception()  # retrieved: no "never retrieved" warning
                 if during:
-                    if not handshake.cancelled():
-                        handshake.exception()  # retrieved: no "never retrieved" warning
                     limits.handshake_failed(key, exc, lost=True)
-                elif not handshake.cancelled() and (failed := handshake.exception()) is not None:
+                elif failed is not None:
                     limits.handshake_failed(key, failed)
 
         handshake_timeout = self.handshake_timeout
