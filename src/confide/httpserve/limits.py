@@ -15,6 +15,12 @@ connections the kernel has accepted and the CAS not yet (``listen(1024)``), none
 any of the CAS's memory. The TLS handshake itself must complete within
 :attr:`HttpLimits.handshake_timeout` (uvloop's default is 60 s).
 
+**Failed TLS handshakes.** uvloop's ``SSLProtocol`` logs a failed handshake at debug level only
+(the client without a certificate, with one of another CA's, ...). With
+:attr:`HttpLimits.on_handshake_failure` set (the metrics listener's), each connection gives it a
+future, which uvloop ends with the handshake's exception: once the connection is lost, the
+failure is counted by reason (:func:`handshake_failure`, :data:`HANDSHAKE_FAILURES`) and told.
+
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
 can make the CAS buffer gigabytes. :class:`BoundedHttpToolsProtocol` counts the bytes of each
