@@ -169,3 +169,37 @@ def tls_client_files(
         )
     )
     return paths
+
+
+def client_crl(
+    issuer: Issuer,
+    revoked: Sequence[x509.Certificate] = (),
+    *,
+    this_update: datetime | None = None,
+    next_update: datetime | None = None,
+    delta: bool = False,
+) -> x509.CertificateRevocationList:
+    """A CRL of ``issuer`` revoking ``revoked`` (SHA-256): by default from an hour ago for a day;
+    ``delta``: a delta CRL."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer[0].subject)
+        .last_update(this_update or now - timedelta(hours=1))
+        .next_update(next_update or now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - timedelta(minutes=30))
+            .build()
+        )
+    if delta:
+        builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def crls_pem(*crls: x509.CertificateRevocationList) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls)

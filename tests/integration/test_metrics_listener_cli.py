@@ -28,12 +28,13 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ledger_tls import _cli, _stop, setup  # noqa: F401 (the fixture)
 
 from cas_harness import ROOT, CasProcess
-from pki import tls_client_ca, tls_client_files, tls_server_files
+from pki import client_crl, crls_pem, tls_client_ca, tls_client_files, tls_server_files
 
 TOKEN = "metrics-token-Zq7Rk2Vw9Xy4Lm0Pc"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -855,6 +856,16 @@ def test_ledger_metrics_listener_requires_client_certificates(
           "--metrics-client-ca", "{key}"), "--metrics-client-ca '{key}': cannot load"),
         (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
           "--metrics-client-ca", "{missing}"), "--metrics-client-ca '{missing}': does not exist"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-allow", "{allow}"), "--metrics-client-allow needs --metrics-client-ca"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-crl", "{crl}"), "--metrics-client-crl needs --metrics-client-ca"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-ca", "{ca}", "--metrics-client-allow", "{bad_allow}"),
+         "--metrics-client-allow '{bad_allow}': line 2: neither sha256:HEX nor a subject"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-ca", "{ca}", "--metrics-client-crl", "{stranger_crl}"),
+         "--metrics-client-crl '{stranger_crl}': CRL 1: not signed by a certificate of the client CA bundle"),
     ],
 )  # fmt: skip
 def test_bad_metrics_client_ca_options_exit_2(
@@ -867,8 +878,15 @@ def test_bad_metrics_client_ca_options_exit_2(
     """cas serve, ledger serve and ledger witness serve alike: refused before anything is
     written (the CAS's data directory not created), one line, exit 2, no key material in it."""
     _, cert, key = tls_server_files(tmp_path, "metrics")
-    ca, _issuer = tls_client_ca(tmp_path, "a")
-    values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem")}
+    ca, issuer = tls_client_ca(tmp_path, "a")
+    _stranger, stranger = tls_client_ca(tmp_path, "stranger")
+    (tmp_path / "a.crl").write_bytes(crls_pem(client_crl(issuer)))
+    (tmp_path / "stranger.crl").write_bytes(crls_pem(client_crl(stranger)))
+    (tmp_path / "allow").write_text("CN=ok\n")
+    (tmp_path / "bad-allow").write_text("CN=ok\nprometheus\n")
+    values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem"),
+              "allow": str(tmp_path / "allow"), "bad_allow": str(tmp_path / "bad-allow"),
+              "crl": str(tmp_path / "a.crl"), "stranger_crl": str(tmp_path / "stranger.crl")}  # fmt: skip
     extra = [a.format(**values) for a in args]
     if command == "cas":
         argv = ["cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev", *extra]
@@ -882,3 +900,122 @@ def test_bad_metrics_client_ca_options_exit_2(
     assert says.format(**values) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "PRIVATE KEY" not in r.stderr
     assert not (tmp_path / "cas").exists()
+
+
+# --- --metrics-client-allow, --metrics-client-crl, refused handshakes ---
+
+
+class _Acl:
+    """Client CA A (the bundle), its CRL revoking ``revoked``, an allow-list naming ``ok`` by
+    subject; under A the client certificates ``ok``, ``other`` (chains, not allowed), ``revoked``
+    (allowed, revoked) and ``expired`` (allowed)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.server_ca, self.cert, self.key = tls_server_files(tmp_path, "metrics")
+        self.ca, issuer = tls_client_ca(tmp_path, "a")
+        self.client = {name: tls_client_files(tmp_path, name, issuer) for name in ("ok", "other", "revoked")}
+        self.client["expired"] = tls_client_files(
+            tmp_path, "expired", issuer, not_after=datetime.now(UTC) - timedelta(minutes=5)
+        )
+        revoked = x509.load_pem_x509_certificate(self.client["revoked"][0].read_bytes())
+        self.crl = tmp_path / "client.crl"
+        self.crl.write_bytes(crls_pem(client_crl(issuer, [revoked])))
+        self.allow = tmp_path / "allow"
+        self.allow.write_text("# scrapers\nCN=ok\nCN=revoked\nCN=expired\n")
+
+    def args(self) -> tuple[str, ...]:
+        return ("--metrics-listen", "127.0.0.1:0", "--metrics-cert", str(self.cert), "--metrics-key",
+                str(self.key), "--metrics-client-ca", str(self.ca), "--metrics-client-allow", str(self.allow),
+                "--metrics-client-crl", str(self.crl))  # fmt: skip
+
+    def check(self, url: str) -> str:
+        """Each outcome over TLS 1.3 and 1.2: the text of a last, allowed scrape."""
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            served = _scrape(url, self.server_ca, self.client["ok"], version=version)
+            assert isinstance(served, tuple) and served[0] == 200, served
+            refused = _scrape(url, self.server_ca, self.client["other"], version=version)
+            assert refused == (403, "this client certificate is not allowed\n"), refused
+            for name in ("revoked", "expired"):
+                assert _scrape(url, self.server_ca, self.client[name], version=version) == "refused", name
+            assert _scrape(url, self.server_ca, None, version=version) == "refused"
+        deadline = time.monotonic() + 20
+        while True:  # a failed handshake is counted once its connection is lost
+            served = _scrape(url, self.server_ca, self.client["ok"])
+            assert isinstance(served, tuple) and served[0] == 200
+            text = served[1]
+            if 'confide_metrics_tls_handshake_failures_total{reason="no_certificate"} 2.0' in text:
+                break
+            assert time.monotonic() < deadline, text
+        for reason, n in (("revoked", 2), ("expired", 2), ("no_certificate", 2), ("unknown_ca", 0)):
+            assert f'confide_metrics_tls_handshake_failures_total{{reason="{reason}"}} {n}.0' in text, reason
+        assert 'confide_metrics_client_cert_refused_total{reason="not_allowed"} 2.0' in text
+        assert "confide_metrics_client_allow_entries 3.0" in text
+        assert "confide_metrics_tls_certificate_client_crl_revoked 1.0" in text
+        return text
+
+    def refusals(self, log: str) -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in log.splitlines() if '"event": "refused"' in x]
+        return [
+            x for x in lines if x["reason"] in ("metrics-tls-handshake", "metrics-client-cert-not-allowed")
+        ]
+
+    def check_log(self, log: str) -> None:
+        refusals = self.refusals(log)
+        causes = sorted(str(x.get("cause")) for x in refusals if x["reason"] == "metrics-tls-handshake")
+        assert causes == ["expired"] * 2 + ["no_certificate"] * 2 + ["revoked"] * 2, refusals
+        not_allowed = [x for x in refusals if x["reason"] == "metrics-client-cert-not-allowed"]
+        assert [(x["client_cert_subject"], x["client_cert_sha256"], x["client"]) for x in not_allowed] == [
+            ("CN=other", _cert_sha(self.client["other"][0]), "127.0.0.1")
+        ] * 2
+        assert "BEGIN" not in log and "Traceback" not in log
+
+
+def test_cas_metrics_client_allow_list_crl_and_refused_handshakes(tmp_path: Path) -> None:
+    """cas serve with --metrics-client-allow and --metrics-client-crl: allowed served, chained
+    but not allowed 403, revoked, expired and none refused in the handshake; each counted in
+    /metrics and logged. SIGHUP reloads the allow-list; a bad one keeps the list in use."""
+    acl = _Acl(tmp_path)
+    cas = CasProcess(tmp_path / "cas", None, extra_args=acl.args()).start()
+    try:
+        line = _listening(cas)
+        assert line["metrics_client_crl"] == [_cert_sha(acl.ca)] and line["metrics_client_allow"] == 3, line
+        url = line["metrics_http"]
+        assert isinstance(url, str)
+        acl.check(url)
+        assert cas.log is not None
+        acl.check_log(cas.log.read_text())
+
+        _replace(acl.allow, f"CN=ok\nsha256:{_cert_sha(acl.client['other'][0])}\n")
+        assert cas.proc is not None
+        cas.proc.send_signal(signal.SIGHUP)
+        (reload,) = _wait_for(cas, "metrics-client-allow-reload", 1)
+        assert reload["result"] == "ok" and (reload["fingerprints"], reload["subjects"]) == (1, 1), reload
+        served = _scrape(url, acl.server_ca, acl.client["other"])
+        assert isinstance(served, tuple) and served[0] == 200
+        _replace(acl.allow, "CN=ok\ncn=lower-case type\n")  # a bad file: the list in use kept
+        cas.proc.send_signal(signal.SIGHUP)
+        failed = _wait_for(cas, "metrics-client-allow-reload", 2)[-1]
+        assert failed["result"] == "failed" and "--metrics-client-allow" in failed["error"], failed
+        assert "line 2" in failed["error"] and failed["fingerprints"] == 1
+        served = _scrape(url, acl.server_ca, acl.client["other"])
+        assert isinstance(served, tuple) and served[0] == 200
+        assert 'confide_metrics_client_allow_reloads_total{result="failed"} 1.0' in served[1]
+        assert cas.proc.poll() is None
+    finally:
+        cas.stop()
+
+
+@pytest.mark.parametrize("command", ["serve", "witness"])
+def test_ledger_metrics_client_allow_list_crl_and_refused_handshakes(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    command: str,
+) -> None:
+    """ledger serve and ledger witness serve: the same outcomes, counters and log lines."""
+    acl = _Acl(tmp_path)
+    proc, _url, metrics_url = _start_ledger(_ledger_argv(command, tmp_path, setup, *acl.args()))
+    try:
+        acl.check(metrics_url)
+    finally:
+        rest = _stop(proc)
+    acl.check_log(rest)

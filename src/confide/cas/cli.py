@@ -216,14 +216,33 @@ def cas() -> None:
     "CAs in use).",
 )
 @click.option(
+    "--metrics-client-allow",
+    "metrics_client_allow",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Serve only the client certificates this file lists (needs --metrics-client-ca): one a "
+    "line, sha256:HEX of the certificate or its subject in RFC 4514 form (CN=prometheus,O=Example); "
+    "# comments. Others get 403, counted and logged. Read again on SIGHUP and at "
+    "--metrics-reload-interval (a bad file keeps the list in use).",
+)
+@click.option(
+    "--metrics-client-crl",
+    "metrics_client_crl",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Refuse revoked client certificates (needs --metrics-client-ca): the CRLs (PEM, or one "
+    "DER) of the bundle's CAs, each signed by its CA. Fail-closed: a client whose CA has no CRL "
+    "here, or whose CRL is past its nextUpdate, is refused too. Reloaded with --metrics-cert.",
+)
+@click.option(
     "--metrics-reload-interval",
     "metrics_reload_interval",
     type=click.FloatRange(min=0, max=86400),
     default=0.0,
     callback=reload_interval,
     metavar="SECONDS",
-    help="Also look at --metrics-token-file, --metrics-cert, --metrics-key and --metrics-client-ca "
-    "this often (at least "
+    help="Also look at --metrics-token-file, --metrics-cert, --metrics-key, --metrics-client-ca, "
+    "--metrics-client-allow and --metrics-client-crl this often (at least "
     "1) and reload them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP "
     "only.",
 )
@@ -319,6 +338,8 @@ def cas_serve(
     metrics_cert: Path | None,
     metrics_key: Path | None,
     metrics_client_ca: Path | None,
+    metrics_client_allow: Path | None,
+    metrics_client_crl: Path | None,
     metrics_reload_interval: float,
     max_connections: int,
     max_connections_per_ip: int,
@@ -428,6 +449,8 @@ def cas_serve(
         metrics_key=metrics_key,
         metrics_reload_interval=metrics_reload_interval,
         metrics_client_ca=metrics_client_ca,
+        metrics_client_allow=metrics_client_allow,
+        metrics_client_crl=metrics_client_crl,
     )
 
 

@@ -133,10 +133,13 @@ from confide.httpserve.metrics_listener import (
     METRICS_PATH,
     ClientCertScrapers,
     MetricsAuth,
+    MetricsClientAllowList,
     MetricsListenerApp,
     MetricsTokenFile,
+    client_allow_file,
     listener_limits,
     metrics_files,
+    watch_handshakes,
 )
 from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter, RefusalLog
 from confide.httpserve.server import Companion, ServerWithCompanions, plain_server, reserve_descriptors
@@ -1144,6 +1147,8 @@ def serve(
     metrics_key: Path | None = None,
     metrics_reload_interval: float = 0.0,
     metrics_client_ca: Path | None = None,
+    metrics_client_allow: Path | None = None,
+    metrics_client_crl: Path | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1179,7 +1184,11 @@ def serve(
     listener serves HTTPS with them (``--metrics-cert``, ``--metrics-key``; read at once);
     ``metrics_client_ca``: its TLS handshake requires a client certificate chaining to this PEM
     bundle (``--metrics-client-ca``, only with ``metrics_cert``; read at once, and again with
-    the certificate). The token file and the certificate are read again on ``SIGHUP`` and, every
+    the certificate); ``metrics_client_allow``: only the client certificates it lists are served
+    (``--metrics-client-allow``, only with ``metrics_client_ca``); ``metrics_client_crl``: the
+    CRLs of the bundle's CAs the handshake checks a client certificate against
+    (``--metrics-client-crl``, only with ``metrics_client_ca``; read with the certificate). The
+    token file, the allow-list and the certificate are read again on ``SIGHUP`` and, every
     ``metrics_reload_interval`` seconds (``--metrics-reload-interval``; 0: on ``SIGHUP``
     only), when they changed (docs/cas.md "Metrics: a listener of its own, tokens")."""
     if refusal_delay is not None and not opaque_refusals:
@@ -1199,13 +1208,15 @@ def serve(
         public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
     if metrics_listen is not None:
         metrics_addr = _parse_listen(metrics_listen, "--metrics-listen", "0.0.0.0:9090")
-    metrics_tokens, metrics_tls = _metrics_files(
+    metrics_tokens, metrics_tls, metrics_allow = _metrics_files(
         metrics_addr,
         metrics_token_file,
         metrics_cert,
         metrics_key,
         metrics_reload_interval,
         metrics_client_ca,
+        metrics_client_allow,
+        metrics_client_crl,
     )
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1226,7 +1237,8 @@ def serve(
                pcs_update=pcs_update,
                replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
-               metrics_tokens=metrics_tokens, metrics_tls=metrics_tls)  # fmt: skip
+               metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
+               metrics_allow=metrics_allow)  # fmt: skip
 
 
 def _metrics_files(
@@ -1236,10 +1248,12 @@ def _metrics_files(
     key: Path | None,
     reload_interval: float,
     client_ca: Path | None = None,
-) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
-    """The metrics listener's token file and certificate (docs/cas.md "Metrics: a listener of
-    its own, tokens"), each read at once (a :class:`UsageError` before anything is written),
-    reloaded on ``SIGHUP`` and polled every ``reload_interval`` seconds."""
+    client_allow: Path | None = None,
+    client_crl: Path | None = None,
+) -> tuple[MetricsTokenFile | None, CertificateReloader | None, MetricsClientAllowList | None]:
+    """The metrics listener's token file, certificate and client allow-list (docs/cas.md
+    "Metrics: a listener of its own, tokens"), each read at once (a :class:`UsageError` before
+    anything is written), reloaded on ``SIGHUP`` and polled every ``reload_interval`` seconds."""
     if reload_interval and token_file is None and cert is None:
         raise UsageError(
             "--metrics-reload-interval needs --metrics-token-file or --metrics-cert and --metrics-key"
@@ -1252,11 +1266,13 @@ def _metrics_files(
         poll_interval=reload_interval,
         logger="confide.cas",
         client_ca=client_ca,
+        client_crl=client_crl,
     )
+    allow = client_allow_file(client_allow, tls, poll_interval=reload_interval, logger="confide.cas")
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return tokens, tls
+    return tokens, tls, allow
 
 
 def uvicorn_server(
@@ -1377,6 +1393,7 @@ def _serve(
     metrics_addr: tuple[str, int] | None = None,
     metrics_tokens: MetricsTokenFile | None = None,
     metrics_tls: CertificateReloader | None = None,
+    metrics_allow: MetricsClientAllowList | None = None,
 ) -> None:
     public_limits = listener_limits(http_limits) if public_addr is not None else None
     metrics_limits = listener_limits(http_limits) if metrics_addr is not None else None
@@ -1438,8 +1455,9 @@ def _serve(
     # logged, at most 5 lines a second (the ledger servers' refusal log)
     metrics_auth = None
     reloaders: list[FileReloader[Any]] = []
+    metrics_refusals = RefusalLog(logger="confide.cas")
     if metrics_tokens is not None:
-        metrics_auth = MetricsAuth(metrics_tokens, RefusalLog(logger="confide.cas"), logger="confide.cas")
+        metrics_auth = MetricsAuth(metrics_tokens, metrics_refusals, logger="confide.cas")
         reloaders.append(metrics_tokens)
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -1463,10 +1481,15 @@ def _serve(
         client_certs = None
         if metrics_tls is not None and metrics_tls.client_ca is not None:
             client_certs = ClientCertScrapers(logger="confide.cas")  # scrapers named by certificate
+        if metrics_tls is not None:
+            # docs/cas.md "Metrics": a failed handshake counted by reason and logged
+            watch_handshakes(metrics_limits, metrics_refusals)
         metrics_app = MetricsListenerApp(
             app.render_metrics, auth=metrics_auth, limits=metrics_limits, logger="confide.cas",
-            client_certs=client_certs,
+            client_certs=client_certs, allow=metrics_allow, refusals=metrics_refusals,
         )  # fmt: skip
+        if metrics_allow is not None:
+            reloaders.append(metrics_allow)
         if app.metrics_registry is not None:
             app.metrics_registry.register(metrics_app)
             if metrics_tls is not None:
@@ -1496,6 +1519,12 @@ def _serve(
                     if metrics_tls is not None and metrics_tls.loaded.client_ca is not None
                     else None
                 ),
+                "metrics_client_crl": (
+                    list(metrics_tls.loaded.client_crl.issuers)
+                    if metrics_tls is not None and metrics_tls.loaded.client_crl is not None
+                    else None
+                ),
+                "metrics_client_allow": len(metrics_allow()) if metrics_allow is not None else None,
                 "metrics_reload_interval": reloaders[0].poll_interval if reloaders else None,
                 "public_url": public_url,
                 "dev": dev,

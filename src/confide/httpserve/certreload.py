@@ -35,6 +35,15 @@ bundle (:func:`load_client_ca`; each certificate of it a trust anchor, an interm
 is enough: ``VERIFY_X509_PARTIAL_CHAIN``); the bundle is one more of the reloader's files, read
 with the pair on each reload: a bad bundle keeps the context in use (its certificate and its
 client CAs) as a bad pair does.
+
+With a ``client_crl`` file too (``--metrics-client-crl``: PEM or DER CRLs of the bundle's CAs,
+:func:`load_client_crl`), each connection's client certificate is checked against them by
+OpenSSL in the handshake (``VERIFY_CRL_CHECK_LEAF``, the CRLs loaded into the context): revoked,
+refused; fail-closed: a certificate whose issuer has no CRL in the file, or whose CRL is past its
+nextUpdate (or not yet valid), is refused too. Each CRL's signature is verified at load against
+the certificate of the bundle that issued it (a CRL of no CA of the bundle, one without a
+nextUpdate, a delta CRL, two of one CA: a :class:`~confide.errors.UsageError`); the file is read
+with the pair and the bundle on each reload, a bad one keeping the context in use.
 """
 
 from __future__ import annotations
@@ -44,10 +53,12 @@ import hmac
 import json
 import logging
 import os
+import re
 import ssl
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -67,9 +78,11 @@ __all__ = [
     "FileReloader",
     "LoadedCertificate",
     "LoadedClientCa",
+    "LoadedClientCrl",
     "check_valid_at",
     "load_certificate_pair",
     "load_client_ca",
+    "load_client_crl",
     "tls12_server_context",
 ]
 
@@ -101,6 +114,19 @@ class LoadedClientCa:
     sha256: tuple[str, ...]  # of each certificate's DER, hex, in the file's order
     subjects: tuple[str, ...]  # RFC 4514
     not_after: datetime  # the earliest of them
+    certificates: tuple[x509.Certificate, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LoadedClientCrl:
+    """The CRLs of a client CRL file (``--metrics-client-crl``), checked, as PEM text for
+    OpenSSL, and what the log and the metrics say of them."""
+
+    pem: str
+    issuers: tuple[str, ...]  # the SHA-256 of the bundle's certificate that signed each, hex
+    issuer_subjects: tuple[str, ...]  # RFC 4514
+    revoked: int  # revoked certificates, in all of them
+    next_update: datetime  # the earliest
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,7 @@ class LoadedCertificate:
     chain_length: int
     not_before: datetime
     client_ca: LoadedClientCa | None = None
+    client_crl: LoadedClientCrl | None = None
     fresh: Callable[[], ssl.SSLContext] | None = None
     """With ``client_ca``: a new context of the same files for each connection (what
     :meth:`CertificateReloader.__call__` hands out): OpenSSL keeps a server's TLS 1.2 sessions
@@ -291,20 +318,142 @@ def load_client_ca(path: Path, option: str) -> LoadedClientCa:
         tuple(hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in certs),
         subjects,
         min(c.not_valid_after_utc for c in certs),
+        tuple(certs),
     )
 
 
-def _requiring_client_certs(make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa) -> ssl.SSLContext:
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
+
+
+def _crl_blocks(data: bytes, where: str) -> list[x509.CertificateRevocationList]:
+    """The CRLs of ``data``: PEM ``X509 CRL`` blocks (all of them whole, nothing else), or one
+    DER CRL."""
+    if b"-----BEGIN" not in data:
+        try:
+            return [x509.load_der_x509_crl(data)]
+        except ValueError:
+            raise UsageError(f"{where}: cannot load: not a PEM or DER CRL") from None
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if len(blocks) != data.count(b"-----BEGIN") or len(blocks) != data.count(b"-----END"):
+        raise UsageError(f"{where}: cannot load: an incomplete PEM block")
+    crls = []
+    for number, block in enumerate(blocks, 1):
+        if block.group(1) != b"X509 CRL":
+            raise UsageError(f"{where}: PEM block {number} is not a CRL (an X509 CRL block)")
+        try:
+            crls.append(x509.load_pem_x509_crl(block.group(0)))
+        except ValueError:
+            raise UsageError(f"{where}: cannot load: PEM block {number} is not a CRL it can read") from None
+    return crls
+
+
+def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClientCrl:
+    """The CRLs in ``path`` (PEM ``X509 CRL`` blocks, or one DER CRL; read as the certificate
+    files are), each issued by a certificate of the client CA bundle ``ca`` (its subject the
+    CRL's issuer, its key verifying the CRL's signature, its key usage, when it has one, allowing
+    CRL signing), with a nextUpdate, not a delta CRL, at most one per CA; loaded by OpenSSL. A
+    :class:`UsageError` (one line: ``option``, the file, what is wrong) otherwise. Their dates are
+    not judged here: OpenSSL judges them at each handshake (past its nextUpdate, a CRL refuses
+    its CA's clients)."""
+    where = f"{option} {os.fspath(path)!r}"
+    crls = _crl_blocks(_read(path, option), where)
+    issuers: list[str] = []
+    subjects: list[str] = []
+    for number, crl in enumerate(crls, 1):
+        at = f"{where}: CRL {number}"
+        if crl.next_update_utc is None:
+            raise UsageError(f"{at}: has no nextUpdate (a CRL must say until when it holds)")
+        try:
+            crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+        except x509.ExtensionNotFound:
+            pass
+        except ValueError:
+            raise UsageError(f"{at}: cannot load: an extension it cannot read") from None
+        else:
+            raise UsageError(f"{at}: a delta CRL (give complete CRLs only)")
+        signer = None
+        for index, cert in enumerate(ca.certificates):
+            if cert.subject != crl.issuer:
+                continue
+            try:
+                valid = crl.is_signature_valid(cert.public_key())  # type: ignore[arg-type]
+            except (TypeError, ValueError, UnsupportedAlgorithm):
+                valid = False
+            if valid:
+                signer = index
+                break
+        try:
+            issuer = crl.issuer.rfc4514_string()[:200]
+        except ValueError:
+            issuer = "?"
+        if signer is None:
+            raise UsageError(
+                f"{at}: not signed by a certificate of the client CA bundle (its issuer: {issuer!r})"
+            )
+        try:
+            usage = ca.certificates[signer].extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.crl_sign:
+            raise UsageError(f"{at}: its issuer {issuer!r} may not sign CRLs (its key usage has no cRLSign)")
+        if ca.sha256[signer] in issuers:
+            raise UsageError(f"{at}: a second CRL of {issuer!r} (one CRL per CA)")
+        issuers.append(ca.sha256[signer])
+        subjects.append(issuer)
+    pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in crls)
+    try:  # what OpenSSL will be given: the same CRLs, re-encoded
+        _load_crls(tls12_server_context(), pem)
+    except ssl.SSLError as exc:
+        raise UsageError(f"{where}: cannot load: {exc.reason or 'rejected by OpenSSL'}") from None
+    return LoadedClientCrl(
+        pem,
+        tuple(issuers),
+        tuple(subjects),
+        sum(len(c) for c in crls),
+        min(c.next_update_utc for c in crls if c.next_update_utc is not None),
+    )
+
+
+def _load_crls(ctx: ssl.SSLContext, pem: str) -> None:
+    """Load the PEM CRLs ``pem`` into ``ctx``'s store: ``load_verify_locations(cadata=)`` takes
+    certificates only, a file may hold CRLs; an anonymous memory file where the platform has
+    one, else a temporary file (CRLs are public)."""
+    data = pem.encode("ascii")
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd("confide-crl", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            ctx.load_verify_locations(cafile=f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile(prefix="confide-crl-", suffix=".pem") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        ctx.load_verify_locations(cafile=tmp.name)
+
+
+def _requiring_client_certs(
+    make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa, crl: LoadedClientCrl | None = None
+) -> ssl.SSLContext:
     """``make_context()`` asking every client for a certificate chaining to ``ca`` and refusing
     the handshake without one (TLS 1.2 and 1.3 alike). No session is resumed (no TLS 1.3
     tickets, no TLS 1.2 tickets; TLS 1.2 session ids: each connection gets a context of its own,
     :attr:`LoadedCertificate.fresh`): a resumed session carries the certificate of the handshake
     that made it, judged then, so an expired one would be served for the session's lifetime;
-    each connection's certificate is judged at its own handshake."""
+    each connection's certificate is judged at its own handshake. With ``crl``: the client
+    certificate is checked against it (``VERIFY_CRL_CHECK_LEAF``: a certificate whose issuer has
+    no CRL there, or a CRL out of its dates, is refused)."""
     ctx = make_context()
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # any certificate of the bundle an anchor
     ctx.load_verify_locations(cadata=ca.pem)
+    if crl is not None:
+        _load_crls(ctx, crl.pem)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.num_tickets = 0
     ctx.options |= ssl.OP_NO_TICKET
     return ctx
@@ -439,16 +588,24 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         client_ca: Path | None = None,
         client_ca_option: str = "--client-ca",
+        client_crl: Path | None = None,
+        client_crl_option: str = "--client-crl",
     ) -> None:
         self.cert, self.key = Path(cert), Path(key)
         self.client_ca = Path(client_ca) if client_ca is not None else None
         self.client_ca_option = client_ca_option
+        if client_crl is not None and client_ca is None:
+            raise ValueError("client CRLs need a client CA bundle")  # the CLI says so first
+        self.client_crl = Path(client_crl) if client_crl is not None else None
+        self.client_crl_option = client_crl_option
         self._make_context = make_context
         self.options = options
         self.metric_prefix = metric_prefix
         self._clock = clock
         self._retry_at: datetime | None = None  # the notBefore of a pair refused as not yet valid
         paths = (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
+        if self.client_crl is not None:
+            paths = (*paths, self.client_crl)
         super().__init__(paths, poll_interval=poll_interval, logger=logger, listener=listener)
 
     def _load(self) -> LoadedCertificate:
@@ -456,11 +613,15 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         if self.client_ca is None:
             return load_certificate_pair(self.cert, self.key, self._make_context, self.options)
         ca = load_client_ca(self.client_ca, self.client_ca_option)
+        crl = None
+        if self.client_crl is not None:
+            crl = load_client_crl(self.client_crl, self.client_crl_option, ca)
         make = self._make_context
         loaded = load_certificate_pair(
-            self.cert, self.key, lambda: _requiring_client_certs(make, ca), self.options, per_connection=True
-        )
-        return replace(loaded, client_ca=ca)
+            self.cert, self.key, lambda: _requiring_client_certs(make, ca, crl), self.options,
+            per_connection=True,
+        )  # fmt: skip
+        return replace(loaded, client_ca=ca, client_crl=crl)
 
     def _check_reloaded(self, loaded: LoadedCertificate) -> None:
         """A reloaded certificate must be valid now (``clock``); one not yet valid is tried
@@ -482,12 +643,18 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         if loaded.client_ca is not None:
             fields["client_ca_sha256"] = list(loaded.client_ca.sha256)
             fields["client_ca_subjects"] = list(loaded.client_ca.subjects)
+        if loaded.client_crl is not None:
+            fields["client_crl_issuers"] = list(loaded.client_crl.issuer_subjects)
+            fields["client_crl_revoked"] = loaded.client_crl.revoked
+            fields["client_crl_next_update"] = loaded.client_crl.next_update.isoformat()
         return fields
 
     def _in_use_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {"certificate_sha256": self.loaded.sha256}  # the one still in use
         if self.loaded.client_ca is not None:
             fields["client_ca_sha256"] = list(self.loaded.client_ca.sha256)
+        if self.loaded.client_crl is not None:
+            fields["client_crl_next_update"] = self.loaded.client_crl.next_update.isoformat()
         return fields
 
     @property
@@ -523,4 +690,17 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
                 f"{self.metric_prefix}_client_ca_not_after_seconds",
                 f"The earliest notAfter of the client CA bundle{of} in use (Unix time)",
                 value=ca.not_after.timestamp(),
+            )
+        crl = self.loaded.client_crl
+        if crl is not None:
+            yield GaugeMetricFamily(
+                f"{self.metric_prefix}_client_crl_next_update_seconds",
+                f"The earliest nextUpdate of the client CRLs{of} in use (Unix time; past it, that"
+                " CA's clients are refused until a newer CRL is loaded)",
+                value=crl.next_update.timestamp(),
+            )
+            yield GaugeMetricFamily(
+                f"{self.metric_prefix}_client_crl_revoked",
+                f"Certificates revoked by the client CRLs{of} in use",
+                value=crl.revoked,
             )

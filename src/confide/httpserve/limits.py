@@ -15,6 +15,12 @@ connections the kernel has accepted and the CAS not yet (``listen(1024)``), none
 any of the CAS's memory. The TLS handshake itself must complete within
 :attr:`HttpLimits.handshake_timeout` (uvloop's default is 60 s).
 
+**Failed TLS handshakes.** uvloop's ``SSLProtocol`` logs a failed handshake at debug level only
+(the client without a certificate, with one of another CA's, ...). With
+:attr:`HttpLimits.on_handshake_failure` set (the metrics listener's), each connection gives it a
+future, which uvloop ends with the handshake's exception: once the connection is lost, the
+failure is counted by reason (:func:`handshake_failure`, :data:`HANDSHAKE_FAILURES`) and told.
+
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
 can make the CAS buffer gigabytes. :class:`BoundedHttpToolsProtocol` counts the bytes of each
@@ -95,6 +101,7 @@ from confide.httpserve.ratelimit import client_key
 __all__ = [
     "BODY_TIMEOUT",
     "CLIENT_CERT",
+    "HANDSHAKE_FAILURES",
     "HANDSHAKE_TIMEOUT",
     "HEAD_TIMEOUT",
     "MAX_CONNECTIONS",
@@ -105,6 +112,7 @@ __all__ = [
     "BoundedHttpToolsProtocol",
     "HttpLimits",
     "OneWriteCycle",
+    "handshake_failure",
 ]
 
 CLIENT_CERT = "confide.client_cert"
@@ -131,6 +139,70 @@ MAX_PIPELINE = 64
 # The public HTTP listener's request heads (confide.cas.public_http): a GET of a short path,
 # which needs no header of any size.
 PUBLIC_MAX_HEAD = 8 * 1024
+
+
+HANDSHAKE_FAILURES = (
+    "no_certificate",
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "crl",
+    "bad_certificate",
+    "peer_alert",
+    "protocol",
+    "timeout",
+    "closed",
+)
+"""Why a TLS handshake failed (:func:`handshake_failure`): the client sent no certificate; its
+certificate does not chain to a trusted CA, has expired, is not yet valid, is revoked, could not
+be checked for revocation (no CRL of its issuer, or one past its nextUpdate, not yet valid, or
+whose signature does not verify), or failed another check (a signature, its purpose); the client
+sent an alert (it refused the server's certificate); another TLS error (no common version or
+cipher, not TLS at all); the handshake timed out; the connection ended during it."""
+
+# OpenSSL's X509_V_ERR_* codes (x509_vfy.h) a client certificate's verification fails with.
+_VERIFY_REASONS = {
+    2: "unknown_ca",  # UNABLE_TO_GET_ISSUER_CERT
+    18: "unknown_ca",  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "unknown_ca",  # SELF_SIGNED_CERT_IN_CHAIN
+    20: "unknown_ca",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "unknown_ca",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    9: "not_yet_valid",  # CERT_NOT_YET_VALID
+    10: "expired",  # CERT_HAS_EXPIRED
+    23: "revoked",  # CERT_REVOKED
+    3: "crl",  # UNABLE_TO_GET_CRL
+    5: "crl",  # UNABLE_TO_DECRYPT_CRL_SIGNATURE
+    8: "crl",  # CRL_SIGNATURE_FAILURE
+    11: "crl",  # CRL_NOT_YET_VALID
+    12: "crl",  # CRL_HAS_EXPIRED
+    15: "crl",  # ERROR_IN_CRL_LAST_UPDATE_FIELD
+    16: "crl",  # ERROR_IN_CRL_NEXT_UPDATE_FIELD
+    33: "crl",  # UNABLE_TO_GET_CRL_ISSUER
+    35: "crl",  # KEYUSAGE_NO_CRL_SIGN
+    36: "crl",  # UNHANDLED_CRITICAL_CRL_EXTENSION
+    44: "crl",  # DIFFERENT_CRL_SCOPE
+}
+
+
+def handshake_failure(exc: BaseException | None) -> tuple[str, str]:
+    """The reason (one of :data:`HANDSHAKE_FAILURES`) a server's TLS handshake failed with
+    ``exc`` (what the ``ssl`` module raised), and OpenSSL's words for it (its verification
+    message, else its reason code: fixed texts, nothing the client chose)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        words = str(exc.verify_message or exc.reason or code)[:200]
+        return _VERIFY_REASONS.get(code, "bad_certificate"), words
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or "")
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no_certificate", reason
+        if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
+            return "peer_alert", reason[:200]
+        if isinstance(exc, ssl.SSLEOFError):
+            return "closed", reason[:200]
+        return "protocol", reason[:200]
+    return "closed", type(exc).__name__ if exc is not None else ""
 
 
 def _refusal(max_head: int) -> bytes:
@@ -203,12 +275,28 @@ class HttpLimits:
         # servers log them (confide.ledger.metrics.RefusalLog); None: only counted (and a 431
         # logged to log_name, as the CAS does).
         self.on_refusal: Callable[[str, str], None] | None = None
+        # TLS handshakes that failed, by reason (HANDSHAKE_FAILURES), counted only while
+        # on_handshake_failure is set (the metrics listener's: confide.httpserve.metrics_listener
+        # watch_handshakes), which is told of each (reason, client key, OpenSSL's words).
+        self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURES, 0)
+        self.on_handshake_failure: Callable[[str, str, str], None] | None = None
 
     def refused(self, reason: str, client: str) -> None:
         """Tell :attr:`on_refusal` (reasons: ``max-connections``, ``max-connections-per-client``,
         ``head-too-large``, ``head-timeout``, ``body-timeout``, ``pipeline-too-deep``)."""
         if self.on_refusal is not None:
             self.on_refusal(reason, client)
+
+    def handshake_failed(self, client: str, exc: BaseException | None, *, lost: bool = False) -> None:
+        """Count a TLS handshake that did not complete (:func:`handshake_failure`; ``lost``: the
+        connection ended during it, ``exc`` what ended it) and tell :attr:`on_handshake_failure`."""
+        if lost:  # uvloop's handshake timeout aborts the connection
+            reason, detail = ("timeout" if isinstance(exc, ConnectionAbortedError) else "closed"), ""
+        else:
+            reason, detail = handshake_failure(exc)
+        self.handshake_failures[reason] = self.handshake_failures.get(reason, 0) + 1
+        if self.on_handshake_failure is not None:
+            self.on_handshake_failure(reason, client, detail)
 
     def admit(self, peername: Any) -> str | None:
         """Count a new connection from ``peername``: its client key, or ``None`` when it is over
@@ -288,7 +376,10 @@ class HttpLimits:
         accepted and released when it is lost, handshake failures included. ``context``: the
         server context, or a function asked for it at each new connection (a
         :class:`~confide.httpserve.certreload.CertificateReloader`: a reload changes the
-        certificate of new connections only, each keeping the context it was made with)."""
+        certificate of new connections only, each keeping the context it was made with). With
+        :attr:`on_handshake_failure` set, a handshake that fails (or a connection that ends
+        during it) is counted by reason in :attr:`handshake_failures` and told to it, once the
+        connection is lost (:func:`handshake_failure`)."""
         # The class uvloop's own TLS server uses: its transports read into it directly (a
         # subclass keeps that fast path). Not in uvloop's type stubs.
         base: Any = getattr(uvloop.loop, "SSLProtocol")  # noqa: B009
@@ -296,6 +387,7 @@ class HttpLimits:
 
         class GatedTls(base):  # type: ignore[misc]
             _gate_key: str | None = None
+            _handshake: asyncio.Future[None] | None = None  # watched: the handshake's outcome
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 key = limits.admit(transport.get_extra_info("peername"))
@@ -311,7 +403,19 @@ class HttpLimits:
                     return  # refused: never started
                 self._gate_key = None
                 limits.release(key)
-                super().connection_lost(exc)
+                handshake = self._handshake
+                during = handshake is not None and not handshake.done()  # lost before it ended
+                super().connection_lost(exc)  # ends the handshake's future, if it had not ended
+                if handshake is None:
+                    return
+                self._handshake = None
+                failed = None
+                if handshake.done() and not handshake.cancelled():
+                    failed = handshake.exception()  # retrieved: no "never retrieved" warning
+                if during:
+                    limits.handshake_failed(key, exc, lost=True)
+                elif failed is not None:
+                    limits.handshake_failed(key, failed)
 
         handshake_timeout = self.handshake_timeout
 
@@ -322,9 +426,14 @@ class HttpLimits:
 
         def factory(**kwargs: Any) -> asyncio.BaseProtocol:
             app = cast(HttpToolsProtocol, http(**kwargs))
+            # Watched (on_handshake_failure set): uvloop ends the future it is given with the
+            # handshake's outcome (its exception on a failure, which it logs nowhere but at
+            # debug level), else None: nothing is made for an unwatched connection.
+            waiter = app.loop.create_future() if limits.on_handshake_failure is not None else None
             tls = GatedTls(
-                app.loop, app, current(), None, server_side=True, ssl_handshake_timeout=handshake_timeout
+                app.loop, app, current(), waiter, server_side=True, ssl_handshake_timeout=handshake_timeout
             )
+            tls._handshake = waiter
             return cast(asyncio.BaseProtocol, tls)
 
         return factory

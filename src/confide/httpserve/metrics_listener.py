@@ -37,7 +37,21 @@ certificate): a client without one, or with one the bundle does not vouch for, o
 one, gets no HTTP at all. :class:`ClientCertScrapers` names each scraper by its certificate
 (subject and SHA-256 fingerprint: the first scrape of each logged, scrapes counted by them), and
 answers ``403`` to a request that came without one (none does: the handshake refuses it first).
-With a token file too, both are required."""
+With a token file too, both are required.
+
+With ``--metrics-client-allow`` (only with ``--metrics-client-ca``) a certificate that chains is
+not enough: it must be on the allow-list (:func:`parse_client_allow_list`: one entry a line,
+``sha256:HEX`` of the certificate's DER or its subject in RFC 4514 form; kept and reloaded by
+:class:`MetricsClientAllowList`, a bad file keeping the list in use). Every request on a
+connection whose certificate is not on it gets ``403`` (the handshake succeeded: the HTTP answer
+says why), counted (``confide_metrics_client_cert_refused_total{reason="not_allowed"}``) and
+logged as a rate-limited ``refused`` line naming the certificate's subject and SHA-256. With
+``--metrics-client-crl`` the handshake also refuses a revoked certificate
+(:mod:`~confide.httpserve.certreload`). A handshake that fails on the listener (no certificate,
+another CA's, expired, revoked, ...) is counted by reason
+(``confide_metrics_tls_handshake_failures_total{reason}``,
+:data:`~confide.httpserve.limits.HANDSHAKE_FAILURES`) and logged as a rate-limited ``refused``
+line (:func:`watch_handshakes`)."""
 
 from __future__ import annotations
 
@@ -59,34 +73,49 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from confide.errors import UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.certreload import CertificateReloader, FileReloader
-from confide.httpserve.limits import CLIENT_CERT, PUBLIC_MAX_HEAD, HttpLimits
+from confide.httpserve.limits import CLIENT_CERT, HANDSHAKE_FAILURES, PUBLIC_MAX_HEAD, HttpLimits
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
 __all__ = [
     "FAILURE_RATE",
+    "MAX_ALLOW_ENTRIES",
+    "MAX_ALLOW_FILE",
     "MAX_CLIENT_CERTS",
     "MAX_TOKENS",
     "MAX_TOKEN_FILE",
+    "METRICS_CLIENT_ALLOW_OPTION",
     "METRICS_CLIENT_CA_OPTION",
+    "METRICS_CLIENT_CRL_OPTION",
     "METRICS_PATH",
     "METRICS_TLS_OPTIONS",
     "MIN_TOKEN",
+    "ClientAllowList",
     "ClientCertScrapers",
     "MetricsAuth",
+    "MetricsClientAllowList",
     "MetricsListenerApp",
     "MetricsTokenFile",
     "TokenSet",
+    "client_allow_file",
     "limits_refused",
     "listener_limits",
     "metrics_files",
+    "parse_client_allow_list",
     "parse_metrics_tokens",
+    "read_client_allow_list",
     "read_metrics_tokens",
+    "watch_handshakes",
 ]
 
 METRICS_PATH = "/metrics"
 METRICS_TLS_OPTIONS = ("--metrics-cert", "--metrics-key")
 """How errors name the metrics listener's certificate and key files."""
 METRICS_CLIENT_CA_OPTION = "--metrics-client-ca"
+METRICS_CLIENT_CRL_OPTION = "--metrics-client-crl"
+METRICS_CLIENT_ALLOW_OPTION = "--metrics-client-allow"
+MAX_ALLOW_FILE = 256 * 1024
+MAX_ALLOW_ENTRIES = 4096
+"""The most entries an allow-list file may hold."""
 MAX_CLIENT_CERTS = 256
 """The most client certificates counted apart (``confide_metrics_client_cert_scrapes_total``);
 scrapes with others are counted together (``sha256="other"``)."""
@@ -244,6 +273,181 @@ class MetricsTokenFile(FileReloader[TokenSet]):
         )
 
 
+_SHA256 = re.compile(r"(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})")
+
+
+class ClientAllowList:
+    """The client certificates a metrics listener serves (``--metrics-client-allow``): by the
+    SHA-256 fingerprint of their DER (``fingerprints``, lower-case hex) or by their subject
+    (``subjects``, each in the form :meth:`cryptography.x509.Name.rfc4514_string` gives: the
+    subject of a certificate matches when it is that name exactly, attribute by attribute,
+    values compared as written, case included)."""
+
+    __slots__ = ("fingerprints", "subjects")
+
+    def __init__(self, fingerprints: frozenset[str], subjects: frozenset[str]) -> None:
+        self.fingerprints, self.subjects = fingerprints, subjects
+
+    def __len__(self) -> int:
+        return len(self.fingerprints) + len(self.subjects)
+
+    def __repr__(self) -> str:
+        return f"ClientAllowList({len(self.fingerprints)} fingerprints, {len(self.subjects)} subjects)"
+
+    def allows(self, subject: str, sha256: str) -> bool:
+        """Whether the certificate of ``subject`` (RFC 4514; "" when it could not be read: then
+        only its fingerprint can match) and ``sha256`` (hex) is on the list."""
+        return sha256.lower() in self.fingerprints or (subject != "" and subject in self.subjects)
+
+
+def parse_client_allow_list(data: bytes, where: str) -> ClientAllowList:
+    """The allow-list of a file's bytes ``data`` (``where``: how errors name the file): one entry
+    a line, spaces, tabs and a carriage return around a line ignored, blank lines and ``#``
+    comments skipped; an entry is ``sha256:`` and the certificate's SHA-256 fingerprint (64 hex
+    digits, or 32 pairs separated by colons, as ``openssl x509 -fingerprint -sha256`` prints
+    them; any case), or a subject distinguished name in RFC 4514 form (``CN=prometheus,O=Example``:
+    the most specific attribute first, attribute types CN, L, ST, O, OU, C, STREET, DC, UID or a
+    dotted OID, no space after a comma, special characters escaped with ``\\``). At least one
+    entry, at most :data:`MAX_ALLOW_ENTRIES`, none twice. A :class:`UsageError` otherwise, naming
+    the file, the line and what is wrong."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where_bad = data[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{where}: line {where_bad}: not UTF-8") from None
+    seen: dict[str, int] = {}
+    fingerprints: set[str] = set()
+    subjects: set[str] = set()
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        at = f"{where}: line {number}"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in line):
+            raise UsageError(f"{at}: a control character")
+        if line[:7].lower() == "sha256:":
+            digest = line[7:].strip(" \t")
+            if not _SHA256.fullmatch(digest):
+                raise UsageError(
+                    f"{at}: not a SHA-256 fingerprint: expected sha256: and 64 hex digits (or 32 pairs"
+                    " separated by colons)"
+                )
+            key = "sha256:" + digest.replace(":", "").lower()
+        else:
+            try:
+                name = x509.Name.from_rfc4514_string(line)
+            except ValueError:
+                raise UsageError(
+                    f"{at}: neither sha256:HEX nor a subject in RFC 4514 form (TYPE=value,...: types"
+                    " CN, L, ST, O, OU, C, STREET, DC, UID or a dotted OID, upper case; no space"
+                    " around = or after a comma; special characters escaped with a backslash)"
+                ) from None
+            if len(name) == 0:
+                raise UsageError(f"{at}: an empty subject")
+            key = "subject:" + name.rfc4514_string()
+        if key in seen:
+            raise UsageError(f"{at}: the same entry as line {seen[key]}")
+        if len(seen) == MAX_ALLOW_ENTRIES:
+            raise UsageError(f"{where}: more than {MAX_ALLOW_ENTRIES} entries")
+        seen[key] = number
+        kind, _, value = key.partition(":")
+        (fingerprints if kind == "sha256" else subjects).add(value)
+    if not seen:
+        raise UsageError(f"{where}: no entry in it (blank lines and # comments only)")
+    return ClientAllowList(frozenset(fingerprints), frozenset(subjects))
+
+
+def read_client_allow_list(path: Path, option: str = METRICS_CLIENT_ALLOW_OPTION) -> ClientAllowList:
+    """The allow-list in the file ``path`` (read by :func:`~confide.fsutil.read_small_file`, at
+    most :data:`MAX_ALLOW_FILE` bytes; :func:`parse_client_allow_list`)."""
+    data = read_small_file(path, MAX_ALLOW_FILE, option)
+    return parse_client_allow_list(data, f"{option} {str(path)[:200]!r}")
+
+
+class MetricsClientAllowList(FileReloader[ClientAllowList]):
+    """The allow-list of ``--metrics-client-allow`` (:func:`read_client_allow_list`, which raises
+    at construction: a server does not start with a bad file), read again on ``SIGHUP`` and,
+    every ``poll_interval`` seconds, when the file changed (:class:`FileReloader`; log lines
+    ``{"event": "metrics-client-allow-reload", ...}``). A bad file keeps the list in use.
+    Calling it returns the list in use. :meth:`check` judges a request's certificate; the
+    refusals are counted here (``refused``) and logged on ``refusals``."""
+
+    event = "metrics-client-allow-reload"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        poll_interval: float = 0.0,
+        logger: str = "confide.ledger",
+        option: str = METRICS_CLIENT_ALLOW_OPTION,
+    ) -> None:
+        self.path, self.option = Path(path), option
+        self.refused = 0  # requests refused 403: a certificate not on the list
+        super().__init__((self.path,), poll_interval=poll_interval, logger=logger, listener="metrics")
+
+    def _load(self) -> ClientAllowList:
+        return read_client_allow_list(self.path, self.option)
+
+    def _loaded_fields(self, loaded: ClientAllowList) -> dict[str, object]:
+        return {"fingerprints": len(loaded.fingerprints), "subjects": len(loaded.subjects)}
+
+    def _in_use_fields(self) -> dict[str, object]:
+        return self._loaded_fields(self.loaded)  # the list still in use
+
+    def __call__(self) -> ClientAllowList:
+        return self.loaded
+
+    def __repr__(self) -> str:
+        return f"MetricsClientAllowList({str(self.path)!r})"
+
+    def check(self, who: tuple[str, str], address: str, refusals: RefusalLog) -> Response | None:
+        """``None`` when the certificate ``who`` (subject, SHA-256) is on the list in use; else
+        the ``403`` to send (counted, and logged on ``refusals``)."""
+        subject, sha256 = who
+        if self.loaded.allows(subject, sha256):
+            return None
+        self.refused += 1
+        refusals.log(
+            "metrics-client-cert-not-allowed", address, listener="metrics",
+            client_cert_subject=subject, client_cert_sha256=sha256,
+        )  # fmt: skip
+        return 403, [_NO_STORE, (b"content-type", _TEXT)], b"this client certificate is not allowed\n"
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.reloads_metric(
+            "confide_metrics_client_allow_reloads",
+            "Reloads of --metrics-client-allow, by result (failed: the list in use kept)",
+        )
+        yield GaugeMetricFamily(
+            "confide_metrics_client_allow_entries",
+            "Entries of the client certificate allow-list in use (fingerprints and subjects)",
+            value=len(self.loaded),
+        )
+        refused = CounterMetricFamily(
+            "confide_metrics_client_cert_refused",
+            "Requests on the metrics listener refused 403 although their client certificate chained"
+            " (reason not_allowed: not on --metrics-client-allow)",
+            labels=["reason"],
+        )
+        refused.add_metric(["not_allowed"], self.refused)
+        yield refused
+
+
+def watch_handshakes(limits: HttpLimits, refusals: RefusalLog) -> None:
+    """Count the failed TLS handshakes of the listener of ``limits`` by reason (exported by
+    :meth:`MetricsListenerApp.collect`) and log each on ``refusals`` (``{"event": "refused",
+    "reason": "metrics-tls-handshake", "cause": REASON, "detail": OpenSSL's words, "client":
+    ADDRESS, "listener": "metrics"}``, rate-limited), but a connection closed during its
+    handshake (counted only: a TCP probe, a port scan)."""
+
+    def failed(reason: str, client: str, detail: str) -> None:
+        if reason != "closed":
+            refusals.log("metrics-tls-handshake", client, listener="metrics", cause=reason, detail=detail)
+
+    limits.on_handshake_failure = failed
+
+
 def metrics_files(
     listening: bool,
     token_file: Path | None,
@@ -253,13 +457,17 @@ def metrics_files(
     poll_interval: float,
     logger: str,
     client_ca: Path | None = None,
+    client_crl: Path | None = None,
 ) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
     """The metrics listener's files of ``--metrics-token-file`` and ``--metrics-cert``/
     ``--metrics-key`` (both or neither, only when ``listening``: a ``--metrics-listen`` is
     given), each read at once (a :class:`UsageError` for a bad one), to be reloaded on
     ``SIGHUP`` and polled every ``poll_interval`` seconds, logged on ``logger``.
     ``client_ca``: ``--metrics-client-ca``, only with the certificate, read and reloaded with it
-    (the TLS handshake then requires a client certificate chaining to it)."""
+    (the TLS handshake then requires a client certificate chaining to it); ``client_crl``:
+    ``--metrics-client-crl``, only with ``client_ca``, read and reloaded with them (the
+    handshake then refuses a revoked certificate). The allow-list, ``--metrics-client-allow``:
+    :func:`client_allow_file`."""
     if (cert is None) != (key is None):
         raise UsageError("--metrics-cert and --metrics-key go together")
     if cert is not None and not listening:
@@ -269,6 +477,10 @@ def metrics_files(
             f"{METRICS_CLIENT_CA_OPTION} needs --metrics-cert and --metrics-key (client certificates are"
             " asked for in the metrics listener's TLS handshake)"
         )
+    if client_crl is not None and client_ca is None:
+        raise UsageError(
+            f"{METRICS_CLIENT_CRL_OPTION} needs {METRICS_CLIENT_CA_OPTION} (the CRLs are of its CAs)"
+        )
     tokens = tls = None
     if token_file is not None:
         tokens = MetricsTokenFile(token_file, poll_interval=poll_interval, logger=logger)
@@ -277,8 +489,26 @@ def metrics_files(
             cert, key, poll_interval=poll_interval, logger=logger, options=METRICS_TLS_OPTIONS,
             metric_prefix="confide_metrics_tls_certificate", listener="metrics",
             client_ca=client_ca, client_ca_option=METRICS_CLIENT_CA_OPTION,
+            client_crl=client_crl, client_crl_option=METRICS_CLIENT_CRL_OPTION,
         )  # fmt: skip
     return tokens, tls
+
+
+def client_allow_file(
+    allow: Path | None, tls: CertificateReloader | None, *, poll_interval: float, logger: str
+) -> MetricsClientAllowList | None:
+    """The allow-list of ``--metrics-client-allow`` (``allow``; ``None``: none), only when the
+    metrics listener requires client certificates (``tls`` with a client CA bundle), read at once
+    (a :class:`UsageError` for a bad one), to be reloaded on ``SIGHUP`` and polled every
+    ``poll_interval`` seconds."""
+    if allow is None:
+        return None
+    if tls is None or tls.client_ca is None:
+        raise UsageError(
+            f"{METRICS_CLIENT_ALLOW_OPTION} needs {METRICS_CLIENT_CA_OPTION} (it lists client"
+            " certificates the bundle's CAs issued)"
+        )
+    return MetricsClientAllowList(allow, poll_interval=poll_interval, logger=logger)
 
 
 class MetricsAuth:
@@ -478,9 +708,11 @@ class MetricsListenerApp:
     server's metrics in the Prometheus text format (run in a worker thread); ``auth``: the
     token required (``None``: none); ``client_certs``: the listener's TLS requires client
     certificates, and they name the scrapers (``None``: none asked for); ``limits``: the
-    listener's own (its counts exported by :meth:`collect`); ``logger``: where one JSON line
-    per request goes at level INFO (``None``: no request lines, as the ledger's servers log
-    none)."""
+    listener's own (its counts exported by :meth:`collect`, its failed TLS handshakes too when
+    watched, :func:`watch_handshakes`); ``logger``: where one JSON line per request goes at level
+    INFO (``None``: no request lines, as the ledger's servers log none); ``allow``: the client
+    certificates served (``--metrics-client-allow``; only with ``client_certs``), others
+    refused ``403`` and logged on ``refusals``."""
 
     def __init__(
         self,
@@ -490,9 +722,15 @@ class MetricsListenerApp:
         limits: HttpLimits,
         logger: str | None = None,
         client_certs: ClientCertScrapers | None = None,
+        allow: MetricsClientAllowList | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
+        if allow is not None and client_certs is None:
+            raise ValueError("an allow-list of client certificates needs client certificates")
         self.render, self.auth, self.limits = render, auth, limits
         self.client_certs = client_certs
+        self.allow = allow
+        self.refusals = refusals if refusals is not None else RefusalLog(logger=logger or "confide.ledger")
         self._log = logging.getLogger(logger) if logger is not None else None
         self.responses: dict[int, int] = {}
 
@@ -504,8 +742,16 @@ class MetricsListenerApp:
         response: Response
         scraper: str | None = None
         cert = self.client_certs.identify(scope) if self.client_certs is not None else None
+        client = scope.get("client")
+        address = client_key(str(client[0])) if client else ""
         if self.client_certs is not None and cert is None:  # the handshake asks for one: never
             response = 403, [_NO_STORE, (b"content-type", _TEXT)], b"a client certificate is required\n"
+        elif (
+            cert is not None
+            and self.allow is not None
+            and (not_allowed := self.allow.check(cert, address, self.refusals))
+        ):
+            response = not_allowed
         elif method not in ("GET", "HEAD"):
             response = 405, [(b"allow", _ALLOW), _NO_STORE], b""
         elif _has_content(scope):
@@ -518,8 +764,7 @@ class MetricsListenerApp:
                 response = refused
             else:
                 if self.client_certs is not None and cert is not None:
-                    client = scope.get("client")
-                    self.client_certs.accepted(cert, client_key(str(client[0])) if client else "")
+                    self.client_certs.accepted(cert, address)
                 body = await asyncio.to_thread(self.render)
                 response = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode()), _NO_STORE], body
         status, headers, body = response
@@ -551,8 +796,23 @@ class MetricsListenerApp:
             "confide_metrics_http_connections", "Connections open on the metrics listener", value=limits.open
         )
         yield limits_refused("confide_metrics_http_refused", "the metrics listener", limits)
+        if limits.on_handshake_failure is not None:
+            failures = CounterMetricFamily(
+                "confide_metrics_tls_handshake_failures",
+                "TLS handshakes of the metrics listener that failed, by reason (no_certificate,"
+                " unknown_ca, expired, not_yet_valid, revoked, crl: no valid CRL of its issuer,"
+                " bad_certificate: another check, peer_alert: the client refused the handshake,"
+                " protocol, timeout, closed: the connection ended during it)",
+                labels=["reason"],
+            )
+            counts = limits.handshake_failures.copy()
+            for reason in HANDSHAKE_FAILURES:
+                failures.add_metric([reason], counts.get(reason, 0))
+            yield failures
         if self.client_certs is not None:
             yield from self.client_certs.collect()
+        if self.allow is not None:
+            yield from self.allow.collect()
 
 
 def limits_refused(name: str, listener: str, limits: HttpLimits) -> CounterMetricFamily:

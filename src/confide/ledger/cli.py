@@ -31,7 +31,7 @@ from confide.httpserve.limits import (
     MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 )
-from confide.httpserve.metrics_listener import metrics_files
+from confide.httpserve.metrics_listener import client_allow_file, metrics_files
 from confide.httpserve.options import reload_interval
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
@@ -238,6 +238,16 @@ _METRICS_OPTIONS = [
                  " --metrics-cert. Scrapers are then named by their certificate's subject and SHA-256"
                  " in the log and the counters. With --metrics-token-file, both are required."
                  " Reloaded with --metrics-cert (a bad file keeps the CAs in use)."),
+    click.option("--metrics-client-allow", type=_PATH, metavar="FILE",
+                 help="Serve only the client certificates this file lists (needs --metrics-client-ca):"
+                 " one a line, sha256:HEX of the certificate or its subject in RFC 4514 form"
+                 " (CN=prometheus,O=Example); # comments. Others get 403, counted and logged. Read"
+                 " again on SIGHUP and at --cert-reload-interval (a bad file keeps the list in use)."),
+    click.option("--metrics-client-crl", type=_PATH, metavar="FILE",
+                 help="Refuse revoked client certificates (needs --metrics-client-ca): the CRLs (PEM,"
+                 " or one DER) of the bundle's CAs, each signed by its CA. Fail-closed: a client whose"
+                 " CA has no CRL here, or whose CRL is past its nextUpdate, is refused too. Reloaded"
+                 " with --metrics-cert."),
 ]  # fmt: skip
 
 
@@ -251,22 +261,28 @@ def _metrics(
     metrics_key: Path | None,
     reload_interval: float,
     metrics_client_ca: Path | None = None,
+    metrics_client_allow: Path | None = None,
+    metrics_client_crl: Path | None = None,
 ) -> dict[str, Any]:
     """The metrics listener's address, its certificate and the tokens (``--metrics-listen``,
     ``--metrics-cert``, ``--metrics-key``, ``--metrics-token-file``, ``--metrics-client-ca``:
     the client CAs its TLS handshake requires a certificate of, read and reloaded with the
-    certificate; docs/ledger.md "Metrics and refusals") as server arguments: the files read at
+    certificate, as ``--metrics-client-crl`` is; ``--metrics-client-allow``: the client
+    certificates served; docs/ledger.md "Metrics and refusals") as server arguments: the files read at
     once (a bad one: a usage error), then reloaded on SIGHUP and every ``reload_interval``
     seconds (``--cert-reload-interval``) when they changed."""
     address = None if metrics_listen is None else _address(metrics_listen, "--metrics-listen")
     tokens, tls = metrics_files(
         address is not None, metrics_token_file, metrics_cert, metrics_key, poll_interval=reload_interval,
-        logger="confide.ledger", client_ca=metrics_client_ca,
+        logger="confide.ledger", client_ca=metrics_client_ca, client_crl=metrics_client_crl,
     )  # fmt: skip
+    allow = client_allow_file(
+        metrics_client_allow, tls, poll_interval=reload_interval, logger="confide.ledger"
+    )
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return {"metrics_listen": address, "metrics_tokens": tokens, "metrics_tls": tls}
+    return {"metrics_listen": address, "metrics_tokens": tokens, "metrics_tls": tls, "metrics_allow": allow}
 
 
 def _banner_metrics(server: LedgerHTTPServer) -> str:
@@ -411,6 +427,8 @@ def serve_tiles(
     metrics_cert: Path | None,
     metrics_key: Path | None,
     metrics_client_ca: Path | None,
+    metrics_client_allow: Path | None,
+    metrics_client_crl: Path | None,
     **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
@@ -421,7 +439,8 @@ def serve_tiles(
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         rate = parse_rate(request_rate, request_burst, "request")
         metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
-                           cert_reload_interval, metrics_client_ca)  # fmt: skip
+                           cert_reload_interval, metrics_client_ca, metrics_client_allow,
+                           metrics_client_crl)  # fmt: skip
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
                              limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
                              **metrics)  # fmt: skip
@@ -546,6 +565,8 @@ def witness_serve(
     metrics_cert: Path | None,
     metrics_key: Path | None,
     metrics_client_ca: Path | None,
+    metrics_client_allow: Path | None,
+    metrics_client_crl: Path | None,
     **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
@@ -556,7 +577,8 @@ def witness_serve(
         reloadable = metrics_token_file is not None or metrics_cert is not None
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
-                           cert_reload_interval, metrics_client_ca)  # fmt: skip
+                           cert_reload_interval, metrics_client_ca, metrics_client_allow,
+                           metrics_client_crl)  # fmt: skip
         server = WitnessServer(witness, _address(listen), tls=tls,
                                limits=_limits(**limits, metrics_listener=metrics_listen is not None),
                                rate=rate, **metrics)  # fmt: skip

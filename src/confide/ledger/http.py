@@ -45,10 +45,12 @@ from confide.httpserve.limits import (
 from confide.httpserve.metrics_listener import (
     ClientCertScrapers,
     MetricsAuth,
+    MetricsClientAllowList,
     MetricsListenerApp,
     MetricsTokenFile,
     TokenSet,
     listener_limits,
+    watch_handshakes,
 )
 from confide.httpserve.ratelimit import Rate, RateLimiter, client_key, retry_after
 from confide.httpserve.server import Companion, HttpServer, bind, plain_server
@@ -278,7 +280,9 @@ class LedgerHTTPServer(HttpServer):
     polled as the certificates are). ``metrics_tls``: the metrics listener serves HTTPS with
     that certificate (``--metrics-cert``, ``--metrics-key``; reloaded as ``tls`` is); when it
     requires client certificates (``--metrics-client-ca``), scrapers are named and counted by
-    them (:class:`~confide.httpserve.metrics_listener.ClientCertScrapers`)."""
+    them (:class:`~confide.httpserve.metrics_listener.ClientCertScrapers`), and ``metrics_allow``
+    (``--metrics-client-allow``) lists those served; its failed TLS handshakes are counted and
+    logged (:func:`~confide.httpserve.metrics_listener.watch_handshakes`)."""
 
     thread_name = "ledger-http"
 
@@ -295,6 +299,7 @@ class LedgerHTTPServer(HttpServer):
         metrics_listen: tuple[str, int] | None = None,
         metrics_tokens: TokenSet | MetricsTokenFile | None = None,
         metrics_tls: CertificateReloader | None = None,
+        metrics_allow: MetricsClientAllowList | None = None,
     ) -> None:
         if metrics_tls is not None and metrics_listen is None:
             raise UsageError("--metrics-cert and --metrics-key need --metrics-listen")
@@ -313,8 +318,14 @@ class LedgerHTTPServer(HttpServer):
         if metrics_tls is not None:
             metrics.registry.register(metrics_tls)  # confide_metrics_tls_certificate_...
             reloaders.append(metrics_tls)
+        if metrics_allow is not None:
+            if metrics_tls is None or metrics_tls.client_ca is None:
+                raise UsageError("--metrics-client-allow needs --metrics-client-ca")
+            reloaders.append(metrics_allow)
+        self.metrics_allow = metrics_allow
         companions: list[Companion] = []
         self.metrics_address: tuple[str, int] | None = None
+        self.metrics_limits: HttpLimits | None = None  # the metrics listener's
         if metrics_listen is not None:
             try:
                 sock = bind(metrics_listen)
@@ -323,13 +334,18 @@ class LedgerHTTPServer(HttpServer):
                 reason = exc.strerror or exc
                 raise UsageError(f"--metrics-listen: cannot bind {host}:{port}: {reason}") from None
             self.metrics_address = sock.getsockname()[:2]
-            limits = listener_limits(metrics.limits)
+            limits = self.metrics_limits = listener_limits(metrics.limits)
             refusals = metrics.refusals
             limits.on_refusal = lambda reason, client: refusals.log(reason, client, listener="metrics")
             client_certs = None
             if metrics_tls is not None and metrics_tls.client_ca is not None:
                 client_certs = ClientCertScrapers(logger="confide.ledger")  # named by certificate
-            listener = MetricsListenerApp(metrics.render, auth=auth, limits=limits, client_certs=client_certs)
+            if metrics_tls is not None:  # a failed handshake counted by reason and logged
+                watch_handshakes(limits, refusals)
+            listener = MetricsListenerApp(
+                metrics.render, auth=auth, limits=limits, client_certs=client_certs, allow=metrics_allow,
+                refusals=refusals,
+            )  # fmt: skip
             metrics.registry.register(listener)
             companions.append((plain_server(listener, limits, metrics_tls), sock))
         app = MetricsApp(app, metrics, route, limiter, on_api=metrics_listen is None, auth=auth)
@@ -476,7 +492,8 @@ class MetricsApp:
 class TilesServer(LedgerHTTPServer):
     """``confide ledger serve``: ``TilesServer(db, ("127.0.0.1", 0))``; ``serve_in_thread()``
     for embedding. ``rate``: per-client requests a second (``None``: no limit).
-    ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``: see :class:`LedgerHTTPServer`."""
+    ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``, ``metrics_allow``: see
+    :class:`LedgerHTTPServer`."""
 
     thread_name = "ledger-tiles"
 
@@ -493,6 +510,7 @@ class TilesServer(LedgerHTTPServer):
         metrics_listen: tuple[str, int] | None = None,
         metrics_tokens: TokenSet | MetricsTokenFile | None = None,
         metrics_tls: CertificateReloader | None = None,
+        metrics_allow: MetricsClientAllowList | None = None,
     ) -> None:
         self.db = Path(db)
         self.serve_entries = serve_entries
@@ -506,5 +524,5 @@ class TilesServer(LedgerHTTPServer):
         super().__init__(
             app, address, prefix=prefix, tls=tls, metrics=metrics, limiter=self.limiter,
             route=lambda target: tiles_route(target, prefix), metrics_listen=metrics_listen,
-            metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
+            metrics_tokens=metrics_tokens, metrics_tls=metrics_tls, metrics_allow=metrics_allow,
         )  # fmt: skip

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
 from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import HttpLimits
-from confide.httpserve.metrics_listener import MetricsTokenFile, TokenSet
+from confide.httpserve.metrics_listener import MetricsClientAllowList, MetricsTokenFile, TokenSet
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
@@ -174,7 +174,7 @@ async def _read(receive: Any, length: int) -> bytes | None:
 class WitnessServer(LedgerHTTPServer):
     """``confide ledger witness serve``: ``WitnessServer(witness, ("127.0.0.1", 0))``;
     ``serve_in_thread()`` for embedding. ``rate``: per-client add-checkpoint requests a second
-    (``None``: no limit). ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``: see
+    (``None``: no limit). ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``, ``metrics_allow``: see
     :class:`~confide.ledger.http.LedgerHTTPServer`."""
 
     thread_name = "ledger-witness"
@@ -191,6 +191,7 @@ class WitnessServer(LedgerHTTPServer):
         metrics_listen: tuple[str, int] | None = None,
         metrics_tokens: TokenSet | MetricsTokenFile | None = None,
         metrics_tls: CertificateReloader | None = None,
+        metrics_allow: MetricsClientAllowList | None = None,
     ) -> None:
         self.witness = witness
         self.limiter = RateLimiter(rate) if rate is not None else None
@@ -200,6 +201,7 @@ class WitnessServer(LedgerHTTPServer):
         super().__init__(
             app, address, prefix=prefix, tls=tls, metrics=metrics, route=app.route, limiter=self.limiter,
             metrics_listen=metrics_listen, metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
+            metrics_allow=metrics_allow,
         )  # fmt: skip
 
 

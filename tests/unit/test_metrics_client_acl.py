@@ -1,0 +1,527 @@
+"""The metrics listener's client certificates beyond chaining to ``--metrics-client-ca``
+(docs/cas.md "Metrics"): ``--metrics-client-allow`` (an allow-list of fingerprints and subjects,
+:class:`~confide.httpserve.metrics_listener.MetricsClientAllowList`: 403 for a certificate not
+on it, counted and logged; reloaded, a bad file keeping the list in use), ``--metrics-client-crl``
+(the bundle's CRLs checked by OpenSSL in the handshake, fail-closed:
+:func:`~confide.httpserve.certreload.load_client_crl`), and refused handshakes counted by reason
+and logged (:func:`~confide.httpserve.metrics_listener.watch_handshakes`). A ledger tiles server
+runs in a thread with a metrics listener over real TLS (uvloop, as served), driven by real
+clients with real certificates: allowed, chained but not allowed, revoked, expired, another
+CA's, none."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from confide.errors import UsageError
+from confide.httpserve.certreload import CertificateReloader, load_client_ca, load_client_crl
+from confide.httpserve.limits import HANDSHAKE_FAILURES, HttpLimits, handshake_failure
+from confide.httpserve.metrics_listener import (
+    METRICS_CLIENT_ALLOW_OPTION,
+    METRICS_CLIENT_CA_OPTION,
+    METRICS_CLIENT_CRL_OPTION,
+    MetricsClientAllowList,
+    client_allow_file,
+    metrics_files,
+    parse_client_allow_list,
+    read_client_allow_list,
+)
+from confide.ledger.http import TilesServer, ledger_limits
+from confide.ledger.note import NoteSigner
+from confide.ledger.store import Ledger, connect, write_transaction
+from pki import Issuer, client_crl, crls_pem, issue, tls_client_ca, tls_client_files, tls_server_files
+
+WAIT = 10.0
+LOGGER = "confide.ledger"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a new inode: a poll sees it whatever the mtime's resolution
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(_cert(path).public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class Pki:
+    """A server certificate; client CAs ``a`` and ``b``; under ``a`` the client certificates
+    ``ok`` (allowed by subject), ``byhash`` (allowed by fingerprint), ``other`` (chains, not on
+    the list), ``revoked`` (in A's CRL), ``expired``; under ``b`` ``b`` (allowed by subject)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.server_ca, self.cert, self.key = tls_server_files(directory, "server")
+        self.ca_a, self.a = tls_client_ca(directory, "a")
+        self.ca_b, self.b = tls_client_ca(directory, "b")
+        self.client = {
+            name: tls_client_files(directory, name, self.a) for name in ("ok", "byhash", "other", "revoked")
+        }
+        self.client["expired"] = tls_client_files(
+            directory, "expired", self.a, not_after=datetime.now(UTC) - timedelta(minutes=5)
+        )
+        self.client["b"] = tls_client_files(directory, "b", self.b)
+        self.bundle = directory / "client-ca.pem"
+        self.bundle.write_bytes(self.ca_a.read_bytes() + self.ca_b.read_bytes())
+        self.crl = directory / "client.crl"
+        revoked = [_cert(self.client["revoked"][0])]
+        self.crls = [client_crl(self.a, revoked), client_crl(self.b, [])]
+        self.crl.write_bytes(crls_pem(*self.crls))
+        self.allow = directory / "allow"
+        self.allow.write_text(
+            "# the scrapers of the metrics listener\n"
+            "CN=ok\n"
+            f"sha256:{_sha(self.client['byhash'][0])}\n"
+            "CN=b\n"
+            "CN=revoked\n"  # on the list: refused by the CRL all the same
+            "CN=expired\n"
+        )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def _tiles(pki: Pki, handshake_timeout: float = 10.0) -> TilesServer:
+    db = pki.dir / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [b"e0"])
+    Ledger().sign_checkpoint(conn, NoteSigner.generate("example.com/log"))
+    conn.close()
+    tokens, tls = metrics_files(
+        True, None, pki.cert, pki.key, poll_interval=0, logger=LOGGER, client_ca=pki.bundle,
+        client_crl=pki.crl,
+    )  # fmt: skip
+    assert tokens is None and tls is not None
+    allow = client_allow_file(pki.allow, tls, poll_interval=0, logger=LOGGER)
+    limits: HttpLimits = ledger_limits(handshake_timeout=handshake_timeout)
+    return TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None, metrics_listen=("127.0.0.1", 0),
+                       metrics_tls=tls, metrics_allow=allow)  # fmt: skip
+
+
+@pytest.fixture
+def server(pki: Pki) -> Iterator[TilesServer]:
+    tiles = _tiles(pki)
+    tiles.serve_in_thread()
+    try:
+        yield tiles
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+
+
+def _scrape(
+    server: TilesServer, pki: Pki, client: str | None, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+) -> tuple[int, str] | str:
+    """GET /metrics over TLS ``version`` with the client certificate ``client`` (a name of
+    ``pki.client``, or none): the status and body, or ``"refused"`` when the TLS connection
+    failed (TLS 1.3: after the client's side of the handshake ended)."""
+    assert server.metrics_address is not None
+    context = ssl.create_default_context(cafile=str(pki.server_ca))
+    context.minimum_version = context.maximum_version = version
+    if client is not None:
+        context.load_cert_chain(*pki.client[client])
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.metrics_address[1], context=context, timeout=WAIT
+    )
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except (ssl.SSLError, OSError, http.client.HTTPException):
+        return "refused"
+    finally:
+        connection.close()
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if (
+            m is not None
+            and m.group(1) == name
+            and dict(re.findall(r'([a-z_0-9]+)="([^"]*)"', m.group(2) or "")) == labels
+        ):
+            return float(m.group(3))
+    return None
+
+
+def _failures(server: TilesServer, want: dict[str, int]) -> dict[str, int]:
+    """The failed handshakes the listener counted (those not 0), once they are ``want`` (a
+    failure is counted when its connection is lost, which may come after the client saw it)."""
+    limits = server.metrics_limits
+    assert limits is not None
+    deadline = time.monotonic() + WAIT
+    while True:
+        counts = {reason: n for reason, n in limits.handshake_failures.items() if n}
+        if counts == want or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.02)
+
+
+def _refusals(caplog: pytest.LogCaptureFixture, reason: str) -> list[dict[str, object]]:
+    lines = [
+        json.loads(r.getMessage())
+        for r in caplog.records
+        if r.name == LOGGER and '"refused"' in r.getMessage()
+    ]
+    return [x for x in lines if x["reason"] == reason]
+
+
+def test_each_outcome_counted_and_logged(
+    server: TilesServer, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Allowed by subject (A's and B's) and by fingerprint: served. Chained but not on the list:
+    403, counted, logged with its subject and SHA-256. Revoked (on the list too), expired, none:
+    the handshake refused, counted by reason and logged with the client's address and OpenSSL's
+    words. TLS 1.3 and 1.2 alike."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        for name in ("ok", "byhash", "b"):
+            served = _scrape(server, pki, name, version)
+            assert isinstance(served, tuple) and served[0] == 200, (name, served)
+        assert _scrape(server, pki, "other", version) == (403, "this client certificate is not allowed\n")
+        for name in ("revoked", "expired", None):
+            assert _scrape(server, pki, name, version) == "refused", name
+    want = {"revoked": 2, "expired": 2, "no_certificate": 2}
+    assert _failures(server, want) == want
+    served = _scrape(server, pki, "ok")
+    assert isinstance(served, tuple)
+    text = served[1]
+    for reason in HANDSHAKE_FAILURES:  # every reason's series, 0 until it happens
+        count = _metric(text, "confide_metrics_tls_handshake_failures_total", reason=reason)
+        assert count == want.get(reason, 0), (reason, count)
+    assert _metric(text, "confide_metrics_client_cert_refused_total", reason="not_allowed") == 2
+    assert _metric(text, "confide_metrics_client_allow_entries") == 5
+    assert _metric(text, "confide_metrics_http_requests_total", status="403") == 2
+    assert _metric(text, "confide_metrics_tls_certificate_client_crl_revoked") == 1
+    earliest = min(c.next_update_utc.timestamp() for c in pki.crls if c.next_update_utc is not None)
+    assert _metric(text, "confide_metrics_tls_certificate_client_crl_next_update_seconds") == earliest
+    sha_other = _sha(pki.client["other"][0])
+    sha_ok = _sha(pki.client["ok"][0])
+    assert (
+        _metric(text, "confide_metrics_client_cert_scrapes_total", sha256=sha_ok, subject="CN=ok") == 3
+    )  # this one too
+    assert (
+        _metric(text, "confide_metrics_client_cert_scrapes_total", sha256=sha_other, subject="CN=other")
+        is None
+    )
+
+    not_allowed = _refusals(caplog, "metrics-client-cert-not-allowed")
+    assert not_allowed == [
+        {"event": "refused", "reason": "metrics-client-cert-not-allowed", "client": "127.0.0.1",
+         "client_cert_subject": "CN=other", "client_cert_sha256": sha_other, "listener": "metrics"},
+    ] * 2  # fmt: skip
+    handshakes = _refusals(caplog, "metrics-tls-handshake")
+    assert sorted(str(x["cause"]) for x in handshakes) == sorted(r for r, n in want.items() for _ in range(n))
+    assert all(x["client"] == "127.0.0.1" and x["listener"] == "metrics" for x in handshakes)
+    details = {str(x["cause"]): str(x["detail"]) for x in handshakes}
+    assert details == {
+        "revoked": "certificate revoked",
+        "expired": "certificate has expired",
+        "no_certificate": "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+    }
+    for record in caplog.records:  # no certificate, key or CRL in any line
+        assert "BEGIN" not in record.getMessage()
+
+
+def test_another_ca_and_closed_connections(
+    server: TilesServer, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate of a CA not in the bundle: unknown_ca. A connection closed during its
+    handshake (a TCP probe): counted as closed, not logged."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    stranger_ca = tls_client_ca(pki.dir, "stranger")[1]
+    pki.client["stranger"] = tls_client_files(pki.dir, "stranger", stranger_ca)
+    assert _scrape(server, pki, "stranger") == "refused"
+    assert server.metrics_address is not None
+    socket.create_connection(("127.0.0.1", server.metrics_address[1]), timeout=WAIT).close()
+    want = {"unknown_ca": 1, "closed": 1}
+    assert _failures(server, want) == want
+    assert [x["cause"] for x in _refusals(caplog, "metrics-tls-handshake")] == ["unknown_ca"]
+
+
+def test_crls_fail_closed(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """A CA of the bundle without a CRL in the file, or whose CRL is past its nextUpdate: its
+    clients are refused (reason crl). The CRL file is reloaded with the certificate."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    _replace(pki.crl, crls_pem(client_crl(pki.a, [])))  # B's CRL left out
+    tiles = _tiles(pki)
+    tiles.serve_in_thread()
+    try:
+        assert _scrape(tiles, pki, "b") == "refused"
+        assert _failures(tiles, {"crl": 1}) == {"crl": 1}
+        served = _scrape(tiles, pki, "revoked")  # A's new CRL revokes nothing
+        assert isinstance(served, tuple) and served[0] == 200
+        now = datetime.now(UTC)
+        stale = client_crl(
+            pki.b, [], this_update=now - timedelta(days=2), next_update=now - timedelta(days=1)
+        )
+        _replace(pki.crl, crls_pem(client_crl(pki.a, []), stale))
+        assert tiles.metrics_tls is not None and tiles.metrics_tls.reload() is True
+        assert _scrape(tiles, pki, "b") == "refused"
+        assert _failures(tiles, {"crl": 2}) == {"crl": 2}
+        _replace(pki.crl, crls_pem(client_crl(pki.a, [_cert(pki.client["ok"][0])]), client_crl(pki.b, [])))
+        assert tiles.metrics_tls.reload() is True
+        served = _scrape(tiles, pki, "b")
+        assert isinstance(served, tuple) and served[0] == 200
+        assert _scrape(tiles, pki, "ok") == "refused"
+        assert _failures(tiles, {"crl": 2, "revoked": 1}) == {"crl": 2, "revoked": 1}
+        _replace(pki.crl, b"-----BEGIN X509 CRL-----\nnot one\n")  # a bad file: the CRLs in use kept
+        assert tiles.metrics_tls.reload() is False
+        assert _scrape(tiles, pki, "ok") == "refused"
+        served = _scrape(tiles, pki, "b")
+        assert isinstance(served, tuple) and served[0] == 200
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+    details = [x["detail"] for x in _refusals(caplog, "metrics-tls-handshake") if x["cause"] == "crl"]
+    assert details == ["unable to get certificate CRL", "CRL has expired"]
+    reloads = [json.loads(r.getMessage()) for r in caplog.records if '"tls-reload"' in r.getMessage()]
+    assert [x["result"] for x in reloads] == ["ok", "ok", "failed"]
+    assert reloads[0]["client_crl_issuers"] == ["CN=a client CA", "CN=b client CA"]
+    assert reloads[1]["client_crl_revoked"] == 1
+    assert METRICS_CLIENT_CRL_OPTION in str(reloads[2]["error"])
+
+
+def test_the_allow_list_is_reloaded_and_a_bad_one_keeps_the_list(
+    server: TilesServer, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    allow = server.metrics_allow
+    assert allow is not None and allow.poll() is None
+    assert _scrape(server, pki, "other") == (403, "this client certificate is not allowed\n")
+    _replace(
+        pki.allow, f"sha256:{':'.join(re.findall('..', _sha(pki.client['other'][0]).upper()))}\n".encode()
+    )
+    assert allow.poll() is True
+    served = _scrape(server, pki, "other")
+    assert isinstance(served, tuple) and served[0] == 200
+    assert _scrape(server, pki, "ok")[0] == 403  # type: ignore[index]
+    in_use = allow()
+    for bad in (b"CN=ok, O=spaced\n", b"# nothing\n", b"sha256:abc\n"):
+        _replace(pki.allow, bad)
+        assert allow.poll() is False and allow() is in_use
+    pki.allow.unlink()
+    assert allow.reload() is False and allow() is in_use
+    served = _scrape(server, pki, "other")
+    assert isinstance(served, tuple) and served[0] == 200
+    assert _metric(served[1], "confide_metrics_client_allow_reloads_total", result="failed") == 4
+    assert _metric(served[1], "confide_metrics_client_allow_reloads_total", result="ok") == 1
+    lines = [
+        json.loads(r.getMessage())
+        for r in caplog.records
+        if '"metrics-client-allow-reload"' in r.getMessage()
+    ]
+    assert [x["result"] for x in lines] == ["ok", "failed", "failed", "failed", "failed"]
+    assert lines[0]["fingerprints"] == 1 and lines[0]["subjects"] == 0
+    assert "line 1" in lines[1]["error"] and METRICS_CLIENT_ALLOW_OPTION in lines[1]["error"]
+    assert all(x["fingerprints"] == 1 for x in lines[1:])  # the list still in use
+
+
+def test_allow_list_entries(tmp_path: Path) -> None:
+    sha = "ab" * 32
+    allow = parse_client_allow_list(
+        b"# scrapers\n\n  CN=prometheus,O=Example Org  \r\n"
+        + f"sha256:{sha.upper()}\n".encode()
+        + b"SHA256:" + ":".join(["cd"] * 32).encode() + b"\n"
+        + b"2.5.4.3=by-oid\nCN=a\\,b+O=multi\n",
+        "allow",
+    )  # fmt: skip
+    assert allow.fingerprints == {sha, "cd" * 32}
+    assert allow.subjects == {"CN=prometheus,O=Example Org", "CN=by-oid", "CN=a\\,b+O=multi"}
+    assert allow.allows("CN=prometheus,O=Example Org", "00" * 32)
+    assert allow.allows("", sha.upper())
+    assert not allow.allows("CN=Prometheus,O=Example Org", "00" * 32)  # values as written
+    assert not allow.allows("CN=prometheus", "00" * 32)  # the whole subject
+    assert not allow.allows("O=Example Org,CN=prometheus", "00" * 32)  # in order
+    path = tmp_path / "allow"
+    path.write_bytes(b"CN=x\n")
+    assert read_client_allow_list(path).subjects == {"CN=x"}
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"", "no entry in it"),
+        (b"# only\n\n", "no entry in it"),
+        (b"sha256:" + b"a" * 63 + b"\n", "line 1: not a SHA-256 fingerprint"),
+        (b"sha256:" + b"g" * 64 + b"\n", "line 1: not a SHA-256 fingerprint"),
+        (b"CN=ok\ncn=lower\n", "line 2: neither sha256:HEX nor a subject in RFC 4514 form"),
+        (b"CN=ok, O=spaced\n", "line 1: neither sha256:HEX nor a subject"),
+        (b"prometheus\n", "line 1: neither sha256:HEX nor a subject"),
+        (b"CN=\n", "line 1: neither sha256:HEX nor a subject"),
+        (b"CN=ok\n# c\nCN=ok\n", "line 3: the same entry as line 1"),
+        (b"sha256:" + b"ab" * 32 + b"\nsha256:" + b"AB" * 32 + b"\n", "line 2: the same entry as line 1"),
+        (b"CN=ok\nCN=\x1b[31m\n", "line 2: a control character"),
+        (b"CN=ok\nCN=\xff\n", "line 2: not UTF-8"),
+    ],
+)
+def test_bad_allow_lists_are_one_line_usage_errors(tmp_path: Path, data: bytes, says: str) -> None:
+    path = tmp_path / "allow"
+    path.write_bytes(data)
+    with pytest.raises(UsageError) as info:
+        read_client_allow_list(path)
+    message = info.value.message
+    assert message.startswith(f"{METRICS_CLIENT_ALLOW_OPTION} {str(path)!r}: ") and "\n" not in message
+    assert says in message, message
+
+
+def test_the_allow_list_needs_the_client_ca(pki: Pki) -> None:
+    with pytest.raises(UsageError, match="--metrics-client-allow needs --metrics-client-ca"):
+        client_allow_file(pki.allow, None, poll_interval=0, logger=LOGGER)
+    _, plain = metrics_files(True, None, pki.cert, pki.key, poll_interval=0, logger=LOGGER)
+    with pytest.raises(UsageError, match="--metrics-client-allow needs --metrics-client-ca"):
+        client_allow_file(pki.allow, plain, poll_interval=0, logger=LOGGER)
+    with pytest.raises(UsageError, match="--metrics-client-crl needs --metrics-client-ca"):
+        metrics_files(True, None, pki.cert, pki.key, poll_interval=0, logger=LOGGER, client_crl=pki.crl)
+    assert client_allow_file(None, plain, poll_interval=0, logger=LOGGER) is None
+    _, tls = metrics_files(
+        True,
+        None,
+        pki.cert,
+        pki.key,
+        poll_interval=5,
+        logger=LOGGER,
+        client_ca=pki.bundle,
+        client_crl=pki.crl,
+    )
+    assert tls is not None and tls.paths == (pki.cert, pki.key, pki.bundle, pki.crl)  # reloaded together
+    allow = client_allow_file(pki.allow, tls, poll_interval=5, logger=LOGGER)
+    assert isinstance(allow, MetricsClientAllowList) and allow.poll_interval == 5
+
+
+def test_crls_der_and_pem(pki: Pki) -> None:
+    ca = load_client_ca(pki.bundle, METRICS_CLIENT_CA_OPTION)
+    der = pki.dir / "a.crl"
+    der.write_bytes(
+        client_crl(pki.a, [_cert(pki.client["revoked"][0])]).public_bytes(serialization.Encoding.DER)
+    )
+    loaded = load_client_crl(der, METRICS_CLIENT_CRL_OPTION, ca)
+    assert (
+        loaded.issuers == (ca.sha256[0],)
+        and loaded.issuer_subjects == ("CN=a client CA",)
+        and loaded.revoked == 1
+    )
+    both = load_client_crl(pki.crl, METRICS_CLIENT_CRL_OPTION, ca)
+    assert both.issuers == ca.sha256 and both.revoked == 1
+
+
+def _no_crl_sign(pki: Pki) -> tuple[Path, Issuer]:
+    """A bundle of a CA whose key usage allows certificate signing but not CRL signing."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    usage = x509.KeyUsage(
+        digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=True, crl_sign=False, encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    cert = issue("nocrl CA", key.public_key(), issuer="nocrl CA", signing_key=key,
+                 not_before=now - timedelta(hours=1), not_after=now + timedelta(days=1), ca=True, usage=usage)  # fmt: skip
+    path = pki.dir / "nocrl-ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, (cert, key)
+
+
+@pytest.mark.parametrize("case", ["stranger", "forged", "delta", "twice", "no-crl-sign", "garbage", "half",
+                                  "certificate", "missing"])  # fmt: skip
+def test_bad_crl_files_are_one_line_usage_errors(pki: Pki, case: str) -> None:
+    bundle = pki.bundle
+    path = pki.dir / "bad.crl"
+    if case == "stranger":  # a CRL of a CA not in the bundle
+        path.write_bytes(crls_pem(client_crl(tls_client_ca(pki.dir, "stranger")[1], [])))
+    elif case == "forged":  # A's name, another key
+        other = ec.generate_private_key(ec.SECP256R1())
+        path.write_bytes(crls_pem(client_crl((pki.a[0], other), [])))
+    elif case == "delta":
+        path.write_bytes(crls_pem(client_crl(pki.a, [], delta=True)))
+    elif case == "twice":
+        path.write_bytes(crls_pem(client_crl(pki.a, []), client_crl(pki.a, [])))
+    elif case == "no-crl-sign":
+        bundle, issuer = _no_crl_sign(pki)
+        path.write_bytes(crls_pem(client_crl(issuer, [])))
+    elif case == "garbage":
+        path.write_bytes(b"not a CRL at all")
+    elif case == "half":
+        data = crls_pem(client_crl(pki.a, []), client_crl(pki.b, []))
+        path.write_bytes(data[: len(data) - 60])
+    elif case == "certificate":
+        path.write_bytes(pki.ca_a.read_bytes())
+    else:
+        path = pki.dir / "nope.crl"
+    says = {
+        "stranger": "CRL 1: not signed by a certificate of the client CA bundle (its issuer: 'CN=stranger client CA')",
+        "forged": "CRL 1: not signed by a certificate of the client CA bundle",
+        "delta": "CRL 1: a delta CRL",
+        "twice": "CRL 2: a second CRL of 'CN=a client CA'",
+        "no-crl-sign": "CRL 1: its issuer 'CN=nocrl CA' may not sign CRLs",
+        "garbage": "cannot load: not a PEM or DER CRL",
+        "half": "cannot load: an incomplete PEM block",
+        "certificate": "PEM block 1 is not a CRL",
+        "missing": "does not exist",
+    }[case]
+    ca = load_client_ca(bundle, METRICS_CLIENT_CA_OPTION)
+    with pytest.raises(UsageError) as info:
+        load_client_crl(path, METRICS_CLIENT_CRL_OPTION, ca)
+    message = info.value.message
+    assert message.startswith(f"{METRICS_CLIENT_CRL_OPTION} {os.fspath(path)!r}: ") and "\n" not in message
+    assert says in message, message
+    with pytest.raises(UsageError):  # at start: the server does not start
+        CertificateReloader(pki.cert, pki.key, client_ca=bundle, client_crl=path)
+
+
+def test_handshake_failure_reasons() -> None:
+    """What the ssl module raises, by reason (the rest of the mapping is driven by real
+    handshakes above)."""
+    no_cert = ssl.SSLError(1, "[SSL: PEER_DID_NOT_RETURN_A_CERTIFICATE]")
+    no_cert.reason = "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+    assert handshake_failure(no_cert) == ("no_certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+    alert = ssl.SSLError(1, "alert")
+    alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+    assert handshake_failure(alert) == ("peer_alert", "TLSV1_ALERT_UNKNOWN_CA")
+    plain = ssl.SSLError(1, "http")
+    plain.reason = "HTTP_REQUEST"
+    assert handshake_failure(plain) == ("protocol", "HTTP_REQUEST")
+    purpose = ssl.SSLCertVerificationError(1, "verify")
+    purpose.verify_code, purpose.verify_message = 26, "unsupported certificate purpose"
+    assert handshake_failure(purpose) == ("bad_certificate", "unsupported certificate purpose")
+    assert handshake_failure(ConnectionResetError()) == ("closed", "ConnectionResetError")
+
+
+def test_a_handshake_timeout_is_counted(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that starts no handshake within the timeout: counted as timeout, and logged."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    tiles = _tiles(pki, handshake_timeout=0.3)
+    tiles.serve_in_thread()
+    try:
+        assert tiles.metrics_address is not None
+        with socket.create_connection(("127.0.0.1", tiles.metrics_address[1]), timeout=WAIT) as s:
+            assert s.recv(1) == b""  # closed by the server
+        assert _failures(tiles, {"timeout": 1}) == {"timeout": 1}
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+    assert [x["cause"] for x in _refusals(caplog, "metrics-tls-handshake")] == ["timeout"]
