@@ -268,7 +268,7 @@ def test_the_list_names_the_numbers_that_exist(tmp_path: Path) -> None:
             with pytest.raises(
                 errors.CollateralMissingError,
                 match=rf"--pcs-tcb-eval-number {number}: Intel's TCB evaluation data numbers for SGX "
-                rf"\(from {pcs.url}, issued 2025-08-15T05:15:31\+00:00\) name 20, 19, 18, 17, not {number}",
+                rf"\(from {pcs.url}, issued 2025-08-15T05:15:31Z\) name 20, 19, 18, 17, not {number}",
             ):
                 source(number, 365).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
         with pytest.raises(

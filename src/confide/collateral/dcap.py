@@ -1021,7 +1021,7 @@ def check_asked_evaluation(
         names = ", ".join(str(n) for n in known) or "none"
         raise CollateralMissingError(
             f"--pcs-tcb-eval-number {asked}: Intel's TCB evaluation data numbers for {tee} ({where}, issued "
-            f"{listed.issue_date.isoformat()}) name {names}, not {asked}"
+            f"{listed.issue_date.isoformat().replace('+00:00', 'Z')}) name {names}, not {asked}"
         )
     if grace is not None:
         required = listed.required(at, grace)
