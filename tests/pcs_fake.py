@@ -6,6 +6,7 @@ headers, the PCK CRL as DER, the Root CA CRL as a PCCS serves it: hex), recordin
 from __future__ import annotations
 
 import contextlib
+import re
 import urllib.parse
 
 from cryptography import x509
@@ -22,8 +23,21 @@ def _signed(key: str, text: bytes, signature: bytes) -> bytes:
     return b'{"' + key.encode() + b'":' + text + b',"signature":"' + signature.hex().encode() + b'"}'
 
 
+_EVALUATION_PARAMETER = re.compile(r"[?&]tcbEvaluationDataNumber=[0-9]+$")
+
+
 class FakePcs(RouteServer):
     """Exact (path, query) -> answer; ``requests`` lists every path asked, in order."""
+
+    ignores_evaluation_number = False
+    """A PCCS that ignores ``tcbEvaluationDataNumber``: a TCB Info or QE Identity request with it
+    and no route of its own gets the answer to the request without it (``serve(honour_update=False)``)."""
+
+    def honest(self, path: str) -> Answer:
+        answer = self.routes.get(path)
+        if answer is None and self.ignores_evaluation_number:
+            answer = self.routes.get(_EVALUATION_PARAMETER.sub("", path))
+        return answer if answer is not None else self.NOT_FOUND
 
     def serve_pck(self, cert_id: PckCertId, pck: PckCertificate) -> list[str]:
         """Serve ``pck`` as Intel PCS API v4 "Get PCK Certificate V4" does (PEM leaf; issuer
@@ -58,6 +72,7 @@ class FakePcs(RouteServer):
         *,
         update: str | None = None,
         honour_update: bool = True,
+        evaluation: int | None = None,
     ) -> list[str]:
         """Serve ``collateral`` for the platform of ``quote`` (its FMSPC, PCK CA and TEE type;
         for a quote of certification data type 1-4, of the PCK certificate ``pck``); returns the
@@ -65,8 +80,12 @@ class FakePcs(RouteServer):
         query parameter ``update``: ``update="early"`` serves this TCB Info and QE Identity to
         requests with ``update=early`` only; otherwise (``None`` or ``"standard"``) to those
         without the parameter (PCS's default) and with ``update=standard``; the paths returned
-        are the ones asked with ``update``. ``honour_update=False``: a PCCS that ignores the
-        parameter (the same answers whatever it asks for)."""
+        are the ones asked with ``update``. ``evaluation=N``: as PCS's ``tcbEvaluationDataNumber``
+        parameter, this TCB Info and QE Identity are served to requests with
+        ``tcbEvaluationDataNumber=N`` only (the paths returned are those). ``honour_update=False``: a
+        PCCS that ignores ``update`` and ``tcbEvaluationDataNumber`` (the same answers whatever
+        it asks for)."""
+        assert update is None or evaluation is None, "update and evaluation are exclusive"
         parsed = Quote.from_bytes(quote)
         fmspc, ca = pck_info(parsed, pck)
         tee = "tdx" if parsed.tee == TeeType.TDX else "sgx"
@@ -75,9 +94,12 @@ class FakePcs(RouteServer):
         crl_chain = urllib.parse.quote(pem_chain(collateral.pck_crl_issuer_chain))
         tcb_path = f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex()}"
         qe_path = f"/{tee}/certification/v4/qe/identity"
+        asked = (
+            f"update={update}" if update else f"tcbEvaluationDataNumber={evaluation}" if evaluation else ""
+        )
         paths = [
-            tcb_path + (f"&update={update}" if update else ""),
-            qe_path + (f"?update={update}" if update else ""),
+            tcb_path + (f"&{asked}" if asked else ""),
+            qe_path + (f"?{asked}" if asked else ""),
             f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der",
             "/sgx/certification/v4/rootcacrl",
         ]
@@ -90,11 +112,12 @@ class FakePcs(RouteServer):
             (200, collateral.root_ca_crl.hex().encode(), {}),
         ]  # fmt: skip
         self.routes.update(zip(paths, answers, strict=True))
+        self.ignores_evaluation_number = not honour_update
         kinds = (
             (None, "early", "standard")
             if not honour_update
             else (None, "standard")
-            if update != "early"
+            if update != "early" and evaluation is None
             else ()
         )
         for kind in kinds:  # the same answers to the other forms of the request

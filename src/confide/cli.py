@@ -16,7 +16,13 @@ from typing import Any
 import click
 
 from confide import __version__
-from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
+from confide.clitypes import (
+    AUTO,
+    MIN_TCB_EVAL_NUMBER,
+    pcs_tcb_eval_number_option,
+    pcs_update_option,
+    tcb_recovery_grace_option,
+)
 from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
@@ -128,6 +134,7 @@ _PATH = click.Path(path_type=Path)
                    " (default: from the --collateral directory or URL).")  # fmt: skip
 @tcb_recovery_grace_option()
 @pcs_update_option()
+@pcs_tcb_eval_number_option()
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -149,6 +156,7 @@ def evidence_verify(
     tcb_eval_numbers: Path | None,
     tcb_recovery_grace: int | None,
     pcs_update: str | None,
+    pcs_tcb_eval_number: int | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -171,10 +179,11 @@ def evidence_verify(
                 "--min-tcb-eval-number is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), "
                 f"got {chosen.value}"
             )
-        if pcs_update is not None and chosen not in DCAP_PLATFORMS:
-            raise UsageError(
-                f"--pcs-update is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), got {chosen.value}"
-            )
+        for name, value in (("--pcs-update", pcs_update), ("--pcs-tcb-eval-number", pcs_tcb_eval_number)):
+            if value is not None and chosen not in DCAP_PLATFORMS:
+                raise UsageError(
+                    f"{name} is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), got {chosen.value}"
+                )
         auto = min_tcb_eval == AUTO
         if (tcb_eval_numbers is not None or tcb_recovery_grace is not None) and not auto:
             raise UsageError("--tcb-eval-numbers and --tcb-recovery-grace are for --min-tcb-eval-number auto")
@@ -198,6 +207,7 @@ def evidence_verify(
             tcb_evaluation_numbers_file=tcb_eval_numbers,
             tcb_recovery_grace=minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None,
             pcs_update=pcs_update,
+            pcs_tcb_eval_number=pcs_tcb_eval_number,
         )
         result = verify_request(request)
         if minimum is not None:

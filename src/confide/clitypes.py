@@ -13,6 +13,7 @@ __all__ = [
     "AUTO",
     "MIN_TCB_EVAL_NUMBER",
     "MinTcbEvalNumber",
+    "pcs_tcb_eval_number_option",
     "pcs_update_option",
     "tcb_recovery_grace_option",
 ]
@@ -64,4 +65,18 @@ def pcs_update_option() -> Callable[[_F], _F]:
         help="With --collateral URL: ask Intel PCS (or a PCCS) for TCB Info and QE Identity of this"
         " update (early: the newest TCB evaluation from its recovery event on; standard: about twelve"
         " months later). Default: no parameter (PCS serves standard).",
+    )
+
+
+def pcs_tcb_eval_number_option() -> Callable[[_F], _F]:
+    """``--pcs-tcb-eval-number N`` of every command that takes ``--pcs-update`` (docs/dcap.md,
+    "One TCB evaluation")."""
+    return click.option(
+        "--pcs-tcb-eval-number",
+        "pcs_tcb_eval_number",
+        type=click.IntRange(1, MAX_TCB_EVAL_NUMBER),
+        metavar="N",
+        help="With --collateral URL: ask Intel PCS (or a PCCS) for TCB Info and QE Identity of TCB"
+        " evaluation data number N (tcbEvaluationDataNumber=N) and refuse answers of another number;"
+        " not with --pcs-update.",
     )

@@ -914,6 +914,7 @@ class Cas:
         min_tcb_eval_number: int | str | None = None,
         tcb_recovery_grace_days: int | None = None,
         pcs_update: str | None = None,
+        pcs_tcb_eval_number: int | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -931,7 +932,9 @@ class Cas:
         N|auto`` and ``--tcb-recovery-grace``). :attr:`attestation` keeps what was verified (with
         ``"auto"``, the requirement and its reason in ``attestation.evidence.details
         ["required_tcb_evaluation"]``; ``pcs_update``: ``"early"`` or ``"standard"``, the
-        ``update`` a ``collateral`` URL asks Intel PCS for, ``--pcs-update``).
+        ``update`` a ``collateral`` URL asks Intel PCS for, ``--pcs-update``;
+        ``pcs_tcb_eval_number``: the one TCB evaluation data number it asks for instead, answers
+        of another refused, ``--pcs-tcb-eval-number``).
 
         ``measurements`` (or an ``expect`` of the platform's measurement claim) is required:
         evidence alone proves only that *some* code runs in a TEE, and ``cas attest`` without
@@ -1004,6 +1007,7 @@ class Cas:
                 option="min_tcb_eval_number='auto'",
                 collateral_option="collateral= a PCS directory or URL",
                 pcs_update=pcs_update,
+                pcs_tcb_eval_number=pcs_tcb_eval_number,
             ),
             tolerate=tolerances,
             ignore_advisories=tuple(ignore_advisories),
@@ -1967,6 +1971,7 @@ class AsyncCas:
         min_tcb_eval_number: int | str | None = None,
         tcb_recovery_grace_days: int | None = None,
         pcs_update: str | None = None,
+        pcs_tcb_eval_number: int | None = None,
         any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
@@ -1978,7 +1983,8 @@ class AsyncCas:
             collateral=collateral, tolerate=tuple(tolerate), ignore_advisories=tuple(ignore_advisories),
             expect_witnesses=expect_witnesses, expect_witness_keys=tuple(expect_witness_keys),
             min_tcb_eval_number=min_tcb_eval_number, tcb_recovery_grace_days=tcb_recovery_grace_days,
-            pcs_update=pcs_update, any_measurement=any_measurement, at=at,
+            pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
+            any_measurement=any_measurement, at=at,
             sim_dir=sim_dir, timeout=timeout,
         )  # fmt: skip
         return cls(await asyncio.to_thread(call))

@@ -141,3 +141,32 @@ def test_cas_serve_pcs_update_early(pcs: FakePcs, tmp_path: Path) -> None:
         assert type(refusal) is errors.CollateralMissingError and "404" in refusal.message, refusal
     finally:
         plain.stop()
+
+
+def test_cas_serve_pcs_tcb_eval_number(pcs: FakePcs, tmp_path: Path) -> None:
+    """``cas serve --collateral URL --pcs-tcb-eval-number 17``: TCB Info and QE Identity are asked
+    with ``tcbEvaluationDataNumber=17`` (a service that has only those answers serves them), the
+    rest as before; against a PCCS that ignores the parameter, ``--pcs-tcb-eval-number 18`` gets
+    evaluation 17 and refuses it, naming both numbers."""
+    coll = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())  # evaluation 17
+    pcs.routes.clear()
+    asked = pcs.serve(SGX.quote_bytes(), coll, evaluation=17)  # evaluation 17's answers only
+    cas = CasProcess(
+        tmp_path / "cas", None, extra_args=("--collateral", pcs.url, "--pcs-tcb-eval-number", "17")
+    ).start()
+    try:
+        refusal = attest(cas)
+        assert type(refusal) is errors.CollateralExpiredError, refusal  # fetched; 2025's, out of date
+        assert sorted(pcs.requests) == sorted(asked)
+    finally:
+        cas.stop()
+    pcs.serve(SGX.quote_bytes(), coll, honour_update=False)
+    ignored = CasProcess(
+        tmp_path / "ignored", None, extra_args=("--collateral", pcs.url, "--pcs-tcb-eval-number", "18")
+    ).start()
+    try:
+        refusal = attest(ignored)
+        assert type(refusal) is errors.CollateralMissingError, refusal
+        assert "tcbEvaluationDataNumber 17, expected 18 (--pcs-tcb-eval-number 18" in refusal.message, refusal
+    finally:
+        ignored.stop()

@@ -354,7 +354,9 @@ def test_cli_pcs_update(tmp_path: Path) -> None:
         r = run_confide(*command, "--collateral", ASSETS / TDX.collateral, "--pcs-update", "early")
         assert r.returncode == 2 and "--pcs-update" in r.stderr and "--collateral URL" in r.stderr, r.stderr
     r = run_confide("ui", "--pcs-update", "early")
-    assert r.returncode == 2 and "--pcs-update are for --attest" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--pcs-update and --pcs-tcb-eval-number are for --attest" in r.stderr, (
+        r.stderr
+    )
     with pytest.raises(errors.UsageError, match="--pcs-update needs --collateral URL"):
         Cas.attested("https://127.0.0.1:1", any_measurement=True, pcs_update="early")
     with pytest.raises(errors.UsageError, match="--pcs-update is for --collateral URL"):

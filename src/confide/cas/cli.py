@@ -18,7 +18,12 @@ import click
 
 from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
-from confide.clitypes import MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
+from confide.clitypes import (
+    MIN_TCB_EVAL_NUMBER,
+    pcs_tcb_eval_number_option,
+    pcs_update_option,
+    tcb_recovery_grace_option,
+)
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.options import reload_interval
@@ -73,6 +78,7 @@ def cas() -> None:
               " (fetched with the collateral) require at each attestation.")  # fmt: skip
 @tcb_recovery_grace_option()
 @pcs_update_option()
+@pcs_tcb_eval_number_option()
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -356,6 +362,7 @@ def cas_serve(
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
     pcs_update: str | None,
+    pcs_tcb_eval_number: int | None,
     replica_min_tcb: tuple[str, ...],
     opaque_refusals: bool,
     refusal_delay: float | None,
@@ -395,10 +402,10 @@ def cas_serve(
         raise UsageError("--witness-max-lag needs --witness-quorum")
     minimum = tcb_evaluation_minimum(min_tcb_eval, tcb_recovery_grace)
     automatic_minimum_source(collateral, minimum)
-    if pcs_update is not None:
+    if pcs_update is not None or pcs_tcb_eval_number is not None:
         from confide.collateral.dcap import check_pcs_update
 
-        check_pcs_update(collateral, pcs_update)
+        check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, minimum)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
@@ -414,6 +421,7 @@ def cas_serve(
         collateral=collateral,
         min_tcb_evaluation_data_number=minimum,
         pcs_update=pcs_update,
+        pcs_tcb_eval_number=pcs_tcb_eval_number,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
         witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),
@@ -632,6 +640,7 @@ _CAS_TOLERANCES = (
               " now.")  # fmt: skip
 @tcb_recovery_grace_option()
 @pcs_update_option()
+@pcs_tcb_eval_number_option()
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -646,6 +655,7 @@ def cas_attest(
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
     pcs_update: str | None,
+    pcs_tcb_eval_number: int | None,
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import WitnessExpectation, attest_cas, attest_collateral, write_pin
@@ -675,7 +685,9 @@ def cas_attest(
         url,
         sim_key_pem=key_pem,
         measurements=tuple(expected),
-        collateral=attest_collateral(location, minimum, pcs_update=pcs_update),
+        collateral=attest_collateral(
+            location, minimum, pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number
+        ),
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
         expect=expect,

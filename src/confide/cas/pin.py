@@ -609,22 +609,26 @@ def attest_collateral(
     option: str = "--min-tcb-eval-number auto",
     collateral_option: str = "--collateral DIR|URL",
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
 ) -> DcapCollateralSource | None:
     """The collateral source of ``cas attest --collateral`` (and ``Cas.attested(collateral=)``)
     for ``minimum``: with :class:`~confide.platforms.AutoTcbEvaluation` a PCS directory or URL
     that also brings Intel's TCB evaluation data numbers (a bundle file: :class:`UsageError`,
     as for ``cas serve``); ``None`` without a location. ``pcs_update`` (``--pcs-update``): the
-    ``update`` a URL source asks Intel PCS for (another location, or none: :class:`UsageError`)."""
+    ``update`` a URL source asks Intel PCS for, ``pcs_tcb_eval_number`` (``--pcs-tcb-eval-number``)
+    the one TCB evaluation (another location, or none, both, or a number below a fixed
+    ``minimum``: :class:`UsageError`, :func:`~confide.collateral.dcap.check_pcs_update`)."""
     with_list = automatic_minimum_source(
         location, minimum, option=option, collateral_option=collateral_option
     )
     grace = minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None
-    check_pcs_update(location, pcs_update)
+    check_pcs_update(location, pcs_update, pcs_tcb_eval_number, minimum)
     if location is None:
         return None
     return source_for(
-        location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace, pcs_update=pcs_update
-    )
+        location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace, pcs_update=pcs_update,
+        pcs_tcb_eval_number=pcs_tcb_eval_number,
+    )  # fmt: skip
 
 
 def attest_cas(

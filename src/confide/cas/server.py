@@ -121,7 +121,7 @@ from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, Witn
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
-from confide.collateral.dcap import DcapCollateralSource, source_for
+from confide.collateral.dcap import DcapCollateralSource, check_pcs_update, source_for
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
@@ -593,6 +593,7 @@ def prepare(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
@@ -616,7 +617,10 @@ def prepare(
     (``--min-tcb-eval-number auto``): the collateral source also brings Intel's TCB evaluation
     data numbers (verified with the collateral), and the minimum is the one they set at the
     attestation's time with the grace period (docs/dcap.md, "Automatic minimum").
-    ``pcs_update`` (``--pcs-update``): the ``update`` a URL source asks Intel PCS for.
+    ``pcs_update`` (``--pcs-update``): the ``update`` a URL source asks Intel PCS for;
+    ``pcs_tcb_eval_number`` (``--pcs-tcb-eval-number``): the one TCB evaluation it asks for
+    instead (:func:`~confide.collateral.dcap.check_pcs_update`: a URL, not both, not below a
+    fixed minimum; checked before anything is opened).
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document
@@ -654,6 +658,7 @@ def prepare(
     ``REPORTED_TCB`` of an SEV-SNP CAS the master key is released to, and, with ``join``, of the
     CAS it is obtained from (:func:`~confide.cas.key_release.appraise_peer`); recorded in the
     ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged."""
+    check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -709,6 +714,7 @@ def prepare(
                 else None
             ),
             pcs_update=pcs_update,  # --pcs-update: a URL source's update= (docs/dcap.md)
+            pcs_tcb_eval_number=pcs_tcb_eval_number,  # --pcs-tcb-eval-number: tcbEvaluationDataNumber=
         )
         if collateral
         else None
@@ -1136,6 +1142,7 @@ def serve(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
@@ -1234,7 +1241,7 @@ def serve(
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
-               pcs_update=pcs_update,
+               pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
                replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
                metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
@@ -1386,6 +1393,7 @@ def _serve(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
@@ -1407,7 +1415,8 @@ def _serve(
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
         successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
-        pcs_update=pcs_update, witnesses=quorum.attested() if quorum is not None else None,
+        pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
+        witnesses=quorum.attested() if quorum is not None else None,
         replica_min_tcb=replica_min_tcb,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"

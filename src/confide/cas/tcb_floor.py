@@ -17,8 +17,9 @@ Collateral sent with a request is judged by the floor but never raises it: anyon
 Intel's ``update=early`` collateral (a later evaluation, ahead of the ``standard`` one the CAS's
 source serves), and a client that raised the floor with it would have every other attestation of
 that platform refused until the standard update caught up. The CAS asks its source without
-``update=`` (Intel's default, ``standard``), so what raises the floor is one update type only
-and the floor does not flap between the two.
+``update=`` (Intel's default, ``standard``) unless ``--pcs-update`` names one, or for the one
+evaluation ``--pcs-tcb-eval-number`` names, so what raises the floor is one kind only and the
+floor does not flap between two.
 
 The floor is kept in ``DIR/dcap-tcb-evaluation.json`` (not secret: public numbers), replaced
 atomically (:func:`~confide.fsutil.write_atomic`: temporary file, fsync, rename, fsync of the

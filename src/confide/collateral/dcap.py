@@ -40,6 +40,18 @@ Identity of that update (Intel PCS API v4 "Get TCB Info" and "Get Intel's QE Ide
 parameter ``update``; without it PCS serves ``standard``); its disk cache keys each answer by
 the whole URL, so the kinds are cached apart. A PCCS may ignore the parameter: what comes back is
 judged all the same (the verifier, the minimum, the floor).
+
+``tcb_evaluation_data_number`` (``--pcs-tcb-eval-number N``): the HTTP source asks for TCB Info
+and QE Identity as of TCB evaluation ``N`` (the same endpoints, query parameter
+``tcbEvaluationDataNumber``, which Intel PCS API v4 does not take with ``update``: the two are
+exclusive, :func:`check_pcs_update`). An answer whose ``tcbEvaluationDataNumber`` is not ``N`` (a
+PCCS that ignores the parameter, or serves another evaluation) is refused, read from the network or
+from the disk cache (:class:`CollateralMissingError`); a 404 or 410 answer (Intel PCS: a number it
+does not, or no longer, serve) is a :class:`CollateralMissingError` naming ``N``. The disk cache
+keys by the whole URL: answers for ``N`` never serve a request without it, nor the reverse. With
+the TCB evaluation data numbers (``--min-tcb-eval-number auto``), an ``N`` the list does not name,
+or below the minimum it sets, is refused before TCB Info is asked for
+(:func:`check_asked_evaluation`; the list read unverified: a refusal only).
 """
 
 from __future__ import annotations
@@ -85,6 +97,7 @@ from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import read_bounded, write_atomic
 from confide.httpbody import read_body
+from confide.platforms import MAX_TCB_EVAL_NUMBER
 from confide.verify.dcap import DcapVerifier, pck_lookup
 from confide.verify.result import TcbEvalNumber, TcbEvaluationNumbers
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
@@ -106,6 +119,7 @@ __all__ = [
     "PcsDirectorySource",
     "PcsHttpSource",
     "TcbEvaluationNumbersSource",
+    "check_asked_evaluation",
     "check_pcs_update",
     "crl_from_bytes",
     "source_for",
@@ -564,10 +578,23 @@ class PcsHttpSource:
         tcb_evaluation_numbers: bool = False,
         tcb_recovery_grace: timedelta | None = None,
         update: str | None = None,
+        tcb_evaluation_data_number: int | None = None,
     ) -> None:
         if update is not None and update not in PCS_UPDATES:
             raise ValueError(f"update is {update!r}, expected 'early' or 'standard'")
+        if tcb_evaluation_data_number is not None:
+            if update is not None:
+                raise ValueError("update and tcb_evaluation_data_number are exclusive")
+            if (
+                type(tcb_evaluation_data_number) is not int
+                or not 1 <= tcb_evaluation_data_number <= MAX_TCB_EVAL_NUMBER
+            ):
+                raise ValueError(
+                    f"tcb_evaluation_data_number is {tcb_evaluation_data_number!r}, "
+                    f"expected 1..{MAX_TCB_EVAL_NUMBER}"
+                )
         self.update = update
+        self.tcb_evaluation_data_number = tcb_evaluation_data_number
         self.base_url = base_url.rstrip("/")
         self.tcb_evaluation_numbers = tcb_evaluation_numbers
         self.tcb_recovery_grace = tcb_recovery_grace
@@ -594,6 +621,8 @@ class PcsHttpSource:
 
     def __repr__(self) -> str:  # never the API key
         update = f", update={self.update!r}" if self.update is not None else ""
+        if self.tcb_evaluation_data_number is not None:
+            update += f", tcb_evaluation_data_number={self.tcb_evaluation_data_number}"
         return f"PcsHttpSource({public_url(self.base_url)!r}, pck_query={self.pck_query!r}{update})"
 
     @staticmethod
@@ -613,13 +642,15 @@ class PcsHttpSource:
         headers: dict[str, str] | None = None,
         check: Callable[[bytes, bytes], object] | None = None,
         signed: Callable[[bytes, bytes], object] | None = None,
+        missing: Callable[[int], str | None] | None = None,
     ) -> tuple[bytes, bytes]:
         """(body, issuer chain PEM) from the cache if still current, else from the network.
         ``check`` (raises ConfideError): what a response must pass to be returned and kept on
         disk. ``signed`` (raises ConfideError): what it must pass to be kept on disk only (its
         signatures lead to the pinned root); one that does not is returned, for the verifier to
         refuse with its own error, but not kept until the ``nextUpdate`` it names itself. A
-        cached one that no longer passes either is fetched again."""
+        cached one that no longer passes either is fetched again. ``missing``: HTTP status →
+        what a :class:`CollateralMissingError` says of it (``None``: the usual handling)."""
         path = self._cache_path(url)
         now = self.clock()
         try:
@@ -639,6 +670,9 @@ class PcsHttpSource:
         shown = self._shown(url)
         try:
             with self.client.stream("GET", url, headers=headers) as response:
+                said = missing(response.status_code) if missing is not None else None
+                if said is not None:
+                    raise CollateralMissingError(f"GET {shown}: {response.status_code}, {said}")
                 if response.status_code == 404:
                     raise CollateralMissingError(
                         f"GET {shown}: 404, the collateral service has nothing for this platform"
@@ -690,17 +724,36 @@ class PcsHttpSource:
         # update=: Intel PCS API v4 "Get TCB Info" and "Get Intel's QE Identity" (module docstring)
         tcb_url = f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}"
         qe_url = f"{v4.format(tee_path)}/qe/identity"
+        # tcbEvaluationDataNumber=: the same endpoints, one evaluation (module docstring)
+        asked = self.tcb_evaluation_data_number
         if self.update is not None:
             tcb_url += f"&update={self.update}"
             qe_url += f"?update={self.update}"
+        elif asked is not None:
+            tcb_url += f"&tcbEvaluationDataNumber={asked}"
+            qe_url += f"?tcbEvaluationDataNumber={asked}"
         floor_key = (tee_path, fmspc.hex())
         numbers, numbers_chain = (
             self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
         )
         listed = self._automatic_minimum(numbers)
+        if asked is not None:
+            check_asked_evaluation(
+                asked,
+                numbers,
+                self.clock(),
+                self.tcb_recovery_grace,
+                tee=tee_path.upper(),
+                where=f"from {public_url(self.base_url)}",
+            )
         tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key, listed)
         tcb_body, tcb_chain = self._fetch(
-            tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check, signed=self._signed_json("tcbInfo")
+            tcb_url,
+            "tcb",
+            "TCB-Info-Issuer-Chain",
+            check=tcb_check,
+            signed=self._signed_json("tcbInfo"),
+            missing=self._asked_missing,
         )
         qe_body, qe_chain = self._fetch(
             qe_url,
@@ -708,6 +761,7 @@ class PcsHttpSource:
             "SGX-Enclave-Identity-Issuer-Chain",
             check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key, listed),
             signed=self._signed_json("enclaveIdentity"),
+            missing=self._asked_missing,
         )
         crl_body, crl_chain = self._fetch(
             f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der",
@@ -785,20 +839,41 @@ class PcsHttpSource:
         required = listed.required(self.clock(), self.tcb_recovery_grace)
         return required.number, f"--min-tcb-eval-number auto: {required.reason()}"
 
+    def _asked_missing(self, status: int) -> str | None:
+        """With ``tcb_evaluation_data_number``: what a 404 or 410 answer to a TCB Info or QE
+        Identity request for it says (``_fetch``'s ``missing``)."""
+        asked = self.tcb_evaluation_data_number
+        if asked is None or status not in (404, 410):
+            return None
+        if status == 410:
+            return (
+                f"the collateral service no longer serves TCB evaluation data number {asked} "
+                f"(--pcs-tcb-eval-number {asked}: Intel PCS answers 410 for a number it has dropped)"
+            )
+        return (
+            f"the collateral service has no TCB evaluation data number {asked} for this platform "
+            f"(--pcs-tcb-eval-number {asked}: a number it does not serve, or nothing for this FMSPC)"
+        )
+
     def _evaluation_check(
         self, url: str, key: str, floor_key: tuple[str, str], listed: tuple[int, str] | None = None
     ) -> Callable[[bytes, bytes], None] | None:
-        """With ``min_tcb_evaluation_data_number``, the automatic minimum ``listed`` (number,
-        reason: :meth:`_automatic_minimum`) or a ``floor``: a check (``_fetch``) refusing a TCB
-        Info or QE Identity response of an older TCB evaluation (module docstring). The number
-        is read unverified, for the cache only: the verifier checks the signature over it, and
-        the caller (``evidence verify --min-tcb-eval-number``, a policy, the CAS's floor) the
+        """With ``tcb_evaluation_data_number``, ``min_tcb_evaluation_data_number``, the
+        automatic minimum ``listed`` (number, reason: :meth:`_automatic_minimum`) or a ``floor``:
+        a check (``_fetch``) refusing a TCB Info or QE Identity response of another evaluation
+        than the one asked for, or of an older one than required (module docstring). The number
+        is read unverified: the verifier checks the signature over the same bytes, and the
+        caller (``evidence verify --min-tcb-eval-number``, a policy, the CAS's floor) the
         verified numbers."""
-        configured, floor = self.min_tcb_evaluation_data_number, self.floor
+        configured, floor, asked = (
+            self.min_tcb_evaluation_data_number,
+            self.floor,
+            self.tcb_evaluation_data_number,
+        )
         why = "the collateral service serves an older TCB evaluation than required"
         if listed is not None and (configured is None or listed[0] > configured):
             configured, why = listed[0], f"{why}: {listed[1]}"
-        if configured is None and floor is None:
+        if configured is None and floor is None and asked is None:
             return None
 
         def check(body: bytes, _chain: bytes) -> None:
@@ -806,6 +881,12 @@ class PcsHttpSource:
             number = jsonstrict.loads(text, structure=f"pcs_response.{key}").get("tcbEvaluationDataNumber")
             if not isinstance(number, int) or isinstance(number, bool):
                 raise ParseError("missing or not an integer", structure=key, field="tcbEvaluationDataNumber")
+            if asked is not None and number != asked:
+                raise CollateralMissingError(
+                    f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected {asked} "
+                    f"(--pcs-tcb-eval-number {asked}: the collateral service ignored the parameter or "
+                    "served another TCB evaluation; not used)"
+                )
             if configured is not None and number < configured:
                 raise CollateralOutdatedError(
                     f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected at least "
@@ -813,9 +894,14 @@ class PcsHttpSource:
                 )
             seen = floor(key, *floor_key) if floor is not None else 0
             if number < seen:
+                cause = (
+                    f"--pcs-tcb-eval-number {asked} asks for an older TCB evaluation than it has verified"
+                    if asked is not None
+                    else "the collateral service serves an older TCB evaluation than before"
+                )
                 raise CollateralOutdatedError(
                     f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, this CAS has already "
-                    f"verified {seen} (the collateral service serves an older TCB evaluation than before)"
+                    f"verified {seen} ({cause})"
                 )
 
         return check
@@ -875,20 +961,75 @@ def unverified_tcb_evaluation_numbers(numbers: bytes | None) -> TcbEvaluationNum
     )  # fmt: skip
 
 
-def check_pcs_update(location: str | None, pcs_update: str | None) -> None:
-    """``--pcs-update`` (Intel PCS API v4's ``update`` parameter): ``early`` or ``standard``, and
-    only with ``--collateral URL`` (Intel PCS or a PCCS); a :class:`UsageError` otherwise. The one
-    check of every command, the CAS and the SDK."""
-    if pcs_update is None:
+def check_pcs_update(
+    location: str | None,
+    pcs_update: str | None,
+    pcs_tcb_eval_number: object = None,
+    minimum: object = None,
+) -> None:
+    """``--pcs-update`` (Intel PCS API v4's ``update`` parameter): ``early`` or ``standard``;
+    ``--pcs-tcb-eval-number`` (its ``tcbEvaluationDataNumber``): an integer 1..2**32-1, not with
+    ``--pcs-update`` (Intel PCS takes one or the other), nor below a fixed ``minimum``
+    (``--min-tcb-eval-number N``: what it asks for would be refused); either only with
+    ``--collateral URL`` (Intel PCS or a PCCS). A :class:`UsageError` otherwise. The one check of
+    every command, the CAS and the SDK."""
+    if pcs_update is None and pcs_tcb_eval_number is None:
         return
-    if pcs_update not in PCS_UPDATES:
+    if pcs_update is not None and pcs_update not in PCS_UPDATES:
         raise UsageError(f"--pcs-update: got {pcs_update!r}, expected early or standard")
+    option = "--pcs-update"
+    if pcs_tcb_eval_number is not None:
+        option = "--pcs-tcb-eval-number"
+        if type(pcs_tcb_eval_number) is not int or not 1 <= pcs_tcb_eval_number <= MAX_TCB_EVAL_NUMBER:
+            raise UsageError(
+                f"--pcs-tcb-eval-number: got {pcs_tcb_eval_number!r}, expected an integer, "
+                f"1 to {MAX_TCB_EVAL_NUMBER}"
+            )
+        if pcs_update is not None:
+            raise UsageError(
+                "--pcs-update and --pcs-tcb-eval-number are exclusive (Intel PCS API v4 takes update= or "
+                "tcbEvaluationDataNumber=, not both)"
+            )
+        if type(minimum) is int and pcs_tcb_eval_number < minimum:
+            raise UsageError(
+                f"--pcs-tcb-eval-number {pcs_tcb_eval_number} is below --min-tcb-eval-number {minimum}: "
+                "the collateral it asks for would be refused"
+            )
     if not location:
-        raise UsageError("--pcs-update needs --collateral URL (Intel PCS or a PCCS)")
+        raise UsageError(f"{option} needs --collateral URL (Intel PCS or a PCCS)")
     if not is_url(location):
         raise UsageError(
-            f"--pcs-update is for --collateral URL (Intel PCS or a PCCS); {location} is a directory or a file"
+            f"{option} is for --collateral URL (Intel PCS or a PCCS); {location} is a directory or a file"
         )
+
+
+def check_asked_evaluation(
+    asked: int, numbers: bytes | None, at: datetime, grace: timedelta | None, *, tee: str, where: str
+) -> None:
+    """``--pcs-tcb-eval-number asked`` against Intel's TCB evaluation data numbers response
+    ``numbers`` (``None``: none, nothing checked), **read unverified**: a refusal only, before
+    anything is asked for. A number the list does not name (Intel PCS serves those it lists) is a
+    :class:`CollateralMissingError`; with ``grace`` (``--min-tcb-eval-number auto``), one below the
+    minimum the list sets at ``at`` a :class:`CollateralOutdatedError` with the list's reason.
+    ``tee``: ``SGX`` or ``TDX`` (a list of the other TEE type, or one that does not parse, is left
+    to the verifier to refuse); ``where``: where the list is from, for the message."""
+    listed = unverified_tcb_evaluation_numbers(numbers)
+    if listed is None or listed.id != tee:
+        return
+    known = sorted({entry.number for entry in listed.numbers}, reverse=True)
+    if asked not in known:
+        names = ", ".join(str(n) for n in known) or "none"
+        raise CollateralMissingError(
+            f"--pcs-tcb-eval-number {asked}: Intel's TCB evaluation data numbers for {tee} ({where}, issued "
+            f"{listed.issue_date.isoformat().replace('+00:00', 'Z')}) name {names}, not {asked}"
+        )
+    if grace is not None:
+        required = listed.required(at, grace)
+        if asked < required.number:
+            raise CollateralOutdatedError(
+                f"--pcs-tcb-eval-number {asked} is below the minimum {required.number} that "
+                f"--min-tcb-eval-number auto sets: {required.reason()}"
+            )
 
 
 def source_for(
@@ -900,6 +1041,7 @@ def source_for(
     tcb_evaluation_numbers: bool = False,
     tcb_recovery_grace: timedelta | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
@@ -908,8 +1050,10 @@ def source_for(
     evaluation data numbers with the collateral (a bundle has none); ``tcb_recovery_grace``
     (with it, ``--min-tcb-eval-number auto``): a URL source keeps out of its disk cache what is
     below the minimum they set (module docstring). ``pcs_update`` (``--pcs-update``): the ``update``
-    a URL source asks for (module docstring); with a directory or a bundle, :class:`UsageError`."""
-    check_pcs_update(location, pcs_update)
+    a URL source asks for (module docstring); ``pcs_tcb_eval_number`` (``--pcs-tcb-eval-number``):
+    the one TCB evaluation it asks for instead (module docstring); with a directory or a bundle,
+    or both, :class:`UsageError`."""
+    check_pcs_update(location, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -920,6 +1064,7 @@ def source_for(
             tcb_evaluation_numbers=tcb_evaluation_numbers,
             tcb_recovery_grace=tcb_recovery_grace if tcb_evaluation_numbers else None,
             update=pcs_update,
+            tcb_evaluation_data_number=pcs_tcb_eval_number,
         )
     path = Path(location)
     if path.is_dir():

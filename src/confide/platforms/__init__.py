@@ -82,6 +82,9 @@ class VerifyRequest:
     pcs_update: str | None = None
     """Intel DCAP: ``--pcs-update early|standard``, the ``update`` a ``--collateral URL`` asks
     Intel PCS for (:class:`~confide.collateral.dcap.PcsHttpSource`)."""
+    pcs_tcb_eval_number: int | None = None
+    """Intel DCAP: ``--pcs-tcb-eval-number N``, the one TCB evaluation a ``--collateral URL`` asks
+    Intel PCS for (``tcbEvaluationDataNumber``; not with ``pcs_update``)."""
 
     @property
     def digest(self) -> str:

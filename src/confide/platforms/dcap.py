@@ -10,7 +10,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from confide.collateral.dcap import PckCertificateSource, check_pcs_update, source_for
+from confide.collateral.dcap import (
+    PckCertificateSource,
+    check_asked_evaluation,
+    check_pcs_update,
+    source_for,
+)
 from confide.errors import CollateralMissingError, ParseError, UsageError
 from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import MAX_TCB_EVAL_NUMBERS_SIZE, DcapCollateral, PckCertificate
@@ -58,6 +63,7 @@ def fetch_collateral(
     tcb_evaluation_numbers: bool = False,
     tcb_recovery_grace: timedelta | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
@@ -67,9 +73,10 @@ def fetch_collateral(
     collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`). ``tcb_evaluation_numbers``:
     the collateral must also bring Intel's TCB evaluation data numbers (a directory or URL
     source; a bundle has none: :class:`CollateralMissingError`). ``pcs_update``
-    (``--pcs-update``): the ``update`` a URL source asks for; with no location, or another,
-    :class:`UsageError`."""
-    check_pcs_update(location, pcs_update)
+    (``--pcs-update``): the ``update`` a URL source asks for, ``pcs_tcb_eval_number``
+    (``--pcs-tcb-eval-number``) the one TCB evaluation; with no location, or another, both, or
+    the number below ``min_tcb_evaluation_data_number``, :class:`UsageError`."""
+    check_pcs_update(location, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if not location:
         return None, None
     source = source_for(
@@ -78,6 +85,7 @@ def fetch_collateral(
         tcb_evaluation_numbers=tcb_evaluation_numbers,
         tcb_recovery_grace=tcb_recovery_grace,
         pcs_update=pcs_update,
+        pcs_tcb_eval_number=pcs_tcb_eval_number,
     )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
@@ -106,11 +114,27 @@ def request_collateral(
     ``$CONFIDE_DCAP_COLLATERAL``), ``--min-tcb-eval-number N``, and with ``auto`` Intel's TCB
     evaluation data numbers from ``--tcb-eval-numbers FILE`` (Intel PCS's answer: its issuer
     chain is taken to be the TCB Info's, which Intel PCS serves for both) or else from the
-    directory or URL."""
+    directory or URL. ``--pcs-tcb-eval-number N`` with ``--tcb-eval-numbers FILE``: an ``N`` the
+    file does not name, or below the minimum it sets at ``--at``, is refused before anything is
+    asked for (:func:`~confide.collateral.dcap.check_asked_evaluation`)."""
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
     from_file = req.tcb_evaluation_numbers_file
+    body: bytes | None = None
+    if from_file is not None and req.pcs_tcb_eval_number is not None:
+        check_pcs_update(
+            location, req.pcs_update, req.pcs_tcb_eval_number, req.min_tcb_evaluation_data_number
+        )
+        body = _read_tcb_eval_numbers(from_file)
+        check_asked_evaluation(
+            req.pcs_tcb_eval_number,
+            body,
+            req.at,
+            req.tcb_recovery_grace,
+            tee=quote.tee.name,
+            where=f"--tcb-eval-numbers {from_file}",
+        )
     collateral, pck = fetch_collateral(
         verifier,
         quote,
@@ -119,16 +143,19 @@ def request_collateral(
         tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
         tcb_recovery_grace=req.tcb_recovery_grace,
         pcs_update=req.pcs_update,
+        pcs_tcb_eval_number=req.pcs_tcb_eval_number,
     )
     if from_file is not None and collateral is not None:
-        body = read_input_file(
-            from_file,
-            "--tcb-eval-numbers",
-            MAX_TCB_EVAL_NUMBERS_SIZE,
-            "Intel PCS's TCB evaluation data numbers",
-        )
+        if body is None:
+            body = _read_tcb_eval_numbers(from_file)
         collateral = dataclasses.replace(collateral, tcb_evaluation_numbers=body)
     return collateral, pck
+
+
+def _read_tcb_eval_numbers(path: Path) -> bytes:
+    return read_input_file(
+        path, "--tcb-eval-numbers", MAX_TCB_EVAL_NUMBERS_SIZE, "Intel PCS's TCB evaluation data numbers"
+    )
 
 
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from confide.clitypes import MIN_TCB_EVAL_NUMBER, pcs_update_option, tcb_recovery_grace_option
+from confide.clitypes import (
+    MIN_TCB_EVAL_NUMBER,
+    pcs_tcb_eval_number_option,
+    pcs_update_option,
+    tcb_recovery_grace_option,
+)
 from confide.errors import UsageError
 from confide.termsafe import printable
 
@@ -112,6 +117,7 @@ def _attested_cas(
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None = None,
     pcs_update: str | None = None,
+    pcs_tcb_eval_number: int | None = None,
 ) -> Cas:
     """``--attest``: the CAS at ``CONFIDE_CAS_URL`` pinned by its evidence (``Cas.attested``,
     the code ``cas attest`` runs) instead of ``CONFIDE_CAS_CERT``."""
@@ -149,6 +155,7 @@ def _attested_cas(
         min_tcb_eval_number=min_tcb_eval,
         tcb_recovery_grace_days=tcb_recovery_grace,
         pcs_update=pcs_update,
+        pcs_tcb_eval_number=pcs_tcb_eval_number,
         sim_dir=sim_dir or None,
     )
     given = (environ.get("CONFIDE_LOG_KEY") or "").strip()
@@ -213,6 +220,7 @@ def _attested_cas(
               " TCB evaluation data numbers require (as cas attest).")  # fmt: skip
 @tcb_recovery_grace_option("--attest --min-tcb-eval-number auto")
 @pcs_update_option()
+@pcs_tcb_eval_number_option()
 def ui(
     listen: str | None,
     identity_file: Path | None,
@@ -230,6 +238,7 @@ def ui(
     min_tcb_eval: int | str | None,
     tcb_recovery_grace: int | None,
     pcs_update: str | None,
+    pcs_tcb_eval_number: int | None,
 ) -> None:
     """Serve the stakeholders' web page on this machine: see who you are and which CAS, read
     policies, their events, verified history and accesses, download CRLs, apply, approve,
@@ -252,12 +261,12 @@ def ui(
     parsed = parse_listen(listen) if listen is not None else None
     attest_options = (measurements, expect_specs, sim_key, tolerate, collateral, ignore_advisories,
                       expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace,
-                      pcs_update)  # fmt: skip
+                      pcs_update, pcs_tcb_eval_number)  # fmt: skip
     if not attest and any(o not in (None, ()) for o in attest_options):
         raise UsageError(
             "--measurement, --expect, --sim-key, --tolerate, --collateral, --ignore-advisory, "
-            "--expect-witnesses, --expect-witness, --min-tcb-eval-number, --tcb-recovery-grace and "
-            "--pcs-update are for --attest"
+            "--expect-witnesses, --expect-witness, --min-tcb-eval-number, --tcb-recovery-grace, "
+            "--pcs-update and --pcs-tcb-eval-number are for --attest"
         )
     identity = load_identity(identity_file) if identity_file is not None else None
     environ = _parse_env_file(env_file) if env_file is not None else dict(os.environ)
@@ -265,7 +274,7 @@ def ui(
         cas = _attested_cas(
             environ, measurements, expect_specs, sim_key, tolerate, collateral,
             ignore_advisories, expect_witnesses, expect_witness_keys, min_tcb_eval, tcb_recovery_grace,
-            pcs_update,
+            pcs_update, pcs_tcb_eval_number,
         )  # fmt: skip
     else:
         cas = Cas.from_env(environ)
