@@ -23,7 +23,7 @@ from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, open_image, parse_ref, sconify
 from confide.image.flatten import index_layers
 from confide.volume import VolumeKey
-from image_builder import PYTHON_BASE, Image, M, blocks
+from image_builder import PYTHON_BASE, Image, M, blocks, raw_file
 
 KEY = VolumeKey(b"\x07" * 32)
 END = b"\0" * (2 * tarfile.BLOCKSIZE)
@@ -141,6 +141,14 @@ def _pax_header(**records: str) -> bytes:
         (
             lambda f: blocks("oci-layout", b"{}", glob={"path": "manifest.json"}) + _archive(f),
             "global pax header",
+        ),
+        # a prefix field in a GNU header: tarfile names it decoy/manifest.json, Go's archive/tar
+        # (docker load) manifest.json, the second one, which replaces the first on extraction
+        (
+            lambda f: _archive(
+                f, end=raw_file(b"manifest.json", b"[]", magic=b"ustar  \0", prefix=b"decoy") + END
+            ),
+            "prefix field outside a ustar header",
         ),
         (lambda f: _archive(f, after=blocks("manifest.json", b"[]") + END), "data after the end-of-archive"),
         (
