@@ -306,6 +306,30 @@ def test_directory_members_and_an_old_layout_layer_symlink_are_still_read(tmp_pa
     assert len(_read(_write(tmp_path / "a.tar", raw))) == 1
 
 
+def test_a_tag_given_to_two_images_of_an_archive_is_refused(tmp_path: Path) -> None:
+    """``docker load`` applies the entries of ``manifest.json`` in order, each RepoTag moved to
+    the last image that names it; sconify took the first: ``docker-archive:FILE:app:1``
+    converted another image than ``docker load`` then tags ``app:1``."""
+    files = _files(tmp_path, new_layout=False)
+    config, layers = _manifest_names(files)
+    other = json.loads(files[config])
+    other["config"]["Env"] = [*other["config"]["Env"], "OTHER=1"]
+    other_bytes = json.dumps(other).encode()
+    other_name = hashlib.sha256(other_bytes).hexdigest() + ".json"
+
+    def archive(second_tag: str) -> Path:
+        entries = [{"Config": config, "RepoTags": ["app:1"], "Layers": layers},
+                   {"Config": other_name, "RepoTags": [second_tag], "Layers": layers}]  # fmt: skip
+        raw = _archive({**files, other_name: other_bytes, "manifest.json": json.dumps(entries).encode()})
+        return _write(tmp_path / f"{second_tag.replace(':', '-')}.tar", raw)
+
+    with pytest.raises(ParseError, match="2 images tagged 'app:1'"):
+        _read(f"docker-archive:{archive('app:1')}:app:1")
+    # benign twin: each tag names one image
+    path = archive("app:2")
+    assert _read(f"docker-archive:{path}:app:1") == _read(f"docker-archive:{path}:app:2")
+
+
 # ------------------------------------------------------------------ a single-entry image index
 
 
