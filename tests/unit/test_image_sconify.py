@@ -686,6 +686,21 @@ _GNU, _V7 = b"ustar  \0", b"\0" * 8
         (raw_pax({b"path": b""}) + raw_file(b"app/s", S_NAMED), "empty pax record"),
         # an empty pax size: tarfile size 0 (reads the data as headers), Go the header's size
         (raw_pax({b"size": b""}) + raw_file(b"etc/f", _HIDDEN), "empty pax record"),
+        # a pax record's length with a sign: tarfile (3.11) stops at it and ignores the path,
+        # Go's ParseInt takes "+15" and names the member app/s
+        (
+            raw_header(b"PaxHeader", 15, typeflag=b"x")
+            + b"+15 path=app/s\n".ljust(512, b"\0")
+            + raw_file(b"etc/s", S_NAMED),
+            "malformed pax record",
+        ),
+        # ... and bytes after the last record (tarfile ignores them, Go refuses the header)
+        (
+            raw_header(b"PaxHeader", 12, typeflag=b"x")
+            + b"8 a=bcd\nxyz\n".ljust(512, b"\0")
+            + raw_file(b"etc/s", b"s"),
+            "malformed pax record",
+        ),
         # a size field with a leading NUL: tarfile 0 (the same), Go 1024
         (raw_header(b"etc/f", size_field=b"\0" + b"%010o\0" % len(_HIDDEN)) + _HIDDEN, "size field"),
     ],

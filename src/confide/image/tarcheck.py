@@ -15,7 +15,9 @@ names or different ends, the archive is refused rather than read one way:
   header's name field, Go the final name: one reads a directory where the other reads a file
   and its data), empty pax records (Go drops them, tarfile applies them) and octal numbers
   with a leading NUL (tarfile stops there, Go skips it) (:meth:`BoundedTarInfo.frombuf`,
-  :func:`check_names`);
+  :func:`check_names`); a pax header's data must be well-formed records from end to end
+  (Python 3.11's tarfile ignores what follows a record it cannot match, such as a length with
+  a ``+`` sign, which Go applies) (:func:`check_pax_records`);
 * after the end-of-archive blocks only zeros may follow (:func:`check_tail`).
 """
 
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 
 from confide.errors import ParseError
 
-__all__ = ["MAX_HEADER", "BoundedTarInfo", "check_names", "check_tail", "clean_name"]
+__all__ = ["MAX_HEADER", "BoundedTarInfo", "check_names", "check_pax_records", "check_tail", "clean_name"]
 
 MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
 
@@ -83,6 +85,10 @@ class BoundedTarInfo(tarfile.TarInfo):
                 f"got a {self.size}-byte extended header, expected at most {MAX_HEADER}",
                 structure=self.structure,
             )
+        real = tarfile_.fileobj
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) and real is not None:
+            # tarfile reads the records from the first read of its data: checked there
+            tarfile_.fileobj = _PaxBodyCheck(tarfile_, real, self.size, self.structure)  # type: ignore[assignment]
         try:
             member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
         except ValueError as exc:
@@ -90,6 +96,8 @@ class BoundedTarInfo(tarfile.TarInfo):
             # sparse records ("GNU.sparse.size", ".realsize", ".map", the 1.0 map in the data):
             # int() of a hostile text raises ValueError (found by the fuzz2 mutation campaign).
             raise ParseError(f"malformed extended header: {exc}", structure=self.structure) from None
+        finally:
+            tarfile_.fileobj = real
         kind = _EXTENDED.get(self.type)
         if kind is not None and isinstance(member, BoundedTarInfo):
             # tarfile applies a chain of extended headers from the last to the first (the first
@@ -116,6 +124,48 @@ _EXTENDED = {
     tarfile.GNUTYPE_LONGNAME: "GNU long-name",
     tarfile.GNUTYPE_LONGLINK: "GNU long-link",
 }
+
+
+class _PaxBodyCheck:
+    """Stands in for a TarFile's stream while tarfile reads a pax header's data: the first read
+    is checked by :func:`check_pax_records`, then the stream is put back."""
+
+    def __init__(self, owner: tarfile.TarFile, real: object, size: int, structure: str) -> None:
+        self._owner, self._real, self._size, self._structure = owner, real, size, structure
+
+    def read(self, n: int = -1) -> bytes:
+        self._owner.fileobj = self._real  # type: ignore[assignment]
+        data: bytes = self._real.read(n)  # type: ignore[attr-defined]
+        check_pax_records(data[: self._size], self._structure)
+        return data
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def check_pax_records(body: bytes, structure: str) -> None:
+    """A pax header's data must be records ``"%d %s=%s\\n"`` (POSIX.1-2017 pax, "pax Extended
+    Header Format") from its first byte to its last, the length in plain decimal digits.
+
+    Python 3.11's tarfile stops reading records, silently, at the first it cannot match (a
+    length with a sign, ``+20 path=...``, or any bytes that are not a record) and ignores the
+    rest; Go's archive/tar (Docker, containerd) parses the length with a sign too (``ParseInt``)
+    and applies the record, or refuses the whole header: the engine named a member by a pax
+    path that sconify never saw."""
+    pos = 0
+    while pos < len(body):
+        space = body.find(b" ", pos, pos + 21)
+        digits = body[pos:space] if space > pos else b""
+        n = int(digits) if digits.isdigit() and digits.isascii() else 0
+        end = pos + n
+        record = body[space + 1 : end - 1] if n else b""
+        if n < 5 or end > len(body) or body[end - 1 : end] != b"\n" or b"=" not in record:
+            raise ParseError(
+                f"malformed pax record at byte {pos} of an extended header "
+                f"({bytes(body[pos : pos + 40])!r}): readers disagree on the records that follow",
+                structure=structure,
+            )
+        pos = end
 
 
 def _nts(field: bytes | bytearray, encoding: str, errors: str) -> str:
