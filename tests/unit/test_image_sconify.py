@@ -749,6 +749,38 @@ def test_benign_twins_of_header_fields_read_alike(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (b"bad\xffname", r"'/app/bad\\udcffname' below a protected path: .*valid UTF-8"),
+        (b"ctl\x1bname", r"'/app/ctl\\x1bname' below a protected path: .*control"),
+    ],
+)
+def test_a_protected_name_a_volume_cannot_hold_is_refused_before_any_rewrite(
+    tmp_path: Path, name: bytes, message: str
+) -> None:
+    """A name that is not UTF-8, or has a control character, below a protected path was found
+    only when the staged copy was added to the volume, after every layer was rewritten, and
+    the error named the staging copy's path in the (removed) work directory."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755)]
+    Image([[*members, M("x", "raw", data=raw_file(b"app/" + name, b"x"))]]).write_layout(tmp_path / "src")
+    opts = SconifyOptions(
+        parse_ref(f"oci:{tmp_path / 'src'}"), parse_ref(f"oci:{tmp_path / 'out'}"), protect=["/app"],
+        policy="pol", service="svc",
+    )  # fmt: skip
+    seen: list[str] = []
+    with pytest.raises(UsageError, match=message) as err:
+        sconify(opts, KEY, progress=lambda phase, *_: seen.append(phase))
+    assert "staging" not in str(err.value) and "rewrite" not in seen
+    assert not (tmp_path / "out").exists()
+    # benign twin: outside the protected paths such a name is copied as it is
+    run(
+        tmp_path / "ok",
+        Image([[*members, M("x", "raw", data=raw_file(b"etc/" + name, b"x"))]]),
+        protect=["/app"],
+    )
+
+
 def test_a_docker_save_layer_changed_between_the_passes_is_refused(tmp_path: Path) -> None:
     """A docker-save ``layer.tar`` has no digest of its own: an untouched one changed (same size)
     after pass 1 verified its diff_id was copied as it then was, under the old diff_id."""
