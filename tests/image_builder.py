@@ -125,6 +125,52 @@ def blocks(
     return out[: 2 * tarfile.BLOCKSIZE] if only_header else out
 
 
+def raw_header(
+    name: bytes,
+    size: int = 0,
+    *,
+    typeflag: bytes = b"0",
+    magic: bytes = b"ustar\x0000",
+    prefix: bytes = b"",
+    size_field: bytes | None = None,
+) -> bytes:
+    """One 512-byte tar header block written field by field (valid checksum), for headers no
+    tar writer makes: ``magic`` (``ustar\\0`` + ``00`` ustar, ``ustar  \\0`` GNU, zeros V7), a
+    ``prefix`` field under any magic, a ``size_field`` of 12 bytes as given."""
+    b = bytearray(tarfile.BLOCKSIZE)
+    b[0 : len(name)] = name
+    b[100:108], b[108:116], b[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    b[124:136] = size_field if size_field is not None else b"%011o\0" % size
+    b[136:148] = b"%011o\0" % 1_700_000_000
+    b[156:157] = typeflag
+    b[257:265] = magic
+    b[345 : 345 + len(prefix)] = prefix
+    b[148:156] = b" " * 8
+    b[148:156] = b"%06o\0 " % sum(b)
+    return bytes(b)
+
+
+def raw_pax(records: dict[bytes, bytes]) -> bytes:
+    """A pax extended header ('x') with ``records`` written as given (empty values too)."""
+    body = b""
+    for key, value in records.items():
+        rec = b" %s=%s\n" % (key, value)
+        n = len(rec) + 1
+        while len(str(n)) + len(rec) != n:
+            n += 1
+        body += str(n).encode() + rec
+    return raw_header(b"PaxHeader", len(body), typeflag=b"x") + _padded(body)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def raw_file(name: bytes, data: bytes, **kw: object) -> bytes:
+    """A header (:func:`raw_header`) and its data blocks."""
+    return raw_header(name, len(data), **kw) + _padded(data)  # type: ignore[arg-type]
+
+
 def compress(raw: bytes, compression: str) -> bytes:
     if compression == "gzip":
         return gzip.compress(raw, mtime=0)

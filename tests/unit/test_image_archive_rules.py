@@ -23,7 +23,7 @@ from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, open_image, parse_ref, sconify
 from confide.image.flatten import index_layers
 from confide.volume import VolumeKey
-from image_builder import PYTHON_BASE, Image, M, blocks
+from image_builder import PYTHON_BASE, Image, M, blocks, raw_file
 
 KEY = VolumeKey(b"\x07" * 32)
 END = b"\0" * (2 * tarfile.BLOCKSIZE)
@@ -141,6 +141,14 @@ def _pax_header(**records: str) -> bytes:
         (
             lambda f: blocks("oci-layout", b"{}", glob={"path": "manifest.json"}) + _archive(f),
             "global pax header",
+        ),
+        # a prefix field in a GNU header: tarfile names it decoy/manifest.json, Go's archive/tar
+        # (docker load) manifest.json, the second one, which replaces the first on extraction
+        (
+            lambda f: _archive(
+                f, end=raw_file(b"manifest.json", b"[]", magic=b"ustar  \0", prefix=b"decoy") + END
+            ),
+            "prefix field outside a ustar header",
         ),
         (lambda f: _archive(f, after=blocks("manifest.json", b"[]") + END), "data after the end-of-archive"),
         (
@@ -296,6 +304,30 @@ def test_directory_members_and_an_old_layout_layer_symlink_are_still_read(tmp_pa
         + END
     )
     assert len(_read(_write(tmp_path / "a.tar", raw))) == 1
+
+
+def test_a_tag_given_to_two_images_of_an_archive_is_refused(tmp_path: Path) -> None:
+    """``docker load`` applies the entries of ``manifest.json`` in order, each RepoTag moved to
+    the last image that names it; sconify took the first: ``docker-archive:FILE:app:1``
+    converted another image than ``docker load`` then tags ``app:1``."""
+    files = _files(tmp_path, new_layout=False)
+    config, layers = _manifest_names(files)
+    other = json.loads(files[config])
+    other["config"]["Env"] = [*other["config"]["Env"], "OTHER=1"]
+    other_bytes = json.dumps(other).encode()
+    other_name = hashlib.sha256(other_bytes).hexdigest() + ".json"
+
+    def archive(second_tag: str) -> Path:
+        entries = [{"Config": config, "RepoTags": ["app:1"], "Layers": layers},
+                   {"Config": other_name, "RepoTags": [second_tag], "Layers": layers}]  # fmt: skip
+        raw = _archive({**files, other_name: other_bytes, "manifest.json": json.dumps(entries).encode()})
+        return _write(tmp_path / f"{second_tag.replace(':', '-')}.tar", raw)
+
+    with pytest.raises(ParseError, match="2 images tagged 'app:1'"):
+        _read(f"docker-archive:{archive('app:1')}:app:1")
+    # benign twin: each tag names one image
+    path = archive("app:2")
+    assert _read(f"docker-archive:{path}:app:1") == _read(f"docker-archive:{path}:app:2")
 
 
 # ------------------------------------------------------------------ a single-entry image index

@@ -390,6 +390,23 @@ def test_many_members_stream_without_keeping_headers(tmp_path: Path) -> None:
     assert len(idx.lookup("d").children) == 3000  # type: ignore[union-attr, arg-type]
 
 
+def test_the_members_of_all_layers_together_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each layer may hold up to MAX_MEMBERS members, but the tree pass 1 keeps grows with all
+    of them: 1000 layers of 2,000,000 members each were read (and kept) until memory ran out."""
+    from confide.image import flatten
+
+    monkeypatch.setattr(flatten, "MAX_MEMBERS", 100)
+    monkeypatch.setattr(flatten, "MAX_TOTAL_MEMBERS", 150)
+    layers = [[M(f"l{k}/", "d"), *(M(f"l{k}/f{i}", data=b"x") for i in range(79))] for k in range(2)]
+    with pytest.raises(ParseError, match="layer 1: more than 150 tar members in the layers up to this one"):
+        index_of(str(Image(layers).write_layout(tmp_path / "two")))
+    # benign twin: the same members in layers below the total
+    idx = index_of(str(Image([layers[0], layers[1][:70]]).write_layout(tmp_path / "ok")))
+    assert len(idx.lookup("l1").children) == 69  # type: ignore[union-attr, arg-type]
+
+
 _VALID_TAR = layer_tar(
     [M("a/", "d"), M("a/b", data=b"hello" * 50), M("a/l", "l", link="b"), M("a/h", "h", link="a/b")]
 )

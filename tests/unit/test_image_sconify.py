@@ -27,6 +27,10 @@ from image_builder import (
     blocks,
     extract_volume,
     layer_names,
+    layer_tar,
+    raw_file,
+    raw_header,
+    raw_pax,
     read_layout,
     sparse_content,
 )
@@ -659,6 +663,122 @@ def test_a_member_named_differently_by_tar_readers_is_refused(
     res = run(tmp_path / "ok", Image([[*members, *ok]], entrypoint=["/app/run.sh"]), protect=["/app"])
     assert res.files == 3  # run.sh, the long-named file, p
     assert not any(S_NAMED in b or S_FINAL in b for b in all_blob_bytes(tmp_path / "ok" / "out"))
+
+
+# What Go's archive/tar reads as a directory "x/" followed by the member app/s, where tarfile
+# reads a file "x" holding those blocks as its data (and so never sees app/s).
+_HIDDEN = raw_file(b"app/s", S_NAMED)
+_GNU, _V7 = b"ustar  \0", b"\0" * 8
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # a prefix field outside a ustar header: tarfile names it etc/app/s, Go app/s
+        (raw_file(b"app/s", S_NAMED, magic=_GNU, prefix=b"etc"), "prefix field outside a ustar header"),
+        (raw_file(b"app/s", S_NAMED, magic=_V7, prefix=b"etc"), "prefix field outside a ustar header"),
+        # type NUL named "x" with a pax path "x/": tarfile a file "x" (its data skipped), Go a
+        # directory (no data): Go reads the hidden member app/s
+        (raw_pax({b"path": b"x/"}) + raw_header(b"x", len(_HIDDEN), typeflag=b"\0") + _HIDDEN, "type NUL"),
+        # ... and the other way round: tarfile a directory (no data), Go a file "x"
+        (raw_pax({b"path": b"x"}) + raw_header(b"x/", len(_HIDDEN), typeflag=b"\0") + _HIDDEN, "type NUL"),
+        # an empty pax path: tarfile names the member "" (the root, ignored), Go app/s
+        (raw_pax({b"path": b""}) + raw_file(b"app/s", S_NAMED), "empty pax record"),
+        # an empty pax size: tarfile size 0 (reads the data as headers), Go the header's size
+        (raw_pax({b"size": b""}) + raw_file(b"etc/f", _HIDDEN), "empty pax record"),
+        # a pax record's length with a sign: tarfile (3.11) stops at it and ignores the path,
+        # Go's ParseInt takes "+15" and names the member app/s
+        (
+            raw_header(b"PaxHeader", 15, typeflag=b"x")
+            + b"+15 path=app/s\n".ljust(512, b"\0")
+            + raw_file(b"etc/s", S_NAMED),
+            "malformed pax record",
+        ),
+        # ... and bytes after the last record (tarfile ignores them, Go refuses the header)
+        (
+            raw_header(b"PaxHeader", 12, typeflag=b"x")
+            + b"8 a=bcd\nxyz\n".ljust(512, b"\0")
+            + raw_file(b"etc/s", b"s"),
+            "malformed pax record",
+        ),
+        # a size field with a leading NUL: tarfile 0 (the same), Go 1024
+        (raw_header(b"etc/f", size_field=b"\0" + b"%010o\0" % len(_HIDDEN)) + _HIDDEN, "size field"),
+    ],
+)
+def test_a_header_field_read_differently_by_tar_readers_is_refused(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    """Header fields Python's tarfile (sconify) and Go's archive/tar (the engines) parse by
+    different rules: a layer sconify read without any member below /app, and so copied byte for
+    byte, gave the engine the file app/s (or sconify a tree the engine does not build)."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
+    with pytest.raises(ParseError, match=message):
+        run(
+            tmp_path,
+            Image(
+                [members, [M("etc/innocent", data=b"i"), M("x", "raw", data=raw)]], entrypoint=["/app/run.sh"]
+            ),
+            protect=["/app"],
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_benign_twins_of_header_fields_read_alike(tmp_path: Path) -> None:
+    """What both readers read alike still converts: a ustar prefix, a GNU or V7 header without
+    one, a type-NUL directory ("d/", no data) and file, a size field padded with spaces."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
+    ok = (
+        raw_file(b"u", b"ustar", prefix=b"etc")
+        + raw_file(b"etc/gnu", b"gnu", magic=_GNU)
+        + raw_file(b"etc/v7", b"v7", magic=_V7)
+        + raw_header(b"etc/d/", typeflag=b"\0")
+        + raw_file(b"etc/d/f", b"nul", typeflag=b"\0")
+        + raw_header(b"etc/sp", size_field=b"         14\0")  # octal 14: 12 bytes
+        + b"spaced bytes".ljust(512, b"\0")
+    )
+    run(tmp_path, Image([members, [M("x", "raw", data=ok)]], entrypoint=["/app/run.sh"]), protect=["/app"])
+    _, _, layers = read_layout(tmp_path / "out")
+    assert layers[1] == layer_tar([M("x", "raw", data=ok)])  # copied byte for byte
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(layers[1])) as tf:
+        got = {m.name: (m.type, tf.extractfile(m).read() if m.isreg() else None) for m in tf}  # type: ignore[union-attr]
+    assert got == {
+        "etc/u": (b"0", b"ustar"), "etc/gnu": (b"0", b"gnu"), "etc/v7": (b"0", b"v7"), "etc/d": (b"5", None),
+        "etc/d/f": (b"\0", b"nul"), "etc/sp": (b"0", b"spaced bytes"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (b"bad\xffname", r"'/app/bad\\udcffname' below a protected path: .*valid UTF-8"),
+        (b"ctl\x1bname", r"'/app/ctl\\x1bname' below a protected path: .*control"),
+    ],
+)
+def test_a_protected_name_a_volume_cannot_hold_is_refused_before_any_rewrite(
+    tmp_path: Path, name: bytes, message: str
+) -> None:
+    """A name that is not UTF-8, or has a control character, below a protected path was found
+    only when the staged copy was added to the volume, after every layer was rewritten, and
+    the error named the staging copy's path in the (removed) work directory."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755)]
+    Image([[*members, M("x", "raw", data=raw_file(b"app/" + name, b"x"))]]).write_layout(tmp_path / "src")
+    opts = SconifyOptions(
+        parse_ref(f"oci:{tmp_path / 'src'}"), parse_ref(f"oci:{tmp_path / 'out'}"), protect=["/app"],
+        policy="pol", service="svc",
+    )  # fmt: skip
+    seen: list[str] = []
+    with pytest.raises(UsageError, match=message) as err:
+        sconify(opts, KEY, progress=lambda phase, *_: seen.append(phase))
+    assert "staging" not in str(err.value) and "rewrite" not in seen
+    assert not (tmp_path / "out").exists()
+    # benign twin: outside the protected paths such a name is copied as it is
+    run(
+        tmp_path / "ok",
+        Image([[*members, M("x", "raw", data=raw_file(b"etc/" + name, b"x"))]]),
+        protect=["/app"],
+    )
 
 
 def test_a_docker_save_layer_changed_between_the_passes_is_refused(tmp_path: Path) -> None:

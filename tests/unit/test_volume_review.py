@@ -188,6 +188,24 @@ def test_an_unprotected_object_of_another_size_than_recorded_is_refused(tmp_path
         r.read("plain/u.bin", 0, 10)
 
 
+def test_an_unprotected_object_shrunk_after_the_first_read_is_refused_not_served_short(
+    tmp_path: Path,
+) -> None:
+    """The reader keeps the object's descriptor from its first read (the size check): the host
+    truncating that file afterwards made the next read return fewer bytes than the authenticated
+    size, before the end of the file (a FUSE read then served a short file, no integrity error)."""
+    vol, key, tag = _volume(tmp_path)
+    e = load_sealed(vol, key, tag)[0].by_path()["plain/u.bin"]
+    with VolumeReader(vol, key, tag) as r:
+        assert r.read("plain/u.bin", 0, 10) == FILES["plain/u.bin"][:10]
+        os.truncate(object_path(vol, e.file_id), 100)
+        assert r.read("plain/u.bin", 0, 100) == FILES["plain/u.bin"][:100]  # what is still there
+        with pytest.raises(SignatureError, match="unprotected object shrank to 100 bytes"):
+            r.read("plain/u.bin", 50, 200)
+        with pytest.raises(SignatureError, match="shrank"):
+            r.read("plain/u.bin", 200, 10)
+
+
 # --- the objects directory, the lock file, temporary names ----------------------------------
 
 

@@ -50,6 +50,9 @@ __all__ = [
 
 MAX_LAYER_BYTES = 1 << 40  # uncompressed bytes per layer
 MAX_MEMBERS = 2_000_000  # tar members per layer
+# tar members of all layers together: pass 1 keeps a node per path (~0.5 KiB each) and takes
+# ~0.1 ms per member, so 1000 layers of MAX_MEMBERS each would need ~1 TB of memory first
+MAX_TOTAL_MEMBERS = 5_000_000
 MAX_PATH = 4096
 MAX_NAME = 255
 WH_PREFIX = ".wh."
@@ -362,11 +365,18 @@ def index_layers(
 ) -> FsIndex:
     """Pass 1: verify every layer and compute the final tree (see the module docstring)."""
     idx = FsIndex()
+    total = 0
     for layer in layers:
         members: list[_Member] = []
         with _layer_stream(layer) as (dr, tf):
             before = 0
             for ordinal, path, info in _members(layer, tf):
+                total += 1
+                if total > MAX_TOTAL_MEMBERS:
+                    raise ParseError(
+                        f"more than {MAX_TOTAL_MEMBERS} tar members in the layers up to this one",
+                        structure=f"layer {layer.index}",
+                    )
                 members.append(_Member.of(ordinal, path, info))
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)

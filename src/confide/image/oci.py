@@ -551,15 +551,24 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
         entries = _json(read_member("manifest.json", "manifest.json"), "manifest.json")
         if not isinstance(entries, list) or not entries:
             raise ParseError("expected a non-empty JSON list", structure="manifest.json")
-        chosen = None
+        matching = []
         for raw_entry in entries:
             e = _obj(raw_entry, "manifest.json entry")
             tags = e.get("RepoTags") or []
             if ref is None or (isinstance(tags, list) and ref in tags):
-                chosen = e
-                break
-        if chosen is None:
+                matching.append(e)
+        if not matching:
             raise UsageError(f"{what}: no image tagged {ref!r}")
+        if ref is not None and len(matching) > 1:
+            # docker load (moby image/tarexport) tags the entries in order: the last one that
+            # names a tag keeps it, so taking the first would convert another image
+            raise ParseError(
+                f"{len(matching)} images tagged {ref!r}: readers disagree on which one it names "
+                "(docker load keeps the last)",
+                structure="manifest.json",
+                field="RepoTags",
+            )
+        chosen = matching[0]
         if ref is None and len(entries) > 1:
             raise UsageError(f"{what}: {len(entries)} images; name one with docker-archive:FILE:REPO:TAG")
         config_name = _archive_name(chosen.get("Config"), "Config")

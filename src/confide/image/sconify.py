@@ -68,7 +68,15 @@ from confide.image.runtime import (
     resolve_path,
 )
 from confide.image.runtime import vendored_files as _vendored
-from confide.volume.format import Region, RegionRule, clamp_mtime_ns, decode_manifest, encode_manifest
+from confide.volume.format import (
+    Region,
+    RegionRule,
+    check_path,
+    check_symlink_target,
+    clamp_mtime_ns,
+    decode_manifest,
+    encode_manifest,
+)
 from confide.volume.keys import VolumeKey
 from confide.volume.store import PENDING_NAME, add_sources, create_volume, seal_volume
 
@@ -180,6 +188,15 @@ def _check_paths(
                     f"({', '.join(n.xattrs)}); a volume holds none: protect another path or "
                     "remove them from the image"
                 )
+            try:  # what the volume's manifest cannot hold, refused before any layer is rewritten
+                check_path(p)
+                if n.kind == SYMLINK:
+                    check_symlink_target(n.linkname)
+            except ParseError as exc:
+                raise UsageError(
+                    f"{'/' + p!r} below a protected path: {exc.message}; a protected volume cannot "
+                    "hold it (protect another path or rename it in the image)"
+                ) from None
             if n.kind == FILE:
                 assert n.source is not None
                 wanted.setdefault(n.source, []).append(p)

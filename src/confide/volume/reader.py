@@ -193,7 +193,19 @@ class VolumeReader:
         if offset >= end:
             return 0
         if o.codec is None:  # unprotected: as stored, up to the recorded size
-            return os.preadv(o.fd, [out[: end - offset]], offset)
+            want = end - offset
+            got = 0
+            while got < want:
+                n = os.preadv(o.fd, [out[got:want]], offset + got)
+                if n == 0:
+                    # shrunk since _get checked its size (the host truncated the object this
+                    # descriptor holds): its recorded size is authenticated, a short read is not
+                    raise SignatureError(
+                        f"volume file {e.path!r}: unprotected object shrank to {offset + got} bytes, "
+                        f"expected {e.size}"
+                    )
+                got += n
+            return want
         cs = self.manifest.chunk_size
         rec = cs + TAG_SIZE
         first, last_chunk = offset // cs, (end - 1) // cs
