@@ -117,7 +117,8 @@ class FakeGoogle:
     root: x509.Certificate
     root_key: rsa.RSAPrivateKey
     intermediate: x509.Certificate
-    intermediate_key: ec.EllipticCurvePrivateKey
+    intermediate_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    """The AK certificates' issuer (the root itself for a chain without an intermediate)."""
 
     @classmethod
     def make(cls) -> FakeGoogle:
