@@ -6,7 +6,8 @@ evidence had and what the policy expected. It checks, independently:
 
 1. the evidence is not newer than ``at`` (no evidence from the future);
 2. simulated evidence only with ``tolerate: [simulation]``;
-3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``;
+3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``; ``gce-tpm`` evidence
+   (a vTPM: no debug mode) only with a restricted-signing AK (``ak_restricted_signing``);
 4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`), and
    for Intel DCAP evidence the TCB evaluation data numbers of its collateral against
    ``min_tcb_evaluation_data_number``;
