@@ -24,6 +24,7 @@ from cas_inproc import RuntimeKey, last_attestation, production_cas, refused, su
 from cli import run_confide
 from confide import errors
 from confide.cas.app import create_app
+from confide.cas.client import CasClient
 from confide.cas.core import Cas
 from confide.cas.server import prepare, uvicorn_server
 from confide.cas.verifier import PlatformVerifier
@@ -279,11 +280,45 @@ def _serve(cas_dir: Path) -> Iterator[tuple[Cas, str, Path]]:
         cas.db.dispose()
 
 
+def _replayed_and_tampered_over_tls(cas: Cas, url: str, cert: Path, port: int) -> None:
+    """The VM's evidence for a fresh nonce and key, sent with a CAS client over TLS: accepted
+    once, then refused replayed; with its quote's signature or its AK certificate edited,
+    refused."""
+    tpm = Tpm(TcpTransport("127.0.0.1", port))
+    provider = GceTpmQuoteProvider(tpm, event_log=None)
+    try:
+        with CasClient(url, cert) as client:
+            rt = RuntimeKey(cas, nonce=client.nonce())
+            raw = provider.get_evidence(rt.binding).raw
+            body = rt.body(policy="app", service="vm", platform="gce-tpm", evidence=raw)
+            assert rt.open(client.attest(body))["command"] == ["/usr/bin/env"]
+            with pytest.raises(errors.BindingError, match="nonce was already used"):
+                client.attest(body)
+            edits: list[tuple[type[errors.ConfideError], str]] = [
+                (errors.SignatureError, "does not verify with the AK"),
+                (errors.CertificateChainError, "signature does not verify"),
+            ]
+            for error, match in edits:
+                rt = RuntimeKey(cas, nonce=client.nonce())
+                raw = provider.get_evidence(rt.binding).raw
+                att = parse_gce_attestation(raw)
+                assert att.ak_cert is not None
+                part = att.quotes[0].raw_signature if error is errors.SignatureError else att.ak_cert
+                edited = _flip(raw, part, len(part) - 5)
+                body = rt.body(policy="app", service="vm", platform="gce-tpm", evidence=edited)
+                with pytest.raises(error, match=match):
+                    client.attest(body)
+                assert last_attestation(cas)["verdict"] == "refused"
+    finally:
+        tpm.close()
+
+
 def test_confide_run_on_a_gce_vtpm_over_tls(tmp_path: Path) -> None:
     """``confide run --tee gce-tpm`` (a child process, ``$CONFIDE_TPM`` = an swtpm provisioned like a
     GCE VM's vTPM, the AK certificate issued straight by the test root) against a CAS served over
-    TLS: accepted and the program runs with its secret; after PCR 7 changes, refused (exit 31,
-    one line)."""
+    TLS: accepted and the program runs with its secret; the same VM's evidence sent over that
+    TLS API replayed, or with its quote or AK certificate edited, refused; after PCR 7 changes,
+    ``confide run`` refused (exit 31, one line)."""
     if subprocess.run(["which", "swtpm"], capture_output=True, check=False).returncode:
         pytest.skip("swtpm is not installed")
     direct = FakeGoogle(GOOGLE.root, GOOGLE.root_key, GOOGLE.root, GOOGLE.root_key)
@@ -317,6 +352,7 @@ def test_confide_run_on_a_gce_vtpm_over_tls(tmp_path: Path) -> None:
             assert len(token) == 1 and len(token[0]) > len("TOKEN="), ok.stdout
             event = last_attestation(cas)
             assert event["verdict"] == "accepted" and event["platform"] == "gce-tpm"
+            _replayed_and_tampered_over_tls(cas, url, cert, emulator.port)
             # the VM boots something else: PCR 7 changes, the same policy refuses it
             tpm = Tpm(TcpTransport("127.0.0.1", emulator.port))
             pcr_extend(tpm.transport, 7, hashlib.sha256(b"another boot loader").digest())  # type: ignore[arg-type]
