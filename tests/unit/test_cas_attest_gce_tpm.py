@@ -101,6 +101,13 @@ def test_bound_evidence_is_accepted_and_recorded(cas: Cas, vm: GceTpmQuoteProvid
     assert config["command"][0] == "vm" and len(config["command"][2]) > 0
     event = last_attestation(cas)
     assert event["verdict"] == "accepted" and event["platform"] == "gce-tpm"
+    assert event["gce_instance"] == {
+        "project_id": INSTANCE.project_id,
+        "project_number": str(INSTANCE.project_number),
+        "zone": INSTANCE.zone,
+        "instance_name": INSTANCE.instance_name,
+        "instance_id": str(INSTANCE.instance_id),
+    }
     assert event["evidence_sha256"] == hashlib.sha256(base64.b64decode(str(body["evidence"]))).hexdigest()
 
 
@@ -144,6 +151,7 @@ def test_a_test_instance_proves_no_instance(cas: Cas, swtpm_tpm: Tpm) -> None:
         vm = GceTpmQuoteProvider(swtpm_tpm, event_log=None, intermediates=[GOOGLE.intermediate_der])
         _, body = attest(cas, vm)
         refused(cas, body, errors.AppraisalError, "no production instance in the AK certificate")
+        assert last_attestation(cas)["gce_instance"] is None
     finally:
         clear_gce_indices(swtpm_tpm)
 
