@@ -199,6 +199,21 @@ def test_encoding_is_what_the_verifier_parses() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "no SEQUENCE"),
+        (b"\x04\x03abc", "no SEQUENCE"),
+        (b"\x30\x84\x00\x00\x00\x10" + bytes(16), "length"),  # a 4-byte length: no certificate is that long
+        (b"\x30\x82\x10\x00" + bytes(16), "the index holds 20"),  # longer than the index
+        (b"\x30\x03\x02\x01\x00", "not a DER certificate: "),  # a SEQUENCE, not a certificate
+    ],
+)
+def test_what_is_not_a_certificate_in_the_index_is_refused(content: bytes, match: str) -> None:
+    with pytest.raises(ParseError, match=match):
+        gce_tpm._der_certificate(content, gce_tpm.AK_CERT_NV_INDEX_RSA)
+
+
 # --- $CONFIDE_TPM and the CLI ---------------------------------------------------------------------
 
 
