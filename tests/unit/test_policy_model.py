@@ -84,7 +84,10 @@ def test_examples_cover_the_promised_features() -> None:
         Platform.SIMULATED,
         Platform.NVIDIA_GPU,
         Platform.AWS_NITRO,
+        Platform.GCE_TPM,
     }
+    gce = vms.service("gcp-frontend").variants()[0].gce_tpm
+    assert gce is not None and gce.secure_boot is True and gce.zone == ("europe-west4-a", "europe-west4-b")
     composite = vms.service("llm-gpus").variants()[0]
     assert composite.composite and composite.platform is Platform.TDX
     assert composite.nvidia_gpu is not None and composite.nvidia_gpu.count == 2

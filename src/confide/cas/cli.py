@@ -1298,11 +1298,12 @@ def policy_revoke(
 @click.option("--config-id", required=True, help="POLICY/SERVICE")
 @click.option(
     "--tee",
-    type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine", "az-vtpm", "aws-nitro"]),
+    type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine", "az-vtpm", "gce-tpm", "aws-nitro"]),
     default="sim",
     show_default=True,
     help="az-vtpm: an Azure SEV-SNP or TDX confidential VM (paravisor vTPM, /dev/tpmrm0); "
-    "aws-nitro: inside an AWS Nitro Enclave (the NSM device, /dev/nsm)",
+    "gce-tpm: a Google Compute Engine Shielded or Confidential VM (its vTPM, /dev/tpmrm0, or "
+    "$CONFIDE_TPM); aws-nitro: inside an AWS Nitro Enclave (the NSM device, /dev/nsm)",
 )
 @click.option(
     "--gpus",
@@ -1391,6 +1392,11 @@ def run(
         from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 
         provider = AzureVtpmQuoteProvider()
+    elif tee == "gce-tpm":
+        from confide.runtime.gce_tpm import GceTpmQuoteProvider
+        from confide.runtime.tpm import Tpm, transport_from_env
+
+        provider = GceTpmQuoteProvider(Tpm(transport_from_env()))
     elif tee == "aws-nitro":
         from confide.runtime.nitro import DeviceNsmTransport, NitroQuoteProvider
 

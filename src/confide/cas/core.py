@@ -40,7 +40,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -3006,6 +3006,8 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         summary.update(_revocation_summary(v))
     if v.platform is Platform.SEV_SNP:  # the runtime sent the VCEK, or the CAS fetched it (--kds)
         summary["vcek_source"] = v.details.get("vcek_source")
+    if v.platform is Platform.GCE_TPM:  # the VM, as the AK certificate Google issued names it
+        summary["gce_instance"] = _gce_instance_summary(c.get("instance"))
     if v.tcb_evaluation is not None:
         # Intel DCAP: the tcbEvaluationDataNumber of the TCB Info and QE Identity that judged
         # this evidence (Intel PCS API v4), so that an auditor sees the collateral's vintage
@@ -3020,6 +3022,19 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
             numbers["reason"] = required.get("reason")
         summary["tcb_evaluation"] = numbers
     return summary
+
+
+def _gce_instance_summary(instance: Any) -> dict[str, Any] | None:
+    """Project, zone and instance of a ``gce-tpm`` attestation's production instance (``None``:
+    the AK certificate names none); numbers as decimal strings (a uint64 does not fit the
+    ledger's RFC 8785 JSON numbers)."""
+    if not isinstance(instance, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    for key in ("project_id", "project_number", "zone", "instance_name", "instance_id"):
+        value = instance.get(key)
+        out[key] = None if value is None or isinstance(value, bool) else str(value)
+    return out
 
 
 def _revocation_summary(v: VerifiedEvidence) -> dict[str, Any]:

@@ -27,6 +27,9 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 - ``az-snp-vtpm`` / ``az-tdx-vtpm``: an Azure confidential VM's evidence JSON (``docs/azure-vtpm.md``:
   HCL report, vTPM quote and PCRs, and the VCEK or the TD quote); ``az-tdx-vtpm`` takes
   ``aux["collateral"]`` like ``tdx``, else the CAS's DCAP collateral source. No other aux blobs.
+- ``gce-tpm``: a Google Compute Engine vTPM attestation (go-tpm-tools ``attest.Attestation``,
+  binary protobuf, ``docs/gce-tpm.md``): the AK certificate (to the pinned Google roots), its
+  intermediates, the quotes and the event log are all inside it. No aux blobs.
 
 Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
 ``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
@@ -149,6 +152,7 @@ from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier, missing_pck_error
+from confide.verify.gce_tpm import verify_gce_attestation
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
@@ -337,8 +341,8 @@ class PlatformVerifier:
     (module docstring, "RIMs"; ``nvidia_rim_where`` names it in refusals), verified and cached
     by a :class:`~confide.cas.rims.RimCache`, in memory and in ``nvidia_rim_cache`` (a
     directory; ``None``: memory only); without a source such reports are not compared with
-    RIMs. ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
-    embedded pinned roots: for test PKIs only."""
+    RIMs. ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root``, ``amd_roots`` and ``gce_roots``
+    (the Google vTPM AK roots) replace the embedded pinned roots: for test PKIs only."""
 
     def __init__(
         self,
@@ -361,6 +365,7 @@ class PlatformVerifier:
         nvidia_ocsp_max_age: timedelta = STAPLED_MAX_AGE,
         min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
         tcb_floor: TcbEvaluationFloor | None = None,
+        gce_roots: tuple[x509.Certificate, ...] | None = None,
     ) -> None:
         if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
             raise ValueError("nvidia_ocsp_stapled_only takes no nvidia_ocsp source")
@@ -403,6 +408,7 @@ class PlatformVerifier:
             else None
         )
         self.nitro_root = nitro_root
+        self.gce_roots = gce_roots
         self.dcap = DcapVerifier()
         # --min-tcb-eval-number auto, a request's own bundle: the source's TCB evaluation data
         # numbers per TEE type, kept once their signature leads to the pinned root, until their
@@ -830,6 +836,11 @@ class PlatformVerifier:
                 raise MeasurementError(exc.message) from None
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
+        if platform is Platform.GCE_TPM:
+            # The nonce is not checked here: check_binding compares every quote's extraData (the
+            # verifier requires them all equal) with the key binding.
+            _no_aux(platform, aux, allowed=frozenset())
+            return verify_gce_attestation(evidence, at=at, roots=self.gce_roots)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
 
     def _fetched_rims(
@@ -1307,10 +1318,12 @@ def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:
     - ``az-snp-vtpm`` / ``az-tdx-vtpm``: both the vTPM quote's extraData (``nonce``, signed by
       the AK) and the runtime claims' ``user-data`` (``hcl_user_data``, hashed into the hardware
       report's REPORT_DATA) must be all 64 bytes (``docs/azure-vtpm.md``, "What binds what");
+    - ``gce-tpm``: the quotes' extraData (qualifyingData of TPM2_Quote, signed by the AK the
+      Google-issued certificate names; ``nonce``) must be all 64 bytes;
     - every other platform: its 64 bytes of report data (``report_data`` claim)."""
     if verified.platform is Platform.NVIDIA_GPU:
         checks = [("nonce", binding[:SPDM_NONCE_SIZE])]
-    elif verified.platform is Platform.AWS_NITRO:
+    elif verified.platform in (Platform.AWS_NITRO, Platform.GCE_TPM):
         checks = [("nonce", binding)]
     elif verified.platform in (Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM):
         checks = [("nonce", binding), ("hcl_user_data", binding)]

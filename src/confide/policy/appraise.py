@@ -6,7 +6,8 @@ evidence had and what the policy expected. It checks, independently:
 
 1. the evidence is not newer than ``at`` (no evidence from the future);
 2. simulated evidence only with ``tolerate: [simulation]``;
-3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``;
+3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``; ``gce-tpm`` evidence
+   (a vTPM: no debug mode) only with a restricted-signing AK (``ak_restricted_signing``);
 4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`), and
    for Intel DCAP evidence the TCB evaluation data numbers of its collateral against
    ``min_tcb_evaluation_data_number``;
@@ -44,6 +45,7 @@ from confide.policy.model import (
     AttestationSecurity,
     AttestationVariant,
     AwsNitroFactors,
+    GceTpmFactors,
     NvidiaGpuFactors,
     Policy,
     SevSnpFactors,
@@ -262,6 +264,16 @@ def _check_security(
             Tolerance.GPU_ONLY, security, tolerated, reasons, "platform",
             "an NVIDIA GPU report alone (it attests the GPU, not the CPU TEE that runs the service)",
         )  # fmt: skip
+    if evidence.platform is Platform.GCE_TPM and evidence.claims.get("ak_restricted_signing") is not True:
+        # An AK that is not a restricted signing key signs any digest, a forged TPMS_ATTEST too
+        # (TPM 2.0 Part 2 §8.3, TPMA_OBJECT.restricted): its quotes say nothing of the PCRs.
+        reasons.append(
+            Reason(
+                "claims.ak_restricted_signing",
+                _show(evidence.claims.get("ak_restricted_signing", _MISSING)),
+                "true (the vTPM's AK signs only what the TPM itself generated)",
+            )
+        )
     _check_debug(evidence, security, tolerated, reasons)
     _check_tcb(evidence, security, tolerated, reasons)
     _check_tcb_evaluation(evidence, security, reasons)
@@ -548,6 +560,15 @@ class _Checker:
         ):
             self.fail(field, str(value), expected)
 
+    def int_in(self, field: str, claim: str, allowed: tuple[int, ...] | None) -> None:
+        if allowed is None:
+            return
+        value = self.integer(claim)
+        if value is None:
+            self.fail(field, _show(self.claims.get(claim, _MISSING)), f"{_allowed(allowed)} (claim {claim})")
+        elif value not in allowed:
+            self.fail(field, str(value), _allowed(allowed))
+
     def boolean(self, field: str, claim: str, expected: bool | None) -> None:
         if expected is None:
             return
@@ -581,6 +602,8 @@ def _variant_mismatches(
     elif variant.az_tdx_vtpm is not None:
         _tdx(c, variant.az_tdx_vtpm, "az-tdx-vtpm")
         _vtpm_pcrs(c, "az-tdx-vtpm", variant.az_tdx_vtpm.pcrs)
+    elif variant.gce_tpm is not None:
+        _gce_tpm(c, variant.gce_tpm)
     elif variant.aws_nitro is not None:
         _nitro(c, variant.aws_nitro)
     elif variant.sim is not None:
@@ -679,6 +702,70 @@ def _vtpm_pcrs(c: _Checker, key: str, pcrs: dict[str, tuple[str, ...]] | None) -
             c.fail(field, _show(value), f"{_allowed(allowed)} (PCR {index} not in the quote)")
         elif value.lower() not in allowed:
             c.fail(field, value.lower(), _allowed(allowed))
+
+
+def _gce_tpm(c: _Checker, g: GceTpmFactors) -> None:
+    """The ``gce-tpm`` factors against ``confide.verify.gce_tpm``'s claims: ``pcrs.sha256``, the
+    event log's ``secure_boot`` and ``platform``, and the AK certificate's production
+    ``instance`` (a claim that is absent or ``null`` matches no factor that reads it)."""
+    pcrs = c.claims.get("pcrs", _MISSING)
+    banks = pcrs if isinstance(pcrs, Mapping) else {}
+    _vtpm_pcrs(_nested(c, {"pcrs": banks.get("sha256", _MISSING)}), "gce-tpm", g.pcrs)
+    log = c.claims.get("event_log", _MISSING)
+    log_claims: Mapping[str, Any] = log if isinstance(log, Mapping) else {}
+    if g.secure_boot is not None:
+        state = log_claims.get("secure_boot", _MISSING)
+        if state is not g.secure_boot:
+            why = (
+                "no event log"
+                if not isinstance(log, Mapping)
+                else "no SecureBoot state (PCR 7 not replayed, or no SecureBoot event before its separator)"
+                if state is None or state is _MISSING
+                else _show(state)
+            )
+            c.fail("gce-tpm.secure_boot", why, _show(g.secure_boot))
+    platform = log_claims.get("platform")
+    platform_claims: Mapping[str, Any] = platform if isinstance(platform, Mapping) else {}
+    p = _nested(c, platform_claims)
+    if g.gce_firmware_version_min is not None:
+        p.int_range(
+            "gce-tpm.gce_firmware_version_min",
+            "gce_firmware_version",
+            None,
+            g.gce_firmware_version_min,
+        )
+    p.text_in("gce-tpm.confidential_technology", "confidential_technology", g.confidential_technology)
+    instance = c.claims.get("instance")
+    wanted = [
+        (name, getattr(g, name))
+        for name in ("project_id", "project_number", "zone", "instance_id", "instance_name")
+        if getattr(g, name) is not None
+    ]
+    if g.min_security_version is not None:
+        wanted.append(("min_security_version", g.min_security_version))
+    if not isinstance(instance, Mapping):
+        for name, allowed in wanted:
+            shown = _allowed(allowed) if isinstance(allowed, tuple) else f">= {allowed}"
+            c.fail(
+                f"gce-tpm.{name}",
+                "no production instance in the AK certificate",
+                f"{shown} (the AK certificate's instance extension, production instances only)",
+            )
+        return
+    i = _nested(c, instance)
+    i.text_in("gce-tpm.project_id", "project_id", g.project_id)
+    i.text_in("gce-tpm.zone", "zone", g.zone)
+    i.text_in("gce-tpm.instance_name", "instance_name", g.instance_name)
+    i.int_in("gce-tpm.project_number", "project_number", g.project_number)
+    i.int_in("gce-tpm.instance_id", "instance_id", g.instance_id)
+    i.int_range("gce-tpm.min_security_version", "security_version", None, g.min_security_version)
+
+
+def _nested(c: _Checker, claims: Mapping[str, Any]) -> _Checker:
+    """A checker over ``claims`` (a nested claim) whose mismatches go to ``c``."""
+    nested = _Checker(claims, c.prefix)
+    nested.reasons = c.reasons
+    return nested
 
 
 def _nvidia(c: _Checker, n: NvidiaGpuFactors, claims: Any) -> None:

@@ -33,6 +33,7 @@ from confide.policy._types import (
     Hex32Or48List,
     Hex48List,
     TextList,
+    _one_or_many,
     short,
 )
 from confide.verify.result import Platform
@@ -44,6 +45,7 @@ __all__ = [
     "AwsNitroFactors",
     "AzureSnpVtpmFactors",
     "AzureTdxVtpmFactors",
+    "GceTpmFactors",
     "MeasurementIndex",
     "NvidiaGpuFactors",
     "PcrIndex",
@@ -191,6 +193,8 @@ def _index_checker(limit: int) -> Callable[[str], str]:
 
 PcrIndex = Annotated[StrictStr, AfterValidator(_index_checker(31))]
 MeasurementIndex = Annotated[StrictStr, AfterValidator(_index_checker(63))]
+TpmPcrIndex = Annotated[StrictStr, AfterValidator(_index_checker(23))]
+"""A PCR of a PC Client TPM (24 PCRs per bank, TCG PC Client Platform TPM Profile)."""
 
 
 def _distinct_indexes(value: Any) -> Any:
@@ -265,6 +269,69 @@ class AzureTdxVtpmFactors(TdxFactors):
     pcrs: Annotated[dict[PcrIndex, Hex32List], DistinctIndexes] | None = None
 
 
+U64 = Annotated[StrictInt, Field(ge=0, le=0xFFFF_FFFF_FFFF_FFFF)]
+
+
+def _one_int_or_many(value: object) -> object:
+    """A single integer stands for a list of one: ``project_number: 1`` == ``[1]``."""
+    if isinstance(value, str):
+        raise ValueError(f"got the string {short(value)}, expected an integer (unquoted) or a list of them")
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+U64List = Annotated[tuple[U64, ...], BeforeValidator(_one_int_or_many), Field(min_length=1)]
+"""One unsigned 64-bit integer or a non-empty list of them, meaning "any of"."""
+
+GCE_CONFIDENTIAL_TECHNOLOGIES = ("NONE", "AMD_SEV", "AMD_SEV_ES", "INTEL_TDX", "AMD_SEV_SNP")
+"""go-tpm-tools ``GCEConfidentialTechnology`` names, as ``confide.verify.gce_tpm`` reports them."""
+
+
+def _technology(value: str) -> str:
+    if value not in GCE_CONFIDENTIAL_TECHNOLOGIES:
+        raise ValueError(f"got {short(value)}, expected one of {', '.join(GCE_CONFIDENTIAL_TECHNOLOGIES)}")
+    return value
+
+
+Technology = Annotated[StrictStr, AfterValidator(_technology)]
+TechnologyList = Annotated[tuple[Technology, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+class GceTpmFactors(_Model):
+    """A Google Compute Engine Shielded or Confidential VM's vTPM (``gce-tpm`` evidence,
+    ``docs/gce-tpm.md``). Every factor is something ``confide.verify.gce_tpm`` verified:
+
+    - ``pcrs``: SHA-256 PCR values by index (signed by the AK in the quote);
+    - ``secure_boot``: the ``SecureBoot`` variable the firmware measured into PCR 7 before its
+      separator (from the event log, replayed against the quote; no event log, or no
+      separator: no state, which matches neither ``true`` nor ``false``);
+    - ``gce_firmware_version_min`` and ``confidential_technology``: the GCE firmware version
+      and the confidential technology (``NONE``, ``AMD_SEV``, ``AMD_SEV_ES``, ``INTEL_TDX``,
+      ``AMD_SEV_SNP``) the firmware measured into PCR 0 (event log, replayed);
+    - ``project_id``, ``project_number``, ``zone``, ``instance_id``, ``instance_name`` and
+      ``min_security_version``: the instance of the AK certificate's Google extension (signed
+      by Google's CA), claimed for a production instance only, as go-tpm-tools does.
+
+    The AK itself must be a restricted signing key (checked for every ``gce-tpm`` evidence, not
+    a factor). A vTPM has no debug mode and no TCB status: ``debug-mode`` and the TCB
+    tolerances do not apply to it."""
+
+    pcrs: Annotated[dict[TpmPcrIndex, Hex32List], DistinctIndexes] | None = None
+    secure_boot: StrictBool | None = None
+    gce_firmware_version_min: U32 | None = None
+    confidential_technology: TechnologyList | None = None
+    project_id: TextList | None = None
+    project_number: U64List | None = None
+    zone: TextList | None = None
+    instance_id: U64List | None = None
+    instance_name: TextList | None = None
+    min_security_version: U64 | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> GceTpmFactors:
+        _require_some(self, "gce-tpm")
+        return self
+
+
 class SimFactors(_Model):
     """The confide simulated TEE: its measurement (see the simulator's documentation)."""
 
@@ -278,6 +345,7 @@ _PLATFORM_FIELDS: dict[str, Platform] = {
     "aws_nitro": Platform.AWS_NITRO,
     "az_snp_vtpm": Platform.AZURE_SNP_VTPM,
     "az_tdx_vtpm": Platform.AZURE_TDX_VTPM,
+    "gce_tpm": Platform.GCE_TPM,
     "sim": Platform.SIMULATED,
 }
 
@@ -298,6 +366,7 @@ class AttestationVariant(_Model):
     aws_nitro: AwsNitroFactors | None = Field(default=None, alias="aws-nitro")
     az_snp_vtpm: AzureSnpVtpmFactors | None = Field(default=None, alias="az-snp-vtpm")
     az_tdx_vtpm: AzureTdxVtpmFactors | None = Field(default=None, alias="az-tdx-vtpm")
+    gce_tpm: GceTpmFactors | None = Field(default=None, alias="gce-tpm")
     sim: SimFactors | None = None
 
     @model_validator(mode="after")
@@ -314,7 +383,8 @@ class AttestationVariant(_Model):
             got = ", ".join(p.value for p in platforms) or "no factor"
             raise ValueError(
                 f"got {got}, expected the factors of exactly one platform (SGX: mrenclave/signer, or one "
-                "of tdx, sev-snp, az-snp-vtpm, az-tdx-vtpm, nvidia-gpu, aws-nitro, sim), or one of tdx, "
+                "of tdx, sev-snp, az-snp-vtpm, az-tdx-vtpm, gce-tpm, nvidia-gpu, aws-nitro, sim), or one "
+                "of tdx, "
                 "sev-snp, az-snp-vtpm, az-tdx-vtpm, sim together with nvidia-gpu; list several variants "
                 "to allow several"
             )

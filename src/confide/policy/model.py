@@ -8,9 +8,10 @@ command string to its argument list, ``tolerate`` sorted), so that the canonical
 (:mod:`confide.policy.canonical`) does not depend on how the YAML was written.
 
 confide extensions: attestation variants for other platforms (``tdx``, ``sev-snp``,
-``nvidia-gpu``, ``aws-nitro``, ``sim``), the ``public-key`` secret kind, ``san`` and
-``renew_before`` on certificates, the ``configuration-needed``, ``relaunch-advised`` and
-``simulation`` tolerances, ``min_tcb_evaluation_data_number``.
+``nvidia-gpu``, ``aws-nitro``, ``az-snp-vtpm``, ``az-tdx-vtpm``, ``gce-tpm``, ``sim``), the
+``public-key`` secret kind, ``san`` and ``renew_before`` on certificates, the
+``configuration-needed``, ``relaunch-advised`` and ``simulation`` tolerances,
+``min_tcb_evaluation_data_number``.
 Deviations are listed in ``docs/policy.md``.
 """
 
@@ -69,6 +70,7 @@ from confide.policy.attestation import (
     AwsNitroFactors,
     AzureSnpVtpmFactors,
     AzureTdxVtpmFactors,
+    GceTpmFactors,
     NvidiaGpuFactors,
     SevSnpFactors,
     SgxSigner,
@@ -99,6 +101,7 @@ __all__ = [
     "AzureTdxVtpmFactors",
     "Endpoint",
     "ExportTarget",
+    "GceTpmFactors",
     "Image",
     "ImageVolume",
     "InjectionFile",

@@ -11,6 +11,10 @@ The client speaks to the TPM through a :class:`TpmTransport` (one method, ``tran
   kernel's resource manager): one ``write`` of a command, one response read back.
 - :class:`TcpTransport`: swtpm's TCP command socket (raw TPM commands; tests).
 
+:func:`transport_from_env` picks one for ``confide run --tee gce-tpm``: ``$CONFIDE_TPM``, a device
+path or ``swtpm:HOST:PORT`` (development and tests: a software TPM protects nothing, and its
+quotes verify only under a test PKI's root, which only an in-process verifier can be given).
+
 Only password authorizations with an empty password (``TPM_RS_PW``, Part 1 §19.6.6) are used:
 that is what an Azure CVM's vTPM expects for the owner hierarchy and its NV indices.
 
@@ -28,9 +32,10 @@ Errors:
   :class:`TpmCommandError` (a subclass) when the TPM answered with an error code.
 - :class:`~confide.errors.ParseError`: a malformed response.
 
-The commands that create keys and persist them (``create_primary``, ``evict_control``,
-``flush_context``) exist so that tests can provision an emulated TPM like Azure's paravisor
-does; the runtime itself only reads NV indices, writes its report data, reads PCRs and quotes.
+``evict_control`` exists so that tests can provision an emulated TPM like Azure's paravisor
+does. On Azure the runtime only reads NV indices, writes its report data, reads PCRs and
+quotes; on GCE it also creates the AK from Google's template (``create_primary``) and flushes
+it (``flush_context``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -74,9 +79,11 @@ __all__ = [
     "TpmQuote",
     "TpmTransport",
     "describe_rc",
+    "transport_from_env",
 ]
 
 DEFAULT_TPM_DEVICE = Path("/dev/tpmrm0")
+TPM_ENV = "CONFIDE_TPM"
 PCR_COUNT = 24  # PC Client Platform TPM Profile: 24 PCRs per bank
 
 _HEADER = struct.Struct(">HII")  # Part 1 §18.2: tag, commandSize/responseSize, commandCode/responseCode
@@ -550,6 +557,24 @@ class TcpTransport:
             self._close()
 
 
+def transport_from_env(environ: Mapping[str, str] | None = None) -> TpmTransport:
+    """``$CONFIDE_TPM``: a TPM character device's path, or ``swtpm:HOST:PORT`` (swtpm's TCP
+    command port); unset or empty: :data:`DEFAULT_TPM_DEVICE`. Anything else: UsageError."""
+    value = (os.environ if environ is None else environ).get(TPM_ENV, "")
+    if not value:
+        return DeviceTransport()
+    if value.startswith("swtpm:"):
+        host, sep, port = value[len("swtpm:") :].rpartition(":")
+        if not sep or not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UsageError(f"${TPM_ENV}: got {value[:80]!r}, expected swtpm:HOST:PORT or a device path")
+        return TcpTransport(host, int(port))
+    if not value.startswith("/"):
+        raise UsageError(
+            f"${TPM_ENV}: got {value[:80]!r}, expected an absolute device path or swtpm:HOST:PORT"
+        )
+    return DeviceTransport(Path(value))
+
+
 # --- the client ----------------------------------------------------------------------------------
 
 # Part 1 §19.6.6 / Part 2 §10.13.2 TPMS_AUTH_COMMAND for a password session with an empty
@@ -833,7 +858,8 @@ class Tpm:
         parse_signature(signature)
         return TpmQuote(attest, signature)
 
-    # TPM2_CreatePrimary: Part 3 §24.1 (empty userAuth and data, no creation PCRs). Tests only.
+    # TPM2_CreatePrimary: Part 3 §24.1 (empty userAuth and data, no creation PCRs): the GCE AK
+    # from Google's template (confide.runtime.gce_tpm); tests provision keys with it too.
     def create_primary(self, hierarchy: int, template: bytes) -> tuple[int, TpmPublic]:
         sensitive = _tpm2b(_tpm2b(b"") + _tpm2b(b""))
         params = sensitive + _tpm2b(template) + _tpm2b(b"") + _u32(0)
@@ -860,7 +886,7 @@ class Tpm:
         )
         rd.expect_end()
 
-    # TPM2_FlushContext: Part 3 §28.4 (the handle is a parameter). Tests only.
+    # TPM2_FlushContext: Part 3 §28.4 (the handle is a parameter).
     def flush_context(self, handle: int) -> None:
         _, rd = self._execute(CommandCode.FlushContext, params=_u32(handle))
         rd.expect_end()

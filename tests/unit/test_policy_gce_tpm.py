@@ -1,0 +1,277 @@
+"""The ``gce-tpm`` attestation variant: its factors (validation with file, line and column) and
+their appraisal against what ``confide.verify.gce_tpm`` verified, on the real GCE Shielded VM
+attestation of go-tpm-tools (tests/assets/tpm/google-go-tpm-tools) and on edited claims."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confide.errors import PolicyError
+from confide.policy import Policy, appraise, loads_policy
+from confide.policy.model import GceTpmFactors
+from confide.policy.problems import Problem
+from confide.verify.gce_tpm import verify_gce_attestation
+from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+
+ASSETS = Path(__file__).parent.parent / "assets" / "tpm" / "google-go-tpm-tools"
+AT = datetime(2024, 1, 1, tzinfo=UTC)
+REAL = verify_gce_attestation((ASSETS / "gce-cos-85-nonce9009.pb").read_bytes(), at=AT)
+SHA256 = REAL.claims["pcrs"]["sha256"]  # type: ignore[index,call-overload]
+PCR0, PCR7 = SHA256["0"], SHA256["7"]
+OTHER = "ab" * 32
+
+# What the real attestation proves (tests/assets/tpm/README.md; test_verify_gce_tpm.py)
+FACTORS = f"""        gce-tpm:
+          pcrs: {{"0": "{PCR0}", "7": ["{OTHER}", "{PCR7.upper()}"]}}
+          secure_boot: true
+          gce_firmware_version_min: 1
+          confidential_technology: [AMD_SEV, AMD_SEV_SNP]
+          project_id: google.com:wuale-gcp-testing
+          project_number: 117478743145
+          zone: [us-central1-a, us-central1-b]
+          instance_id: 6797026933021542085
+          instance_name: cos-test
+          min_security_version: 0
+"""
+
+
+def policy(attestation: str, security: str = "") -> Policy:
+    text = f'name: p\nversion: "0.3"\nservices:\n  - name: svc\n    attestation:\n{attestation}'
+    return loads_policy(text + security, source="p.yaml")
+
+
+def with_claims(**changes: Any) -> VerifiedEvidence:
+    claims: dict[str, ClaimValue] = dict(REAL.claims)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node: Any = claims
+        for key in parents:
+            node[key] = dict(node[key])
+            node = node[key]
+        node[last] = value
+    return dataclasses.replace(REAL, claims=claims)
+
+
+def fields(p: Policy, evidence: VerifiedEvidence = REAL) -> list[str]:
+    result = appraise(evidence, p, "svc", at=AT)
+    assert not result.accepted or not result.reasons
+    return [r.field for r in result.reasons]
+
+
+def test_the_real_attestation_matches_every_factor() -> None:
+    p = policy(FACTORS)
+    variant = p.service("svc").variants()[0]
+    assert variant.platform is Platform.GCE_TPM and isinstance(variant.gce_tpm, GceTpmFactors)
+    result = appraise(REAL, p, "svc", at=AT)
+    assert result.accepted and result.matched_variant == 0 and result.tolerated == (), result
+
+
+def test_every_mismatch_is_reported_with_what_was_found() -> None:
+    text = f"""        gce-tpm:
+          pcrs: {{"0": "{OTHER}", "9": "{OTHER}", "23": "{OTHER}"}}
+          secure_boot: false
+          gce_firmware_version_min: 2
+          confidential_technology: INTEL_TDX
+          project_id: another-project
+          project_number: [1, 2]
+          zone: europe-west4-a
+          instance_id: 7
+          instance_name: COS-TEST
+          min_security_version: 1
+"""
+    result = appraise(REAL, policy(text), "svc", at=AT)
+    assert not result.accepted
+    shown = {r.field: (r.got, r.expected) for r in result.reasons}
+    assert list(shown) == [
+        "attestation[0].gce-tpm.pcrs.0",
+        "attestation[0].gce-tpm.pcrs.9",
+        "attestation[0].gce-tpm.pcrs.23",
+        "attestation[0].gce-tpm.secure_boot",
+        "attestation[0].gce-tpm.gce_firmware_version_min",
+        "attestation[0].gce-tpm.confidential_technology",
+        "attestation[0].gce-tpm.project_id",
+        "attestation[0].gce-tpm.zone",
+        "attestation[0].gce-tpm.instance_name",
+        "attestation[0].gce-tpm.project_number",
+        "attestation[0].gce-tpm.instance_id",
+        "attestation[0].gce-tpm.min_security_version",
+    ]
+    assert shown["attestation[0].gce-tpm.pcrs.0"] == (PCR0, OTHER)
+    assert shown["attestation[0].gce-tpm.secure_boot"] == ("true", "false")
+    assert shown["attestation[0].gce-tpm.gce_firmware_version_min"] == ("1", ">= 2")
+    assert shown["attestation[0].gce-tpm.confidential_technology"] == ("'AMD_SEV'", "INTEL_TDX")
+    assert shown["attestation[0].gce-tpm.project_number"] == ("117478743145", "one of [1, 2]")
+    assert shown["attestation[0].gce-tpm.instance_name"][0] == "'cos-test'"  # names compare exactly
+    assert shown["attestation[0].gce-tpm.min_security_version"] == ("0", ">= 1")
+
+
+def test_a_list_of_variants_is_any_a_map_is_all() -> None:
+    wrong_zone = FACTORS.replace("zone: [us-central1-a, us-central1-b]", "zone: asia-east1-a")
+    both = policy(
+        "      - "
+        + wrong_zone.strip().replace("\n", "\n  ")
+        + "\n      - "
+        + FACTORS.strip().replace("\n", "\n  ")
+    )
+    result = appraise(REAL, both, "svc", at=AT)
+    assert result.accepted and result.matched_variant == 1
+    alone = appraise(REAL, policy(wrong_zone), "svc", at=AT)
+    assert [r.field for r in alone.reasons] == ["attestation[0].gce-tpm.zone"]  # all other factors held
+
+
+def test_evidence_of_another_platform_and_other_variants_on_gce_evidence() -> None:
+    nitro = policy(f'        aws-nitro: {{pcrs: {{0: "{"00" * 48}"}}}}\n')
+    assert fields(nitro) == ["attestation[0]"]
+    other = dataclasses.replace(REAL, platform=Platform.AZURE_SNP_VTPM)
+    assert "attestation[0]" in fields(policy(FACTORS), other)
+
+
+def test_no_production_instance_fails_every_instance_factor() -> None:
+    result = appraise(with_claims(instance=None), policy(FACTORS), "svc", at=AT)
+    reasons = {r.field: r for r in result.reasons}
+    assert sorted(reasons) == sorted(
+        f"attestation[0].gce-tpm.{f}"
+        for f in (
+            "project_id",
+            "project_number",
+            "zone",
+            "instance_id",
+            "instance_name",
+            "min_security_version",
+        )
+    )
+    assert reasons["attestation[0].gce-tpm.zone"].got == "no production instance in the AK certificate"
+    # a policy without instance factors does not care
+    assert appraise(
+        with_claims(instance=None), policy(f'        gce-tpm: {{pcrs: {{"0": "{PCR0}"}}}}\n'), "svc", at=AT
+    ).accepted
+
+
+def test_secure_boot_unknown_matches_neither_true_nor_false() -> None:
+    for value in (True, False):
+        p = policy(f"        gce-tpm: {{secure_boot: {str(value).lower()}}}\n")
+        unknown = appraise(with_claims(event_log__secure_boot=None), p, "svc", at=AT)
+        assert [r.got for r in unknown.reasons] == [
+            "no SecureBoot state (PCR 7 not replayed, or no SecureBoot event before its separator)"
+        ]
+        no_log = appraise(with_claims(event_log=None), p, "svc", at=AT)
+        assert [r.got for r in no_log.reasons] == ["no event log"]
+    off = appraise(
+        with_claims(event_log__secure_boot=False),
+        policy("        gce-tpm: {secure_boot: true}\n"),
+        "svc",
+        at=AT,
+    )
+    assert [(r.got, r.expected) for r in off.reasons] == [("false", "true")]
+
+
+def test_firmware_and_technology_need_the_replayed_platform_state() -> None:
+    p = policy("        gce-tpm: {gce_firmware_version_min: 1, confidential_technology: NONE}\n")
+    result = appraise(with_claims(event_log__platform=None), p, "svc", at=AT)
+    assert [(r.field, r.got) for r in result.reasons] == [
+        ("attestation[0].gce-tpm.gce_firmware_version_min", "no claim"),
+        ("attestation[0].gce-tpm.confidential_technology", "no claim"),
+    ]
+
+
+def test_an_ak_that_is_not_restricted_is_refused_whatever_the_policy() -> None:
+    result = appraise(with_claims(ak_restricted_signing=False), policy(FACTORS), "svc", at=AT)
+    assert not result.accepted
+    assert [(r.field, r.got) for r in result.reasons] == [("claims.ak_restricted_signing", "false")]
+
+
+def test_tolerances_do_not_apply_to_a_vtpm() -> None:
+    """No debug claim and no TCB status: a vTPM has neither; nothing is tolerated or required."""
+    assert "debug" not in REAL.claims and REAL.tcb_status is None
+    security = "security:\n  attestation:\n    tolerate: [debug-mode, outdated-tcb]\n"
+    result = appraise(REAL, policy(FACTORS, security), "svc", at=AT)
+    assert result.accepted and result.tolerated == ()
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def problems(text: str) -> list[Problem]:
+    with pytest.raises(PolicyError) as info:
+        policy(text)
+    found = [p for p in info.value.problems if isinstance(p, Problem)]
+    assert found and str(info.value).startswith("p.yaml: "), info.value
+    return found
+
+
+@pytest.mark.parametrize(
+    ("factors", "where", "message"),
+    [
+        ("        gce-tpm: {}\n", (6, 18), "empty gce-tpm variant"),
+        ("        gce-tpm:\n          pcr: {}\n", (7, 11), "got unknown key 'pcr'"),
+        (
+            '        gce-tpm:\n          pcrs: {"24": "' + "00" * 32 + '"}\n',
+            (7, 24),
+            "expected an index 0..23",
+        ),
+        ('        gce-tpm:\n          pcrs: {"0": "' + "00" * 48 + '"}\n', (7, 23), "expected 64 hex digits"),
+        (
+            '        gce-tpm:\n          pcrs: {"7": "' + "00" * 32 + '", "07": "' + "00" * 32 + '"}\n',
+            (7, 17),
+            "both index 7",
+        ),
+        ("        gce-tpm:\n          secure_boot: yes\n", (7, 24), "expected a boolean"),
+        ("        gce-tpm:\n          project_number: -1\n", (7, 27), "got integer -1, expected >= 0"),
+        (
+            "        gce-tpm:\n          instance_id: 18446744073709551616\n",
+            (7, 24),
+            "expected <= 18446744073709551615",
+        ),
+        ("        gce-tpm:\n          project_number: '12'\n", (7, 27), "expected an integer (unquoted)"),
+        ("        gce-tpm:\n          zone: 5\n", (7, 17), "expected a string"),
+        (
+            "        gce-tpm:\n          confidential_technology: SEV\n",
+            (7, 36),
+            "expected one of NONE, AMD_SEV",
+        ),
+        (
+            "        gce-tpm:\n          gce_firmware_version_min: 4294967296\n",
+            (7, 37),
+            "expected <= 4294967295",
+        ),
+        ("        gce-tpm:\n          instance_name: []\n", (7, 26), "at least 1"),
+        (
+            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}}}\n        nvidia-gpu: {{count: 1}}\n',
+            (6, 9),
+            "got gce-tpm with nvidia-gpu",
+        ),
+        (
+            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}}}\n        aws-nitro: {{pcrs: {{0: "{"00" * 48}"}}}}\n',
+            (6, 9),
+            "exactly one platform",
+        ),
+    ],
+)
+def test_bad_factors_are_errors_with_file_line_and_column(
+    factors: str, where: tuple[int, int], message: str
+) -> None:
+    found = problems(factors)
+    assert len(found) == 1, found
+    assert message in found[0].message, found[0]
+    assert (found[0].line, found[0].column) == where, found[0]
+    assert str(found[0]).startswith(f"p.yaml:{where[0]}:{where[1]}: services[0].attestation"), found[0]
+
+
+def test_scalars_stand_for_lists_and_values_are_normalised() -> None:
+    p = policy(
+        f"""        gce-tpm:
+          pcrs: {{"07": "{PCR7.upper()}"}}
+          project_number: 117478743145
+          zone: us-central1-a
+"""
+    )
+    factors = p.service("svc").variants()[0].gce_tpm
+    assert factors is not None
+    assert factors.pcrs == {"7": (PCR7,)} and factors.project_number == (117478743145,)
+    assert factors.zone == ("us-central1-a",)
+    assert appraise(REAL, p, "svc", at=AT).accepted
