@@ -67,6 +67,9 @@ services:
 secrets:
   - name: token
     kind: ascii
+security:
+  attestation:
+    tolerate: [vtpm-only]
 """
 
 

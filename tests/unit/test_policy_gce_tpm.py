@@ -13,7 +13,7 @@ import pytest
 
 from confide.errors import PolicyError
 from confide.policy import Policy, appraise, loads_policy
-from confide.policy.model import GceTpmFactors
+from confide.policy.model import GceTpmFactors, Tolerance
 from confide.policy.problems import Problem
 from confide.verify.gce_tpm import verify_gce_attestation
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
@@ -40,9 +40,12 @@ FACTORS = f"""        gce-tpm:
 """
 
 
-def policy(attestation: str, security: str = "") -> Policy:
+VTPM_ONLY = "security:\n  attestation:\n    tolerate: [vtpm-only]\n"
+
+
+def policy(attestation: str, security: str = VTPM_ONLY) -> Policy:
     text = f'name: p\nversion: "0.3"\nservices:\n  - name: svc\n    attestation:\n{attestation}'
-    return loads_policy(text + security, source="p.yaml")
+    return loads_policy(text.rstrip("\n") + "\n" + security, source="p.yaml")
 
 
 def with_claims(**changes: Any) -> VerifiedEvidence:
@@ -68,7 +71,17 @@ def test_the_real_attestation_matches_every_factor() -> None:
     variant = p.service("svc").variants()[0]
     assert variant.platform is Platform.GCE_TPM and isinstance(variant.gce_tpm, GceTpmFactors)
     result = appraise(REAL, p, "svc", at=AT)
-    assert result.accepted and result.matched_variant == 0 and result.tolerated == (), result
+    assert result.accepted and result.matched_variant == 0, result
+    assert result.tolerated == (Tolerance.VTPM_ONLY,), result
+
+
+def test_a_vtpm_quote_needs_the_vtpm_only_tolerance() -> None:
+    """Google runs the vTPM and the host: relying on its quote is the policy's explicit choice."""
+    result = appraise(REAL, policy(FACTORS, security=""), "svc", at=AT)
+    assert not result.accepted
+    assert [(r.field, r.expected) for r in result.reasons] == [
+        ("platform", "security.attestation.tolerate to include 'vtpm-only'")
+    ]
 
 
 def test_every_mismatch_is_reported_with_what_was_found() -> None:
@@ -186,11 +199,11 @@ def test_an_ak_that_is_not_restricted_is_refused_whatever_the_policy() -> None:
 
 
 def test_tolerances_do_not_apply_to_a_vtpm() -> None:
-    """No debug claim and no TCB status: a vTPM has neither; nothing is tolerated or required."""
+    """No debug claim and no TCB status: a vTPM has neither; nothing but vtpm-only is relied on."""
     assert "debug" not in REAL.claims and REAL.tcb_status is None
-    security = "security:\n  attestation:\n    tolerate: [debug-mode, outdated-tcb]\n"
+    security = "security:\n  attestation:\n    tolerate: [debug-mode, outdated-tcb, vtpm-only]\n"
     result = appraise(REAL, policy(FACTORS, security), "svc", at=AT)
-    assert result.accepted and result.tolerated == ()
+    assert result.accepted and result.tolerated == (Tolerance.VTPM_ONLY,)
 
 
 # --- validation -----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ successful verification) and reports *every* mismatch, each naming the policy fi
 evidence had and what the policy expected. It checks, independently:
 
 1. the evidence is not newer than ``at`` (no evidence from the future);
-2. simulated evidence only with ``tolerate: [simulation]``;
+2. simulated evidence only with ``tolerate: [simulation]``, an NVIDIA GPU report alone only with
+   ``tolerate: [gpu-only]``, a Google vTPM's quote (``gce-tpm``) only with ``tolerate: [vtpm-only]``;
 3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``; ``gce-tpm`` evidence
    (a vTPM: no debug mode) only with a restricted-signing AK (``ak_restricted_signing``);
 4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`), and
@@ -214,7 +215,7 @@ def appraise(
 def check_security(
     evidence: VerifiedEvidence, security: AttestationSecurity
 ) -> tuple[tuple[Reason, ...], tuple[Tolerance, ...]]:
-    """Checks 2-5 of :func:`appraise` alone (simulation, GPU-only, debug mode, TCB status,
+    """Checks 2-5 of :func:`appraise` alone (simulation, GPU-only, vTPM-only, debug mode, TCB status,
     advisories), without a policy's services: for evidence judged against tolerances only, e.g.
     the CAS's own evidence (``confide cas attest --tolerate``). Returns the mismatches (empty:
     acceptable) and the tolerances relied on."""
@@ -263,6 +264,14 @@ def _check_security(
         _need(
             Tolerance.GPU_ONLY, security, tolerated, reasons, "platform",
             "an NVIDIA GPU report alone (it attests the GPU, not the CPU TEE that runs the service)",
+        )  # fmt: skip
+    if evidence.platform is Platform.GCE_TPM:
+        # A vTPM's quote proves the boot chain Google's vTPM recorded, not confidential memory:
+        # the VM's operator (Google) runs that vTPM and the host. Relying on it is the policy's
+        # explicit choice, as a GPU report alone is (docs/gce-tpm.md "whom it trusts").
+        _need(
+            Tolerance.VTPM_ONLY, security, tolerated, reasons, "platform",
+            "a Google vTPM's quote (it attests the VM's boot, not memory the host cannot read)",
         )  # fmt: skip
     if evidence.platform is Platform.GCE_TPM and evidence.claims.get("ak_restricted_signing") is not True:
         # An AK that is not a restricted signing key signs any digest, a forged TPMS_ATTEST too

@@ -411,6 +411,10 @@ class Tolerance(enum.StrEnum):
     """confide: accept an NVIDIA GPU's report alone. It attests the GPU, not the confidential
     VM that runs the service: anyone with a genuine GPU (the host operator included) can obtain
     such a report for the CAS's nonce."""
+    VTPM_ONLY = "vtpm-only"
+    """confide: accept a Google Compute Engine vTPM's quote (``gce-tpm``). It attests the VM's
+    measured boot as Google's vTPM recorded it, not memory the host cannot read: Google, the
+    VM's operator, runs that vTPM and can read a Shielded VM's memory."""
 
 
 def _advisory(value: str) -> str:
