@@ -132,6 +132,17 @@ def test_each_stakeholder_audits_its_policies_entries(cas: CasProcess, tmp_path:
         with pytest.raises(errors.AccessDeniedError, match="--identity"):
             sdk.verify_log(full=True)
 
+    # The CAS hides an entry of alpha outside its chain (its events row deleted): without a
+    # state file nothing shows it is missing; with one, the entry seen before is (64).
+    rows = _sql(cas, "SELECT seq, type FROM events WHERE policy = 'alpha' ORDER BY seq")
+    seq = next(seq for seq, kind in rows if kind not in ("policy-created", "policy-updated"))
+    _sql(cas, "DELETE FROM events WHERE seq = ?", (seq,))
+    r = _verify(cas, alice, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["policies"][0]["entries"] == alpha["entries"] - 1
+    line = _one_line(_verify(cas, alice, "--state", str(state)), errors.EntryMissingError)
+    assert f"alpha: the log no longer returns entry {seq - 1}, shown before" in line
+    assert state.read_bytes() == kept
+
     # The CAS hides alpha's creation (its events row deleted): the chain has a gap, 64 naming it
     created = min(doc["policies"]["alpha"])
     _sql(cas, "DELETE FROM events WHERE seq = ?", (created + 1,))
