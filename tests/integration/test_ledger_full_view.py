@@ -101,6 +101,8 @@ def test_each_stakeholder_audits_its_policies_entries(cas: CasProcess, tmp_path:
     assert json.loads(r.stdout)["reader"] == bob_fp
     line = _one_line(_verify(cas, alice, "--policy", "beta"), errors.AccessDeniedError)
     assert "no policy beta readable" in line
+    named = json.loads(_verify(cas, alice, "--policy", "alpha", "--policy", "alpha", "--json").stdout)
+    assert named["policies"] == out["policies"]  # the policy named (once), not the CAS's list
     # text: what was checked, per policy; a second run extends the state
     r = _verify(cas, alice, "--state", str(state))
     assert r.returncode == 0, r.stderr
