@@ -27,6 +27,7 @@ Stakeholders (:class:`Identity` signs)::
 The auditor's check of the CAS's log (``confide ledger verify --state FILE``)::
 
     cas.verify_log(state="auditor.json") -> LogVerification
+    cas.verify_log(state="auditor.json", full=True, identity=me) -> LogVerification  # its policies' entries
 
 The successor board (``confide cas successor ...``; ``expires``: a datetime or a timedelta)::
 
@@ -1276,6 +1277,9 @@ class Cas:
         state: str | os.PathLike[str] | None = None,
         log_key: str | None = None,
         witnesses: Iterable[str] = (),
+        full: bool = False,
+        identity: Identity | None = None,
+        policies: Iterable[str] = (),
     ) -> LogVerification:
         """Audit the CAS's transparency log as ``confide ledger verify --url URL --state FILE``
         does (the same code, :func:`confide.ledger.auditor.verify_log`, over the CAS's
@@ -1286,20 +1290,42 @@ class Cas:
         proven from the log's tiles, and the file then remembers it (mode 0600, atomically;
         nothing written on an error). Returns a :class:`LogVerification`: ``size``, ``root``,
         ``previous_size`` (the remembered size, ``None`` on a first run or without ``state``).
-        (``ledger verify --full`` needs the log database: a CAS serves no entry bundles.)
+        With ``full`` and ``identity``, as ``ledger verify --full --identity FILE [--policy
+        NAME]...`` (:func:`confide.cas.audit.verify_readable`): the tree is recomputed from every
+        leaf hash, and the entries of ``policies`` (default: every policy ``identity`` may read)
+        are each matched with their leaf hash and re-checked (signatures, policy hashes, one
+        linear chain ending at the current version); ``LogVerification.policies`` and
+        ``reader`` say what was. ``full`` without ``identity`` raises ``AccessDeniedError`` (a
+        CAS serves no entry bundles: every entry is audited from the log database).
 
         Raises ``RollbackError`` (60: a log smaller than the one remembered),
         ``ConsistencyError`` (61: another tree, a fork), ``UnknownKeyError`` (65: a checkpoint
         or state file of another key), ``SignatureError``, ``ParseError`` (a malformed state
         file or answer), ``UsageError`` (no log key, or not a log key), ``NetworkError``,
-        ``StorageError`` (the state file cannot be written)."""
+        ``StorageError`` (the state file cannot be written); with ``full``,
+        ``EntryMismatchError`` (63: an entry differs from its leaf hash, is not a canonical
+        entry, or its documents do not verify), ``EntryMissingError`` (64: the CAS leaves out an
+        entry of a policy's chain, or one returned before), ``AccessDeniedError`` (no
+        ``identity``, or a policy of ``policies`` it may not read)."""
         from confide.ledger.auditor import log_verifier, verify_log, witness_verifier  # noqa: PLC0415
         from confide.ledger.http import HttpLogClient  # noqa: PLC0415
 
         verifier = log_verifier(self._log_verifier(log_key).vkey, "log_key")
         cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
+        names = tuple(policies)
+        if (names or identity is not None) and not full:
+            raise UsageError("identity and policies go with full=True (whose policies' entries are checked)")
+        if names and identity is None:
+            raise UsageError("policies go with identity (whose policies' entries full=True checks)")
+        path = None if state is None else Path(state)
         with HttpLogClient(f"{self.url}/v1/log", client=self._client.http) as tiles:
-            return verify_log(tiles, verifier, None if state is None else Path(state), witnesses=cosigners)
+            if identity is not None:
+                from confide.cas.audit import verify_readable  # noqa: PLC0415
+
+                return verify_readable(
+                    self._client, tiles, verifier, identity, names, path, witnesses=cosigners
+                )
+            return verify_log(tiles, verifier, path, full=full, witnesses=cosigners)
 
     # -- the successor board ------------------------------------------------------------------
 

@@ -582,6 +582,15 @@ def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_p
     args = ["ledger", "verify", "--log-db", str(db), "--key", cas.env["CONFIDE_LOG_KEY"], "--full", "--json"]
     r = confide(cas, *args)
     assert r.returncode == 0, r.stdout + r.stderr
+    # The stakeholders' own --full at the CAS: the reader (alice) checks the chain through the
+    # board's approval (pending, approved, updated), ending at the version now current; bob, on
+    # the board but no reader, checks the tree only.
+    r = confide(cas, "ledger", "verify", "--full", "--identity", str(alice), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (view,) = json.loads(r.stdout)["policies"]
+    assert view["name"] == "chain" and view["head"] == new and view["entries"] + view["newer"] >= 4
+    r = confide(cas, "ledger", "verify", "--full", "--identity", str(bob), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["policies"] == [], r.stdout + r.stderr
     cas.stop()
     # an administrator rewrites the stored submission of the first version: detected
     conn = sqlite3.connect(db)

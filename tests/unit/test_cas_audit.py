@@ -10,7 +10,7 @@ import pytest
 from confide.cas.audit import PolicyChainChecker
 from confide.cas.client import policy_submission
 from confide.cas.core import POLICY_TYPE, POLICY_V1_TYPE, sign_document
-from confide.errors import EntryMismatchError
+from confide.errors import EntryMismatchError, EntryMissingError
 from confide.identity import Identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.policy import loads_policy, policy_hash
@@ -121,3 +121,35 @@ def test_submissions_of_both_versions_are_checked() -> None:
              "submission": jcs(unbound).decode()}  # fmt: skip
     with pytest.raises(EntryMismatchError, match="names no CAS"):
         PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, entry))
+
+
+def test_a_view_names_a_gap_in_the_chain_as_missing() -> None:
+    """``view=True`` (``ledger verify --full --identity``: the entries the CAS returned to one
+    stakeholder): an update from a version no entry before made is an entry left out (64); a
+    fork (an update from a version seen, not the current one) stays a mismatch (63), as without
+    ``view``, where the same gap is a mismatch too."""
+    alice = Identity.generate()
+    h1, p1 = _version(alice, "aa" * 48, None)
+    _h2, p2 = _version(alice, "bb" * 48, h1)
+    h3, p3 = _version(alice, "cc" * 48, _h2)
+    _, p4 = _version(alice, "dd" * 48, h1)  # a second child of h1
+    with pytest.raises(EntryMissingError, match=r"entry 1: .* its chain is left out"):
+        PolicyChainChecker(view=True)(1, _entry(EntryType.POLICY_UPDATED, p2))  # the creation left out
+    check = PolicyChainChecker(view=True)
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    with pytest.raises(EntryMissingError, match="entry 2"):
+        check(2, _entry(EntryType.POLICY_UPDATED, p3))  # the update to h2 left out
+    check = PolicyChainChecker(view=True)
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    check(1, _entry(EntryType.POLICY_UPDATED, p2))
+    with pytest.raises(EntryMismatchError, match="entry 2") as fork:
+        check(2, _entry(EntryType.POLICY_UPDATED, p4))
+    assert type(fork.value) is EntryMismatchError
+    with pytest.raises(EntryMismatchError) as whole:  # the whole log: a broken chain, not a view
+        PolicyChainChecker()(1, _entry(EntryType.POLICY_UPDATED, p2))
+    assert type(whole.value) is EntryMismatchError
+    # An activation without its submission (in a pending entry before it): left out in a view.
+    bare = {k: v for k, v in p1.items() if k != "submission"}
+    with pytest.raises(EntryMissingError, match="submission's entry is left out"):
+        PolicyChainChecker(view=True)(0, _entry(EntryType.POLICY_CREATED, bare))
+    assert h3 != h1

@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.exceptions import HTTPException
 
 from confide import __version__, errors, jsonstrict
-from confide.cas.core import NONCE_TTL, READ_NONCE_PATH, READ_TYPE, Cas, is_opaque_refusal
+from confide.cas.core import NONCE_TTL, READ_NONCE_PATH, READ_TYPE, READABLE_PATH, Cas, is_opaque_refusal
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
@@ -452,6 +452,12 @@ def create_app(
         app.add_api_route(
             "/v1/ocsp/{rest:path}", ocsp, methods=[method], operation_id=f"ocsp_{method.lower()}"
         )
+
+    @app.get(READABLE_PATH)
+    def readable_policies(x_confide_read: str | None = Header(default=None)) -> Response:
+        """The policies the signer of a ``confide/read/v3`` request (route ``list``, name ``""``)
+        may read (docs/cas.md "Reading a policy")."""
+        return _private(cas.readable(_read_doc(x_confide_read), spend))
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> Response:

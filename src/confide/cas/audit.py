@@ -11,9 +11,11 @@ the checkpoint are reported as such (a checkpoint covers them within a second).
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
-from confide.errors import ConfideError, EntryMismatchError, ParseError
+from confide.errors import ConfideError, EntryMismatchError, EntryMissingError, ParseError
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
 from confide.ledger.encoding import Entry
@@ -31,9 +33,17 @@ from confide.ledger.note import NoteVerifier
 from confide.policy import loads_policy, policy_hash
 
 if TYPE_CHECKING:
-    from confide.ledger.auditor import ViewUpdate
+    from confide.ledger.auditor import LogClient, LogVerification, ViewUpdate
 
-__all__ = ["PolicyChainChecker", "VerifiedEvent", "accesses", "history", "read_audited", "verified_events"]
+__all__ = [
+    "PolicyChainChecker",
+    "VerifiedEvent",
+    "accesses",
+    "history",
+    "read_audited",
+    "verified_events",
+    "verify_readable",
+]
 
 
 @dataclass(frozen=True)
@@ -48,13 +58,45 @@ class VerifiedEvent:
 def verified_events(
     client: CasClient, name: str, identity: Identity, log_key: NoteVerifier
 ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent]]:
-    data = client.events(name, identity)
+    signed, _head, listed = _listed_events(client.events(name, identity), log_key)
+    out: list[VerifiedEvent] = []
+    for ev in listed:
+        entry = _listed_entry(name, ev)
+        included = False
+        if signed is not None and ev.index < signed.checkpoint.size:
+            proof = _proof(ev.index, ev.event.get("inclusion_proof", []))
+            verify_inclusion(
+                ev.index, signed.checkpoint.size, hash_leaf(ev.data), proof, signed.checkpoint.root
+            )
+            included = True
+        out.append(VerifiedEvent(ev.index, entry.type.value, entry.time, entry.payload, included))
+    return signed, out
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """One event of a policy's events answer: its index, its ledger entry's bytes, the event."""
+
+    index: int
+    data: bytes
+    event: dict[str, Any]
+
+
+def _listed_events(
+    data: object, log_key: NoteVerifier
+) -> tuple[SignedCheckpoint | None, str | None, list[_Listed]]:
+    """A policy's events answer (hostile input): its checkpoint (signed by ``log_key``), the
+    current version it reports (``head``; ``None`` from a CAS that reports none) and its events,
+    indexes increasing, each with its entry's bytes (not yet parsed)."""
     if not isinstance(data, dict) or not isinstance(data.get("events", []), list):
         raise ParseError("expected an object with a list of events", structure="events")
     signed = None
     if data.get("checkpoint"):
         signed = open_checkpoint(str(data["checkpoint"]).encode(), log_key)
-    out: list[VerifiedEvent] = []
+    head = data.get("head")
+    if head is not None and not (isinstance(head, str) and _HASH_HEX.fullmatch(head)):
+        raise ParseError("head: expected a policy hash (64 hex digits)", structure="events")
+    out: list[_Listed] = []
     for ev in data.get("events", []):
         try:
             index = ev["index"]
@@ -71,22 +113,22 @@ def verified_events(
             raise EntryMismatchError(
                 f"entry {index}: the CAS returned it after entry {out[-1].index} (indices must increase)"
             )
-        entry = Entry.from_bytes(entry_bytes)
-        if ENTRY_TYPES.get(str(ev.get("type"))) != entry.type or entry.policy != name:
-            raise EntryMismatchError(
-                f"entry {index}: the CAS calls it {ev.get('type')!r}, the ledger says {entry.type}"
-            )
-        if entry.payload != ev.get("payload"):
-            raise EntryMismatchError(f"entry {index}: the CAS's summary differs from the ledger entry")
-        included = False
-        if signed is not None and index < signed.checkpoint.size:
-            proof = _proof(index, ev.get("inclusion_proof", []))
-            verify_inclusion(
-                index, signed.checkpoint.size, hash_leaf(entry_bytes), proof, signed.checkpoint.root
-            )
-            included = True
-        out.append(VerifiedEvent(index, entry.type.value, entry.time, entry.payload, included))
-    return signed, out
+        out.append(_Listed(index, entry_bytes, ev))
+    return signed, head, out
+
+
+def _listed_entry(name: str, ev: _Listed) -> Entry:
+    """The entry of a listed event of policy ``name``: canonical (else ``ParseError``), of that
+    policy, and saying what the CAS's summary of it (type, payload) says
+    (else :class:`EntryMismatchError`)."""
+    entry = Entry.from_bytes(ev.data)
+    if ENTRY_TYPES.get(str(ev.event.get("type"))) != entry.type or entry.policy != name:
+        raise EntryMismatchError(
+            f"entry {ev.index}: the CAS calls it {ev.event.get('type')!r}, the ledger says {entry.type}"
+        )
+    if entry.payload != ev.event.get("payload"):
+        raise EntryMismatchError(f"entry {ev.index}: the CAS's summary differs from the ledger entry")
+    return entry
 
 
 Read = Callable[[], tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]]
@@ -194,11 +236,19 @@ class PolicyChainChecker:
     that approvals are signed by their approvers, and that every policy's history is one linear
     chain: a creation names no predecessor and a new name; an update names the current version.
     Any difference is an :class:`EntryMismatchError` naming the entry.
+
+    ``view``: the entries are one stakeholder's view (``ledger verify --full --identity``: the
+    entries of the policies it may read, as the CAS returns them), not the whole log. What only
+    an entry left out of the view explains is then an :class:`EntryMissingError` naming the
+    entry: an update from a version no entry before it made (its creation, or an update between,
+    left out), an update whose submission entry is not among those before it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, view: bool = False) -> None:
         self.heads: dict[str, str] = {}
         self.submitted: dict[tuple[str, str], str] = {}
+        self.view = view
+        self.made: set[tuple[str, str]] = set()  # (policy, version) created, updated or submitted
 
     def __call__(self, index: int, data: bytes) -> None:
         entry = Entry.from_bytes(data)
@@ -211,6 +261,11 @@ class PolicyChainChecker:
                     self._check_submission(index, name, digest, str(p["submission"]), str(p.get("signer")))
                     self.submitted[(name, digest)] = str(p.get("signer"))
                 elif "submission_withheld" not in p and (name, digest) not in self.submitted:
+                    if self.view:
+                        raise EntryMissingError(
+                            f"entry {index}: policy {name} {digest[:16]}… has no signed submission, and "
+                            "no entry before it holds one: its submission's entry is left out"
+                        )
                     raise EntryMismatchError(
                         f"entry {index}: policy {name} {digest[:16]}… has no signed submission"
                     )
@@ -221,12 +276,20 @@ class PolicyChainChecker:
                         )
                     self.heads[name] = digest
                 elif entry.type.value == "policy.updated":
-                    if self.heads.get(name) != p.get("predecessor"):
+                    predecessor = p.get("predecessor")
+                    unmade = (name, predecessor) not in self.made
+                    if self.view and self.heads.get(name) != predecessor and unmade:
+                        raise EntryMissingError(
+                            f"entry {index}: policy {name} updated from {str(predecessor)[:16]}…, a version "
+                            "no entry before it made: an entry of its chain is left out"
+                        )
+                    if self.heads.get(name) != predecessor:
                         raise EntryMismatchError(
                             f"entry {index}: policy {name} updated from {str(p.get('predecessor'))[:16]}…, "
                             f"but its current version is {str(self.heads.get(name))[:16]}…"
                         )
                     self.heads[name] = digest
+                self.made.add((name, digest))
             elif entry.type.value == "policy.approved" and "approval" in p:
                 doc = _loads(str(p["approval"]))
                 # v1 (no ``cas``): entries recorded before approvals named their CAS.
@@ -266,3 +329,101 @@ class PolicyChainChecker:
 
 def _loads(text: str) -> Any:
     return jsonstrict.loads(text, structure="ledger entry document")
+
+
+def verify_readable(
+    client: CasClient,
+    tiles: LogClient,
+    log_key: NoteVerifier,
+    identity: Identity,
+    policies: Sequence[str],
+    state_file: Path | None,
+    *,
+    witnesses: Sequence[NoteVerifier] = (),
+) -> LogVerification:
+    """``confide ledger verify --full --identity FILE [--policy NAME]...`` at a CAS (and
+    :meth:`confide.sdk.Cas.verify_log` with ``full=True`` and an identity): one stakeholder's
+    full audit, of the whole tree and of the entries it may read.
+
+    The latest checkpoint (``tiles``: the CAS's public ``/v1/log``) must be signed by
+    ``log_key``, cosigned by ``witnesses``, extend the one ``state_file`` remembers, and its
+    level-0 tiles hash to its root (every leaf hash is public). The entries read are those of
+    ``policies`` (default: every policy the CAS says ``identity`` may read, a signed read): each
+    policy's events, whose checkpoint must be one of the same tree (consistency proven from the
+    tiles). Then each entry the checkpoint covers must hash to the leaf hash at its index
+    (:class:`EntryMismatchError` naming the policy and the entry), each must be a canonical entry
+    of that policy saying what the CAS's summary says, and each policy's documents must verify and
+    form one linear chain (:class:`PolicyChainChecker` over the view: a gap in the chain is an
+    :class:`EntryMissingError` naming the entry), ending at the current version the CAS reports
+    (else :class:`EntryMissingError` naming the policy). With ``state_file``, every entry of a
+    policy remembered there must be returned again (:func:`~confide.ledger.auditor.remember_view`),
+    and the file then remembers the checkpoint and the entries proven, written once at the end;
+    nothing is written on an error. A stakeholder cannot see the entries it may not read: an
+    entry of its policy the CAS leaves out that breaks no chain and was not seen before is not
+    detected (docs/limitations.md "Transparency ledger")."""
+    from confide.ledger.auditor import (  # noqa: PLC0415 - the auditor's types, only here
+        Auditor,
+        AuditorState,
+        LogVerification,
+        PolicyEntries,
+        remember_view,
+    )
+
+    state = AuditorState(state_file) if state_file is not None else None
+    with state.locked() if state is not None else contextlib.nullcontext():
+        # a bad state file is refused before the CAS is asked
+        old = state.load(log_key) if state is not None else None
+        names = list(dict.fromkeys(policies)) if policies else client.readable(identity)
+        answers = [(name, *_listed_events(client.events(name, identity), log_key)) for name in names]
+        auditor = Auditor(tiles, log_key, witnesses=witnesses)
+        signed = auditor.update(old)
+        # Each answer's checkpoint is of the same tree: the largest (the latest, unless an answer
+        # came with a newer one) extends the others, proven from the tiles.
+        for _, answered, _, _ in answers:
+            if answered is not None and answered.checkpoint.size > signed.checkpoint.size:
+                signed = auditor.extend(signed.checkpoint, answered.raw)
+        proven: set[tuple[int, bytes]] = {(signed.checkpoint.size, signed.checkpoint.root)}
+        for _, answered, _, _ in answers:
+            tree = None if answered is None else (answered.checkpoint.size, answered.checkpoint.root)
+            if answered is not None and tree not in proven:
+                Auditor(tiles, log_key).extend(answered.checkpoint, signed.raw)
+                proven.add((answered.checkpoint.size, answered.checkpoint.root))
+        size = signed.checkpoint.size
+        leaves = auditor.leaf_hashes(
+            signed.checkpoint, (ev.index for _, _, _, listed in answers for ev in listed if ev.index < size)
+        )
+        checker = PolicyChainChecker(view=True)
+        checked: list[PolicyEntries] = []
+        for name, _, head, listed in answers:
+            for ev in listed:
+                if ev.index < size and not hmac.compare_digest(hash_leaf(ev.data), leaves[ev.index]):
+                    raise EntryMismatchError(
+                        f"{name}: entry {ev.index}: content hashes to {hash_leaf(ev.data).hex()}, the tree "
+                        f"commits to {leaves[ev.index].hex()}"
+                    )
+                try:
+                    _listed_entry(name, ev)
+                except ParseError as exc:
+                    raise EntryMismatchError(
+                        f"{name}: entry {ev.index} is not a canonical entry: {exc.message}"
+                    ) from None
+                checker(ev.index, ev.data)
+            end = checker.heads.get(name)
+            if head is not None and end != head:
+                raise EntryMissingError(
+                    f"{name}: the CAS reports version {head[:16]}… current, but the chain of the entries it "
+                    f"returned ends at {'no version' if end is None else end[:16] + '…'}: it leaves out "
+                    "entries of the policy"
+                )
+            covered = [ev.index for ev in listed if ev.index < size]
+            if state is not None:
+                remember_view(state, name, covered)
+            checked.append(PolicyEntries(name, len(covered), len(listed) - len(covered), head))
+        if state is not None:
+            state.save(signed)
+    cp = signed.checkpoint
+    return LogVerification(
+        cp.origin, cp.size, cp.root.hex(), None if old is None else old.size,
+        sum(p.entries for p in checked), tuple(w.vkey for w in witnesses),
+        reader=identity.fingerprint, policies=tuple(checked),
+    )  # fmt: skip

@@ -30,6 +30,7 @@ from confide.cas.documents import (
     POLICY_TYPE,
     READ_NONCE_PATH,
     READ_TYPE,
+    READABLE_PATH,
     REVOKE_TYPE,
     SUCCESSOR_APPROVAL_TYPE,
     sign_document,
@@ -320,6 +321,22 @@ class CasClient:
             "GET", f"/v1/policies/{name}", headers=self._read_header(name, identity, "show")
         )
         return result
+
+    def readable(self, identity: Identity) -> list[str]:
+        """The names of the policies ``identity`` may read at this CAS (a signed read, route
+        ``list``: docs/cas.md "Reading a policy"); a CAS without the route is a NetworkError."""
+        answer = self._call(
+            "GET", READABLE_PATH, headers=self._read_header("", identity, "list"),
+            unknown=f"the CAS does not list the policies an identity may read (GET {READABLE_PATH}): "
+            "it is older than this client; name them with --policy",
+        )  # fmt: skip
+        what = "the CAS's list of readable policies"
+        names = _answer.obj(answer, what).get("policies")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise errors.ParseError("expected policies as a list of names", structure=what)
+        if len(set(names)) != len(names):
+            raise errors.ParseError("a policy named twice", structure=what)
+        return list(names)
 
     def events(self, name: str, identity: Identity) -> dict[str, Any]:
         result: dict[str, Any] = self._call(

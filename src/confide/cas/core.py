@@ -16,8 +16,9 @@ without its ``signature`` member; ``type`` names the purpose):
   which named no CAS, is refused and read only from ledger entries recorded before)
 - ``confide/read/v3``: ``{"type", "name", "nonce": <hex read nonce from POST /v1/read/nonce>,
   "cas": <hex SHA-256 of the CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" |
-  "crl", "signer"}`` (served once, while its nonce is valid, at the one CAS and for the one route
-  and policy its nonce was issued for; ``confide/read/v2``, which carried a time and no nonce and
+  "crl" | "list", "signer"}`` (``list``: the policies the signer may read, ``name`` ""; served
+  once, while its nonce is valid, at the one CAS and for the one route and policy its nonce was
+  issued for; ``confide/read/v2``, which carried a time and no nonce and
   could be sent again for five minutes, is refused with a message to upgrade the client)
 - ``confide/revoke/v2``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
   "cas", "signer"}`` (valid 5 minutes, at the one CAS it names, carried out once;
@@ -82,6 +83,7 @@ from confide.cas.documents import (
     READ_NONCE_PATH,
     READ_TYPE,
     READ_V2_TYPE,
+    READABLE_PATH,
     sign_document,
     spki_sha256,
 )
@@ -173,6 +175,7 @@ __all__ = [
     "APPROVAL_V1_TYPE",
     "POLICY_TYPE",
     "POLICY_V1_TYPE",
+    "READABLE_PATH",
     "READ_NONCE_PATH",
     "READ_TYPE",
     "READ_V2_TYPE",
@@ -196,7 +199,8 @@ APPROVAL_V1_TYPE = "confide/approval/v1"
 governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
 READ_WINDOW = 300  # seconds: the freshness window of revocation requests and withdrawals
 # What a read request is for (its ``route``): the answers differ, so one request reads one of them.
-READ_ROUTES = ("show", "events", "crl")
+# ``list``: the names of the policies its signer may read (no policy: its ``name`` is "").
+READ_ROUTES = ("show", "events", "crl", "list")
 READ_NONCE_PURPOSE = b"confide-read-nonce/v1"
 NONCE_TTL = 60.0
 SWEEP_GRACE = NONCE_TTL
@@ -1762,10 +1766,14 @@ class Cas:
         policy can have; any other name is a ParseError)."""
         # A name no policy can have (docs/policy.md) is refused before it is hashed: a name may
         # otherwise be as long as the request body (megabytes hashed on the event loop).
-        if not isinstance(name, str) or not is_policy_name(name) or route not in READ_ROUTES:
+        if (
+            not isinstance(name, str)
+            or route not in READ_ROUTES
+            or (name != "" if route == "list" else not is_policy_name(name))
+        ):
             raise ParseError(
                 f"expected name (a name a policy can have: '/'-separated segments of 1-128 characters"
-                f" of A-Z a-z 0-9 _ - . ~) and route (one of {', '.join(READ_ROUTES)})",
+                f' of A-Z a-z 0-9 _ - . ~; "" for route list) and route (one of {", ".join(READ_ROUTES)})',
                 structure="read nonce request",
             )
         expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
@@ -1820,6 +1828,28 @@ class Cas:
         it; ``run``: as for :meth:`_read_request`."""
         return self._show(*self._read_request(read_request, "show", run))
 
+    def readable(self, read_request: Any, run: RunWrite | None = None) -> dict[str, Any]:
+        """The names of the policies the signer of a signed read request (route ``list``, name
+        ``""``) may read, by the rule :meth:`show` applies to each (its ``read`` rules in force, or
+        its creator), sorted: ``{"policies": [NAME, ...]}`` (``confide ledger verify --full
+        --identity``). ``run``: as for :meth:`_read_request`. Every current policy is looked at,
+        in one read transaction."""
+        _body, signer = self._read_request(read_request, "list", run, name="")
+        with self.db.read() as conn:
+            names = [
+                name
+                for name, head in self.policy_auth.heads(conn).items()
+                if self._may_read(conn, name, head, signer)
+            ]
+        return {"policies": sorted(names)}
+
+    def _may_read(self, conn: Connection, name: str, head: Head, signer: PublicIdentity) -> bool:
+        """Whether ``signer`` may read policy ``name`` at its current version ``head``: named by
+        the ``read`` rules in force, or its creator (docs/cas.md "Reading a policy")."""
+        policy = self._load(conn, name, head.hash)
+        readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
+        return is_authorized(readers, {signer.fingerprint}, creator=head.creator)
+
     def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:
         name = body["name"]
         with self.db.read() as conn:
@@ -1827,8 +1857,7 @@ class Cas:
             if head is None:
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             policy = self._load(conn, name, head.hash)
-            readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
-            if not is_authorized(readers, {signer.fingerprint}, creator=head.creator):
+            if not self._may_read(conn, name, head, signer):
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             lineage = self._lineage(conn, name, head.hash)
             versions = [
@@ -2705,7 +2734,9 @@ class Cas:
             latest, _held = self.policy_auth.index.view(conn).latest(name)
             if latest is not None and all(e["index"] != latest.at for e in out):
                 raise EventsAltered(f"the events of policy {name[:128]!r} leave out ledger entry {latest.at}")
-        return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
+        # ``head``: the current version, read in this transaction (the end of the chain of the
+        # policy.created/updated entries above, which ``ledger verify --full --identity`` checks)
+        return {"checkpoint": note.decode() if note else None, "size": size, "head": head.hash, "events": out}
 
 
 class EventsAltered(StorageError):

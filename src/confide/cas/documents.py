@@ -23,6 +23,7 @@ __all__ = [
     "APPROVAL_TYPE",
     "BOARD_CHANGE_TYPE",
     "POLICY_TYPE",
+    "READABLE_PATH",
     "READ_NONCE_PATH",
     "READ_TYPE",
     "READ_V2_TYPE",
@@ -42,6 +43,8 @@ READ_V2_TYPE = "confide/read/v2"
 since v3 (docs/cas.md "Reading a policy")."""
 READ_NONCE_PATH = "/v1/read/nonce"
 """Where a client asks for the single-use nonce a ``confide/read/v3`` request carries."""
+READABLE_PATH = "/v1/read/policies"
+"""The policies a read request's signer may read (route ``list``; docs/cas.md "Reading a policy")."""
 REVOKE_TYPE = "confide/revoke/v2"
 SUCCESSOR_APPROVAL_TYPE = "confide/successor-approval/v1"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"

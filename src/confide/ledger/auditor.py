@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,11 +62,13 @@ __all__ = [
     "LocalLogClient",
     "LogClient",
     "LogVerification",
+    "PolicyEntries",
     "ViewUpdate",
     "atomic_write",
     "audit_view",
     "log_verifier",
     "parse_bundle",
+    "remember_view",
     "verify_checkpoint_update",
     "verify_log",
     "witness_verifier",
@@ -231,35 +233,65 @@ class Auditor:
         Level-0 tiles are recomputed into the root first (so they are what the checkpoint
         commits to); each entry is then compared with its leaf hash. Memory is O(log n).
         """
-        size = checkpoint.size
-        rng = CompactRange()
         first_bad: ConfideError | None = None
-        for tile_index in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
-            width = tile_width(0, tile_index, size)
-            leaf_hashes = _ClientTiles(self.client).read_tile(0, tile_index, width)
-            hashes = [leaf_hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(width)]
-            rng.extend(hashes)
+
+        def tile(tile_index: int, width: int, hashes: list[bytes]) -> None:
+            nonlocal first_bad
             if first_bad is not None:
-                continue
+                return
             start = tile_index * TILE_WIDTH
             path = format_tile_path(TileId(-1, tile_index, width))
             try:
                 path, entries = _ClientTiles(self.client).read_bundle(tile_index, width)
             except ParseError as exc:
                 first_bad = EntryMismatchError(f"{path}: {exc.message}")
-                continue
+                return
             if entries is None:
                 first_bad = EntryMissingError(f"entries {start}..{start + width - 1} are missing ({path})")
-                continue
+                return
             first_bad = _compare(start, hashes, entries, entry_check)
+
+        self._level0(checkpoint, tile)
+        if first_bad is not None:
+            raise first_bad
+        return checkpoint.size
+
+    def leaf_hashes(self, checkpoint: Checkpoint, indexes: Iterable[int]) -> dict[int, bytes]:
+        """The leaf hashes at ``indexes`` (each below the checkpoint's size), once every level-0
+        tile of the checkpoint's tree is recomputed into its root (:class:`ConsistencyError`
+        otherwise): what ``ledger verify --full --identity`` compares a stakeholder's entries
+        with. Memory is O(log n) plus the hashes asked for."""
+        wanted = set(indexes)
+        if any(not 0 <= i < checkpoint.size for i in wanted):
+            raise ValueError("indexes: each below the checkpoint's size")
+        found: dict[int, bytes] = {}
+
+        def tile(tile_index: int, width: int, hashes: list[bytes]) -> None:
+            start = tile_index * TILE_WIDTH
+            for i in range(width):
+                if start + i in wanted:
+                    found[start + i] = hashes[i]
+
+        self._level0(checkpoint, tile)
+        return found
+
+    def _level0(self, checkpoint: Checkpoint, tile: Callable[[int, int, list[bytes]], None]) -> None:
+        """Read every level-0 tile of ``checkpoint``'s tree, in order, calling ``tile(index,
+        width, leaf hashes)`` for each, and recompute the root from them: a
+        :class:`ConsistencyError` unless it is the checkpoint's."""
+        size = checkpoint.size
+        rng = CompactRange()
+        for tile_index in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
+            width = tile_width(0, tile_index, size)
+            leaf_hashes = _ClientTiles(self.client).read_tile(0, tile_index, width)
+            hashes = [leaf_hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(width)]
+            rng.extend(hashes)
+            tile(tile_index, width, hashes)
         if rng.root() != checkpoint.root:
             raise ConsistencyError(
                 f"the log's leaf hashes give root {rng.root().hex()} for size {size}, but its checkpoint "
                 f"says {checkpoint.root.hex()}"
             )
-        if first_bad is not None:
-            raise first_bad
-        return size
 
 
 def _compare(
@@ -460,6 +492,16 @@ def audit_view(
     if not _increasing(proven, size):
         raise ValueError("proven: increasing indexes below the checkpoint's size")
     new = Auditor(client, log_key).extend(previous, signed.raw)
+    known, merged = remember_view(state, name, proven)
+    state.save(new)
+    return ViewUpdate(previous, len(known), len(merged))
+
+
+def remember_view(state: AuditorState, name: str, proven: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Every entry ``state`` remembers for policy ``name`` must be among ``proven`` (the indexes
+    the log proved for it this time), else :class:`EntryMissingError` (the log left out an entry
+    it showed before); then ``state`` remembers both (not saved: the caller saves once every
+    policy is checked). Returns (remembered before, remembered now)."""
     known = state.entries(name)
     missing = sorted(set(known).difference(proven))
     if missing:
@@ -471,8 +513,7 @@ def audit_view(
         )
     merged = sorted(set(known).union(proven))
     state.remember(name, merged)
-    state.save(new)
-    return ViewUpdate(previous, len(known), len(merged))
+    return known, merged
 
 
 def audit_once(
@@ -527,14 +568,39 @@ class LogVerification:
     previous_size: int | None
     entries_checked: int
     witnesses: tuple[str, ...] = ()
+    reader: str | None = None
+    """``--full --identity``: the fingerprint of the identity whose policies' entries were checked
+    (``None``: every entry was, from the log database)."""
+    policies: tuple[PolicyEntries, ...] = ()
+    """``--full --identity``: the policies whose entries were checked, by name."""
 
     def to_json(self) -> dict[str, object]:
         """``ledger verify --json``'s object."""
-        return {
+        doc: dict[str, object] = {
             "verified": True, "origin": self.origin, "size": self.size, "root": self.root,
             "previous_size": self.previous_size, "entries_checked": self.entries_checked,
             "witnesses": list(self.witnesses),
         }  # fmt: skip
+        if self.reader is not None:
+            doc["reader"] = self.reader
+            doc["policies"] = [p.to_json() for p in self.policies]
+        return doc
+
+
+@dataclass(frozen=True)
+class PolicyEntries:
+    """``ledger verify --full --identity``: one policy's entries, as checked. ``entries``: those
+    the checkpoint covers, each matched with its leaf hash; ``newer``: those the CAS returned
+    past the checkpoint (their documents and chain checked, their leaf hashes not yet
+    published); ``head``: the current version the CAS reports, the end of the entries' chain."""
+
+    name: str
+    entries: int
+    newer: int
+    head: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "entries": self.entries, "newer": self.newer, "head": self.head}
 
 
 def verify_log(

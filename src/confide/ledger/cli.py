@@ -38,6 +38,7 @@ from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
     LocalLogClient,
     LogClient,
+    LogVerification,
     ViewUpdate,
     log_verifier,
     verify_log,
@@ -109,7 +110,26 @@ def ledger() -> None:
     metavar="VKEY",
     help="Pinned log key (name+hash+base64) or a file (default: $CONFIDE_LOG_KEY from client.env).",
 )
-@click.option("--full", is_flag=True, help="Also download every entry and recompute the tree.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Also recompute the tree from every leaf hash and check the entries: all of them (--log-db),"
+    " or at a CAS those of the policies --identity may read.",
+)
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    help="With --full at a CAS: your identity file (mode 0600); the entries checked are those of the"
+    " policies it may read (signed reads).",
+)
+@click.option(
+    "--policy",
+    "policy_names",
+    multiple=True,
+    metavar="NAME",
+    help="With --identity: check this policy's entries (repeat; default: every policy it may read).",
+)
 @click.option(
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
 )
@@ -123,6 +143,8 @@ def verify(
     state: Path | None,
     key: str | None,
     full: bool,
+    identity_file: Path | None,
+    policy_names: tuple[str, ...],
     witness_keys: tuple[str, ...],
     as_json: bool,
     cacert: Path | None,
@@ -132,8 +154,17 @@ def verify(
     \b
     After `source DIR/client.env` (CONFIDE_LOG_URL, CONFIDE_LOG_KEY, CONFIDE_CAS_CERT):
       confide ledger verify --state auditor.json
+      confide ledger verify --full --identity me.id --state auditor.json
     """
     try:
+        if policy_names and identity_file is None:
+            raise UsageError("--policy goes with --identity (whose policies' entries --full checks)")
+        if identity_file is not None and (not full or log_db is not None):
+            raise UsageError(
+                "--identity goes with --full at a CAS (--url or CONFIDE_LOG_URL), not with --log-db"
+                if full
+                else "--identity goes with --full (it names whose policies' entries are checked)"
+            )
         witnesses = [_witness_key(w) for w in witness_keys]
         # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
         # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
@@ -151,26 +182,11 @@ def verify(
             raise UsageError(
                 "give exactly one of --log-db FILE and --url URL (or CONFIDE_LOG_URL from client.env)"
             )
-        with contextlib.ExitStack() as stack:
-            client: LogClient
-            if log_db is not None:
-                _existing(log_db)
-                conn = connect(log_db, durable=False)
-                stack.callback(conn.close)
-                client = LocalLogClient(conn)
-            else:
-                assert url is not None
-                if not url.startswith(("http://", "https://")):
-                    raise UsageError(f"--url: got {url[:60]!r}, expected http:// or https://")
-                ca = cacert or (
-                    Path(os.environ["CONFIDE_CAS_CERT"]) if os.environ.get("CONFIDE_CAS_CERT") else None
-                )
-                http = None
-                if ca is not None and url.startswith("https://"):
-                    ctx = client_tls_context(ca)
-                    http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
-                client = stack.enter_context(HttpLogClient(url, client=http))
-            checked = verify_log(client, log_key, state, full=full, witnesses=witnesses)
+        if identity_file is not None:
+            assert url is not None
+            checked = _verify_readable(url, cacert, log_key, identity_file, policy_names, state, witnesses)
+        else:
+            checked = _verify(log_db, url, cacert, log_key, state, full, witnesses)
     except ConfideError as exc:
         if as_json:
             error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
@@ -183,10 +199,94 @@ def verify(
     click.echo(printable(f"verified: {checked.origin} size {checked.size} root {checked.root}"))
     if checked.previous_size is not None:
         click.echo(f"  consistent with the last seen size {checked.previous_size}")
-    if full:
+    if full and checked.reader is None:
         click.echo(f"  all {checked.size} entries match the tree")
+    elif full:
+        reader = f"{str(checked.reader)[:16]}…"
+        click.echo(f"  all {checked.size} leaf hashes give the root")
+        if not checked.policies:
+            click.echo(f"  no policy readable by {reader}: no entries checked")
+        for p in checked.policies:
+            newer = f" ({p.newer} newer than the checkpoint: documents checked)" if p.newer else ""
+            head = f", current version {p.head[:16]}…" if p.head else ""
+            click.echo(printable(f"  {p.name}: {p.entries} entries match the tree{newer}{head}"))
+        if checked.policies:
+            click.echo(
+                f"  {checked.entries_checked} entries of {len(checked.policies)} "
+                f"polic{'y' if len(checked.policies) == 1 else 'ies'} readable by {reader} checked"
+            )
     for w in witnesses:
         click.echo(printable(f"  cosigned by witness {w.name}"))
+
+
+def _verify(
+    log_db: Path | None,
+    url: str | None,
+    cacert: Path | None,
+    log_key: NoteVerifier,
+    state: Path | None,
+    full: bool,
+    witnesses: list[NoteVerifier],
+) -> LogVerification:
+    """``ledger verify`` of the log database ``log_db`` or of the tlog-tiles at ``url``."""
+    with contextlib.ExitStack() as stack:
+        client: LogClient
+        if log_db is not None:
+            _existing(log_db)
+            conn = connect(log_db, durable=False)
+            stack.callback(conn.close)
+            client = LocalLogClient(conn)
+        else:
+            assert url is not None
+            if not url.startswith(("http://", "https://")):
+                raise UsageError(f"--url: got {url[:60]!r}, expected http:// or https://")
+            ca = cacert or _env_cert()
+            http = None
+            if ca is not None and url.startswith("https://"):
+                ctx = client_tls_context(ca)
+                http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
+            client = stack.enter_context(HttpLogClient(url, client=http))
+        return verify_log(client, log_key, state, full=full, witnesses=witnesses)
+
+
+def _verify_readable(
+    url: str,
+    cacert: Path | None,
+    log_key: NoteVerifier,
+    identity_file: Path,
+    policies: tuple[str, ...],
+    state: Path | None,
+    witnesses: list[NoteVerifier],
+) -> LogVerification:
+    """``ledger verify --full --identity``: the CAS of client.env (``CONFIDE_CAS_URL``, trusting
+    ``--cacert`` or ``CONFIDE_CAS_CERT``), whose log must be ``url``; its tiles read on the same
+    connection (:func:`confide.cas.audit.verify_readable`)."""
+    from confide.cas.audit import verify_readable
+    from confide.cas.client import CasClient
+    from confide.identity import load_identity
+
+    cas_url = os.environ.get("CONFIDE_CAS_URL") or ""
+    if not cas_url:
+        raise UsageError(
+            "--identity reads the CAS of CONFIDE_CAS_URL: source the client.env that 'confide cas serve' "
+            "wrote"
+        )
+    if url.rstrip("/") != f"{cas_url.rstrip('/')}/v1/log":
+        raise UsageError(
+            f"--identity reads the CAS of CONFIDE_CAS_URL ({cas_url[:80]!r}), whose log is "
+            f"{cas_url.rstrip('/')[:80]}/v1/log, not --url {url[:80]!r}"
+        )
+    identity = load_identity(identity_file)
+    with (
+        CasClient(cas_url, cacert or _env_cert()) as client,
+        HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles,
+    ):
+        return verify_readable(client, tiles, log_key, identity, policies, state, witnesses=witnesses)
+
+
+def _env_cert() -> Path | None:
+    """The CAS certificate of client.env (``CONFIDE_CAS_CERT``), if set."""
+    return Path(os.environ["CONFIDE_CAS_CERT"]) if os.environ.get("CONFIDE_CAS_CERT") else None
 
 
 def _existing(log_db: Path) -> None:

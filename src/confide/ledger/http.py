@@ -161,13 +161,14 @@ class HttpLogClient:
         if resp.status_code == 403 and path.startswith("tile/entries/") and _cas_refusal(resp.content):
             # A CAS serves no entry bundles (each stakeholder reads its policies' entries with
             # inclusion proofs): an audit of every entry (`ledger verify --full`) needs the
-            # database (docs/limitations.md "Entry readers"). Refused, not a transport failure.
+            # database, a stakeholder's audits its policies' (`--full --identity`, docs/ledger.md).
+            # Refused, not a transport failure.
             # Only the CAS's own refusal says so: another 403 (a proxy's, a web server's) is
             # an HTTP failure like any other, not a reason to point at a CAS and --log-db.
             raise AccessDeniedError(
                 f"GET {url}: this log does not serve its entries (a CAS gives each stakeholder its "
-                "policies' entries: confide ledger history|accesses); --full needs the log "
-                "database (--log-db)"
+                "policies' entries); --full at a CAS needs --identity FILE (the entries of the "
+                "policies it may read; identity= in the SDK), or the log database (--log-db) for all"
             )
         if resp.status_code != 200:
             raise NetworkError(f"GET {url}: HTTP {resp.status_code}, expected 200")
