@@ -46,9 +46,16 @@ from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
 from confide.runtime.quote import QuoteProvider
-from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released, seal_and_report
+from confide.runtime.volumes import (
+    MountedVolumes,
+    VolumeRelease,
+    bind_mount,
+    lock_released,
+    mount_released,
+    seal_and_report,
+)
 from confide.sim.measure import Measurement
-from confide.volume.mount import _private_namespace, mount_tmpfs_at
+from confide.volume.mount import STOP_SIGNALS, _private_namespace, mount_tmpfs_at
 
 log = logging.getLogger(__name__)
 
@@ -683,14 +690,28 @@ def _run_supervised(
     before_exec: Callable[[], None] | None,
     started: list[subprocess.Popen[bytes]],
     pending: list[int],
+    volume_wait: float | None,
 ) -> tuple[int, str | None, str | None, MountedVolumes]:
-    """:func:`supervise` up to the program's exit (the signals are already forwarded): inject,
-    mount, start the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
-    ``volume:path`` or None, lost ``volume at mountpoint`` or None, the mounted volumes, still
-    to be sealed)."""
-    injected = _write_files(plan.files, plan.modes)
+    """:func:`supervise` up to the program's exit (the signals are already forwarded): lock the
+    volumes (waiting up to ``volume_wait`` seconds; a stop signal among the ``pending`` ones
+    ends the wait), inject, mount, start the program, pass on the ``pending`` signals, wait.
+    Returns (exit code, failing ``volume:path`` or None, lost ``volume at mountpoint`` or None,
+    the mounted volumes, still to be sealed)."""
+
+    def stop() -> int | None:
+        return next((sig for sig in pending if sig in STOP_SIGNALS), None)
+
+    # Before anything is injected or decrypted: a wait that times out or is stopped leaves
+    # nothing behind (no file written, nothing mounted, no mount point directory made).
+    locks = lock_released(list(plan.volumes), volume_wait, stop)
     try:
-        mounted = mount_released(list(plan.volumes))
+        injected = _write_files(plan.files, plan.modes)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    try:
+        mounted = mount_released(list(plan.volumes), locks)
     except BaseException:
         _remove(injected)
         raise
@@ -733,9 +754,19 @@ def _run_supervised(
     return code, tampered, lost, mounted
 
 
-def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
+def supervise(
+    plan: Launch,
+    client: CasClient,
+    *,
+    before_exec: Callable[[], None] | None = None,
+    volume_wait: float | None = None,
+) -> int:
     """With protected volumes: mount them, run the program as a child, then seal changed
     volumes and report their new tags to the CAS; returns the program's exit code.
+    ``volume_wait``: seconds to wait for the volumes' locks while other mounts hold them
+    (None: $CONFIDE_VOLUME_WAIT, else 0: refused at once); a stop signal (SIGINT, SIGTERM,
+    SIGHUP) during that wait ends it with :class:`~confide.errors.WaitStoppedError`, nothing
+    injected or mounted.
     ``before_exec`` runs after everything else was prepared, right before the program starts
     (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
     not start and the volumes are closed."""
@@ -756,7 +787,7 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending)
+        code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending, volume_wait)
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
         # mount was lost (its FUSE server died, or it was unmounted from outside): the program's
