@@ -293,3 +293,42 @@ def test_seal_waits_for_a_reader_ahead_of_new_readers(tmp_path: Path) -> None:
         os.close(reader)
         sealer.join(30)
     assert len(result) == 1 and result[0] != tag0
+
+
+def test_a_run_takes_all_its_volumes_locks_or_none(tmp_path: Path) -> None:
+    """confide run locks every volume before it mounts any (lock_released): when one is in use
+    the others it took are let go again, and the messages name the wait asked for."""
+    from confide.policy.model import UpdatePolicy
+    from confide.runtime.volumes import VolumeRelease, lock_released
+
+    key = VolumeKey.generate()
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        create_volume(d, key)
+    releases = [
+        VolumeRelease("a", dirs[0], key.raw, "", UpdatePolicy.ROLLBACK_PROTECTED),
+        VolumeRelease("b", dirs[1], key.raw, "", UpdatePolicy.EPHEMERAL),
+    ]
+    writer = lock_volume(dirs[1], shared=False)  # b is being written
+    assert writer is not None
+    try:
+        with pytest.raises(StorageError, match=r"mount\) holds its lock; gave up after waiting 0\.2 s$"):
+            lock_released(releases, 0.2)
+        free = lock_volume(dirs[0], shared=False)  # a was let go again
+        assert free is not None
+        os.close(free)
+    finally:
+        os.close(writer)
+    held = lock_released(releases, 0)
+    try:
+        with pytest.raises(StorageError):  # a held alone, b shared
+            lock_volume(dirs[0], shared=True)
+        other = lock_volume(dirs[1], shared=True)
+        assert other is not None
+        os.close(other)
+    finally:
+        for lock in held:
+            lock.release()
+    fd = lock_volume(dirs[0], shared=False)
+    assert fd is not None
+    os.close(fd)

@@ -1333,7 +1333,7 @@ def run(
         QuoteProvider,
         SimQuoteProvider,
     )
-    from confide.runtime.run import attest_and_prepare, launch, supervise
+    from confide.runtime.run import Launch, attest_and_prepare, launch, supervise
     from confide.volume.lock import volume_wait
     from confide.volume.mount import end_by_signal
 
@@ -1424,8 +1424,14 @@ def run(
     # From here on the CAS accepted the attestation and its release decrypted: only now, right
     # before the program starts, may the GPUs' ready state be set (before_exec).
     if plan.volumes:
+
+        def reattest() -> Launch:
+            # after a wait for a volume that another run sealed meanwhile: its new tag
+            again = attest_and_prepare(client, provider, policy_name, service, list(command))
+            return again if measured is None else dataclasses.replace(again, measured=measured)
+
         try:
-            code = supervise(plan, client, before_exec=before_exec, volume_wait=wait)
+            code = supervise(plan, client, before_exec=before_exec, volume_wait=wait, reattest=reattest)
         except WaitStoppedError as exc:  # nothing injected or mounted: the signal ends the run
             client.close()
             end_by_signal(exc)

@@ -143,6 +143,14 @@ class MountedVolumes:
     mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
     # not root: the run's own mount point directories, removed (if empty) once unmounted
     staging_dirs: list[Path] = field(default_factory=list)
+    # the volumes' locks (copies of the mounts' own descriptors): held until the new tags are
+    # reported, so that a run waiting for a volume finds the CAS's tag current once it has it
+    locks: list[int] = field(default_factory=list)
+
+    def release_locks(self) -> None:
+        """Let the volumes go (after :func:`seal_and_report`'s reports, or an abort)."""
+        while self.locks:
+            os.close(self.locks.pop())
 
     def paths(self) -> dict[str, Path]:
         """Where each volume is mounted, by name (the staging directory; under an image contract
@@ -180,6 +188,7 @@ class MountedVolumes:
             with contextlib.suppress(StorageError):
                 handle.abort()
         _remove_staging(self.staging_dirs)
+        self.release_locks()
 
     def close(self) -> dict[str, tuple[str, str]]:
         """Seal and unmount (an ``ephemeral`` volume: unmount and discard); returns
@@ -187,7 +196,10 @@ class MountedVolumes:
         is the CAS's (``rollback_protected``) or the version mounted (``no_rollback_protection``,
         where the two may differ). :class:`StorageError` if a volume could not be sealed (every
         volume is closed first; use :meth:`seal` to get the others' new tags as well)."""
-        changed, errors = self.seal()
+        try:
+            changed, errors = self.seal()
+        finally:
+            self.release_locks()
         if errors:
             raise StorageError("; ".join(errors))
         return changed
@@ -334,7 +346,8 @@ def lock_released(
             vol = volumes[i]
             left = max(0.0, deadline - clock()) if budget else 0.0
             shared = vol.update_policy is UpdatePolicy.EPHEMERAL
-            held[i] = HeldLock(lock_volume(vol.directory.resolve(), shared=shared, wait=left, stop=stop))
+            fd = lock_volume(vol.directory.resolve(), shared=shared, wait=left, stop=stop, asked=budget)
+            held[i] = HeldLock(fd)
     except BaseException:
         for lock in held.values():
             lock.release()
@@ -359,6 +372,18 @@ def mount_released(volumes: list[VolumeRelease], locks: list[HeldLock] | None = 
 
 
 def _mount_locked(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVolumes:
+    kept = [os.dup(lock.fd) for lock in locks if lock.fd is not None]  # one lock, another descriptor
+    try:
+        mounted = _mount_all(volumes, locks)
+    except BaseException:
+        for fd in kept:
+            os.close(fd)
+        raise
+    mounted.locks = kept
+    return mounted
+
+
+def _mount_all(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVolumes:
     root = os.geteuid() == 0
     if root:
         _private_namespace()
@@ -451,6 +476,20 @@ def seal_and_report(
     (what the session wrote after that moment failed or went to the bare mountpoint directory,
     unencrypted, and the end of the session is unknown) and :class:`StorageError` is raised.
     ``lost`` given: the caller stopped the service because of it."""
+    try:
+        _seal_and_report(mounted, client, policy, session, tampered, lost)
+    finally:
+        mounted.release_locks()  # after the reports: a run waiting for a volume gets its new tag
+
+
+def _seal_and_report(
+    mounted: MountedVolumes,
+    client: CasClient,
+    policy: str,
+    session: str,
+    tampered: str | None,
+    lost: str | None,
+) -> None:
     stopped = tampered is not None
     if tampered is None:
         tampered = mounted.integrity_failure()

@@ -168,6 +168,7 @@ def lock_volume(
     shared: bool,
     wait: float = 0.0,
     stop: Stop | None = None,
+    asked: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int | None:
@@ -177,7 +178,9 @@ def lock_volume(
     that it waits (a warning, with the holders' pids where /proc/locks shows them); a writer
     waiting holds its place (module doc), so shared lockers wait behind it or, with ``wait``
     0, are refused. ``stop``: asked between attempts (a stop signal ends the wait:
-    :class:`~confide.errors.WaitStoppedError`); ``clock`` and ``sleep`` are injectable.
+    :class:`~confide.errors.WaitStoppedError`); ``asked``: the wait the user asked for, where
+    ``wait`` is what is left of it (several volumes' locks), for the messages; ``clock`` and
+    ``sleep`` are injectable.
 
     Returns the lock's file descriptor (close it to release), or ``None`` for a shared lock
     whose file cannot be created (a read-only volume directory: nothing writes there anyway).
@@ -191,7 +194,7 @@ def lock_volume(
             return None
         raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
     try:
-        acquire(directory, fd, shared=shared, wait=wait, stop=stop, clock=clock, sleep=sleep)
+        acquire(directory, fd, shared=shared, wait=wait, stop=stop, asked=asked, clock=clock, sleep=sleep)
     except BaseException:
         os.close(fd)
         raise
@@ -205,6 +208,7 @@ def acquire(
     shared: bool,
     wait: float,
     stop: Stop | None = None,
+    asked: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
@@ -225,6 +229,7 @@ def acquire(
                 if not shared:
                     raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
         deadline = clock() + wait
+        shown = wait if asked is None else asked
         queued = False  # a writer: holds its place (the intent lock, exclusive)
         told = False
         while True:
@@ -239,7 +244,7 @@ def acquire(
                 return
             now = clock()
             if now >= deadline:
-                waited = "" if wait == 0 else f"; gave up after waiting {wait:g} s"
+                waited = "" if shown == 0 else f"; gave up after waiting {shown:g} s"
                 reason = _reason(directory, fd, intent, shared, why)
                 raise StorageError(f"volume {str(directory)!r} is in use: {reason}{waited}")
             sig = stop() if stop is not None else None
@@ -251,7 +256,7 @@ def acquire(
                 )
             if not told:
                 reason = _reason(directory, fd, intent, shared, why)
-                limit = "" if math.isinf(wait) else f" up to {wait:g} s"
+                limit = "" if math.isinf(shown) else f" up to {shown:g} s"
                 log.warning(
                     "confide: volume %r is in use: %s; waiting%s for it", str(directory), reason, limit
                 )
