@@ -261,7 +261,9 @@ def test_an_intent_symlink_is_not_followed(vol: Path, tmp_path: Path) -> None:
     os.close(fd)
 
 
-def test_seal_waits_for_a_reader_ahead_of_new_readers(tmp_path: Path) -> None:
+def test_seal_waits_for_a_reader_ahead_of_new_readers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """`volume seal` (as add and rm) waits as long as it takes, holding its place in the queue:
     new readers are refused meanwhile; it seals once the reader leaves."""
     key = VolumeKey.generate()
@@ -275,6 +277,7 @@ def test_seal_waits_for_a_reader_ahead_of_new_readers(tmp_path: Path) -> None:
     assert reader is not None
     result: list[str] = []
     sealer = threading.Thread(target=lambda: result.append(seal_volume(v, key)))
+    caplog.set_level(logging.WARNING, logger="confide.volume")
     sealer.start()
     try:
         deadline = time.monotonic() + 30
@@ -293,6 +296,11 @@ def test_seal_waits_for_a_reader_ahead_of_new_readers(tmp_path: Path) -> None:
         os.close(reader)
         sealer.join(30)
     assert len(result) == 1 and result[0] != tag0
+    said = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert said == [  # once, without a limit
+        f"confide: volume {str(v)!r} is in use: a writer or a mount holds its lock, and writing needs it "
+        "alone; waiting for it"
+    ]
 
 
 def test_a_run_takes_all_its_volumes_locks_or_none(tmp_path: Path) -> None:

@@ -318,9 +318,10 @@ class _FuseMount(MountHandle):
         memory_limit: int | None = None,
         lock: int | None = None,
     ) -> None:
-        """``lock``: the volume's lock, held by the caller, which the server inherits and holds
-        too (one open file description: the lock is released when both have closed it); this
-        handle closes its own copy at the end, the caller's on a failure here."""
+        """``lock``: the volume's lock, taken by the caller; the server inherits it and holds it
+        until it ends (one open file description: the volume is free once both have let it go).
+        Once the server is started this handle owns the descriptor and closes it after the
+        server has ended; on a failure here it stays the caller's."""
         super().__init__(mountpoint, "fuse", writable, tag, mountpoint, ephemeral)
         self.memory_limit = memory_limit if ephemeral else None
         self._lock: int | None = None
