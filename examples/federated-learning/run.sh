@@ -125,7 +125,12 @@ if [ "$(id -u)" = 0 ]; then TRAIN_PARALLEL=1; else TRAIN_PARALLEL=0; fi
 for round in $(seq "$ROUNDS"); do
   step "round $round: the hospitals train in their TEEs (at the same time), then the aggregator averages"
   train_all
-  confide run --config-id fl-aggregator/aggregate --tee sim -- "${AGGREGATE[@]}"
+  # The aggregator seals the model, so it needs it alone: it waits (up to 10 minutes) for a
+  # mount of the model still live (a late training, a look with `confide volume mount
+  # --ephemeral`) instead of failing, and new ephemeral mounts then wait behind it
+  # (docs/volume-mount.md "Sharing a volume"). It still starts after the trainings: it needs
+  # this round's updates, and started with them it could take the model first.
+  confide run --config-id fl-aggregator/aggregate --tee sim --volume-wait 600 -- "${AGGREGATE[@]}"
 done
 
 step "the model owner reads the trained model (its key, the CAS's current tag)"

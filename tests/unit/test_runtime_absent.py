@@ -58,7 +58,7 @@ def _mounted(tmp: Path, files: dict[str, bytes], mnt: Path) -> MountedVolumes:
 
 
 def _supervise(monkeypatch: pytest.MonkeyPatch, plan: Launch, mounted: MountedVolumes) -> int:
-    monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes, _locks=None: mounted)
     return supervise(plan, _Client())  # type: ignore[arg-type]
 
 

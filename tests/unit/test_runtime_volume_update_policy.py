@@ -107,7 +107,7 @@ def test_a_volume_that_fails_to_seal_does_not_keep_another_volumes_new_tag_unrep
     mounted = MountedVolumes(
         handles, {}, mounted_tags={r.name: t for (r, _), t in zip(handles, tags, strict=True)}
     )
-    monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes, _locks=None: mounted)
     bad = tmp_path / f"v{failing}" / "vol" / "objects"
     # the program changes both volumes; the host removes one volume's objects directory meanwhile
     script = (
@@ -145,7 +145,7 @@ vol, key_hex, tag, mnt, where, sig = sys.argv[1:7]
 key = VolumeKey.from_hex(key_hex)
 release = VolumeRelease("data", Path(vol), key.raw, tag)
 
-def mount_released(_volumes):
+def mount_released(_volumes, _locks=None):
     manifest, t = load_sealed(Path(vol), key, tag)
     handle = _TmpfsMount(Path(vol), key, Path(mnt), t, True, manifest, None, private_namespace=False)
     mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": t})
@@ -218,7 +218,7 @@ key = VolumeKey.from_hex(key_hex)
 release = VolumeRelease("data", Path(vol), key.raw, tag)
 ignored = []
 
-def mount_released(_volumes):
+def mount_released(_volumes, _locks=None):
     handle = mount_volume(Path(vol), key, Path(mnt), expected_tag=tag, mode="fuse", writable=True)
     server = handle._proc.pid
     status = Path(f"/proc/{server}/status").read_text().splitlines()
@@ -312,7 +312,7 @@ def test_a_lost_fuse_mount_stops_the_program_and_discards(
     ephemeral = policy is UpdatePolicy.EPHEMERAL  # as mount_released mounts it: shared, in memory
     handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True, ephemeral=ephemeral)
     mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": tag})
-    monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes, _locks=None: mounted)
     server = handle._proc.pid  # type: ignore[attr-defined]
     # the program changes the volume, then loses the mount and writes a file there
     lose = f"kill -KILL {server}" if how == "killed" else " ".join(_unmount_cmd(mnt, False))

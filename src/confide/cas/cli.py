@@ -24,7 +24,7 @@ from confide.clitypes import (
     pcs_update_option,
     tcb_recovery_grace_option,
 )
-from confide.errors import ConfideError, UsageError
+from confide.errors import ConfideError, UsageError, WaitStoppedError
 from confide.fsutil import read_small_file
 from confide.httpserve.options import reload_interval
 from confide.identity import Identity, load_identity
@@ -1334,6 +1334,14 @@ def policy_revoke(
     "the evidence, fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read "
     "from DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
 )
+@click.option(
+    "--volume-wait",
+    "volume_wait_s",
+    metavar="SECONDS",
+    help="Wait up to SECONDS (0 to 86400) for the protected volumes' locks while other mounts hold "
+    "them (a volume this run may seal needs it alone; an ephemeral one waits behind a writer) "
+    "instead of failing at once (exit 50). Default: $CONFIDE_VOLUME_WAIT, else 0.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     config_id: str,
@@ -1342,6 +1350,7 @@ def run(
     gpu_index: str | None,
     gpu_ready_state: str | None,
     gpu_ocsp: str | None,
+    volume_wait_s: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --).
@@ -1360,11 +1369,14 @@ def run(
         QuoteProvider,
         SimQuoteProvider,
     )
-    from confide.runtime.run import attest_and_prepare, launch, supervise
+    from confide.runtime.run import Launch, attest_and_prepare, launch, supervise
+    from confide.volume.lock import volume_wait
+    from confide.volume.mount import end_by_signal
 
     policy_name, sep, service = config_id.rpartition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
+    wait = volume_wait(volume_wait_s)  # a bad value is refused before the CAS is asked
     with_gpus = gpus is not None or gpu_index is not None
     gpu_count, gpu_indices = _gpu_selection(gpus, gpu_index, tee) if with_gpus else (None, None)
     if gpu_ocsp is not None and not with_gpus:
@@ -1453,7 +1465,17 @@ def run(
     # From here on the CAS accepted the attestation and its release decrypted: only now, right
     # before the program starts, may the GPUs' ready state be set (before_exec).
     if plan.volumes:
-        code = supervise(plan, client, before_exec=before_exec)
+
+        def reattest() -> Launch:
+            # after a wait for a volume that another run sealed meanwhile: its new tag
+            again = attest_and_prepare(client, provider, policy_name, service, list(command))
+            return again if measured is None else dataclasses.replace(again, measured=measured)
+
+        try:
+            code = supervise(plan, client, before_exec=before_exec, volume_wait=wait, reattest=reattest)
+        except WaitStoppedError as exc:  # nothing injected or mounted: the signal ends the run
+            client.close()
+            end_by_signal(exc)
         client.close()
         sys.exit(code)
     client.close()

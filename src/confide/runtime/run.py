@@ -40,15 +40,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
-from confide.errors import ParseError, PolicyError, StorageError, UsageError
+from confide.errors import ConfideError, ParseError, PolicyError, RollbackError, StorageError, UsageError
 from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
+from confide.policy.model import UpdatePolicy
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
 from confide.runtime.quote import QuoteProvider
-from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released, seal_and_report
+from confide.runtime.volumes import (
+    MountedVolumes,
+    VolumeRelease,
+    bind_mount,
+    lock_released,
+    mount_released,
+    seal_and_report,
+)
 from confide.sim.measure import Measurement
-from confide.volume.mount import _private_namespace, mount_tmpfs_at
+from confide.volume.keys import VolumeKey
+from confide.volume.lock import volume_wait as lock_wait_setting
+from confide.volume.mount import STOP_SIGNALS, _private_namespace, mount_tmpfs_at
+from confide.volume.store import load_sealed
 
 log = logging.getLogger(__name__)
 
@@ -683,14 +694,33 @@ def _run_supervised(
     before_exec: Callable[[], None] | None,
     started: list[subprocess.Popen[bytes]],
     pending: list[int],
-) -> tuple[int, str | None, str | None, MountedVolumes]:
-    """:func:`supervise` up to the program's exit (the signals are already forwarded): inject,
-    mount, start the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
+    volume_wait: float | None,
+    reattest: Callable[[], Launch] | None,
+) -> tuple[int, str | None, str | None, MountedVolumes, Launch]:
+    """:func:`supervise` up to the program's exit (the signals are already forwarded): lock the
+    volumes (waiting up to ``volume_wait`` seconds; a stop signal among the ``pending`` ones
+    ends the wait), attest again if one changed meanwhile (``reattest``), inject, mount, start
+    the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
     ``volume:path`` or None, lost ``volume at mountpoint`` or None, the mounted volumes, still
-    to be sealed)."""
-    injected = _write_files(plan.files, plan.modes)
+    to be sealed, and the plan they were mounted under)."""
+
+    def stop() -> int | None:
+        return next((sig for sig in pending if sig in STOP_SIGNALS), None)
+
+    wait = lock_wait_setting() if volume_wait is None else volume_wait
+    # Before anything is injected or decrypted: a wait that times out or is stopped leaves
+    # nothing behind (no file written, nothing mounted, no mount point directory made).
+    locks = lock_released(list(plan.volumes), wait, stop)
     try:
-        mounted = mount_released(list(plan.volumes))
+        if wait > 0 and reattest is not None and _stale(plan.volumes):
+            plan = _attest_again(plan, reattest)
+        injected = _write_files(plan.files, plan.modes)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    try:
+        mounted = mount_released(list(plan.volumes), locks)
     except BaseException:
         _remove(injected)
         raise
@@ -730,12 +760,62 @@ def _run_supervised(
     for sig in pending:
         proc.send_signal(sig)
     code, tampered, lost = _wait(proc, mounted)
-    return code, tampered, lost, mounted
+    return code, tampered, lost, mounted, plan
 
 
-def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
+def _stale(volumes: Sequence[VolumeRelease]) -> bool:
+    """Whether a volume's sealed version is no longer the one its release names: another run
+    sealed it while this one waited for its lock (which it now holds: nothing changes it
+    until this run ends). Its key authenticates the manifest; anything else wrong is left to
+    the mount to report."""
+    for vol in volumes:
+        try:
+            load_sealed(vol.directory.resolve(), VolumeKey(vol.key), vol.expected_tag)
+        except RollbackError:
+            return True
+        except ConfideError:
+            continue
+    return False
+
+
+def _attest_again(plan: Launch, reattest: Callable[[], Launch]) -> Launch:
+    """The release of a new attestation, for the volumes' current versions (the CAS has their
+    new tags: a run reports them before it lets the volume go). Its volumes must be the ones
+    locked: the same directories, shared or not alike."""
+    log.warning(
+        "confide run: a protected volume was sealed anew while this run waited for its lock; "
+        "attesting again for its current version"
+    )
+    fresh = reattest()
+
+    def shape(p: Launch) -> list[tuple[str, str, bool]]:
+        return [(v.name, str(v.directory), v.update_policy is UpdatePolicy.EPHEMERAL) for v in p.volumes]
+
+    if shape(fresh) != shape(plan):
+        raise StorageError(
+            "the policy's volumes changed while this run waited for their locks (attested again, the "
+            "release names others): nothing was mounted; run it again"
+        )
+    return fresh
+
+
+def supervise(
+    plan: Launch,
+    client: CasClient,
+    *,
+    before_exec: Callable[[], None] | None = None,
+    volume_wait: float | None = None,
+    reattest: Callable[[], Launch] | None = None,
+) -> int:
     """With protected volumes: mount them, run the program as a child, then seal changed
     volumes and report their new tags to the CAS; returns the program's exit code.
+    ``volume_wait``: seconds to wait for the volumes' locks while other mounts hold them
+    (None: $CONFIDE_VOLUME_WAIT, else 0: refused at once); a stop signal (SIGINT, SIGTERM,
+    SIGHUP) during that wait ends it with :class:`~confide.errors.WaitStoppedError`, nothing
+    injected or mounted. ``reattest``: attests anew (the first step of ``confide run``) when,
+    after waiting, a volume is no longer at the version its release names (another run sealed
+    it meanwhile): the new release, for the current versions, is the one used (once; its
+    volumes must be the same).
     ``before_exec`` runs after everything else was prepared, right before the program starts
     (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
     not start and the volumes are closed."""
@@ -756,7 +836,9 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending)
+        code, tampered, lost, mounted, plan = _run_supervised(
+            plan, before_exec, started, pending, volume_wait, reattest
+        )
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
         # mount was lost (its FUSE server died, or it was unmounted from outside): the program's

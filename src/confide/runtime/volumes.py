@@ -42,6 +42,8 @@ import os
 import re
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,12 +52,20 @@ from confide import jsonstrict
 from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
-from confide.volume.mount import MountHandle, _listed_mount, _private_namespace, mount_volume
+from confide.volume.lock import Stop, lock_volume, volume_wait
+from confide.volume.mount import HeldLock, MountHandle, _listed_mount, _private_namespace, mount_volume
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
 
-__all__ = ["MountedVolumes", "VolumeRelease", "bind_mount", "mount_released", "seal_and_report"]
+__all__ = [
+    "MountedVolumes",
+    "VolumeRelease",
+    "bind_mount",
+    "lock_released",
+    "mount_released",
+    "seal_and_report",
+]
 
 log = logging.getLogger("confide.runtime")
 
@@ -133,6 +143,14 @@ class MountedVolumes:
     mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
     # not root: the run's own mount point directories, removed (if empty) once unmounted
     staging_dirs: list[Path] = field(default_factory=list)
+    # the volumes' locks (copies of the mounts' own descriptors): held until the new tags are
+    # reported, so that a run waiting for a volume finds the CAS's tag current once it has it
+    locks: list[int] = field(default_factory=list)
+
+    def release_locks(self) -> None:
+        """Let the volumes go (after :func:`seal_and_report`'s reports, or an abort)."""
+        while self.locks:
+            os.close(self.locks.pop())
 
     def paths(self) -> dict[str, Path]:
         """Where each volume is mounted, by name (the staging directory; under an image contract
@@ -170,6 +188,7 @@ class MountedVolumes:
             with contextlib.suppress(StorageError):
                 handle.abort()
         _remove_staging(self.staging_dirs)
+        self.release_locks()
 
     def close(self) -> dict[str, tuple[str, str]]:
         """Seal and unmount (an ``ephemeral`` volume: unmount and discard); returns
@@ -177,7 +196,10 @@ class MountedVolumes:
         is the CAS's (``rollback_protected``) or the version mounted (``no_rollback_protection``,
         where the two may differ). :class:`StorageError` if a volume could not be sealed (every
         volume is closed first; use :meth:`seal` to get the others' new tags as well)."""
-        changed, errors = self.seal()
+        try:
+            changed, errors = self.seal()
+        finally:
+            self.release_locks()
         if errors:
             raise StorageError("; ".join(errors))
         return changed
@@ -294,10 +316,74 @@ def _check_free(staging: Path, name: str) -> None:
         )
 
 
-def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
-    """Mount every released volume (call from the thread that will run the application)."""
+def lock_released(
+    volumes: list[VolumeRelease],
+    wait: float | None = None,
+    stop: Stop | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[HeldLock]:
+    """Take the lock of every released volume (:func:`confide.volume.lock.lock_volume`: shared
+    for an ``ephemeral`` one, else exclusive), in one order every process follows (the volume
+    directories' device and inode numbers), so that two runs that need the same volumes never
+    hold one each and wait for the other's. ``wait``: the seconds to wait for them all
+    together (None: $CONFIDE_VOLUME_WAIT, else 0); ``stop``: a stop signal ends the wait.
+    Returns the locks in the order of ``volumes``; on a failure none is left held."""
+    budget = volume_wait() if wait is None else wait
+    deadline = clock() + budget
+
+    def order(i: int) -> tuple[int, int, int, str]:
+        path = volumes[i].directory
+        try:
+            st = os.stat(path)
+        except OSError:  # refused by lock_volume, after the others (in the same order)
+            return (1, 0, 0, str(path))
+        return (0, st.st_dev, st.st_ino, str(path))
+
+    held: dict[int, HeldLock] = {}
+    try:
+        for i in sorted(range(len(volumes)), key=order):
+            vol = volumes[i]
+            left = max(0.0, deadline - clock()) if budget else 0.0
+            shared = vol.update_policy is UpdatePolicy.EPHEMERAL
+            fd = lock_volume(vol.directory.resolve(), shared=shared, wait=left, stop=stop, asked=budget)
+            held[i] = HeldLock(fd)
+    except BaseException:
+        for lock in held.values():
+            lock.release()
+        raise
+    return [held[i] for i in range(len(volumes))]
+
+
+def mount_released(volumes: list[VolumeRelease], locks: list[HeldLock] | None = None) -> MountedVolumes:
+    """Mount every released volume (call from the thread that will run the application).
+    ``locks``: their locks, taken by :func:`lock_released` (this call then owns them: released
+    by the mounts, or at once on a failure); None: taken here, with the wait of
+    $CONFIDE_VOLUME_WAIT."""
     if not volumes:
         return MountedVolumes([], {})
+    if locks is None:
+        locks = lock_released(volumes)
+    try:
+        return _mount_locked(volumes, locks)
+    finally:
+        for lock in locks:
+            lock.release()  # those not handed over to a mount (a failure)
+
+
+def _mount_locked(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVolumes:
+    kept = [os.dup(lock.fd) for lock in locks if lock.fd is not None]  # one lock, another descriptor
+    try:
+        mounted = _mount_all(volumes, locks)
+    except BaseException:
+        for fd in kept:
+            os.close(fd)
+        raise
+    mounted.locks = kept
+    return mounted
+
+
+def _mount_all(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVolumes:
     root = os.geteuid() == 0
     if root:
         _private_namespace()
@@ -315,7 +401,7 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
             base, shared = own, False
             created.append(own)
     try:
-        for vol in volumes:
+        for vol, lock in zip(volumes, locks, strict=True):
             mounts = _contract_mounts(vol.name)
             staging = base / vol.name
             try:
@@ -334,7 +420,7 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
             # server's memory), under the shared lock; abort() drops the changes at the end.
             handle = mount_volume(
                 vol.directory, VolumeKey(vol.key), staging, expected_tag=vol.expected_tag, writable=True,
-                ephemeral=vol.update_policy is UpdatePolicy.EPHEMERAL,
+                ephemeral=vol.update_policy is UpdatePolicy.EPHEMERAL, held=lock,
             )  # fmt: skip
             handles.append((vol, handle))
             mounted[vol.name] = handle.tag
@@ -390,6 +476,20 @@ def seal_and_report(
     (what the session wrote after that moment failed or went to the bare mountpoint directory,
     unencrypted, and the end of the session is unknown) and :class:`StorageError` is raised.
     ``lost`` given: the caller stopped the service because of it."""
+    try:
+        _seal_and_report(mounted, client, policy, session, tampered, lost)
+    finally:
+        mounted.release_locks()  # after the reports: a run waiting for a volume gets its new tag
+
+
+def _seal_and_report(
+    mounted: MountedVolumes,
+    client: CasClient,
+    policy: str,
+    session: str,
+    tampered: str | None,
+    lost: str | None,
+) -> None:
     stopped = tampered is not None
     if tampered is None:
         tampered = mounted.integrity_failure()

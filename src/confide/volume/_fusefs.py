@@ -1083,8 +1083,11 @@ def _fuse_options(writable: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point. argv: VOLUME_DIR MOUNTPOINT TAG PARENT_PID STATUS_FD rw|ro|eph
-    [commit|discard [MEMORY_LIMIT]] (``eph``: writable, changes kept in memory and never sealed;
-    the lock shared; MEMORY_LIMIT: the bytes its memory files may hold, ``-`` for no limit).
+    [commit|discard [MEMORY_LIMIT [LOCK_FD]]] (``eph``: writable, changes kept in memory and never
+    sealed; the lock shared; MEMORY_LIMIT: the bytes its memory files may hold, ``-`` for no
+    limit; LOCK_FD: the volume's lock, taken by the parent and inherited, held until this process
+    ends; ``-``, or absent: none (a shared lock without a lock file, or a caller that does not
+    lock the volume: this server then takes it itself, without waiting).
 
     stdin: first line the volume key (hex); later lines are commands from the parent
     ('commit' = seal at unmount, 'discard'). Status lines on STATUS_FD: 'ready', then at the
@@ -1104,6 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
     writable = args[5] == "rw" or ephemeral
     on_parent_exit = args[6] if len(args) > 6 else "discard"
     memory_limit = int(args[7]) if len(args) > 7 and args[7] != "-" else None
+    inherited = int(args[8]) if len(args) > 8 and args[8] != "-" else None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
     _not_dumpable()  # before the key is read
@@ -1116,8 +1120,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         key = VolumeKey.from_hex(sys.stdin.readline())
-        lock = lock_volume(volume_dir, shared=not writable or ephemeral)
-        reader = VolumeReader(volume_dir, key, tag)  # re-checked after taking the lock
+        if inherited is not None:
+            os.set_inheritable(inherited, False)  # nothing this server starts gets it
+            lock: int | None = inherited
+        elif len(args) > 8:  # the parent has it: a shared lock without a lock file
+            lock = None
+        else:
+            lock = lock_volume(volume_dir, shared=not writable or ephemeral)
+        reader = VolumeReader(volume_dir, key, tag)  # re-checked under the lock
     except ConfideError as exc:
         say(f"error {exc.exit_code} {exc.message}")
         return exc.exit_code

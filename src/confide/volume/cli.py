@@ -15,12 +15,13 @@ from typing import cast
 
 import click
 
-from confide.errors import ConfideError, SignatureError, StorageError, UsageError
+from confide.errors import ConfideError, SignatureError, StorageError, UsageError, WaitStoppedError
 from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
-from confide.volume.mount import MountMode, StopSignals, mount_volume, parse_size
+from confide.volume.lock import volume_wait
+from confide.volume.mount import MountMode, StopSignals, end_by_signal, mount_volume, parse_size
 from confide.volume.store import (
     PENDING_NAME,
     add_sources,
@@ -315,6 +316,12 @@ def open_cmd(
     "(e.g. 512M, 2G; past it writes fail with ENOSPC). Default: $CONFIDE_EPHEMERAL_MEMORY, else the "
     "larger of 1G and the volume's file bytes.",
 )  # fmt: skip
+@click.option(
+    "--volume-wait", "volume_wait_s", metavar="SECONDS",
+    help="Wait up to SECONDS (0 to 86400) for the volume's lock while other mounts hold it (or, "
+    "for a shared mount, while a writer waits for it) instead of failing at once. Default: "
+    "$CONFIDE_VOLUME_WAIT, else 0.",
+)  # fmt: skip
 def mount_cmd(
     directory: Path,
     mountpoint: Path,
@@ -324,26 +331,29 @@ def mount_cmd(
     writable: bool,
     ephemeral: bool,
     ephemeral_memory: str | None,
+    volume_wait_s: str | None,
 ) -> None:
     """Mount the volume at MOUNTPOINT until SIGINT, SIGTERM or SIGHUP, then unmount (and seal
     if --writable).
 
     Read-only and --ephemeral mounts share the volume (any number at once); a --writable one
-    needs it alone (exit 50: in use). In tmpfs mode as root the mount lives in this process's
+    needs it alone (exit 50: in use, unless --volume-wait lets it wait; while it waits, new
+    shared mounts wait behind it). In tmpfs mode as root the mount lives in this process's
     private mount namespace: other processes reach it through /proc/PID/root/MOUNTPOINT only.
     """
     if writable and ephemeral:
         _die(UsageError("--writable and --ephemeral: got both, expected at most one"))
         return
     memory_limit = None
-    if ephemeral_memory is not None:
-        try:
+    try:
+        wait = volume_wait(volume_wait_s)
+        if ephemeral_memory is not None:
             if not ephemeral:
                 raise UsageError("--ephemeral-memory: applies to --ephemeral mounts only")
             memory_limit = parse_size(ephemeral_memory, "--ephemeral-memory")
-        except UsageError as exc:
-            _die(exc)
-            return
+    except UsageError as exc:
+        _die(exc)
+        return
     # The stop signals are held from before the mount until after the unmount: one that comes
     # while mounting, between the mount and the wait, or during the unmount and seal ends in
     # the same clean unmount (docs/volume-mount.md, "Signals").
@@ -358,7 +368,11 @@ def mount_cmd(
                 writable=writable,
                 ephemeral=ephemeral,
                 memory_limit=memory_limit,
+                wait=wait,
+                stop=lambda: stop.received[0] if stop.received else None,
             )
+        except WaitStoppedError as exc:  # nothing mounted: the signal ends the command
+            end_by_signal(exc)
         except ConfideError as exc:
             _die(exc)
             return

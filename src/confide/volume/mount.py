@@ -51,10 +51,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, NoReturn
 
 import confide
-from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
+from confide.errors import (
+    ConfideError,
+    ParseError,
+    SignatureError,
+    StorageError,
+    UsageError,
+    WaitStoppedError,
+)
+from confide.termsafe import printable_lines
 from confide.volume._chunked import ChunkReader, write_chunks
 from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, open_object, same_plaintext
 from confide.volume.check import open_volume
@@ -72,6 +80,7 @@ from confide.volume.format import (
     region_for,
 )
 from confide.volume.keys import VolumeKey
+from confide.volume.lock import Stop
 from confide.volume.store import (
     PENDING_NAME,
     _store_file,
@@ -87,9 +96,11 @@ __all__ = [
     "HELD_SIGNALS",
     "SERVER_STOP_SIGNAL",
     "STOP_SIGNALS",
+    "HeldLock",
     "MountHandle",
     "MountMode",
     "StopSignals",
+    "end_by_signal",
     "fuse_usable",
     "mount_volume",
 ]
@@ -305,20 +316,27 @@ class _FuseMount(MountHandle):
         on_parent_exit: str,
         ephemeral: bool = False,
         memory_limit: int | None = None,
+        lock: int | None = None,
     ) -> None:
+        """``lock``: the volume's lock, taken by the caller; the server inherits it and holds it
+        until it ends (one open file description: the volume is free once both have let it go).
+        Once the server is started this handle owns the descriptor and closes it after the
+        server has ended; on a failure here it stays the caller's."""
         super().__init__(mountpoint, "fuse", writable, tag, mountpoint, ephemeral)
         self.memory_limit = memory_limit if ephemeral else None
+        self._lock: int | None = None
         r, w = os.pipe()
         env = {**os.environ, **fuse3_library()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_path(), env.get("PYTHONPATH")]))
         argv = [
             sys.executable, "-m", "confide.volume._fusefs", str(volume_dir), str(mountpoint), tag,
             str(os.getpid()), str(w), "eph" if ephemeral else "rw" if writable else "ro", on_parent_exit,
-            "-" if self.memory_limit is None else str(self.memory_limit),
+            "-" if self.memory_limit is None else str(self.memory_limit), "-" if lock is None else str(lock),
         ]  # fmt: skip
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own module, absolute paths
-                argv, stdin=subprocess.PIPE, pass_fds=(w,), env=env, cwd="/", text=True,
+                argv, stdin=subprocess.PIPE, pass_fds=(w,) if lock is None else (w, lock), env=env, cwd="/",
+                text=True,
                 start_new_session=True,  # a terminal's ^C or a group's signal is the caller's to handle
             )  # fmt: skip
         finally:
@@ -347,6 +365,7 @@ class _FuseMount(MountHandle):
             self._discard()
             self._kill()
             raise
+        self._lock = lock  # owned from here on
 
     def _pump(self, wait: float) -> bool:
         """Read what the server has written (waiting at most ``wait`` seconds); False at EOF.
@@ -457,6 +476,9 @@ class _FuseMount(MountHandle):
                 self._proc.stdin.close()
         with contextlib.suppress(OSError):
             os.close(self._status)
+        if self._lock is not None:  # after the server has ended: the volume is free now
+            os.close(self._lock)
+            self._lock = None
         self.closed = True
 
     def close(self) -> str:
@@ -619,6 +641,15 @@ def parse_size(text: str, what: str) -> int:
 def ephemeral_memory(manifest: Manifest, given: int | None) -> int:
     """The budget of an ephemeral FUSE session over ``manifest``: ``given``, else
     $CONFIDE_EPHEMERAL_MEMORY, else the default (see EPHEMERAL_MEMORY_FLOOR)."""
+    setting = _memory_setting(given)
+    if setting is not None:
+        return setting
+    files = sum(e.size for e in manifest.entries if e.kind is EntryKind.FILE)
+    return max(EPHEMERAL_MEMORY_FLOOR, files)
+
+
+def _memory_setting(given: int | None) -> int | None:
+    """``given`` or $CONFIDE_EPHEMERAL_MEMORY (:class:`UsageError` if not a size), else None."""
     if given is not None:
         if not 0 <= given <= EPHEMERAL_MEMORY_MAX:
             raise UsageError(
@@ -628,8 +659,7 @@ def ephemeral_memory(manifest: Manifest, given: int | None) -> int:
     text = os.environ.get(EPHEMERAL_MEMORY_ENV)
     if text is not None:
         return parse_size(text, f"${EPHEMERAL_MEMORY_ENV}")
-    files = sum(e.size for e in manifest.entries if e.kind is EntryKind.FILE)
-    return max(EPHEMERAL_MEMORY_FLOOR, files)
+    return None
 
 
 def mount_tmpfs_at(mountpoint: Path, opts: bytes = TMPFS_OPTIONS) -> None:
@@ -1227,6 +1257,9 @@ def mount_volume(
     on_parent_exit: Literal["discard", "commit"] = "discard",
     ephemeral: bool = False,
     memory_limit: int | None = None,
+    wait: float = 0.0,
+    stop: Stop | None = None,
+    held: HeldLock | None = None,
 ) -> MountHandle:
     """Expose the sealed volume at ``mountpoint``; refuse before serving anything if the
     manifest does not authenticate (:class:`SignatureError`) or its tag is not
@@ -1248,57 +1281,96 @@ def mount_volume(
     at most ``memory_limit`` bytes (else $CONFIDE_EPHEMERAL_MEMORY, else the larger of 1 GiB and
     the volume's file bytes: :func:`ephemeral_memory`); past it writes fail with ``ENOSPC``.
     The tmpfs modes do not apply it (their copy is bounded by the tmpfs's own size).
+
+    The volume's lock is taken before the key is used (shared for read-only and ephemeral
+    mounts, else exclusive), waiting at most ``wait`` seconds while another holds it, and
+    behind a waiting writer (:func:`confide.volume.lock.lock_volume`; ``stop``: a stop signal
+    ends the wait), unless the caller took it already (``held``, which this call then owns).
     """
     volume_dir = volume_dir.resolve()
     mountpoint = Path(os.path.abspath(mountpoint))
-    manifest, tag = load_sealed(volume_dir, key, expected_tag)
     writable = writable or ephemeral
     sealable = writable and not ephemeral  # may write into the volume directory
-    if sealable and pending_changes(volume_dir, key):
-        raise UsageError(
-            f"volume {str(volume_dir)!r} has unsealed changes ({PENDING_NAME}); seal or remove them before "
-            "mounting it writable"
-        )
+    # what can be refused without the volume comes before any wait for its lock
     if mode not in ("auto", "fuse", "tmpfs"):
         raise UsageError(f"mount mode: got {mode!r}, expected auto, fuse or tmpfs")
     _large_folio_choice()  # a bad $CONFIDE_TMPFS_FOLIOS is a usage error before anything is mounted
-    # a bad $CONFIDE_EPHEMERAL_MEMORY too, whatever the mode
-    budget = ephemeral_memory(manifest, memory_limit) if ephemeral else None
+    if ephemeral:  # a bad $CONFIDE_EPHEMERAL_MEMORY too, whatever the mode
+        _memory_setting(memory_limit)
+    use_fuse = False
     if mode in ("auto", "fuse"):
         why = fuse_usable()
         if why is None:
             if not mountpoint.is_dir():
                 raise UsageError(f"mountpoint {str(mountpoint)!r}: got a missing path or a non-directory")
-            # a volume in use is refused here, in one line (the server takes the lock again):
-            # its server's failure would make `auto` try tmpfs, with a misleading warning
-            probe = lock_volume(volume_dir, shared=not sealable)
-            if probe is not None:
-                os.close(probe)
+            use_fuse = True
+        elif mode == "fuse":
+            raise StorageError(f"cannot mount with FUSE: {why}")
+        else:
+            log.info("confide volume: %s; using tmpfs", why)
+    # The lock first (waiting for it, if asked): the key decrypts nothing before it is held. A
+    # volume in use is refused here, in one line, whatever the mode (a FUSE server's failure
+    # would make `auto` try tmpfs, with a misleading warning).
+    if held is None:
+        held = HeldLock(lock_volume(volume_dir, shared=not sealable, wait=wait, stop=stop))
+    try:
+        manifest, tag = load_sealed(volume_dir, key, expected_tag)
+        if sealable and pending_changes(volume_dir, key, locked=True):
+            raise UsageError(
+                f"volume {str(volume_dir)!r} has unsealed changes ({PENDING_NAME}); seal or remove them "
+                "before mounting it writable"
+            )
+        budget = ephemeral_memory(manifest, memory_limit) if ephemeral else None
+        if use_fuse:
             try:
-                return _FuseMount(
-                    volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral, budget
+                handle: MountHandle = _FuseMount(
+                    volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral, budget, held.fd
                 )
             except StorageError as exc:
                 if mode == "fuse":
                     raise
                 log.warning("confide volume: FUSE mount failed (%s); falling back to tmpfs", exc.message)
-        elif mode == "fuse":
-            raise StorageError(f"cannot mount with FUSE: {why}")
-        else:
-            log.info("confide volume: %s; using tmpfs", why)
-    lock = lock_volume(volume_dir, shared=not sealable)
-    try:
-        manifest, tag = load_sealed(volume_dir, key, tag)  # unchanged while we waited for the lock
-    except BaseException:
-        if lock is not None:
-            os.close(lock)
-        raise
-    # owns the lock from here on (released by close(), or on a failure inside)
-    root = os.geteuid() == 0
-    return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, root, ephemeral)
+            else:
+                held.fd = None  # the handle's now
+                return handle
+        lock, held.fd = held.fd, None
+        # owns the lock from here on (released by close(), or on a failure inside)
+        root = os.geteuid() == 0
+        return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, root, ephemeral)
+    finally:
+        held.release()
+
+
+class HeldLock:
+    """A volume's lock taken before :func:`mount_volume` (``held=``): its descriptor
+    (:func:`~confide.volume.lock.lock_volume`; None: a shared lock without a lock file).
+    :func:`mount_volume` takes it over: the mount releases it at its end, and a failure to
+    mount at once. :meth:`release` a lock not handed over."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def end_by_signal(exc: WaitStoppedError) -> NoReturn:
+    """The end of a command whose wait for a volume's lock a stop signal ended (nothing mounted
+    or changed): its one-line error on stderr, then the signal again with its default action,
+    so that the caller sees the process ended by it (a shell: 128 + N; a service manager: a
+    stop that worked), as it would have without the handlers that held it during the wait."""
+    sys.stderr.write(f"error: {printable_lines(exc.diagnostics())}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    signal.signal(exc.signal, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [exc.signal])
+    os.kill(os.getpid(), exc.signal)
+    sys.exit(128 + exc.signal)  # not reached: the default action of a stop signal ends the process
 
 
 class StopSignals:

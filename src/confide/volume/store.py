@@ -9,6 +9,9 @@ A volume is a directory::
     DIR/.lock              flock(2) lock: exclusive for writers, shared for read-only and
                            ephemeral mounts (created empty with the volume, or by the first
                            locker of an older volume; never in a directory without MANIFEST)
+    DIR/.lock.intent       flock(2) lock a waiting writer holds, so that new shared lockers
+                           wait behind it (confide.volume.lock; created empty with the
+                           volume, or by the first writer of an older one)
 
 Every write goes to a temporary name and is renamed into place after fsync, so a crash or an
 error leaves the previous state intact (at worst unreferenced objects, removed by the next
@@ -19,10 +22,10 @@ replaces MANIFEST.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import stat
@@ -63,8 +66,11 @@ from confide.volume.format import (
     volume_tag,
 )
 from confide.volume.keys import VolumeKey
+from confide.volume.lock import INTENT_NAME, LOCK_NAME, acquire, lock_volume, open_lock
 
 __all__ = [
+    "INTENT_NAME",
+    "LOCK_NAME",
     "MANIFEST_NAME",
     "OBJECTS_DIR",
     "PENDING_BASE_NAME",
@@ -92,7 +98,6 @@ PENDING_BASE_NAME = "MANIFEST.pending.base"
 # "<64 hex tag> <64 hex MAC>\n": anything longer is not a base record
 _BASE_RECORD_SIZE = 2 * 64 + 2
 OBJECTS_DIR = "objects"
-LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 _NS = 1_000_000_000
@@ -123,29 +128,12 @@ def object_path(directory: Path, file_id: bytes) -> Path:
     return directory / OBJECTS_DIR / file_id.hex()
 
 
-def _open_lock(directory: Path) -> int:
-    """The volume's lock file, opened read-write, never through a symlink (the host could point
-    it anywhere in our file system and ``O_CREAT`` would create the file there). It is created
-    only in a protected volume: in an existing directory without ``MANIFEST`` nothing is created
-    (a command that fails there leaves the directory as it found it) and the
-    :class:`UsageError` is the one reading ``MANIFEST`` would raise. Other failures are the
-    ``OSError`` of the open that creates it."""
-    path = directory / LOCK_NAME
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags)
-    except FileNotFoundError:
-        if directory.is_dir() and not os.path.lexists(directory / MANIFEST_NAME):
-            raise UsageError(
-                f"{str(directory)!r} is not a protected volume: {MANIFEST_NAME} missing"
-            ) from None
-    return os.open(path, flags | os.O_CREAT, 0o600)
-
-
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
+    """Hold the volume's lock exclusively (``add``, ``rm``, ``seal``), waiting as long as it
+    takes, ahead of new shared lockers (:mod:`confide.volume.lock`)."""
     try:
-        fd = _open_lock(directory)
+        fd = open_lock(directory)
     except OSError as exc:
         hint = ""
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -157,7 +145,7 @@ def _locked(directory: Path) -> Iterator[None]:
             )
         raise StorageError(f"volume {str(directory)!r}: cannot lock: {exc.strerror or exc}{hint}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        acquire(directory, fd, shared=False, wait=math.inf)
         yield
     finally:
         os.close(fd)
@@ -205,34 +193,6 @@ def _remove(directory: Path, names: Iterable[str] | None, keep: Collection[str] 
                 failed = failed or exc
         if failed is not None:
             raise failed
-
-
-def lock_volume(directory: Path, *, shared: bool) -> int | None:
-    """Take the volume's lock without waiting: exclusive for a writer, ``shared`` for a mount
-    that writes nothing into the directory (read-only or ephemeral; any number at once).
-
-    Returns the lock's file descriptor (close it to release), or ``None`` if the lock file
-    cannot be created (a read-only volume directory). Raises :class:`StorageError` when
-    another writer (or, for an exclusive lock, a mount) holds it, and :class:`UsageError` for a
-    directory that is not a volume (:func:`_open_lock`: nothing created).
-    """
-    try:
-        fd = _open_lock(directory)
-    except OSError:
-        if shared:
-            return None
-        raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        held = (
-            "a writer (add, rm, seal or a writable mount) holds its lock"
-            if shared
-            else "a writer or a mount holds its lock, and writing needs it alone"
-        )
-        raise StorageError(f"volume {str(directory)!r} is in use: {held}") from None
-    return fd
 
 
 def live_objects(entries: Sequence[Entry]) -> set[str]:
@@ -398,8 +358,9 @@ def create_volume(
     write_atomic(directory / MANIFEST_NAME, data)
     # the lock file now, so that shared lockers (read-only and ephemeral mounts) never have to
     # create anything in the volume directory
-    with suppress(OSError):
-        os.close(_open_lock(directory))
+    for name in (LOCK_NAME, INTENT_NAME):
+        with suppress(OSError):
+            os.close(open_lock(directory, name))
     return volume_tag(data)
 
 
@@ -820,13 +781,14 @@ def remove_paths(
         return sorted(removed.values(), key=lambda e: e.path.encode())
 
 
-def pending_changes(directory: Path, key: VolumeKey) -> bool:
+def pending_changes(directory: Path, key: VolumeKey, *, locked: bool = False) -> bool:
     """Whether the volume has unsealed changes (``MANIFEST.pending``), after removing a pending
     manifest that the current MANIFEST already seals (see :func:`_working`). Takes the writer
-    lock without waiting when there is a pending manifest (:class:`StorageError` if in use)."""
+    lock without waiting when there is a pending manifest (:class:`StorageError` if in use),
+    unless the caller holds it (``locked``)."""
     if not (directory / PENDING_NAME).exists():
         return False
-    lock = lock_volume(directory, shared=False)
+    lock = None if locked else lock_volume(directory, shared=False)
     try:
         _working(directory, key, check_base=False)
         return (directory / PENDING_NAME).exists()
