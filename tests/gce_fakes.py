@@ -146,8 +146,11 @@ class FakeGoogle:
         instance: Instance | None = INSTANCE,
         *,
         not_after: datetime = NOT_AFTER,
+        ca: bool = False,
+        digital_signature: bool = True,
     ) -> bytes:
-        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension."""
+        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension;
+        ``ca`` and ``digital_signature`` make it one that is not a signing end entity's."""
         extensions: list[x509.ExtensionType] = []
         if instance is not None:
             extensions.append(
@@ -157,8 +160,8 @@ class FakeGoogle:
             )
         cert = issue(
             x509.Name([]), key, issuer=self.intermediate.subject, signing_key=self.intermediate_key,
-            not_before=NOT_BEFORE, not_after=not_after, ca=False,
-            usage=key_usage(cert_sign=False, digital_signature=True), extensions=extensions,
+            not_before=NOT_BEFORE, not_after=not_after, ca=ca,
+            usage=key_usage(cert_sign=ca, digital_signature=digital_signature), extensions=extensions,
             hash_algorithm=hashes.SHA256(),
         )  # fmt: skip
         return cert.public_bytes(serialization.Encoding.DER)

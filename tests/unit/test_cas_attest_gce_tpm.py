@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import socket
 import subprocess
 import threading
@@ -218,6 +219,30 @@ def test_an_ak_certificate_of_a_look_alike_pki_is_refused(cas: Cas, swtpm_tpm: T
         vm = GceTpmQuoteProvider(swtpm_tpm, event_log=None, intermediates=[OTHER_GOOGLE.intermediate_der])
         _, body = attest(cas, vm)
         refused(cas, body, errors.CertificateChainError, "Intermediate.* signature does not verify")
+    finally:
+        clear_gce_indices(swtpm_tpm)
+
+
+@pytest.mark.parametrize(
+    ("ca", "digital_signature", "match"),
+    [
+        (True, True, "AK certificate '' is a CA certificate, expected an end entity"),
+        (False, False, "AK certificate '': KeyUsage lacks digitalSignature"),
+    ],
+)
+def test_an_ak_certificate_that_is_not_a_signing_end_entity_is_refused(
+    cas: Cas, swtpm_tpm: Tpm, ca: bool, digital_signature: bool, match: str
+) -> None:
+    """Google's EK/AK CAs issue EK certificates too: a certificate issued under the pinned root
+    for the AK's key, but as a CA's or without digitalSignature (an EK certificate's key
+    encrypts), does not vouch for the quotes' signer."""
+    key = provision_gce_vtpm(swtpm_tpm, GOOGLE)
+    cert = GOOGLE.ak_cert(key, ca=ca, digital_signature=digital_signature)
+    provision_gce_vtpm(swtpm_tpm, GOOGLE, cert=cert)
+    try:
+        vm = GceTpmQuoteProvider(swtpm_tpm, event_log=None, intermediates=[GOOGLE.intermediate_der])
+        _, body = attest(cas, vm)
+        refused(cas, body, errors.CertificateChainError, re.escape(match))
     finally:
         clear_gce_indices(swtpm_tpm)
 

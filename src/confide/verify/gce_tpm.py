@@ -6,8 +6,11 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    (``confide.evidence.gce_tpm``) → :class:`ParseError`.
 2. The AK certificate must chain, at ``at``, through an intermediate (the attestation's own or
    one shipped in ``confide/roots/google_vtpm_intermediates.pem``) to a pinned Google root
-   (``tpm_ek_root_1`` or "EK/AK CA Root") → :class:`CertificateChainError`. Its public key must
-   be the AK of ``ak_pub`` → :class:`BindingError`.
+   (``tpm_ek_root_1`` or "EK/AK CA Root") → :class:`CertificateChainError`; the AK certificate
+   itself must be a signing end entity (not a CA; KeyUsage, when present, with
+   ``digitalSignature``: the same CAs issue EK certificates, whose keys encrypt)
+   → :class:`CertificateChainError`. Its public key must be the AK of ``ak_pub``
+   → :class:`BindingError`.
 3. Every quote must verify with the AK against its own bank's PCR values
    (``confide.verify.tpm.verify_quote``: signature, TPM_GENERATED magic, pcrDigest, and
    extraData = ``expected_nonce`` when one is given). Its signed ``qualifiedSigner`` must be the
@@ -64,6 +67,7 @@ from confide.evidence.tcg_events import DATA_DIGEST_TYPES, decode_event, event_t
 from confide.evidence.tpm import TPM_ALG_SHA256, alg_name
 from confide.roots import read_root
 from confide.verify._pinned_chain import (
+    check_signing_end_entity,
     fingerprint,
     load_chain_certificate,
     load_pinned_root,
@@ -168,6 +172,9 @@ def _check_ak_cert(
     chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
     with _long_names():
         verify_pinned_chain(chain, root, at)
+        # Google's EK/AK CAs issue EK certificates too (a decryption key's): only a certificate
+        # for a signing key vouches for the key that signed the quotes.
+        check_signing_end_entity(leaf, "AK certificate")
     cert_key = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     ak_key = att.ak_pub.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if not hmac.compare_digest(cert_key, ak_key):
