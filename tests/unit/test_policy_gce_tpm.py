@@ -40,6 +40,7 @@ FACTORS = f"""        gce-tpm:
 """
 
 
+PROJECT = 117478743145  # the real attestation's project number
 VTPM_ONLY = "security:\n  attestation:\n    tolerate: [vtpm-only]\n"
 
 
@@ -159,15 +160,25 @@ def test_no_production_instance_fails_every_instance_factor() -> None:
         )
     )
     assert reasons["attestation[0].gce-tpm.zone"].got == "no production instance in the AK certificate"
-    # a policy without instance factors does not care
-    assert appraise(
-        with_claims(instance=None), policy(f'        gce-tpm: {{pcrs: {{"0": "{PCR0}"}}}}\n'), "svc", at=AT
-    ).accepted
+
+
+def test_a_variant_must_pin_the_project_or_the_instance() -> None:
+    """PCRs say which image booted, not whose VM it is: anyone can boot a public image in a project
+    of their own, and Google's vTPM quotes for them too."""
+    for unpinned in (
+        f'        gce-tpm: {{pcrs: {{"0": "{PCR0}"}}}}\n',
+        "        gce-tpm: {secure_boot: true, zone: us-central1-a, instance_name: cos-test}\n",
+    ):
+        found = problems(unpinned)
+        assert len(found) == 1 and "must pin the project" in found[0].message, found
+        assert (found[0].line, found[0].column) == (6, 18), found[0]  # the gce-tpm map
+    for pinned in ("project_id: p", "project_number: 1", "instance_id: 2"):
+        policy(f'        gce-tpm: {{pcrs: {{"0": "{PCR0}"}}, {pinned}}}\n')
 
 
 def test_secure_boot_unknown_matches_neither_true_nor_false() -> None:
     for value in (True, False):
-        p = policy(f"        gce-tpm: {{secure_boot: {str(value).lower()}}}\n")
+        p = policy(f"        gce-tpm: {{secure_boot: {str(value).lower()}, project_number: {PROJECT}}}\n")
         unknown = appraise(with_claims(event_log__secure_boot=None), p, "svc", at=AT)
         assert [r.got for r in unknown.reasons] == [
             "no SecureBoot state (PCR 7 not replayed, or no SecureBoot event before its separator)"
@@ -176,7 +187,7 @@ def test_secure_boot_unknown_matches_neither_true_nor_false() -> None:
         assert [r.got for r in no_log.reasons] == ["no event log"]
     off = appraise(
         with_claims(event_log__secure_boot=False),
-        policy("        gce-tpm: {secure_boot: true}\n"),
+        policy(f"        gce-tpm: {{secure_boot: true, project_number: {PROJECT}}}\n"),
         "svc",
         at=AT,
     )
@@ -184,7 +195,9 @@ def test_secure_boot_unknown_matches_neither_true_nor_false() -> None:
 
 
 def test_firmware_and_technology_need_the_replayed_platform_state() -> None:
-    p = policy("        gce-tpm: {gce_firmware_version_min: 1, confidential_technology: NONE}\n")
+    p = policy(
+        f"        gce-tpm: {{gce_firmware_version_min: 1, confidential_technology: NONE, project_number: {PROJECT}}}\n"
+    )
     result = appraise(with_claims(event_log__platform=None), p, "svc", at=AT)
     assert [(r.field, r.got) for r in result.reasons] == [
         ("attestation[0].gce-tpm.gce_firmware_version_min", "no claim"),
@@ -254,12 +267,12 @@ def problems(text: str) -> list[Problem]:
         ),
         ("        gce-tpm:\n          instance_name: []\n", (7, 26), "at least 1"),
         (
-            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}}}\n        nvidia-gpu: {{count: 1}}\n',
+            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}, project_number: 1}}\n        nvidia-gpu: {{count: 1}}\n',
             (6, 9),
             "got gce-tpm with nvidia-gpu",
         ),
         (
-            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}}}\n        aws-nitro: {{pcrs: {{0: "{"00" * 48}"}}}}\n',
+            f'        gce-tpm: {{pcrs: {{"0": "{"00" * 32}"}}, project_number: 1}}\n        aws-nitro: {{pcrs: {{0: "{"00" * 48}"}}}}\n',
             (6, 9),
             "exactly one platform",
         ),

@@ -329,6 +329,16 @@ class GceTpmFactors(_Model):
     @model_validator(mode="after")
     def _some(self) -> GceTpmFactors:
         _require_some(self, "gce-tpm")
+        # The PCRs and boot claims say which image booted, not whose VM it is: anyone can boot a
+        # public image in a project of their own (and log in through metadata SSH keys, which
+        # are not measured), and Google's vTPM quotes their key too. Only the AK certificate's
+        # project or instance says whose VM it is (docs/gce-tpm.md "Pin the project").
+        if self.project_id is None and self.project_number is None and self.instance_id is None:
+            raise ValueError(
+                "a gce-tpm variant must pin the project (project_id or project_number) or the "
+                "instance (instance_id): without them any GCE VM booted from the same image, "
+                "in anyone's project, is accepted"
+            )
         return self
 
 
