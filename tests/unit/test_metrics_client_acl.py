@@ -44,6 +44,7 @@ from confide.httpserve.metrics_listener import (
     parse_client_allow_list,
     read_client_allow_list,
 )
+from confide.httpserve.ratelimit import RefusalLog
 from confide.ledger.http import TilesServer, ledger_limits
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, connect, write_transaction
@@ -726,3 +727,17 @@ def test_no_tls12_renegotiation(server: TilesServer, pki: Pki) -> None:
     )  # fmt: skip
     output = run.stdout + run.stderr
     assert "RENEGOTIATING" in output and "no renegotiation" in output, output
+
+
+def test_a_refused_certificates_long_subject_is_cut_in_its_log_line(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subject a CA put in a certificate not on the list is logged at most 512 characters
+    long (one line per refusal, a few a second: not a way to fill the log)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    allow = MetricsClientAllowList(pki.allow, logger=LOGGER)
+    subject = "CN=" + "x" * 5000
+    refused = allow.check((subject, "00" * 32), "127.0.0.1", RefusalLog(logger=LOGGER))
+    assert refused is not None and refused[0] == 403
+    [line] = _refusals(caplog, "metrics-client-cert-not-allowed")
+    assert line["client_cert_subject"] == subject[:512]
