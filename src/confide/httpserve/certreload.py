@@ -542,9 +542,10 @@ _MAX_CLIENT_FACTS = 256  # client certificates whose facts are kept (then forgot
 
 
 def _client_cert_facts(der: bytes, loaded: LoadedCertificate) -> _ClientCertFacts:
-    """The dates, serial number and issuer in ``loaded``'s client CA bundle (its subject the
-    certificate's issuer, its key verifying the certificate's signature) of the client
-    certificate ``der``. One cryptography cannot read (OpenSSL took it): refused as expired."""
+    """The dates, serial number and (with client CRLs) issuer in ``loaded``'s client CA bundle
+    (its subject the certificate's issuer, its key verifying the certificate's signature) of the
+    client certificate ``der``. One cryptography cannot read (OpenSSL took it): refused as
+    expired."""
     try:
         cert = x509.load_der_x509_certificate(der)
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
@@ -552,7 +553,7 @@ def _client_cert_facts(der: bytes, loaded: LoadedCertificate) -> _ClientCertFact
         epoch = datetime.fromtimestamp(0, UTC)
         return _ClientCertFacts(loaded, epoch, epoch, -1, None)
     issuer = None
-    ca = loaded.client_ca
+    ca = loaded.client_ca if loaded.client_crl is not None else None  # asked for with CRLs only
     for index, candidate in enumerate(ca.certificates if ca is not None else ()):
         try:
             cert.verify_directly_issued_by(candidate)
