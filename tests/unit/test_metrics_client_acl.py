@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
 from confide.httpserve.certreload import CertificateReloader, load_client_ca, load_client_crl
-from confide.httpserve.limits import HANDSHAKE_FAILURES, HttpLimits, handshake_failure
+from confide.httpserve.limits import CLIENT_CERT, HANDSHAKE_FAILURES, HttpLimits, handshake_failure
 from confide.httpserve.metrics_listener import (
     METRICS_CLIENT_ALLOW_OPTION,
     METRICS_CLIENT_CA_OPTION,
     METRICS_CLIENT_CRL_OPTION,
+    ClientCertScrapers,
     MetricsClientAllowList,
     client_allow_file,
     metrics_files,
@@ -741,3 +742,26 @@ def test_a_refused_certificates_long_subject_is_cut_in_its_log_line(
     assert refused is not None and refused[0] == 403
     [line] = _refusals(caplog, "metrics-client-cert-not-allowed")
     assert line["client_cert_subject"] == subject[:512]
+
+
+def test_a_multi_valued_rdn_is_one_name_in_any_order(pki: Pki) -> None:
+    """A subject with a multi-valued RDN (CN and O in one set): cryptography renders a
+    certificate's in DER order (O=...+CN=...) and an allow-list line as written; either order
+    on the list matches it, and the two orders are one entry (a second: refused as the same)."""
+    now = datetime.now(UTC)
+    rdn = x509.RelativeDistinguishedName(
+        [
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, "mv"),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "Example"),
+        ]
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(x509.Name([rdn]), key.public_key(), issuer=pki.a[0].subject, signing_key=pki.a[1],
+                 not_before=now - timedelta(hours=1), not_after=now + timedelta(hours=1), ca=False)  # fmt: skip
+    who = ClientCertScrapers().identify({CLIENT_CERT: cert.public_bytes(serialization.Encoding.DER)})
+    assert who is not None and who[0] == "CN=mv+O=Example"
+    for line in (b"CN=mv+O=Example\n", b"O=Example+CN=mv\n"):
+        assert parse_client_allow_list(line, "allow").allows(*who), line
+    assert not parse_client_allow_list(b"CN=mv,O=Example\n", "allow").allows(*who)  # two RDNs: another name
+    with pytest.raises(UsageError, match="line 2: the same entry as line 1"):
+        parse_client_allow_list(b"CN=mv+O=Example\nO=Example+CN=mv\n", "allow")

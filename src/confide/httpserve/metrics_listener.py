@@ -105,6 +105,7 @@ __all__ = [
     "parse_metrics_tokens",
     "read_client_allow_list",
     "read_metrics_tokens",
+    "subject_string",
     "watch_handshakes",
 ]
 
@@ -281,10 +282,18 @@ class MetricsTokenFile(FileReloader[TokenSet]):
 _SHA256 = re.compile(r"(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})")
 
 
+def subject_string(name: x509.Name) -> str:
+    """``name`` in RFC 4514 form as :meth:`cryptography.x509.Name.rfc4514_string` gives it, but
+    for the attributes of a multi-valued RDN, in the order of their renderings: a set, whose
+    order cryptography gives as written (an allow-list line) or as sorted by DER (a
+    certificate), so that ``CN=a+O=b`` and ``O=b+CN=a`` are one name."""
+    return ",".join("+".join(sorted(a.rfc4514_string() for a in rdn)) for rdn in reversed(name.rdns))
+
+
 class ClientAllowList:
     """The client certificates a metrics listener serves (``--metrics-client-allow``): by the
     SHA-256 fingerprint of their DER (``fingerprints``, lower-case hex) or by their subject
-    (``subjects``, each in the form :meth:`cryptography.x509.Name.rfc4514_string` gives: the
+    (``subjects``, each in the form :func:`subject_string` gives: the
     subject of a certificate matches when it is that name exactly, attribute by attribute,
     values compared as written, case included)."""
 
@@ -349,7 +358,7 @@ def parse_client_allow_list(data: bytes, where: str) -> ClientAllowList:
                 ) from None
             if len(name) == 0:
                 raise UsageError(f"{at}: an empty subject")
-            key = "subject:" + name.rfc4514_string()
+            key = "subject:" + subject_string(name)
         if key in seen:
             raise UsageError(f"{at}: the same entry as line {seen[key]}")
         if len(seen) == MAX_ALLOW_ENTRIES:
@@ -658,7 +667,7 @@ class ClientCertScrapers:
             return known
         sha256 = hashlib.sha256(der).hexdigest()
         try:
-            subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+            subject = subject_string(x509.load_der_x509_certificate(der).subject)
         except ValueError:  # OpenSSL took it; a subject cryptography cannot render is named by hash only
             subject = ""
         if len(self._known) < self.max_certs:
