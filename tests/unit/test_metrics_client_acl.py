@@ -765,3 +765,17 @@ def test_a_multi_valued_rdn_is_one_name_in_any_order(pki: Pki) -> None:
     assert not parse_client_allow_list(b"CN=mv,O=Example\n", "allow").allows(*who)  # two RDNs: another name
     with pytest.raises(UsageError, match="line 2: the same entry as line 1"):
         parse_client_allow_list(b"CN=mv+O=Example\nO=Example+CN=mv\n", "allow")
+
+
+def test_the_fingerprint_is_the_leafs(server: TilesServer, pki: Pki) -> None:
+    """A client that sends its CA's certificate after its own, the CA's fingerprint on the
+    list (its own not): 403, the fingerprint judged being the leaf's."""
+    allow = server.metrics_allow
+    assert allow is not None
+    _replace(pki.allow, f"sha256:{_sha(pki.ca_a)}\n".encode())
+    assert allow.reload() is True
+    cert, key = pki.client["other"]
+    chain = pki.dir / "other-chain.pem"
+    chain.write_bytes(cert.read_bytes() + pki.ca_a.read_bytes())
+    pki.client["chain"] = (chain, key)
+    assert _scrape(server, pki, "chain") == (403, "this client certificate is not allowed\n")
