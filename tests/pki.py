@@ -178,24 +178,29 @@ def client_crl(
     this_update: datetime | None = None,
     next_update: datetime | None = None,
     delta: bool = False,
+    number: int = 1,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    entry_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> x509.CertificateRevocationList:
     """A CRL of ``issuer`` revoking ``revoked`` (SHA-256): by default from an hour ago for a day;
-    ``delta``: a delta CRL."""
+    ``delta``: a delta CRL; ``number``: its CRL number; ``extensions`` (each with whether it is
+    critical) added to it, ``entry_extensions`` to each of its entries."""
     now = datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer[0].subject)
         .last_update(this_update or now - timedelta(hours=1))
         .next_update(next_update or now + timedelta(days=1))
-        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(x509.CRLNumber(number), critical=False)
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
     for cert in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
-            .revocation_date(now - timedelta(minutes=30))
-            .build()
-        )
+        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+        entry = entry.revocation_date(now - timedelta(minutes=30))
+        for extension, critical in entry_extensions:
+            entry = entry.add_extension(extension, critical=critical)
+        builder = builder.add_revoked_certificate(entry.build())
     if delta:
         builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
     return builder.sign(issuer[1], hashes.SHA256())

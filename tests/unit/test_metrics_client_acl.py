@@ -17,10 +17,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import ssl
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,17 +33,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
 from confide.httpserve.certreload import CertificateReloader, load_client_ca, load_client_crl
-from confide.httpserve.limits import HANDSHAKE_FAILURES, HttpLimits, handshake_failure
+from confide.httpserve.limits import CLIENT_CERT, HANDSHAKE_FAILURES, HttpLimits, handshake_failure
 from confide.httpserve.metrics_listener import (
     METRICS_CLIENT_ALLOW_OPTION,
     METRICS_CLIENT_CA_OPTION,
     METRICS_CLIENT_CRL_OPTION,
+    ClientCertScrapers,
     MetricsClientAllowList,
     client_allow_file,
     metrics_files,
     parse_client_allow_list,
     read_client_allow_list,
 )
+from confide.httpserve.ratelimit import RefusalLog
 from confide.ledger.http import TilesServer, ledger_limits
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, connect, write_transaction
@@ -104,7 +108,9 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(tmp_path)
 
 
-def _tiles(pki: Pki, handshake_timeout: float = 10.0) -> TilesServer:
+def _tiles(
+    pki: Pki, handshake_timeout: float = 10.0, clock: Callable[[], datetime] | None = None
+) -> TilesServer:
     db = pki.dir / "log.db"
     conn = connect(db)
     Ledger.init_schema(conn)
@@ -117,6 +123,13 @@ def _tiles(pki: Pki, handshake_timeout: float = 10.0) -> TilesServer:
         client_crl=pki.crl,
     )  # fmt: skip
     assert tokens is None and tls is not None
+    if clock is not None:  # what each request is judged at (the handshakes: OpenSSL's wall clock)
+        tls = CertificateReloader(
+            pki.cert, pki.key, poll_interval=0, logger=LOGGER, options=tls.options,
+            metric_prefix=tls.metric_prefix, listener="metrics", clock=clock, client_ca=pki.bundle,
+            client_ca_option=METRICS_CLIENT_CA_OPTION, client_crl=pki.crl,
+            client_crl_option=METRICS_CLIENT_CRL_OPTION,
+        )  # fmt: skip
     allow = client_allow_file(pki.allow, tls, poll_interval=0, logger=LOGGER)
     limits: HttpLimits = ledger_limits(handshake_timeout=handshake_timeout)
     return TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None, metrics_listen=("127.0.0.1", 0),
@@ -525,3 +538,244 @@ def test_a_handshake_timeout_is_counted(pki: Pki, caplog: pytest.LogCaptureFixtu
         tiles.shutdown()
         tiles.server_close()
     assert [x["cause"] for x in _refusals(caplog, "metrics-tls-handshake")] == ["timeout"]
+
+
+def _keep_alive(
+    server: TilesServer, pki: Pki, client: str, version: ssl.TLSVersion
+) -> http.client.HTTPSConnection:
+    assert server.metrics_address is not None
+    context = ssl.create_default_context(cafile=str(pki.server_ca))
+    context.minimum_version = context.maximum_version = version
+    context.load_cert_chain(*pki.client[client])
+    return http.client.HTTPSConnection("127.0.0.1", server.metrics_address[1], context=context, timeout=WAIT)
+
+
+def _get(connection: http.client.HTTPSConnection) -> tuple[int, str, str | None]:
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    return response.status, response.read().decode(), response.getheader("connection")
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_kept_alive_connection_is_judged_again_at_each_request(
+    server: TilesServer, pki: Pki, caplog: pytest.LogCaptureFixture, version: ssl.TLSVersion
+) -> None:
+    """A certificate revoked by a CRL reloaded while its connection is kept alive: the next
+    request on that connection is refused 403 (and the connection closed), counted and logged;
+    before, the handshake's verdict held for as long as the client kept the connection busy."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    connection = _keep_alive(server, pki, "ok", version)
+    try:
+        assert _get(connection)[0] == 200
+        sock = connection.sock
+        assert server.metrics_tls is not None
+        _replace(pki.crl, crls_pem(client_crl(pki.a, [_cert(pki.client["ok"][0])]), client_crl(pki.b, [])))
+        assert server.metrics_tls.reload() is True
+        status, body, close = _get(connection)
+        assert connection.sock is None or connection.sock is sock  # the same connection, then closed
+        assert (status, body, close) == (
+            403,
+            "this client certificate is no longer accepted (revoked)\n",
+            "close",
+        )
+    finally:
+        connection.close()
+    assert _scrape(server, pki, "ok") == "refused"  # a new connection: its handshake refuses it
+    served = _scrape(server, pki, "byhash")
+    assert isinstance(served, tuple) and served[0] == 200
+    assert _metric(served[1], "confide_metrics_client_cert_refused_total", reason="revoked") == 1
+    assert _metric(served[1], "confide_metrics_client_cert_refused_total", reason="not_allowed") == 0
+    [line] = _refusals(caplog, "metrics-client-cert-refused")
+    assert line == {
+        "event": "refused", "reason": "metrics-client-cert-refused", "cause": "revoked", "client": "127.0.0.1",
+        "client_cert_subject": "CN=ok", "client_cert_sha256": _sha(pki.client["ok"][0]), "listener": "metrics",
+    }  # fmt: skip
+
+
+def test_dates_and_the_bundle_are_judged_at_each_request(pki: Pki) -> None:
+    """On a kept-alive connection, at the reloader's clock: the CRL of the certificate's CA past
+    its nextUpdate (crl), the certificate past its notAfter (expired), its CA taken out of the
+    bundle (unknown_ca); each a 403 closing the connection, and a new connection is served again
+    once the clock is back (the handshakes judge at the wall clock)."""
+    now = datetime.now(UTC)
+    _replace(
+        pki.crl,
+        crls_pem(client_crl(pki.a, [], next_update=now + timedelta(hours=1)), client_crl(pki.b, [])),
+    )
+    clock = [now]
+    tiles = _tiles(pki, clock=lambda: clock[0])
+    tiles.serve_in_thread()
+    try:
+        not_after = _cert(pki.client["ok"][0]).not_valid_after_utc
+        for at, reason in ((now + timedelta(hours=2), "crl"), (not_after + timedelta(seconds=1), "expired")):
+            connection = _keep_alive(tiles, pki, "ok", ssl.TLSVersion.TLSv1_3)
+            try:
+                assert _get(connection)[0] == 200
+                clock[0] = at
+                assert _get(connection) == (
+                    403,
+                    f"this client certificate is no longer accepted ({reason})\n",
+                    "close",
+                )
+                clock[0] = now
+            finally:
+                connection.close()
+        connection = _keep_alive(tiles, pki, "ok", ssl.TLSVersion.TLSv1_3)
+        try:
+            assert _get(connection)[0] == 200
+            _replace(pki.bundle, pki.ca_b.read_bytes())  # A no longer trusted
+            _replace(pki.crl, crls_pem(client_crl(pki.b, [])))
+            assert tiles.metrics_tls is not None and tiles.metrics_tls.reload() is True
+            assert _get(connection)[0:2] == (
+                403,
+                "this client certificate is no longer accepted (unknown_ca)\n",
+            )
+        finally:
+            connection.close()
+        served = _scrape(tiles, pki, "b")
+        assert isinstance(served, tuple) and served[0] == 200
+        for reason in ("crl", "expired", "unknown_ca"):
+            assert _metric(served[1], "confide_metrics_client_cert_refused_total", reason=reason) == 1
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+
+
+def test_a_reload_does_not_take_an_older_crl(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """A CRL of a CA older than the one in use (an earlier thisUpdate, or a lower CRL number):
+    the reload fails, the CRLs in use kept (a revocation cannot be undone by putting back the
+    CRL of before it); a newer one is taken."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    now = datetime.now(UTC)
+    revoked = _cert(pki.client["revoked"][0])
+    _replace(pki.crl, crls_pem(client_crl(pki.a, [revoked], this_update=now - timedelta(minutes=10), number=5),
+                               client_crl(pki.b, [])))  # fmt: skip
+    tls = CertificateReloader(pki.cert, pki.key, logger=LOGGER, client_ca=pki.bundle, client_crl=pki.crl)
+    in_use = tls.loaded
+    for this_update, number in ((now - timedelta(minutes=20), 6), (now - timedelta(minutes=5), 4)):
+        _replace(pki.crl, crls_pem(client_crl(pki.a, [], this_update=this_update, number=number),
+                                   client_crl(pki.b, [])))  # fmt: skip
+        assert tls.reload() is False and tls.loaded is in_use
+    _replace(pki.crl, crls_pem(client_crl(pki.a, [], this_update=now - timedelta(minutes=5), number=6),
+                               client_crl(pki.b, [])))  # fmt: skip
+    assert tls.reload() is True and tls.loaded.client_crl is not None and tls.loaded.client_crl.revoked == 0
+    errors = [json.loads(r.getMessage())["error"] for r in caplog.records if '"failed"' in r.getMessage()]
+    assert len(errors) == 2
+    for error in errors:
+        assert error.startswith(f"--client-crl {os.fspath(pki.crl)!r}: the CRL of 'CN=a client CA' is older")
+        assert "\n" not in error
+
+
+@pytest.mark.parametrize("case", ["critical", "entry-critical", "indirect", "entry-issuer", "ca-only",
+                                  "some-reasons"])  # fmt: skip
+def test_crls_openssl_would_not_apply_are_refused_at_load(pki: Pki, case: str) -> None:
+    """A CRL OpenSSL would not apply to its CA's client certificates (each of them refused at
+    every handshake, fail-closed, as "unable to get certificate CRL"): refused at load, saying
+    why."""
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+    revoked = [_cert(pki.client["revoked"][0])]
+    idp = {
+        "indirect": x509.IssuingDistributionPoint(None, None, False, False, None, True, False),
+        "ca-only": x509.IssuingDistributionPoint(None, None, False, True, None, False, False),
+        "some-reasons": x509.IssuingDistributionPoint(
+            None, None, False, False, frozenset({x509.ReasonFlags.key_compromise}), False, False
+        ),
+    }
+    if case == "critical":
+        crl = client_crl(pki.a, revoked, extensions=[(unknown, True)])
+    elif case == "entry-critical":
+        crl = client_crl(pki.a, revoked, entry_extensions=[(unknown, True)])
+    elif case == "entry-issuer":
+        issuer = x509.CertificateIssuer([x509.DirectoryName(pki.b[0].subject)])
+        crl = client_crl(pki.a, revoked, entry_extensions=[(issuer, True)])
+    else:
+        crl = client_crl(pki.a, revoked, extensions=[(idp[case], True)])
+    path = pki.dir / "scoped.crl"
+    path.write_bytes(crls_pem(crl))
+    says = {
+        "critical": "CRL 1: a critical extension OpenSSL does not handle (1.3.6.1.4.1.55555.1)",
+        "entry-critical": "has a critical extension OpenSSL does not handle (1.3.6.1.4.1.55555.1)",
+        "indirect": "CRL 1: an indirect CRL",
+        "entry-issuer": "CRL 1: an entry names another certificate issuer",
+        "ca-only": "CRL 1: its issuing distribution point excludes end-entity certificates",
+        "some-reasons": "CRL 1: its issuing distribution point covers some revocation reasons only",
+    }[case]
+    with pytest.raises(UsageError) as info:
+        load_client_crl(path, METRICS_CLIENT_CRL_OPTION, load_client_ca(pki.bundle, METRICS_CLIENT_CA_OPTION))
+    assert says in info.value.message and "\n" not in info.value.message, info.value.message
+    users_only = x509.IssuingDistributionPoint(
+        [x509.UniformResourceIdentifier("http://crl.example/a.crl")], None, True, False, None, False, False
+    )  # a distribution point and user certificates only: what OpenSSL applies
+    path.write_bytes(crls_pem(client_crl(pki.a, revoked, extensions=[(users_only, True)])))
+    assert load_client_crl(
+        path, METRICS_CLIENT_CRL_OPTION, load_client_ca(pki.bundle, METRICS_CLIENT_CA_OPTION)
+    )
+
+
+def test_no_tls12_renegotiation(server: TilesServer, pki: Pki) -> None:
+    """A TLS 1.2 client asking to renegotiate (to present another certificate than the one its
+    connection was judged by): refused by the server (openssl s_client's R command)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command")
+    assert server.metrics_address is not None
+    cert, key = pki.client["ok"]
+    script = "R\n"
+    run = subprocess.run(
+        [openssl, "s_client", "-tls1_2", "-connect", f"127.0.0.1:{server.metrics_address[1]}",
+         "-cert", str(cert), "-key", str(key), "-CAfile", str(pki.server_ca), "-legacy_renegotiation"],
+        input=script, capture_output=True, text=True, timeout=WAIT, check=False,
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert "RENEGOTIATING" in output and "no renegotiation" in output, output
+
+
+def test_a_refused_certificates_long_subject_is_cut_in_its_log_line(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subject a CA put in a certificate not on the list is logged at most 512 characters
+    long (one line per refusal, a few a second: not a way to fill the log)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    allow = MetricsClientAllowList(pki.allow, logger=LOGGER)
+    subject = "CN=" + "x" * 5000
+    refused = allow.check((subject, "00" * 32), "127.0.0.1", RefusalLog(logger=LOGGER))
+    assert refused is not None and refused[0] == 403
+    [line] = _refusals(caplog, "metrics-client-cert-not-allowed")
+    assert line["client_cert_subject"] == subject[:512]
+
+
+def test_a_multi_valued_rdn_is_one_name_in_any_order(pki: Pki) -> None:
+    """A subject with a multi-valued RDN (CN and O in one set): cryptography renders a
+    certificate's in DER order (O=...+CN=...) and an allow-list line as written; either order
+    on the list matches it, and the two orders are one entry (a second: refused as the same)."""
+    now = datetime.now(UTC)
+    rdn = x509.RelativeDistinguishedName(
+        [
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, "mv"),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "Example"),
+        ]
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(x509.Name([rdn]), key.public_key(), issuer=pki.a[0].subject, signing_key=pki.a[1],
+                 not_before=now - timedelta(hours=1), not_after=now + timedelta(hours=1), ca=False)  # fmt: skip
+    who = ClientCertScrapers().identify({CLIENT_CERT: cert.public_bytes(serialization.Encoding.DER)})
+    assert who is not None and who[0] == "CN=mv+O=Example"
+    for line in (b"CN=mv+O=Example\n", b"O=Example+CN=mv\n"):
+        assert parse_client_allow_list(line, "allow").allows(*who), line
+    assert not parse_client_allow_list(b"CN=mv,O=Example\n", "allow").allows(*who)  # two RDNs: another name
+    with pytest.raises(UsageError, match="line 2: the same entry as line 1"):
+        parse_client_allow_list(b"CN=mv+O=Example\nO=Example+CN=mv\n", "allow")
+
+
+def test_the_fingerprint_is_the_leafs(server: TilesServer, pki: Pki) -> None:
+    """A client that sends its CA's certificate after its own, the CA's fingerprint on the
+    list (its own not): 403, the fingerprint judged being the leaf's."""
+    allow = server.metrics_allow
+    assert allow is not None
+    _replace(pki.allow, f"sha256:{_sha(pki.ca_a)}\n".encode())
+    assert allow.reload() is True
+    cert, key = pki.client["other"]
+    chain = pki.dir / "other-chain.pem"
+    chain.write_bytes(cert.read_bytes() + pki.ca_a.read_bytes())
+    pki.client["chain"] = (chain, key)
+    assert _scrape(server, pki, "chain") == (403, "this client certificate is not allowed\n")

@@ -28,6 +28,7 @@ from confide.errors import UsageError
 from confide.httpserve.certreload import CertificateReloader, load_client_ca
 from confide.httpserve.limits import CLIENT_CERT, HttpLimits
 from confide.httpserve.metrics_listener import (
+    CLIENT_CERT_REFUSALS,
     METRICS_CLIENT_CA_OPTION,
     ClientCertScrapers,
     MetricsListenerApp,
@@ -346,9 +347,11 @@ def test_scrapers_are_named_by_their_certificates(pki: Pki, caplog: pytest.LogCa
         ("CN=scraper-a", "127.0.0.1"),
         ("CN=scraper-b", "127.0.0.2"),
     ]  # the first scrape of each only
-    (family,) = scrapers.collect()
+    family, refused = scrapers.collect()
     samples = {(s.labels["subject"], s.labels["sha256"]): s.value for s in family.samples}
     assert samples == {who["a"]: 2, who["b"]: 1, ("", "other"): 1}
+    assert refused.name == "confide_metrics_client_cert_refused"  # every reason, 0: none refused
+    assert {s.labels["reason"]: s.value for s in refused.samples} == dict.fromkeys(CLIENT_CERT_REFUSALS, 0)
 
 
 def _get(app: MetricsListenerApp, extra: dict[str, object]) -> tuple[int, bytes]:

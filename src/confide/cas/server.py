@@ -1489,7 +1489,7 @@ def _serve(
     if metrics_sock is not None and metrics_limits is not None:
         client_certs = None
         if metrics_tls is not None and metrics_tls.client_ca is not None:
-            client_certs = ClientCertScrapers(logger="confide.cas")  # scrapers named by certificate
+            client_certs = ClientCertScrapers(logger="confide.cas", tls=metrics_tls)  # named by certificate
         if metrics_tls is not None:
             # docs/cas.md "Metrics": a failed handshake counted by reason and logged
             watch_handshakes(metrics_limits, metrics_refusals)

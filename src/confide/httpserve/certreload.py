@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -75,6 +75,7 @@ __all__ = [
     "MAX_PEM_FILE",
     "TLS_OPTIONS",
     "CertificateReloader",
+    "ClientCrlEntry",
     "FileReloader",
     "LoadedCertificate",
     "LoadedClientCa",
@@ -127,6 +128,32 @@ class LoadedClientCrl:
     issuer_subjects: tuple[str, ...]  # RFC 4514
     revoked: int  # revoked certificates, in all of them
     next_update: datetime  # the earliest
+    by_issuer: dict[str, ClientCrlEntry] = field(default_factory=dict, compare=False, repr=False)
+    """Each CRL by :attr:`issuers`: what a request on a connection whose handshake was judged
+    by older CRLs is judged by (:meth:`CertificateReloader.client_cert_refusal`)."""
+
+
+@dataclass(frozen=True)
+class ClientCrlEntry:
+    """One CA's CRL of a client CRL file: its dates, its CRL number (``None``: none) and the
+    serial numbers it revokes."""
+
+    this_update: datetime
+    next_update: datetime
+    number: int | None
+    revoked: frozenset[int]
+
+
+@dataclass(frozen=True)
+class _ClientCertFacts:
+    """What a client certificate is judged by at each request
+    (:meth:`CertificateReloader.client_cert_refusal`)."""
+
+    loaded: LoadedCertificate  # the files it was found with
+    not_before: datetime
+    not_after: datetime
+    serial: int
+    issuer: str | None  # the SHA-256 of the bundle's certificate that issued it (None: none)
 
 
 @dataclass(frozen=True)
@@ -351,7 +378,8 @@ def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClient
     """The CRLs in ``path`` (PEM ``X509 CRL`` blocks, or one DER CRL; read as the certificate
     files are), each issued by a certificate of the client CA bundle ``ca`` (its subject the
     CRL's issuer, its key verifying the CRL's signature, its key usage, when it has one, allowing
-    CRL signing), with a nextUpdate, not a delta CRL, at most one per CA; loaded by OpenSSL. A
+    CRL signing), with a nextUpdate, not a delta CRL, at most one per CA, applying to every
+    client certificate of its CA (:func:`_check_crl_scope`); loaded by OpenSSL. A
     :class:`UsageError` (one line: ``option``, the file, what is wrong) otherwise. Their dates are
     not judged here: OpenSSL judges them at each handshake (past its nextUpdate, a CRL refuses
     its CA's clients)."""
@@ -359,8 +387,9 @@ def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClient
     crls = _crl_blocks(_read(path, option), where)
     issuers: list[str] = []
     subjects: list[str] = []
-    for number, crl in enumerate(crls, 1):
-        at = f"{where}: CRL {number}"
+    by_issuer: dict[str, ClientCrlEntry] = {}
+    for position, crl in enumerate(crls, 1):
+        at = f"{where}: CRL {position}"
         if crl.next_update_utc is None:
             raise UsageError(f"{at}: has no nextUpdate (a CRL must say until when it holds)")
         try:
@@ -371,6 +400,7 @@ def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClient
             raise UsageError(f"{at}: cannot load: an extension it cannot read") from None
         else:
             raise UsageError(f"{at}: a delta CRL (give complete CRLs only)")
+        _check_crl_scope(crl, at)
         signer = None
         for index, cert in enumerate(ca.certificates):
             if cert.subject != crl.issuer:
@@ -400,6 +430,14 @@ def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClient
             raise UsageError(f"{at}: a second CRL of {issuer!r} (one CRL per CA)")
         issuers.append(ca.sha256[signer])
         subjects.append(issuer)
+        try:
+            number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = None
+        assert crl.next_update_utc is not None  # checked above
+        by_issuer[ca.sha256[signer]] = ClientCrlEntry(
+            crl.last_update_utc, crl.next_update_utc, number, frozenset(r.serial_number for r in crl)
+        )
     pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in crls)
     try:  # what OpenSSL will be given: the same CRLs, re-encoded
         _load_crls(tls12_server_context(), pem)
@@ -411,7 +449,48 @@ def load_client_crl(path: Path, option: str, ca: LoadedClientCa) -> LoadedClient
         tuple(subjects),
         sum(len(c) for c in crls),
         min(c.next_update_utc for c in crls if c.next_update_utc is not None),
+        by_issuer,
     )
+
+
+# Critical extensions OpenSSL acts on; any other critical one makes it refuse the CRL (and so,
+# fail-closed, every client of its CA) at each handshake: refused at load instead, saying so.
+_CRL_CRITICAL_OK = (x509.IssuingDistributionPoint, x509.AuthorityKeyIdentifier, x509.DeltaCRLIndicator)
+
+
+def _check_crl_scope(crl: x509.CertificateRevocationList, at: str) -> None:
+    """Refuse a CRL OpenSSL would not apply to every client certificate of its issuer: one with
+    a critical extension it does not handle (on the CRL or an entry), an indirect CRL, one
+    whose issuing distribution point restricts it to CA or attribute certificates or to some
+    revocation reasons (OpenSSL would refuse every client of that CA, fail-closed, and say only
+    "unable to get certificate CRL" at each handshake)."""
+    try:
+        extensions = list(crl.extensions)
+    except ValueError:
+        raise UsageError(f"{at}: cannot load: an extension it cannot read") from None
+    for ext in extensions:
+        if ext.critical and not isinstance(ext.value, _CRL_CRITICAL_OK):
+            raise UsageError(f"{at}: a critical extension OpenSSL does not handle ({ext.oid.dotted_string})")
+        if isinstance(ext.value, x509.IssuingDistributionPoint):
+            idp = ext.value
+            if idp.indirect_crl:
+                raise UsageError(f"{at}: an indirect CRL (give each CA's own CRL)")
+            if idp.only_contains_ca_certs or idp.only_contains_attribute_certs:
+                raise UsageError(f"{at}: its issuing distribution point excludes end-entity certificates")
+            if idp.only_some_reasons:
+                raise UsageError(f"{at}: its issuing distribution point covers some revocation reasons only")
+    try:
+        for entry in crl:
+            for ext in entry.extensions:
+                if ext.critical and not isinstance(ext.value, x509.CertificateIssuer):
+                    raise UsageError(
+                        f"{at}: the entry of serial {entry.serial_number:x} has a critical extension"
+                        f" OpenSSL does not handle ({ext.oid.dotted_string})"
+                    )
+                if isinstance(ext.value, x509.CertificateIssuer):
+                    raise UsageError(f"{at}: an entry names another certificate issuer (an indirect CRL)")
+    except ValueError:
+        raise UsageError(f"{at}: cannot load: an entry it cannot read") from None
 
 
 def _load_crls(ctx: ssl.SSLContext, pem: str) -> None:
@@ -457,6 +536,33 @@ def _requiring_client_certs(
     ctx.num_tickets = 0
     ctx.options |= ssl.OP_NO_TICKET
     return ctx
+
+
+_MAX_CLIENT_FACTS = 256  # client certificates whose facts are kept (then forgotten, all at once)
+
+
+def _client_cert_facts(der: bytes, loaded: LoadedCertificate) -> _ClientCertFacts:
+    """The dates, serial number and (with client CRLs) issuer in ``loaded``'s client CA bundle
+    (its subject the certificate's issuer, its key verifying the certificate's signature) of the
+    client certificate ``der``. One cryptography cannot read (OpenSSL took it): refused as
+    expired."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    except ValueError:
+        epoch = datetime.fromtimestamp(0, UTC)
+        return _ClientCertFacts(loaded, epoch, epoch, -1, None)
+    issuer = None
+    ca = loaded.client_ca if loaded.client_crl is not None else None  # asked for with CRLs only
+    for index, candidate in enumerate(ca.certificates if ca is not None else ()):
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        assert ca is not None
+        issuer = ca.sha256[index]
+        break
+    return _ClientCertFacts(loaded, not_before, not_after, cert.serial_number, issuer)
 
 
 def _stamp(path: Path) -> FileStamp:
@@ -603,6 +709,7 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         self.metric_prefix = metric_prefix
         self._clock = clock
         self._retry_at: datetime | None = None  # the notBefore of a pair refused as not yet valid
+        self._client_facts: dict[bytes, _ClientCertFacts] = {}  # client certificate DER -> facts
         paths = (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
         if self.client_crl is not None:
             paths = (*paths, self.client_crl)
@@ -630,6 +737,52 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         if now < loaded.not_before:  # the same files are tried again then
             self._retry_at = loaded.not_before
         check_valid_at(loaded, now, self.cert, self.options[0])
+        old, new = self.loaded.client_crl, loaded.client_crl
+        if old is not None and new is not None:
+            for issuer, crl in new.by_issuer.items():
+                in_use = old.by_issuer.get(issuer)
+                if in_use is None:
+                    continue
+                older = crl.this_update < in_use.this_update or (
+                    crl.number is not None and in_use.number is not None and crl.number < in_use.number
+                )
+                if older:
+                    subject = new.issuer_subjects[new.issuers.index(issuer)]
+                    raise UsageError(
+                        f"{self.client_crl_option} {os.fspath(self.client_crl or '')!r}: the CRL of"
+                        f" {subject!r} is older than the one in use (thisUpdate"
+                        f" {crl.this_update.isoformat()}, CRL number {crl.number}; in use:"
+                        f" {in_use.this_update.isoformat()}, {in_use.number})"
+                    )
+
+    def client_cert_refusal(self, der: bytes) -> str | None:
+        """Why a request on a connection whose client certificate (``der``) passed its handshake
+        is refused now, by the files in use and the ``clock``: ``expired``, ``not_yet_valid``;
+        with client CRLs, ``unknown_ca`` (no certificate of the bundle issued it any more),
+        ``crl`` (no CRL of its issuer, or one out of its dates) or ``revoked``. ``None``: served.
+        A kept-alive connection's certificate is judged again at each request: a reload that
+        revokes it, or the CRL's nextUpdate passing, ends what its handshake allowed."""
+        loaded = self.loaded
+        facts = self._client_facts.get(der)
+        if facts is None or facts.loaded is not loaded:
+            facts = _client_cert_facts(der, loaded)
+            if len(self._client_facts) >= _MAX_CLIENT_FACTS:
+                self._client_facts.clear()
+            self._client_facts[der] = facts
+        now = self._clock()
+        if now > facts.not_after:
+            return "expired"
+        if now < facts.not_before:
+            return "not_yet_valid"
+        crls = loaded.client_crl
+        if crls is None:
+            return None
+        if facts.issuer is None:
+            return "unknown_ca"
+        crl = crls.by_issuer.get(facts.issuer)
+        if crl is None or not crl.this_update <= now <= crl.next_update:
+            return "crl"
+        return "revoked" if facts.serial in crl.revoked else None
 
     def _due(self) -> bool:
         return self._retry_at is not None and self._clock() >= self._retry_at

@@ -77,6 +77,7 @@ from confide.httpserve.limits import CLIENT_CERT, HANDSHAKE_FAILURES, PUBLIC_MAX
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
 __all__ = [
+    "CLIENT_CERT_REFUSALS",
     "FAILURE_RATE",
     "MAX_ALLOW_ENTRIES",
     "MAX_ALLOW_FILE",
@@ -104,6 +105,7 @@ __all__ = [
     "parse_metrics_tokens",
     "read_client_allow_list",
     "read_metrics_tokens",
+    "subject_string",
     "watch_handshakes",
 ]
 
@@ -116,6 +118,10 @@ METRICS_CLIENT_ALLOW_OPTION = "--metrics-client-allow"
 MAX_ALLOW_FILE = 256 * 1024
 MAX_ALLOW_ENTRIES = 4096
 """The most entries an allow-list file may hold."""
+CLIENT_CERT_REFUSALS = ("not_allowed", "expired", "not_yet_valid", "unknown_ca", "crl", "revoked")
+"""Why a request whose client certificate passed the handshake is refused
+(``confide_metrics_client_cert_refused_total{reason}``, :class:`ClientCertScrapers`)."""
+_MAX_LOGGED_SUBJECT = 512  # characters of a refused certificate's subject in its log line
 MAX_CLIENT_CERTS = 256
 """The most client certificates counted apart (``confide_metrics_client_cert_scrapes_total``);
 scrapes with others are counted together (``sha256="other"``)."""
@@ -276,10 +282,18 @@ class MetricsTokenFile(FileReloader[TokenSet]):
 _SHA256 = re.compile(r"(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})")
 
 
+def subject_string(name: x509.Name) -> str:
+    """``name`` in RFC 4514 form as :meth:`cryptography.x509.Name.rfc4514_string` gives it, but
+    for the attributes of a multi-valued RDN, in the order of their renderings: a set, whose
+    order cryptography gives as written (an allow-list line) or as sorted by DER (a
+    certificate), so that ``CN=a+O=b`` and ``O=b+CN=a`` are one name."""
+    return ",".join("+".join(sorted(a.rfc4514_string() for a in rdn)) for rdn in reversed(name.rdns))
+
+
 class ClientAllowList:
     """The client certificates a metrics listener serves (``--metrics-client-allow``): by the
     SHA-256 fingerprint of their DER (``fingerprints``, lower-case hex) or by their subject
-    (``subjects``, each in the form :meth:`cryptography.x509.Name.rfc4514_string` gives: the
+    (``subjects``, each in the form :func:`subject_string` gives: the
     subject of a certificate matches when it is that name exactly, attribute by attribute,
     values compared as written, case included)."""
 
@@ -344,7 +358,7 @@ def parse_client_allow_list(data: bytes, where: str) -> ClientAllowList:
                 ) from None
             if len(name) == 0:
                 raise UsageError(f"{at}: an empty subject")
-            key = "subject:" + name.rfc4514_string()
+            key = "subject:" + subject_string(name)
         if key in seen:
             raise UsageError(f"{at}: the same entry as line {seen[key]}")
         if len(seen) == MAX_ALLOW_ENTRIES:
@@ -370,7 +384,7 @@ class MetricsClientAllowList(FileReloader[ClientAllowList]):
     every ``poll_interval`` seconds, when the file changed (:class:`FileReloader`; log lines
     ``{"event": "metrics-client-allow-reload", ...}``). A bad file keeps the list in use.
     Calling it returns the list in use. :meth:`check` judges a request's certificate; the
-    refusals are counted here (``refused``) and logged on ``refusals``."""
+    refusals are logged on ``refusals`` (and counted by :class:`ClientCertScrapers`)."""
 
     event = "metrics-client-allow-reload"
 
@@ -383,7 +397,6 @@ class MetricsClientAllowList(FileReloader[ClientAllowList]):
         option: str = METRICS_CLIENT_ALLOW_OPTION,
     ) -> None:
         self.path, self.option = Path(path), option
-        self.refused = 0  # requests refused 403: a certificate not on the list
         super().__init__((self.path,), poll_interval=poll_interval, logger=logger, listener="metrics")
 
     def _load(self) -> ClientAllowList:
@@ -403,14 +416,13 @@ class MetricsClientAllowList(FileReloader[ClientAllowList]):
 
     def check(self, who: tuple[str, str], address: str, refusals: RefusalLog) -> Response | None:
         """``None`` when the certificate ``who`` (subject, SHA-256) is on the list in use; else
-        the ``403`` to send (counted, and logged on ``refusals``)."""
+        the ``403`` to send (logged on ``refusals``)."""
         subject, sha256 = who
         if self.loaded.allows(subject, sha256):
             return None
-        self.refused += 1
         refusals.log(
             "metrics-client-cert-not-allowed", address, listener="metrics",
-            client_cert_subject=subject, client_cert_sha256=sha256,
+            client_cert_subject=subject[:_MAX_LOGGED_SUBJECT], client_cert_sha256=sha256,
         )  # fmt: skip
         return 403, [_NO_STORE, (b"content-type", _TEXT)], b"this client certificate is not allowed\n"
 
@@ -424,14 +436,6 @@ class MetricsClientAllowList(FileReloader[ClientAllowList]):
             "Entries of the client certificate allow-list in use (fingerprints and subjects)",
             value=len(self.loaded),
         )
-        refused = CounterMetricFamily(
-            "confide_metrics_client_cert_refused",
-            "Requests on the metrics listener refused 403 although their client certificate chained"
-            " (reason not_allowed: not on --metrics-client-allow)",
-            labels=["reason"],
-        )
-        refused.add_metric(["not_allowed"], self.refused)
-        yield refused
 
 
 def watch_handshakes(limits: HttpLimits, refusals: RefusalLog) -> None:
@@ -629,11 +633,23 @@ class ClientCertScrapers:
     it came without a certificate, which the handshake does not let happen); each certificate's
     first scrape is logged at INFO on ``logger`` (``{"event": "metrics-scraper",
     "client_cert_sha256": ..., "client_cert_subject": ...}``); scrapes are counted by them, at
-    most :data:`MAX_CLIENT_CERTS` certificates apart. Changed on the event loop's thread only."""
+    most :data:`MAX_CLIENT_CERTS` certificates apart. ``tls``: the listener's certificate
+    reloader, by whose files in use (client CA bundle, CRLs) and clock :meth:`judge` judges the
+    certificate again at each request of a connection (its handshake judged it by the files of
+    then); the requests refused, here or by the allow-list, are counted by reason
+    (:data:`CLIENT_CERT_REFUSALS`). Changed on the event loop's thread only."""
 
-    def __init__(self, *, logger: str = "confide.ledger", max_certs: int = MAX_CLIENT_CERTS) -> None:
+    def __init__(
+        self,
+        *,
+        logger: str = "confide.ledger",
+        max_certs: int = MAX_CLIENT_CERTS,
+        tls: CertificateReloader | None = None,
+    ) -> None:
         self._log = logging.getLogger(logger)
         self.max_certs = max_certs
+        self.tls = tls
+        self.refused: dict[str, int] = dict.fromkeys(CLIENT_CERT_REFUSALS, 0)
         self.scrapes: dict[tuple[str, str], int] = {}  # (subject, sha256) -> accepted scrapes
         self.other = 0  # scrapes with certificates past max_certs
         self._known: dict[bytes, tuple[str, str]] = {}  # DER -> (subject, sha256), bounded
@@ -651,12 +667,37 @@ class ClientCertScrapers:
             return known
         sha256 = hashlib.sha256(der).hexdigest()
         try:
-            subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+            subject = subject_string(x509.load_der_x509_certificate(der).subject)
         except ValueError:  # OpenSSL took it; a subject cryptography cannot render is named by hash only
             subject = ""
         if len(self._known) < self.max_certs:
             self._known[der] = subject, sha256
         return subject, sha256
+
+    def judge(self, scope: Any, who: tuple[str, str], address: str, refusals: RefusalLog) -> Response | None:
+        """``None`` when the certificate of ``scope``'s connection (``who``: :meth:`identify`)
+        is still served by the files in use (:meth:`CertificateReloader.client_cert_refusal`:
+        not expired, and with CRLs, still issued by a CA of the bundle, its CRL current, not
+        revoked); else the ``403`` to send, closing the connection (a new one is judged by its
+        handshake), counted and logged on ``refusals``."""
+        der = scope.get(CLIENT_CERT)
+        if self.tls is None or not isinstance(der, bytes):
+            return None
+        reason = self.tls.client_cert_refusal(der)
+        if reason is None:
+            return None
+        self.refused[reason] += 1
+        subject, sha256 = who
+        refusals.log(
+            "metrics-client-cert-refused", address, listener="metrics", cause=reason,
+            client_cert_subject=subject[:_MAX_LOGGED_SUBJECT], client_cert_sha256=sha256,
+        )  # fmt: skip
+        body = f"this client certificate is no longer accepted ({reason})\n".encode()
+        return 403, [_NO_STORE, (b"content-type", _TEXT), (b"connection", b"close")], body
+
+    def not_allowed(self) -> None:
+        """Count a request refused by the allow-list."""
+        self.refused["not_allowed"] += 1
 
     def accepted(self, who: tuple[str, str], address: str) -> None:
         """Count a scrape of the certificate ``who`` (:meth:`identify`) from ``address``; log its
@@ -686,6 +727,17 @@ class ClientCertScrapers:
         if self.other:
             family.add_metric(["", "other"], self.other)
         yield family
+        refused = CounterMetricFamily(
+            "confide_metrics_client_cert_refused",
+            "Requests on the metrics listener refused 403 although their client certificate passed"
+            " the handshake, by reason (not_allowed: not on --metrics-client-allow; expired,"
+            " not_yet_valid, unknown_ca: its CA no longer in --metrics-client-ca, crl: no current"
+            " CRL of its CA, revoked: judged again at each request of a kept-alive connection)",
+            labels=["reason"],
+        )
+        for reason in CLIENT_CERT_REFUSALS:
+            refused.add_metric([reason], self.refused.get(reason, 0))
+        yield refused
 
 
 def listener_limits(like: HttpLimits) -> HttpLimits:
@@ -748,9 +800,17 @@ class MetricsListenerApp:
             response = 403, [_NO_STORE, (b"content-type", _TEXT)], b"a client certificate is required\n"
         elif (
             cert is not None
+            and self.client_certs is not None
+            and (refused_cert := self.client_certs.judge(scope, cert, address, self.refusals))
+        ):
+            response = refused_cert
+        elif (
+            cert is not None
             and self.allow is not None
+            and self.client_certs is not None
             and (not_allowed := self.allow.check(cert, address, self.refusals))
         ):
+            self.client_certs.not_allowed()
             response = not_allowed
         elif method not in ("GET", "HEAD"):
             response = 405, [(b"allow", _ALLOW), _NO_STORE], b""

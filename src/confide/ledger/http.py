@@ -339,8 +339,8 @@ class LedgerHTTPServer(HttpServer):
             refusals = metrics.refusals
             limits.on_refusal = lambda reason, client: refusals.log(reason, client, listener="metrics")
             client_certs = None
-            if metrics_tls is not None and metrics_tls.client_ca is not None:
-                client_certs = ClientCertScrapers(logger="confide.ledger")  # named by certificate
+            if metrics_tls is not None and metrics_tls.client_ca is not None:  # named by certificate
+                client_certs = ClientCertScrapers(logger="confide.ledger", tls=metrics_tls)
             if metrics_tls is not None:  # a failed handshake counted by reason and logged
                 watch_handshakes(limits, refusals)
             listener = MetricsListenerApp(
