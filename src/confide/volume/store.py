@@ -4,7 +4,8 @@ A volume is a directory::
 
     DIR/MANIFEST           sealed manifest (its SHA-256 is the volume tag)
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
-    DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
+    DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, its staging
+                           step and pending tag (docs/volume-format.md, "Pending tag")
     DIR/objects/<hex id>   one object per file, named by its random file id
     DIR/.lock              flock(2) lock: exclusive for writers, shared for read-only and
                            ephemeral mounts (created empty with the volume, or by the first
