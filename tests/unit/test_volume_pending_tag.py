@@ -428,6 +428,7 @@ def test_the_state_file_remembers_the_last_pending_tag(tmp_path: Path) -> None:
     before, remembered = _snapshot(vol), state.read_bytes()
     code, _out, err = _run(["seal", str(vol), *key, *state_opt])
     assert code == RollbackError.exit_code and f"expected {p2}" in err
+    assert f"what --state {str(state)!r} remembers" in err
     assert _snapshot(vol) == before and state.read_bytes() == remembered  # a refusal changes neither
     (vol / PENDING_NAME).unlink()
     (vol / PENDING_BASE_NAME).unlink()

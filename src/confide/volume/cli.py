@@ -17,7 +17,14 @@ from typing import cast
 
 import click
 
-from confide.errors import ConfideError, SignatureError, StorageError, UsageError, WaitStoppedError
+from confide.errors import (
+    ConfideError,
+    RollbackError,
+    SignatureError,
+    StorageError,
+    UsageError,
+    WaitStoppedError,
+)
 from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
@@ -60,8 +67,17 @@ def _staging(
     state = StagingState(state_file)
     with state.locked():
         state.load()
-        slot: list[str | None] = [expect_pending if expect_pending is not None else state.expected(directory)]
-        yield slot
+        remembered = state.expected(directory) if expect_pending is None else None
+        slot: list[str | None] = [expect_pending if remembered is None else remembered]
+        try:
+            yield slot
+        except RollbackError as exc:
+            if remembered is None:
+                raise
+            raise RollbackError(
+                f"{exc.message} (the expected pending tag is what --state {str(state_file)!r} remembers "
+                "for this volume; after checking, give --expect-pending explicitly)"
+            ) from None
         if slot[0] is not None:
             state.remember(directory, slot[0])
             state.save()
