@@ -479,3 +479,34 @@ def test_a_state_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path)
     code, _out, err = _run(["seal", str(vol), "--key", str(_keyfile(tmp_path)), "--state", str(state)])
     assert code == 50 and "not a regular file" in err
     assert load_sealed(vol, KEY)[1] == _tag1
+
+
+def test_commands_sharing_a_state_file_keep_each_others_updates(tmp_path: Path) -> None:
+    """Eight `confide volume add --state FILE` processes at once, on eight volumes: the file is
+    read-modify-written under FILE.lock, so every volume's pending tag is remembered."""
+    keyfile = _keyfile(tmp_path)
+    state = tmp_path / "staging.json"
+    vols = []
+    for i in range(8):
+        vol = tmp_path / f"vol{i}"
+        create_volume(vol, KEY, chunk_size=CS)
+        vols.append(vol)
+    src = _src(tmp_path, "b.txt", b"b")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    base = [sys.executable, "-m", "confide", "volume", "add"]
+    procs = [
+        subprocess.Popen(
+            [*base, str(vol), str(src), "--key", str(keyfile), "--state", str(state)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for vol in vols
+    ]
+    printed = {}
+    for vol, proc in zip(vols, procs, strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        printed[str(vol)] = out.split("\n")[1].removeprefix("pending: ")
+    assert json.loads(state.read_text())["volumes"] == printed
