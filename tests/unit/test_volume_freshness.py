@@ -164,9 +164,11 @@ def test_a_base_record_that_does_not_authenticate_is_an_unknown_base(tmp_path: P
     if edit == "other-pending":
         add_sources(vol, KEY, [_src(tmp_path, "c.txt", b"c")])  # a new pending, a new record
         base.write_bytes(record)  # the first pending's record
-    elif edit == "rewritten-tag":
-        tag, mac = record.split(b" ")
-        base.write_bytes(tag[:-1] + (b"0" if tag[-1:] != b"0" else b"1") + b" " + mac)
+    elif edit == "rewritten-tag":  # the base tag of the staged state's line (docs: "Pending tag")
+        head, line = record.split(b"\n")[:2]
+        tag, step, mac = line.split(b" ")
+        tag = tag[:-1] + (b"0" if tag[-1:] != b"0" else b"1")
+        base.write_bytes(head + b"\n" + b" ".join((tag, step, mac)) + b"\n")
     elif edit == "garbage":
         base.write_bytes(b"x" * 130)
     else:

@@ -6,23 +6,34 @@ absent, from ``$CONFIDE_VOLUME_KEY`` (64 hex digits). It is never printed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import click
 
-from confide.errors import ConfideError, SignatureError, StorageError, UsageError, WaitStoppedError
+from confide.errors import (
+    ConfideError,
+    RollbackError,
+    SignatureError,
+    StorageError,
+    UsageError,
+    WaitStoppedError,
+)
 from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.lock import volume_wait
 from confide.volume.mount import MountMode, StopSignals, end_by_signal, mount_volume, parse_size
+from confide.volume.staging import StagingState
 from confide.volume.store import (
+    NO_PENDING,
     PENDING_NAME,
     add_sources,
     check_expected_tag,
@@ -40,6 +51,36 @@ _REGIONS = {
     "authenticate": Region.AUTHENTICATED,
     "unprotected": Region.UNPROTECTED,
 }
+
+
+@contextlib.contextmanager
+def _staging(
+    state_file: Path | None, directory: Path, expect_pending: str | None
+) -> Iterator[list[str | None]]:
+    """The pending tag to expect (``--expect-pending``, else what ``--state FILE`` remembers for
+    ``directory``), as the one item of the yielded list; the command puts the state it left there
+    (a pending tag, or ``"none"`` after a seal), saved to the state file when the block ends
+    without an error. The state file is locked throughout (docs/volume-format.md, "Pending tag")."""
+    if state_file is None:
+        yield [expect_pending]
+        return
+    state = StagingState(state_file)
+    with state.locked():
+        state.load()
+        remembered = state.expected(directory) if expect_pending is None else None
+        slot: list[str | None] = [expect_pending if remembered is None else remembered]
+        try:
+            yield slot
+        except RollbackError as exc:
+            if remembered is None:
+                raise
+            raise RollbackError(
+                f"{exc.message} (the expected pending tag is what --state {str(state_file)!r} remembers "
+                "for this volume; after checking, give --expect-pending explicitly)"
+            ) from None
+        if slot[0] is not None:
+            state.remember(directory, slot[0])
+            state.save()
 
 
 def _die(exc: ConfideError) -> None:
@@ -62,6 +103,16 @@ _key_option = click.option(
 _expect_option = click.option(
     "--expect-tag", "expect_tag", metavar="HEX",
     help="Refuse (exit 60, nothing changed) unless the sealed tag is HEX and pending changes build on it.",
+)  # fmt: skip
+_expect_pending_option = click.option(
+    "--expect-pending", "expect_pending", metavar="TAG",
+    help="Refuse (exit 60, nothing changed) unless the staged changes are those the add/rm that printed "
+    "'pending: TAG' left ('none': unless nothing is staged).",
+)  # fmt: skip
+_state_option = click.option(
+    "--state", "state_file", type=_PATH, metavar="FILE",
+    help="Staging state file (mode 0600): remembers the last pending tag per volume directory and "
+    "expects it when --expect-pending is not given.",
 )  # fmt: skip
 _region_options = [
     click.option("--encrypt", multiple=True, metavar="PATH", help="Encrypt files at/below PATH."),
@@ -132,6 +183,8 @@ def create_cmd(
     help="Record this modification time (seconds since 1970 UTC) for every entry, not the sources'.",
 )  # fmt: skip
 @_expect_option
+@_expect_pending_option
+@_state_option
 @_with_regions
 def add_cmd(
     directory: Path,
@@ -141,6 +194,8 @@ def add_cmd(
     deterministic: bool,
     mtime: int | None,
     expect_tag: str | None,
+    expect_pending: str | None,
+    state_file: Path | None,
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
     unprotected: tuple[str, ...],
@@ -149,26 +204,32 @@ def add_cmd(
 
     Entries keep their sources' modification times; with $SOURCE_DATE_EPOCH set, times later
     than it are recorded as it (reproducible-builds.org's clamping); --mtime sets them all.
+    Prints a summary line, then 'pending: TAG' (the staged state's pending tag, for
+    --expect-pending).
     """
     try:
         key = load_key(key_file)
-        added = add_sources(
-            directory,
-            key,
-            list(sources),
-            dest=dest.strip("/"),
-            rules=_rules(encrypt, authenticate, unprotected),
-            deterministic=deterministic,
-            mtime_ns=None if mtime is None else mtime * 1_000_000_000,
-            mtime_clamp_ns=source_date_epoch(),
-            expected_tag=expect_tag,
-        )
+        with _staging(state_file, directory, expect_pending) as slot:
+            added = add_sources(
+                directory,
+                key,
+                list(sources),
+                dest=dest.strip("/"),
+                rules=_rules(encrypt, authenticate, unprotected),
+                deterministic=deterministic,
+                mtime_ns=None if mtime is None else mtime * 1_000_000_000,
+                mtime_clamp_ns=source_date_epoch(),
+                expected_tag=expect_tag,
+                expected_pending=slot[0],
+            )
+            slot[0] = added.pending_tag
     except ConfideError as exc:
         _die(exc)
         return
     files = [e for e in added if e.kind is EntryKind.FILE]
     size = sum(e.size for e in files)
     click.echo(f"added {len(added)} entries ({len(files)} files, {size} bytes); not sealed yet")
+    click.echo(f"pending: {added.pending_tag}")
 
 
 @volume.command("rm")
@@ -177,29 +238,55 @@ def add_cmd(
 @_key_option
 @click.option("-r", "--recursive", is_flag=True, help="Remove directories and everything below them.")
 @_expect_option
+@_expect_pending_option
+@_state_option
 def rm_cmd(
-    directory: Path, paths: tuple[str, ...], key_file: Path | None, recursive: bool, expect_tag: str | None
+    directory: Path,
+    paths: tuple[str, ...],
+    key_file: Path | None,
+    recursive: bool,
+    expect_tag: str | None,
+    expect_pending: str | None,
+    state_file: Path | None,
 ) -> None:
-    """Remove volume PATHs (files, symlinks, directories with -r); seal to publish."""
+    """Remove volume PATHs (files, symlinks, directories with -r); seal to publish.
+
+    Prints a summary line, then 'pending: TAG' (the staged state's pending tag)."""
     try:
-        removed = remove_paths(
-            directory, load_key(key_file), list(paths), recursive=recursive, expected_tag=expect_tag
-        )
+        key = load_key(key_file)
+        with _staging(state_file, directory, expect_pending) as slot:
+            removed = remove_paths(
+                directory, key, list(paths), recursive=recursive, expected_tag=expect_tag,
+                expected_pending=slot[0],
+            )  # fmt: skip
+            slot[0] = removed.pending_tag
     except ConfideError as exc:
         _die(exc)
         return
     files = sum(1 for e in removed if e.kind is EntryKind.FILE)
     click.echo(f"removed {len(removed)} entries ({files} files); not sealed yet")
+    click.echo(f"pending: {removed.pending_tag}")
 
 
 @volume.command("seal")
 @click.argument("directory", metavar="DIR", type=_PATH)
 @_key_option
 @_expect_option
-def seal_cmd(directory: Path, key_file: Path | None, expect_tag: str | None) -> None:
+@_expect_pending_option
+@_state_option
+def seal_cmd(
+    directory: Path,
+    key_file: Path | None,
+    expect_tag: str | None,
+    expect_pending: str | None,
+    state_file: Path | None,
+) -> None:
     """Publish the added files as a new generation; print the new volume tag (one line)."""
     try:
-        tag = seal_volume(directory, load_key(key_file), expect_tag)
+        key = load_key(key_file)
+        with _staging(state_file, directory, expect_pending) as slot:
+            tag = seal_volume(directory, key, expect_tag, expected_pending=slot[0])
+            slot[0] = NO_PENDING
     except ConfideError as exc:
         _die(exc)
         return

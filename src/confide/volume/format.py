@@ -55,6 +55,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MAX_MANIFEST_BODY",
     "MAX_MTIME_NS",
+    "MAX_PENDING_STEP",
     "MIN_CHUNK_SIZE",
     "READABLE_VERSIONS",
     "ROOT_SIZE",
@@ -88,6 +89,7 @@ __all__ = [
     "parse_manifest_body",
     "parse_manifest_header",
     "pending_base_mac",
+    "pending_tag",
     "region_for",
     "root_hasher",
     "volume_tag",
@@ -147,6 +149,9 @@ _INFO_FILE = b"confide-volume-v1 file key"
 _INFO_FILE_ID = b"confide-volume-v1 file id key"
 _INFO_CHUNK = b"confide-volume-v3 chunk key"
 _INFO_PENDING_BASE = b"confide-volume-v1 pending base key"
+_INFO_PENDING_TAG = b"confide-volume-v1 pending tag key"
+_PENDING_TAG_DOMAIN = b"CFDVPTG1"
+MAX_PENDING_STEP = (1 << 64) - 1
 # Layout byte of a version-3 file entry.
 _LAYOUT_OBJECT = 0  # one object for the whole file (versions 1 and 2)
 _LAYOUT_CHUNKS = 1  # one object per chunk
@@ -199,6 +204,31 @@ def pending_base_mac(volume_key: bytes, volume_id: bytes, pending: bytes, base_t
     _check_key(volume_key)
     k = _hkdf(volume_key, _INFO_PENDING_BASE + volume_id)
     return hmac.new(k, hashlib.sha256(pending).digest() + base_tag.encode("ascii"), hashlib.sha256).digest()
+
+
+def pending_tag(volume_key: bytes, volume_id: bytes, pending: bytes, base_tag: str, step: int) -> str:
+    """The pending tag of a staged state (docs/volume-format.md, "Pending tag"): 64 lower-case
+    hex digits of HMAC-SHA256 under HKDF(volume key, "confide-volume-v1 pending tag key" ||
+    volume_id) over "CFDVPTG1" || volume_id || base tag (32 bytes) || u64(step) ||
+    SHA-256(the pending manifest's bytes).
+
+    It authenticates what an `add` or `rm` staged (the pending manifest's bytes), the sealed
+    version it was staged on, and the staging step (1 for the first `add`/`rm` after a seal,
+    +1 per later one): an earlier staged state never has the same tag, even with the same
+    bytes (it has a lower step). The volume id makes a tag of another volume under the same key
+    another value. Not a secret (it is written beside the pending manifest)."""
+    _check_key(volume_key)
+    if not 1 <= step <= MAX_PENDING_STEP:
+        raise ValueError(f"pending step: got {step}, expected 1..{MAX_PENDING_STEP}")
+    k = _hkdf(volume_key, _INFO_PENDING_TAG + volume_id)
+    msg = (
+        _PENDING_TAG_DOMAIN
+        + volume_id
+        + bytes.fromhex(base_tag)
+        + step.to_bytes(8, "little")
+        + hashlib.sha256(pending).digest()
+    )
+    return hmac.new(k, msg, hashlib.sha256).hexdigest()
 
 
 def derive_file_id(

@@ -4,7 +4,8 @@ A volume is a directory::
 
     DIR/MANIFEST           sealed manifest (its SHA-256 is the volume tag)
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
-    DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
+    DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, its staging
+                           step and pending tag (docs/volume-format.md, "Pending tag")
     DIR/objects/<hex id>   one object per file, named by its random file id
     DIR/.lock              flock(2) lock: exclusive for writers, shared for read-only and
                            ephemeral mounts (created empty with the volume, or by the first
@@ -31,7 +32,7 @@ import secrets
 import stat
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
@@ -44,6 +45,7 @@ from confide.volume.format import (
     MAX_CHUNK_SIZE,
     MAX_MANIFEST_BODY,
     MAX_MTIME_NS,
+    MAX_PENDING_STEP,
     MIN_CHUNK_SIZE,
     ROOT_SIZE,
     TAG_SIZE,
@@ -62,6 +64,7 @@ from confide.volume.format import (
     derive_file_id,
     encode_manifest,
     pending_base_mac,
+    pending_tag,
     region_for,
     volume_tag,
 )
@@ -72,11 +75,14 @@ __all__ = [
     "INTENT_NAME",
     "LOCK_NAME",
     "MANIFEST_NAME",
+    "NO_PENDING",
     "OBJECTS_DIR",
     "PENDING_BASE_NAME",
     "PENDING_NAME",
     "SOURCE_DATE_EPOCH",
+    "Staged",
     "add_sources",
+    "check_expected_pending",
     "check_expected_tag",
     "create_volume",
     "live_objects",
@@ -95,8 +101,13 @@ __all__ = [
 MANIFEST_NAME = "MANIFEST"
 PENDING_NAME = "MANIFEST.pending"
 PENDING_BASE_NAME = "MANIFEST.pending.base"
-# "<64 hex tag> <64 hex MAC>\n": anything longer is not a base record
+# Version 1 (written before pending tags): "<64 hex tag> <64 hex MAC>\n", exactly this long
 _BASE_RECORD_SIZE = 2 * 64 + 2
+# Version 2: a header line, then one or two "<64 hex base tag> <step> <64 hex pending tag>\n"
+_RECORD_HEADER = b"confide-volume-pending 2\n"
+_RECORD_MAX = len(_RECORD_HEADER) + 2 * (64 + 1 + 20 + 1 + 64 + 1)
+NO_PENDING = "none"
+"""``expected_pending`` value (CLI ``--expect-pending none``): there must be no staged changes."""
 OBJECTS_DIR = "objects"
 _TMP_PREFIX = ".tmp-"
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
@@ -386,12 +397,41 @@ def check_expected_tag(expected_tag: str | None) -> str | None:
     return want
 
 
-def _pending_base(directory: Path, key: VolumeKey, volume_id: bytes, pending: bytes) -> str | None:
-    """The sealed tag that the pending manifest ``pending`` was built on, from its base record
-    (docs/volume-format.md, "Pending base"), or None when the record is missing, malformed or
-    does not authenticate for these pending bytes (a pending manifest staged by an older
-    confide, a crash between the two renames of :func:`_write_pending`, or a host's edit: all
-    are "base unknown", which a caller with an expected tag refuses)."""
+def check_expected_pending(expected_pending: str | None) -> str | None:
+    """``expected_pending`` normalised: None, :data:`NO_PENDING` (``none``, any case), or a pending
+    tag (64 lower-case hex digits); :class:`UsageError` otherwise (docs/volume-format.md,
+    "Pending tag")."""
+    if expected_pending is None:
+        return None
+    want = expected_pending.strip().lower()
+    if want == NO_PENDING:
+        return NO_PENDING
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise UsageError(
+            f"expected pending tag: got {expected_pending[:80]!r}, expected 64 hex digits (the pending "
+            f"tag an add or rm printed) or {NO_PENDING!r}"
+        )
+    return want
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the base record says of the pending manifest it authenticates: the sealed tag it was
+    staged on and, for a version 2 record, its staging step and pending tag (None for a version 1
+    record, written before pending tags existed)."""
+
+    base: str
+    step: int | None = None
+    tag: str | None = None
+
+
+def _is_hex64(raw: bytes) -> bool:
+    return len(raw) == 64 and all(c in b"0123456789abcdef" for c in raw)
+
+
+def _read_record(directory: Path) -> bytes | None:
+    """The base record's bytes (at most :data:`_RECORD_MAX` + 1), or None when it is missing,
+    not a regular file (never read through a symlink, never a FIFO) or unreadable."""
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(directory / PENDING_BASE_NAME, flags)
@@ -400,32 +440,86 @@ def _pending_base(directory: Path, key: VolumeKey, volume_id: bytes, pending: by
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        raw = os.pread(fd, _BASE_RECORD_SIZE + 1, 0)
+        return os.pread(fd, _RECORD_MAX + 1, 0)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _pending_record(directory: Path, key: VolumeKey, volume_id: bytes, pending: bytes) -> _Record | None:
+    """The base record of the pending manifest ``pending`` (docs/volume-format.md, "Pending base"
+    and "Pending tag"), or None when the record is missing, malformed or does not authenticate
+    for these pending bytes (a pending manifest staged by a confide without base records, an
+    interrupted add/rm, or a host's edit: all are "base unknown", which a caller with an
+    expected tag or pending tag refuses).
+
+    A version 2 record lists the staged state and, from step 2 on, the state before it (written
+    before the pending manifest, so that an add/rm killed between the two writes leaves the
+    previous pending manifest with a record that still authenticates it); the line whose
+    pending tag authenticates ``pending`` is the one returned. The record is host storage: read
+    bounded and strictly, each line checked by recomputing its MAC (constant-time compare)."""
+    raw = _read_record(directory)
+    if raw is None or len(raw) > _RECORD_MAX:
+        return None
+    if raw.startswith(_RECORD_HEADER):
+        body = raw[len(_RECORD_HEADER) :]
+        if not body.endswith(b"\n"):
+            return None
+        lines = body[:-1].split(b"\n")
+        if not 1 <= len(lines) <= 2:
+            return None
+        for line in lines:
+            parts = line.split(b" ")
+            if len(parts) != 3:
+                return None
+            base, step_raw, tag = parts
+            if not (_is_hex64(base) and _is_hex64(tag) and step_raw.isdigit() and len(step_raw) <= 20):
+                return None
+            if step_raw.startswith(b"0"):
+                return None
+            step = int(step_raw)
+            if step > MAX_PENDING_STEP:
+                return None
+            want = pending_tag(key.raw, volume_id, pending, base.decode("ascii"), step)
+            if hmac.compare_digest(want.encode("ascii"), tag):
+                return _Record(base.decode("ascii"), step, want)
+        return None
     parts = raw.split(b" ")
     if len(raw) != _BASE_RECORD_SIZE or len(parts) != 2 or not raw.endswith(b"\n"):
         return None
-    try:
-        base = check_expected_tag(parts[0].decode("ascii"))
-        mac = bytes.fromhex(parts[1][:-1].decode("ascii"))
-    except (UnicodeDecodeError, ValueError, UsageError):
+    if not (_is_hex64(parts[0]) and _is_hex64(parts[1][:-1])):
         return None
-    if base is None or not hmac.compare_digest(mac, pending_base_mac(key.raw, volume_id, pending, base)):
+    base_tag = parts[0].decode("ascii")
+    mac = bytes.fromhex(parts[1][:-1].decode("ascii"))
+    if not hmac.compare_digest(mac, pending_base_mac(key.raw, volume_id, pending, base_tag)):
         return None
-    return base
+    return _Record(base_tag)
 
 
-def _write_pending(directory: Path, key: VolumeKey, m: Manifest, base_tag: str) -> None:
-    """Write the pending manifest ``m`` and its base record (the sealed tag it was built on,
-    MAC'd together with its bytes). The record is written second: a crash between the two
-    leaves a record that does not authenticate for the new pending bytes, "base unknown"."""
+def _write_pending(
+    directory: Path, key: VolumeKey, m: Manifest, base_tag: str, previous: _Record | None
+) -> tuple[str, int]:
+    """Write the pending manifest ``m`` and its base record; return (pending tag, step).
+
+    ``previous``: the authentic record of the pending manifest this one replaces (None when
+    there was none, or it was unknown). The step is one more than its step when it was a
+    version 2 record of the same base, else 1. The record is written first and lists the new
+    state and the previous one: a crash between the two writes leaves the previous pending
+    manifest, which the record still authenticates (at its own step and tag), not a pending
+    manifest of unknown base. Each write is atomic (:func:`write_atomic`)."""
+    prev_step = previous.step if previous is not None and previous.base == base_tag else None
+    step = 1 if prev_step is None else prev_step + 1
+    if step > MAX_PENDING_STEP:
+        raise StorageError(f"{PENDING_NAME}: {step - 1} staging steps since the seal: seal first")
     data = encode_manifest(m, key.raw)
+    tag = pending_tag(key.raw, m.volume_id, data, base_tag, step)
+    lines = [f"{base_tag} {step} {tag}\n"]
+    if previous is not None and prev_step is not None:
+        lines.append(f"{previous.base} {prev_step} {previous.tag}\n")
+    write_atomic(directory / PENDING_BASE_NAME, _RECORD_HEADER + "".join(lines).encode("ascii"))
     write_atomic(directory / PENDING_NAME, data)
-    mac = pending_base_mac(key.raw, m.volume_id, data, base_tag)
-    write_atomic(directory / PENDING_BASE_NAME, f"{base_tag} {mac.hex()}\n".encode("ascii"))
+    return tag, step
 
 
 def _drop_pending(directory: Path) -> None:
@@ -459,13 +553,19 @@ def pending_is_sealed_leftover(directory: Path, key: VolumeKey, sealed: Manifest
 
 
 def _working(
-    directory: Path, key: VolumeKey, expected_tag: str | None = None, *, check_base: bool = True
-) -> tuple[Manifest, str]:
+    directory: Path,
+    key: VolumeKey,
+    expected_tag: str | None = None,
+    *,
+    expected_pending: str | None = None,
+    check_base: bool = True,
+) -> tuple[Manifest, str, _Record | None]:
     """The manifest that `add`/`rm`/`seal` change: the pending one, else the sealed one (the
-    caller holds the lock), with the current sealed tag. A pending manifest that the current
-    MANIFEST already seals is the leftover of a `seal` interrupted between the two renames
-    (:func:`seal_volume` replaces MANIFEST, then removes MANIFEST.pending): it is removed, not
-    reported as a conflict.
+    caller holds the lock), with the current sealed tag and the pending manifest's authentic
+    base record (None when nothing is pending or its base is unknown). A pending manifest that
+    the current MANIFEST already seals is the leftover of a `seal` interrupted between the two
+    renames (:func:`seal_volume` replaces MANIFEST, then removes MANIFEST.pending): it is
+    removed, not reported as a conflict.
 
     Freshness (docs/volume-format.md, "Pending base"): with ``expected_tag`` (normalised by
     :func:`check_expected_tag`), a sealed MANIFEST with another tag is a :class:`RollbackError`.
@@ -473,42 +573,85 @@ def _working(
     built on another sealed version (the host rolled MANIFEST back or swapped in a fork of the
     same generation since): :class:`RollbackError`, with or without ``expected_tag``. One whose
     base is unknown is refused only with ``expected_tag`` (its freshness cannot be shown).
+
+    ``expected_pending`` (normalised by :func:`check_expected_pending`; "Pending tag"): a pending
+    tag requires the pending manifest whose authentic record carries exactly this tag (an
+    earlier staged state, another volume's or base's, or no pending manifest at all:
+    :class:`RollbackError`); :data:`NO_PENDING` requires that nothing is staged. An
+    already-sealed leftover counts as nothing staged, and as the expected state when its record
+    carries the expected tag (the seal that made it completed). Every refusal changes nothing.
     ``check_base=False`` (:func:`pending_changes`, which only reports) skips the base record."""
     sealed, tag = load_sealed(directory, key, expected_tag)
     pending_path = directory / PENDING_NAME
     if not pending_path.exists():
-        return sealed, tag
+        if expected_pending not in (None, NO_PENDING):
+            raise RollbackError(
+                f"pending tag: got no {PENDING_NAME} (nothing staged on tag {tag}), expected pending "
+                f"tag {expected_pending}: the staged changes were removed or already sealed; "
+                "nothing was changed"
+            )
+        return sealed, tag, None
     data = _read(pending_path, PENDING_NAME)
     pending = decode_manifest(data, key.raw)
     if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
         raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
+    record = _pending_record(directory, key, pending.volume_id, data) if check_base else None
     if _already_sealed(pending, sealed, tag, key):
+        if expected_pending not in (None, NO_PENDING) and not (
+            record is not None
+            and record.tag is not None
+            and hmac.compare_digest(record.tag.encode(), expected_pending.encode())
+        ):
+            raise RollbackError(
+                f"pending tag: got only an already sealed {PENDING_NAME} (tag {tag}), expected pending "
+                f"tag {expected_pending}: the staged changes were removed; nothing was changed"
+            )
         log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
                  PENDING_NAME)  # fmt: skip
         _drop_pending(directory)
-        return sealed, tag
+        return sealed, tag, None
+    if expected_pending == NO_PENDING:
+        at = f" (step {record.step}, pending tag {record.tag})" if record is not None and record.step else ""
+        raise RollbackError(
+            f"pending tag: got a staged {PENDING_NAME}{at}, expected none: changes are staged that this "
+            "command was told not to build on; nothing was changed. Give their pending tag instead, or "
+            f"remove {PENDING_NAME} and stage again"
+        )
+    if expected_pending is not None:
+        if record is None or record.tag is None:
+            why = "no authentic base record" if record is None else "a base record without a pending tag"
+            raise RollbackError(
+                f"pending tag: {PENDING_NAME} has {why} (staged by an older confide, an interrupted add/rm "
+                f"or edited), expected pending tag {expected_pending}: it cannot be shown to be the "
+                "staged state; nothing was changed"
+            )
+        if not hmac.compare_digest(record.tag.encode(), expected_pending.encode()):
+            raise RollbackError(
+                f"pending tag: got {record.tag} (step {record.step}), expected {expected_pending}: "
+                f"{PENDING_NAME} is not the state last staged (an earlier one put back, or another "
+                "volume's or base's); nothing was changed"
+            )
     if pending.generation != sealed.generation:
         raise StorageError(
             f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
             "remove it and add the files again"
         )
     if not check_base:
-        return pending, tag
-    base = _pending_base(directory, key, pending.volume_id, data)
-    if base is not None and not hmac.compare_digest(base.encode(), tag.encode()):
+        return pending, tag, None
+    if record is not None and not hmac.compare_digest(record.base.encode(), tag.encode()):
         raise RollbackError(
-            f"{PENDING_NAME} was staged on volume tag {base}, but MANIFEST now has tag {tag} "
+            f"{PENDING_NAME} was staged on volume tag {record.base}, but MANIFEST now has tag {tag} "
             f"(generation {sealed.generation}): the sealed version changed since (rolled back or "
             f"forked); nothing was changed. Check the volume (verify --tag), then remove {PENDING_NAME} "
             "and add the files again"
         )
-    if base is None and expected_tag is not None:
+    if record is None and expected_tag is not None:
         raise RollbackError(
             f"{PENDING_NAME} records no authentic base tag (staged by an older confide, an interrupted "
             f"add/rm, or edited), so it cannot be shown to build on tag {tag}; nothing was changed. "
             f"Remove {PENDING_NAME} and add the files again"
         )
-    return pending, tag
+    return pending, tag, record
 
 
 def _walk(src: Path, dest: str) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -624,6 +767,18 @@ def write_object(
     return size, root
 
 
+class Staged(list[Entry]):
+    """The entries an :func:`add_sources` or :func:`remove_paths` added or removed (a list, as
+    before), with what it staged: ``pending_tag`` (64 hex digits, docs/volume-format.md,
+    "Pending tag"; pass it as ``expected_pending`` to the next add, rm or seal) and ``step``
+    (1 for the first add/rm after a seal)."""
+
+    def __init__(self, entries: Iterable[Entry], pending_tag: str, step: int) -> None:
+        super().__init__(entries)
+        self.pending_tag = pending_tag
+        self.step = step
+
+
 def add_sources(
     directory: Path,
     key: VolumeKey,
@@ -635,7 +790,8 @@ def add_sources(
     mtime_ns: int | None = None,
     mtime_clamp_ns: int | None = None,
     expected_tag: str | None = None,
-) -> list[Entry]:
+    expected_pending: str | None = None,
+) -> Staged:
     """Add files, directories and symlinks from ``sources`` to the pending manifest.
 
     Each entry records its source's modification time (``lstat``; a file's when it is opened),
@@ -648,13 +804,16 @@ def add_sources(
     file or symlink goes to ``dest/<name>``. ``rules`` add region rules to the volume (longest
     prefix wins; paths matching none get the volume's default region). Files already in the
     volume are replaced (a new file id, hence a new key). Special files are refused. Hard links
-    are stored as separate files. Returns the entries added or replaced. Nothing is visible
-    to verify/open until :func:`seal_volume`.
+    are stored as separate files. Returns the entries added or replaced, with the new pending
+    tag (:class:`Staged`). Nothing is visible to verify/open until :func:`seal_volume`.
 
     ``expected_tag``: refuse (:class:`RollbackError`, nothing changed) unless the sealed
     MANIFEST has this tag and any pending manifest was staged on it (:func:`_working`).
+    ``expected_pending``: refuse likewise unless the staged state is the one with this pending
+    tag (the last add/rm printed it), or with ``"none"`` unless nothing is staged.
     """
     want = check_expected_tag(expected_tag)
+    want_pending = check_expected_pending(expected_pending)
     if dest:
         try:
             check_path(dest, "--dest")
@@ -669,7 +828,7 @@ def add_sources(
         return clamp_mtime_ns(t if mtime_clamp_ns is None else min(t, mtime_clamp_ns))
 
     with _locked(directory), _objects_dir(directory) as objects_fd:
-        m, base_tag = _working(directory, key, want)
+        m, base_tag, record = _working(directory, key, want, expected_pending=want_pending)
         merged = _merge_rules(m.rules, rules)
         entries = m.by_path()
         added: list[Entry] = []
@@ -730,8 +889,8 @@ def add_sources(
             check_entries(new.entries)
         except ParseError as exc:
             raise UsageError(exc.message) from None
-        _write_pending(directory, key, new, base_tag)
-        return added
+        ptag, step = _write_pending(directory, key, new, base_tag, record)
+        return Staged(added, ptag, step)
 
 
 def remove_paths(
@@ -741,16 +900,19 @@ def remove_paths(
     *,
     recursive: bool = False,
     expected_tag: str | None = None,
-) -> list[Entry]:
+    expected_pending: str | None = None,
+) -> Staged:
     """Remove ``paths`` (volume paths) from the pending manifest; return the entries removed.
 
     A directory that still has entries below it (listed, or an implicit directory: a prefix
     of other paths) is removed only with ``recursive``, together with everything below it.
     A path that is not in the volume is an error. All or nothing: on any error the pending
     manifest is unchanged. The removed files' objects are deleted by :func:`seal_volume`, so
-    the sealed version stays readable until then. ``expected_tag``: as for :func:`add_sources`.
+    the sealed version stays readable until then. ``expected_tag``, ``expected_pending`` and the
+    result's pending tag: as for :func:`add_sources`.
     """
     want = check_expected_tag(expected_tag)
+    want_pending = check_expected_pending(expected_pending)
     wanted: list[str] = []
     for raw in paths:
         path = raw.strip("/")
@@ -762,7 +924,7 @@ def remove_paths(
     if not wanted:
         raise UsageError("got no path to remove, expected at least one")
     with _locked(directory):
-        m, base_tag = _working(directory, key, want)
+        m, base_tag, record = _working(directory, key, want, expected_pending=want_pending)
         entries = m.by_path()
         removed: dict[str, Entry] = {}
         for path in wanted:
@@ -777,8 +939,8 @@ def remove_paths(
                 removed[p] = entries[p]
         kept = tuple(e for p, e in sorted(entries.items(), key=lambda kv: kv[0].encode()) if p not in removed)
         new = replace(m, state=ManifestState.PENDING, entries=kept)
-        _write_pending(directory, key, new, base_tag)
-        return sorted(removed.values(), key=lambda e: e.path.encode())
+        ptag, step = _write_pending(directory, key, new, base_tag, record)
+        return Staged(sorted(removed.values(), key=lambda e: e.path.encode()), ptag, step)
 
 
 def pending_changes(directory: Path, key: VolumeKey, *, locked: bool = False) -> bool:
@@ -797,19 +959,24 @@ def pending_changes(directory: Path, key: VolumeKey, *, locked: bool = False) ->
             os.close(lock)
 
 
-def seal_volume(directory: Path, key: VolumeKey, expected_tag: str | None = None) -> str:
+def seal_volume(
+    directory: Path, key: VolumeKey, expected_tag: str | None = None, *, expected_pending: str | None = None
+) -> str:
     """Turn the pending manifest into the sealed one (generation + 1); return the new tag.
 
     Without pending changes, the current tag is returned unchanged. Objects no longer
     referenced are deleted after the new manifest is in place. ``expected_tag``: refuse
     (:class:`RollbackError`, nothing changed) unless the sealed MANIFEST has this tag and the
     pending manifest was staged on it; without it, a pending manifest staged on another tag
-    is still refused (:func:`_working`).
+    is still refused (:func:`_working`). ``expected_pending``: refuse likewise unless the staged
+    state is the one with this pending tag (docs/volume-format.md, "Pending tag"): a host that put
+    an earlier pending manifest back cannot have the later changes dropped.
     """
     want = check_expected_tag(expected_tag)
+    want_pending = check_expected_pending(expected_pending)
     with _locked(directory):
         pending_path = directory / PENDING_NAME
-        m, tag = _working(directory, key, want)
+        m, tag, _record = _working(directory, key, want, expected_pending=want_pending)
         if not pending_path.exists():  # nothing pending (or only an already sealed leftover)
             return tag
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
