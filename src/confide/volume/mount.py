@@ -9,7 +9,7 @@ manifest and the tag *before* anything is served (a wrong tag raises
   logged and returned as EIO. The child asks the kernel for :data:`SERVER_STOP_SIGNAL` when
   its parent dies (``prctl(PR_SET_PDEATHSIG)``), so it unmounts and exits with the
   launcher/application; the signals a service manager sends (:data:`HELD_SIGNALS`) it ignores,
-  serving until its parent unmounts it.
+  and that signal from any other process than its parent, serving until its parent unmounts it.
 * ``tmpfs``: as root, the *calling thread* moves into a private mount namespace
   (``unshare(CLONE_NEWNS)`` + ``mount --make-rprivate /``), a tmpfs is mounted at the
   mountpoint and the whole volume is authenticated and decrypted into it; processes outside
@@ -121,7 +121,7 @@ HELD_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-SERVER_STOP_SIGNAL = signal.SIGRTMIN  # libfuse's exit handler is moved there (_fusefs._hold_signals)
+SERVER_STOP_SIGNAL = signal.SIGRTMIN  # acted on from the parent only (_fusefs._StopSignal, _from_parent)
 
 
 def _libc() -> ctypes.CDLL:
@@ -445,7 +445,7 @@ class _FuseMount(MountHandle):
 
     def _kill(self) -> None:
         if self._proc.poll() is None:
-            self._proc.send_signal(SERVER_STOP_SIGNAL)  # libfuse's exit handler (moved there) unmounts
+            self._proc.send_signal(SERVER_STOP_SIGNAL)  # the server ends its loop: unmounted
             try:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
