@@ -1023,11 +1023,15 @@ class _StopSignal:
         threading.Thread(target=self._watch, name="stop-signal", daemon=True).start()
 
     def _watch(self) -> None:
+        ignored = 0
         while True:
             info = signal.sigwaitinfo([SERVER_STOP_SIGNAL])
             if _from_parent(info, self.parent):
                 self.request()
                 return
+            ignored += 1
+            if ignored > 5:  # a flood is not logged line by line
+                continue
             log.warning("confide volume: ignored %s from pid %d (code %d): only the mounting process "
                         "stops this server", signal.Signals(info.si_signo).name, info.si_pid,
                         info.si_code)  # fmt: skip

@@ -1063,12 +1063,28 @@ class _Guard:
         self.pid, self.proc = pid, proc
 
     def stop(self) -> None:
+        """Stop the guard (the caller removed the tree already). Killed after 10 s: a stop
+        signal that reaches it without its sender (the user's queue of pending signals full,
+        RLIMIT_SIGPENDING) is ignored as another process's."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, SERVER_STOP_SIGNAL)
-        if self.proc is not None:
-            self.proc.wait()
-        else:
-            os.waitpid(self.pid, 0)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc is not None:
+                done = self.proc.poll() is not None
+            else:
+                done = os.waitpid(self.pid, os.WNOHANG)[0] != 0
+            if done:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                if self.proc is not None:
+                    self.proc.wait()
+                else:
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.005)
 
 
 class _TmpfsMount(MountHandle):
