@@ -356,10 +356,15 @@ def _collect_stale(staging: Path, uid: int) -> None:
     except OSError:
         return
     try:
-        names = [n for n in os.listdir(sfd) if _RUN_NAME.match(n)]
+        try:
+            names = [n for n in os.listdir(sfd) if _RUN_NAME.match(n)]
+        except OSError:
+            return  # not listable (e.g. mode 1733): nothing to collect from here
         for name in names:
             try:
                 _collect_one(staging, sfd, name, uid)
+            except FileNotFoundError:
+                continue  # removed meanwhile (another run collecting at the same time)
             except OSError as exc:
                 log.warning(
                     "confide: left the stale volume directory %s: %s", staging / name, exc.strerror or exc
