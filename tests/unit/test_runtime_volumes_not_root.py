@@ -8,7 +8,11 @@ FUSE (through fusermount, as without root) or the /dev/shm fallback (a symlink).
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ from confide.policy.model import UpdatePolicy
 from confide.runtime import volumes as runtime_volumes
 from confide.runtime.volumes import VolumeRelease, mount_released
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
-from confide.volume.mount import fuse_usable
+from confide.volume.mount import fuse_usable, mount_volume
 
 FUSE_WHY = fuse_usable()
 
@@ -170,3 +174,145 @@ def test_a_sticky_world_writable_staging_directory_is_used(tmp_path: Path, not_r
         assert Path(m.environment["CONFIDE_VOLUME_DATA"]).parent.parent == not_root
     finally:
         m.close()
+
+
+# --- run directories left behind by killed runs (_collect_stale) ---------------------------------
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+_RUN = """
+import os, sys
+from pathlib import Path
+from confide.runtime import volumes
+path, lock = volumes._run_directory(Path(sys.argv[1]))
+(path / "data").mkdir(mode=0o700)  # a volume's mount point, unmounted by its FUSE server
+os.symlink("/dev/shm/confide-volume-gone", path / "shm")  # a tmpfs mount's link, dangling
+print(path, flush=True)
+if sys.argv[2] == "live":
+    sys.stdin.read()
+os.kill(os.getpid(), 9)  # SIGKILL: nothing removed
+"""
+
+
+def _run_dir(staging: Path, live: bool = False) -> tuple[Path, subprocess.Popen[str]]:
+    """A run directory as a run without root makes it (its lock held by that process), with a
+    mount point and a /dev/shm link in it; the process is killed at once, or when its stdin is
+    closed (``live``)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN, str(staging), "live" if live else "dead"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    path = Path(proc.stdout.readline().strip())
+    if not live:
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+    assert path.parent == staging and sorted(os.listdir(path)) == [".lock", "data", "shm"]
+    return path, proc
+
+
+def test_a_killed_runs_directory_is_collected_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    staging = tmp_path / "volumes"
+    dead, _ = _run_dir(staging)
+    live, proc = _run_dir(staging, live=True)
+    try:
+        runtime_volumes._collect_stale(staging, os.getuid())
+        assert not dead.exists()  # its lock was free: its run is gone
+        assert sorted(os.listdir(live)) == [".lock", "data", "shm"]  # held: untouched
+    finally:
+        proc.communicate()
+    runtime_volumes._collect_stale(staging, os.getuid())
+    assert os.listdir(staging) == []
+
+
+def test_a_live_run_of_the_same_process_is_not_collected(tmp_path: Path) -> None:
+    # flock conflicts between open file descriptions, not processes: the SDK's blocks of one
+    # process are protected from each other
+    staging = tmp_path / "volumes"
+    staging.mkdir()
+    own = runtime_volumes._run_directory(staging)
+    assert own is not None
+    path, lock = own
+    try:
+        runtime_volumes._collect_stale(staging, os.getuid())
+        assert os.listdir(path) == [".lock"]
+    finally:
+        runtime_volumes._remove_staging([path], lock)
+    assert os.listdir(staging) == []
+
+
+def test_only_a_provably_dead_run_directory_of_this_user_is_collected(tmp_path: Path) -> None:
+    staging = tmp_path / "volumes"
+    no_lock, _ = _run_dir(staging)
+    (no_lock / ".lock").unlink()  # an older confide's, or killed before its lock: nothing proves it dead
+    theirs, _ = _run_dir(staging)
+    for p in (theirs, theirs / ".lock"):
+        os.chown(p, 12345, 12345, follow_symlinks=False)
+    wide, _ = _run_dir(staging)
+    wide.chmod(0o755)  # not as a run makes it
+    lock_link, _ = _run_dir(staging)
+    (lock_link / ".lock").unlink()
+    (lock_link / ".lock").symlink_to(tmp_path / "elsewhere")  # never followed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".lock").touch()
+    (outside / "keep").mkdir()
+    (staging / "run-symlink1").symlink_to(outside)  # a symlink, not a directory: never entered
+    not_empty, _ = _run_dir(staging)
+    (not_empty / "data" / "written-after-the-mount-was-lost").write_bytes(b"x")
+    runtime_volumes._collect_stale(staging, os.getuid())
+    for kept in (no_lock, theirs, wide, lock_link):
+        assert sorted(os.listdir(kept))[-2:] == ["data", "shm"], kept
+    assert sorted(os.listdir(outside)) == [".lock", "keep"]
+    assert not (tmp_path / "elsewhere").exists()
+    # what could be removed is; the directory with data stays, its lock file with it (for the
+    # next run to try again once it is emptied)
+    assert sorted(os.listdir(not_empty)) == [".lock", "data"]
+    (not_empty / "data" / "written-after-the-mount-was-lost").unlink()
+    runtime_volumes._collect_stale(staging, os.getuid())
+    assert not not_empty.exists()
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE: {FUSE_WHY}")
+def test_a_mount_in_a_dead_runs_directory_is_left_and_a_dead_fuse_mount_detached(tmp_path: Path) -> None:
+    release = _release(tmp_path)
+    staging = tmp_path / "volumes"
+    dead, _ = _run_dir(staging)
+    mp = dead / "data"
+    h = mount_volume(release.directory, VolumeKey(release.key), mp, expected_tag=release.tag, mode="fuse")
+    try:
+        runtime_volumes._collect_stale(staging, os.getuid())
+        assert _fs(mp) == "fuse.confide" and (mp / "notes.txt").read_bytes() == b"first\n"  # not crossed
+        assert sorted(os.listdir(dead)) == [".lock", "data"]
+        # its server killed too (a service manager's final SIGKILL): the mount is dead, detached
+        h._proc.kill()  # type: ignore[attr-defined]
+        h._proc.wait()  # type: ignore[attr-defined]
+        with pytest.raises(OSError) as ei:
+            os.statvfs(mp)
+        assert ei.value.errno == errno.ENOTCONN
+        runtime_volumes._collect_stale(staging, os.getuid())
+        assert not dead.exists() and _fs(mp) == "none"
+    finally:
+        h.abort()
+
+
+@pytest.mark.parametrize("mode", _modes())
+def test_the_next_run_collects_a_killed_runs_directory(
+    tmp_path: Path, not_root: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    dead, _ = _run_dir(not_root)
+    release = _release(tmp_path)
+    for p in (dead, dead / ".lock", dead / "data", dead / "shm"):
+        os.chown(p, 65534, 65534, follow_symlinks=False)  # the fixture's user (geteuid)
+    m = mount_released([release])
+    try:
+        assert not dead.exists()
+        assert [p.name for p in not_root.iterdir()] == [
+            Path(m.environment["CONFIDE_VOLUME_DATA"]).parent.name
+        ]
+        mine = Path(m.environment["CONFIDE_VOLUME_DATA"]).parent
+        assert sorted(os.listdir(mine)) == [".lock", "data"]
+    finally:
+        m.close()
+    assert os.listdir(not_root) == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import mmap
 import os
+import platform
 import select
 import signal
 import stat
@@ -321,8 +323,8 @@ def test_the_server_ignores_outside_signals_until_its_parent_unmounts(tmp_path: 
         ignored = _signal_mask(server.pid, "SigIgn")
         for sig in volume_mount.HELD_SIGNALS:
             assert ignored & (1 << (sig - 1)), signal.Signals(sig).name
-        # libfuse's exit handler now answers only the mounting process's signal
-        assert _signal_mask(server.pid, "SigCgt") & (1 << (volume_mount.SERVER_STOP_SIGNAL - 1))
+        # the stop signal is blocked, taken by a thread that sees its sender (_fusefs._StopSignal)
+        assert _signal_mask(server.pid, "SigBlk") & (1 << (volume_mount.SERVER_STOP_SIGNAL - 1))
         for sig in volume_mount.HELD_SIGNALS:
             server.send_signal(sig)  # ignored: discarded by the kernel at once, never pending
         if writable:
@@ -337,6 +339,69 @@ def test_the_server_ignores_outside_signals_until_its_parent_unmounts(tmp_path: 
         assert new != tag and load_sealed(vol, key, new)[0].by_path()["after.txt"].size == 26
     else:
         assert new == tag
+
+
+def _sigqueue(pid: int, sig: int, forged_pid: int) -> None:
+    """rt_sigqueueinfo(2): the signal with a siginfo of the sender's making (``si_code``
+    ``SI_QUEUE``; the kernel refuses ``SI_USER`` from a process), ``si_pid`` ``forged_pid``."""
+    info = (ctypes.c_int * 32)()  # siginfo_t: 128 bytes
+    info[0], info[1], info[2] = sig, 0, -1  # si_signo, si_errno, si_code = SI_QUEUE
+    info[3], info[4] = forged_pid, os.getuid()  # si_pid, si_uid
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(129, pid, sig, ctypes.byref(info)) == 0, os.strerror(ctypes.get_errno())  # x86_64
+
+
+_OTHER_PROCESS = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGRTMIN)"
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_the_stop_signal_from_another_process_is_ignored(tmp_path: Path, writable: bool) -> None:
+    """SERVER_STOP_SIGNAL (SIGRTMIN) is the mounting process's stop and the parent-death signal:
+    another process of the same user that sends it (kill, or sigqueue with the parent's pid
+    forged into si_pid) must not end the server. Before, libfuse's exit handler, moved there,
+    ended the loop: the mount was lost and the session with it."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=writable)
+    try:
+        server: subprocess.Popen[str] = h._proc  # type: ignore[attr-defined]
+        for _ in range(3):
+            subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(server.pid)], check=True)
+        if platform.machine() == "x86_64":
+            _sigqueue(server.pid, volume_mount.SERVER_STOP_SIGNAL, os.getpid())
+        time.sleep(0.5)  # a signal that ended the loop would have removed the mount by now
+        if writable:
+            (mnt / "after.txt").write_bytes(b"written after the signals\n")
+        assert (mnt / "a.txt").read_bytes() == b"a\n"
+        assert server.poll() is None and _mounted(mnt) and not h.mount_lost()
+        new = h.close()
+    finally:
+        h.abort()
+    assert not _mounted(mnt) and server.returncode == 0
+    if writable:
+        assert new != tag and load_sealed(vol, key, new)[0].by_path()["after.txt"].size == 26
+    else:
+        assert new == tag
+
+
+def test_the_stop_signal_from_the_mounting_process_still_ends_the_loop(tmp_path: Path) -> None:
+    """The parent's own SERVER_STOP_SIGNAL without a command (abort() says 'discard' first)
+    ends the loop: the mount is removed, the session discarded, the server exits by itself
+    (before 2026-12-07 it reported 'stopped' and waited for a second signal or a command)."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    try:
+        (mnt / "a.txt").write_bytes(b"changed\n")
+        server: subprocess.Popen[str] = h._proc  # type: ignore[attr-defined]
+        server.send_signal(volume_mount.SERVER_STOP_SIGNAL)
+        assert server.wait(10) == 0
+        assert not _mounted(mnt) and h.mount_lost()
+        with pytest.raises(StorageError):
+            h.close()
+    finally:
+        h.abort()
+    assert load_sealed(vol, key)[1] == tag
 
 
 @pytest.mark.parametrize("writable", [True, False])

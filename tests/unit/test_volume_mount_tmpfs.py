@@ -252,6 +252,14 @@ def test_a_stop_signal_sent_to_the_guard_leaves_the_tree_in_place(
         for sig in volume_mount.HELD_SIGNALS:
             assert ignored & (1 << (sig - 1)), signal.Signals(sig).name
             os.kill(guard.pid, sig)  # ignored: dropped by the kernel at once
+        # its stop signal from another process than its caller: ignored as well (before, the
+        # tree was removed while in use)
+        other = os.fork()  # subprocess.Popen is unusable here (the fork case)
+        if other == 0:  # pragma: no cover - the child
+            os.kill(guard.pid, volume_mount.SERVER_STOP_SIGNAL)
+            os._exit(0)
+        assert os.waitpid(other, 0)[1] == 0
+        time.sleep(0.3)
         (mnt / "after.txt").write_bytes(b"after the signals\n")
         assert os.path.exists(f"/proc/{guard.pid}") and shm.is_dir()
         new = h.close()

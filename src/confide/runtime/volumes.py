@@ -37,10 +37,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import logging
 import os
 import re
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,7 +56,14 @@ from confide.errors import ConfideError, ParseError, SignatureError, StorageErro
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
 from confide.volume.lock import Stop, lock_volume, volume_wait
-from confide.volume.mount import HeldLock, MountHandle, _listed_mount, _private_namespace, mount_volume
+from confide.volume.mount import (
+    HeldLock,
+    MountHandle,
+    _listed_mount,
+    _private_namespace,
+    _unmount_cmd,
+    mount_volume,
+)
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
@@ -71,6 +81,9 @@ log = logging.getLogger("confide.runtime")
 
 CONTRACT = Path("/confide/sconify.json")
 STAGING = Path("/run/confide/volumes")
+_RUN_PREFIX = "run-"
+_RUN_NAME = re.compile(r"run-[a-z0-9_]{8}\Z")  # tempfile.mkdtemp's names
+_RUN_LOCK = ".lock"  # in a run's directory: flock'ed (exclusive) by the live run
 _MS_BIND = 4096
 _MNT_DETACH = 2
 
@@ -146,6 +159,7 @@ class MountedVolumes:
     # the volumes' locks (copies of the mounts' own descriptors): held until the new tags are
     # reported, so that a run waiting for a volume finds the CAS's tag current once it has it
     locks: list[int] = field(default_factory=list)
+    staging_lock: int | None = None  # not root: the descriptor holding the run directory's lock
 
     def release_locks(self) -> None:
         """Let the volumes go (after :func:`seal_and_report`'s reports, or an abort)."""
@@ -187,7 +201,8 @@ class MountedVolumes:
         for _, handle in reversed(self.handles):
             with contextlib.suppress(StorageError):
                 handle.abort()
-        _remove_staging(self.staging_dirs)
+        _remove_staging(self.staging_dirs, self.staging_lock)
+        self.staging_lock = None
         self.release_locks()
 
     def close(self) -> dict[str, tuple[str, str]]:
@@ -235,7 +250,8 @@ class MountedVolumes:
             )
             if new and new != old:
                 changed[release.name] = (old, new)
-        _remove_staging(self.staging_dirs)
+        _remove_staging(self.staging_dirs, self.staging_lock)
+        self.staging_lock = None
         return changed, errors
 
 
@@ -249,18 +265,25 @@ def _message(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _remove_staging(dirs: list[Path]) -> None:
+def _remove_staging(dirs: list[Path], lock: int | None = None) -> None:
     """Remove a run's own mount point directories, deepest first, if empty: an rmdir, never more
     (a directory that is not empty holds what was written after its mount was lost: left, with
-    a warning, as is one still mounted)."""
+    a warning, as is one still mounted). The run directory (``dirs[0]`` with a ``lock``) loses
+    its lock file first, once nothing else is left in it; the lock is released at the end
+    (a directory left behind then has its lock file: the next run collects it,
+    :func:`_collect_stale`)."""
     while dirs:
         path = dirs.pop()
         try:
+            if not dirs and lock is not None and os.listdir(path) == [_RUN_LOCK]:
+                os.unlink(path / _RUN_LOCK)
             path.rmdir()
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("confide: cannot remove the volume mount point %s: %s", path, exc.strerror or exc)
+    if lock is not None:
+        os.close(lock)
 
 
 def _safe_staging() -> Path:
@@ -295,14 +318,162 @@ def _safe_staging() -> Path:
     return real
 
 
-def _run_directory(staging: Path) -> Path | None:
+def _run_directory(staging: Path) -> tuple[Path, int] | None:
     """Not root: a new directory (0700) of this run's own under ``staging`` (:func:`_safe_staging`)
-    for its volumes' mount points, as concurrent runs share the mount namespace; None where none
-    can be made there (e.g. a :data:`STAGING` the user may not write to)."""
+    for its volumes' mount points, as concurrent runs share the mount namespace, and the
+    descriptor that holds its lock (:data:`_RUN_LOCK`, flock'ed exclusively until the run ends:
+    a lock another run can take proves this one gone, :func:`_collect_stale`). The lock file
+    is locked before it gets its name (a rename), so it is never seen unlocked. None where no
+    directory can be made there (e.g. a :data:`STAGING` the user may not write to)."""
     try:
-        return Path(tempfile.mkdtemp(prefix="run-", dir=staging))
+        path = Path(tempfile.mkdtemp(prefix=_RUN_PREFIX, dir=staging))
     except OSError:
         return None
+    new = path / (_RUN_LOCK + ".new")
+    try:
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        raise StorageError(
+            f"cannot create the lock of {path}: {exc.strerror or exc}; nothing was mounted"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(new, path / _RUN_LOCK)
+    except OSError as exc:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            new.unlink()
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        raise StorageError(f"cannot lock {path}: {exc.strerror or exc}; nothing was mounted") from None
+    return path, fd
+
+
+def _mounted_at(path: Path) -> bool:
+    """Whether anything is mounted at ``path`` by the mount table (the calling thread's)."""
+    want = os.path.join(os.path.realpath(path.parent), path.name)
+    try:
+        with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    unescape = re.compile(r"\\([0-7]{3})")
+    return any(
+        len(fields) > 4 and unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]) == want
+        for fields in (line.split(" ") for line in lines)
+    )
+
+
+def _collect_stale(staging: Path, uid: int) -> None:
+    """Not root, before this run makes its own directory: remove the ``run-XXXXXXXX``
+    directories that runs of this user left in ``staging`` (:func:`_safe_staging`'s, checked)
+    when they were killed (SIGKILL: nothing of theirs removed it). Only what is provably dead
+    and this user's: a directory (not a symlink) owned by ``uid``, mode 0700, whose lock file
+    (:data:`_RUN_LOCK`: a regular file owned by ``uid``) this process can lock (a live run holds
+    it; a pid could be reused, a lock cannot outlive its holder). A directory without a lock
+    file (made by an older confide, or killed between its creation and its lock) is left
+    alone. Under the lock: symlinks (the ``/dev/shm`` links of tmpfs mounts, dangling once the
+    guard removed the plaintext) are unlinked, never followed; empty directories removed; a
+    dead confide FUSE mount (its server killed too: ENOTCONN) is detached first (``fusermount
+    -u -z``; the session was lost with the server); anything else (a live mount, a directory
+    that is not empty, a file) is left with a warning, and the run directory with it. Nothing
+    here fails the run: what cannot be inspected is left."""
+    try:
+        sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        try:
+            names = [n for n in os.listdir(sfd) if _RUN_NAME.match(n)]
+        except OSError:
+            return  # not listable (e.g. mode 1733): nothing to collect from here
+        for name in names:
+            try:
+                _collect_one(staging, sfd, name, uid)
+            except FileNotFoundError:
+                continue  # removed meanwhile (another run collecting at the same time)
+            except OSError as exc:
+                log.warning(
+                    "confide: left the stale volume directory %s: %s", staging / name, exc.strerror or exc
+                )
+    finally:
+        os.close(sfd)
+
+
+def _collect_one(staging: Path, sfd: int, name: str, uid: int) -> None:
+    st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or stat.S_IMODE(st.st_mode) != 0o700:
+        return  # another user's, or not one of ours
+    dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+    try:
+        dst = os.fstat(dfd)
+        if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
+            return  # replaced since
+        try:
+            lock = os.open(_RUN_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        except FileNotFoundError:
+            return  # nothing proves its run gone
+        try:
+            lst = os.fstat(lock)
+            if not stat.S_ISREG(lst.st_mode) or lst.st_uid != uid:
+                return
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # its run is alive
+            run = staging / name
+            left = [why for entry in os.listdir(dfd) if entry != _RUN_LOCK
+                    for why in [_collect_entry(run / entry, dfd, entry, dst.st_dev)] if why]  # fmt: skip
+            if left:
+                log.warning("confide: the volume directory %s of a run that ended without removing it is "
+                            "left: %s", run, "; ".join(left))  # fmt: skip
+                return
+            os.unlink(_RUN_LOCK, dir_fd=dfd)
+            os.rmdir(name, dir_fd=sfd)
+            log.info("confide: removed the volume directory %s of a run that ended without removing it", run)
+        finally:
+            os.close(lock)
+    finally:
+        os.close(dfd)
+
+
+def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
+    """Remove one entry of a dead run's directory (see :func:`_collect_stale`); why not, if not."""
+    try:
+        st: os.stat_result | None = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+    except OSError as exc:
+        st, failed = None, f"{path}: {exc.strerror or exc}"
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        os.unlink(entry, dir_fd=dfd)  # the link only; its target is the shm guard's to remove
+        return None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        return f"{path}: not a directory"
+    if st is None or st.st_dev != dev or _mounted_at(path):
+        if not _dead_fuse_mount(path):
+            return failed if st is None else f"{path}: still mounted"
+        # a confide FUSE mount whose server is dead (killed too): nothing behind it to lose
+        subprocess.run(_unmount_cmd(path, True), capture_output=True, check=False)  # noqa: S603
+        if _mounted_at(path):
+            return f"{path}: a dead FUSE mount that cannot be detached"
+    try:
+        os.rmdir(entry, dir_fd=dfd)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
+
+
+def _dead_fuse_mount(path: Path) -> bool:
+    """A confide FUSE mount on top at ``path`` whose server is gone (``statfs``, which the
+    kernel never answers from its cache, fails with ENOTCONN; a ``stat`` may still succeed)."""
+    if not _listed_mount(path):
+        return False
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def _check_free(staging: Path, name: str) -> None:
@@ -394,12 +565,14 @@ def _mount_all(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVo
     created: list[Path] = []  # the run's own directories, to remove at the end
     base = STAGING
     shared = True  # base is STAGING (root: in the run's private namespace)
+    run_lock: int | None = None  # not root: the lock of the run's own directory
     if not root:
         base = _safe_staging()
+        _collect_stale(base, os.geteuid())
         own = _run_directory(base)
         if own is not None:
-            base, shared = own, False
-            created.append(own)
+            (base, run_lock), shared = own, False
+            created.append(base)
     try:
         for vol, lock in zip(volumes, locks, strict=True):
             mounts = _contract_mounts(vol.name)
@@ -443,9 +616,9 @@ def _mount_all(volumes: list[VolumeRelease], locks: list[HeldLock]) -> MountedVo
                     h.abort()
                 else:
                     h.close()
-        _remove_staging(created)
+        _remove_staging(created, run_lock)
         raise
-    return MountedVolumes(handles, env, binds, mounted, created)
+    return MountedVolumes(handles, env, binds, mounted, created, staging_lock=run_lock)
 
 
 def seal_and_report(

@@ -72,7 +72,7 @@ from confide.volume.format import (
     region_for,
 )
 from confide.volume.keys import VolumeKey
-from confide.volume.mount import HELD_SIGNALS, SERVER_STOP_SIGNAL
+from confide.volume.mount import HELD_SIGNALS, SERVER_STOP_SIGNAL, _from_parent
 from confide.volume.reader import VolumeReader
 from confide.volume.store import (
     lock_volume,
@@ -178,6 +178,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._next_fh = 1
         self._mtime_ns = time.time_ns()  # of the root and implicit directories (not recorded)
         self.on_init: Any = None
+        self.on_destroy: Any = None
         self.nodes: dict[str, _Node] = {}
         self.children: dict[str, set[str]] = {"": set()}
         root = _Node("", EntryKind.DIR, 0o755, os.getuid(), os.getgid(), Region.UNPROTECTED, explicit=False,
@@ -464,6 +465,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             conn.max_readahead = READAHEAD  # the kernel keeps the minimum with the bdi's setting
         if self.on_init is not None:
             self.on_init()
+
+    def destroy(self, path: str) -> None:
+        if self.on_destroy is not None:
+            self.on_destroy()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         with self._lock:
@@ -938,12 +943,14 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask the kernel for :data:`SERVER_STOP_SIGNAL` when the parent dies (libfuse's handler,
-    moved there by :func:`_hold_signals`, then ends the loop; before that its default action
-    ends the process) and ignore :data:`HELD_SIGNALS` from now on."""
+    """Ask the kernel for :data:`SERVER_STOP_SIGNAL` when the parent dies and ignore
+    :data:`HELD_SIGNALS` from now on. The stop signal is blocked in this thread, before any
+    other thread exists (they inherit the mask; libfuse's workers too): only
+    :class:`_StopSignal`'s thread takes it, with its sender (a mask the parent passed on is
+    replaced, not kept)."""
     for sig in HELD_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])  # a mask the parent passed on
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SERVER_STOP_SIGNAL])
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -961,74 +968,119 @@ def _not_dumpable() -> None:
                     os.strerror(ctypes.get_errno()))  # fmt: skip
 
 
-# Larger than any C library's struct sigaction: libfuse's action is copied whole, as bytes; only
-# its first member (sa_handler, first on every Linux ABI but MIPS) is read.
-_SIGACTION_SIZE = 512
 _SIG_DFL, _SIG_IGN = 0, 1
+# What ends libfuse's wait once fuse_exit() is called: sent by this process to its own main
+# thread only; from anyone else it interrupts a system call, which libfuse and Python retry.
+_WAKE_SIGNAL = int(SERVER_STOP_SIGNAL) + 1
 
 
-def _hold_signals() -> bool:
-    """Make the outside signals that end libfuse's loop harmless, keeping the loop's end for the
-    mounting process (docs/volume-mount.md, "Signals"). Called from the file system's ``init``
-    (the loop runs, libfuse's handlers are in place).
-
-    libfuse installs its exit handler for SIGHUP, SIGINT and SIGTERM where they were at their
-    default (:func:`_die_with_parent` set them to ``SIG_IGN``, but mfusepy puts SIGINT back to
-    its default for the loop). That handler is moved to :data:`SERVER_STOP_SIGNAL` (the
-    parent's death signal, and what ``MountHandle.abort()`` sends), and every signal of
-    :data:`HELD_SIGNALS` is ignored (``SIG_IGN`` from any thread, through libc). A libfuse whose
-    handler is not found (none installed): False, the signals left as they are."""
+def _hold_signals() -> None:
+    """Ignore :data:`HELD_SIGNALS` (``SIG_IGN`` from any thread, through libc), so that the
+    outside signals that end libfuse's loop are harmless and the loop's end stays the mounting
+    process's (docs/volume-mount.md, "Signals"). Called from the file system's ``init``: libfuse
+    installs its exit handler for those of SIGHUP, SIGINT and SIGTERM still at their default
+    (:func:`_die_with_parent` set them to ``SIG_IGN``, but mfusepy puts SIGINT back to its
+    default for the loop)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
     libc.signal.restype = ctypes.c_void_p
-    action = ctypes.create_string_buffer(_SIGACTION_SIZE)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if libc.sigaction(int(sig), None, action) != 0:
-            continue
-        handler = ctypes.c_void_p.from_buffer(action).value or _SIG_DFL
-        if handler not in (_SIG_DFL, _SIG_IGN):
-            break
-    else:
-        log.warning("confide volume: libfuse's signal handler not found; outside signals are not held")
-        return False
-    if libc.sigaction(int(SERVER_STOP_SIGNAL), action, None) != 0:
-        log.warning("confide volume: cannot move libfuse's signal handler; outside signals are not held")
-        return False
     for sig in HELD_SIGNALS:
         libc.signal(int(sig), _SIG_IGN)
-    return True
 
 
-class _EarlyStop:
-    """:data:`SERVER_STOP_SIGNAL` noted from :meth:`arm` (main thread, right before the mount)
-    until the file system's ``init`` asks :meth:`came` (any thread): a Python handler, whose C
-    part writes the signal's number to the wakeup descriptor from whichever thread the kernel
-    picked (the Python part would run in the main thread only, which is inside libfuse's loop).
-    :meth:`disarm` (main thread, after the loop) removes the wakeup descriptor."""
+def _libfuse() -> Any:
+    return mfusepy._libfuse  # the library mfusepy loaded (its fuse_exit needs a request's context)
 
-    def __init__(self) -> None:
-        self._r = self._w = -1
 
-    def arm(self) -> None:
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        signal.signal(SERVER_STOP_SIGNAL, lambda _sig, _frame: None)
+class _StopSignal:
+    """:data:`SERVER_STOP_SIGNAL`, acted on only when it comes from the mounting process
+    (``kill(2)``: ``si_code`` ``SI_USER`` and ``si_pid`` the parent, as ``abort()`` sends it) or
+    when the parent is gone (the kernel's parent-death signal; it also comes as ``SI_USER`` from
+    the dying parent). Another process of the same user that sends it (``kill -s RTMIN``, or
+    ``sigqueue`` with a forged ``si_pid``: ``SI_QUEUE``) is logged and ignored; before
+    2026-12-07 it ended libfuse's loop and the mount was lost.
 
-    def came(self) -> bool:
-        try:
-            noted = os.read(self._r, 4096)
-        except BlockingIOError:
-            return False
-        return int(SERVER_STOP_SIGNAL) in noted
+    The signal is blocked in every thread (:func:`_die_with_parent`); a thread of its own takes
+    it with ``sigwaitinfo``, which tells the sender. What a stop does depends on the moment:
+    before the mount, the process ends by the signal's default action (nothing is mounted); from
+    the mount to the first ``init`` it is noted and ``init`` ends the loop; while the loop runs,
+    ``fuse_exit()`` and :data:`_WAKE_SIGNAL` to the main thread (repeated until the loop has
+    ended: libfuse checks its exit flag when a wait is interrupted) end it, and libfuse removes
+    the mount; after the loop, it is noted (:func:`_await_decision`)."""
 
-    def disarm(self) -> None:
-        if self._r < 0:
-            return
-        signal.set_wakeup_fd(-1)
-        os.close(self._r)
-        os.close(self._w)
-        self._r = self._w = -1
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.requested = threading.Event()
+        self._lock = threading.Lock()
+        self._phase = "before"  # before | mounting | running | ended
+        self._fuse: int | None = None
+        self._main = threading.main_thread().ident
+
+    def start(self) -> None:
+        """Main thread, before the mount: the waking signal's handler (Python's: a C handler that
+        interrupts the wait it lands in, no SA_RESTART) and the thread that takes the stop."""
+        signal.signal(_WAKE_SIGNAL, lambda _sig, _frame: None)
+        threading.Thread(target=self._watch, name="stop-signal", daemon=True).start()
+
+    def _watch(self) -> None:
+        ignored = 0
+        while True:
+            info = signal.sigwaitinfo([SERVER_STOP_SIGNAL])
+            if _from_parent(info, self.parent):
+                self.request()
+                return
+            ignored += 1
+            if ignored > 5:  # a flood is not logged line by line
+                continue
+            log.warning("confide volume: ignored %s from pid %d (code %d): only the mounting process "
+                        "stops this server", signal.Signals(info.si_signo).name, info.si_pid,
+                        info.si_code)  # fmt: skip
+
+    def request(self) -> None:
+        with self._lock:
+            self.requested.set()
+            if self._phase == "before":  # nothing mounted: end now, as the signal's default action
+                _default_stop_signal()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])
+                signal.raise_signal(SERVER_STOP_SIGNAL)  # to this thread: the process ends
+            if self._phase == "running":  # mounting: init ends the loop; ended: the decision's wait
+                self._end_loop()
+
+    def mounting(self) -> None:
+        with self._lock:
+            self._phase = "mounting"
+
+    def running(self) -> bool:
+        """From ``init`` (a request's thread): the loop runs; True (and the loop asked to end)
+        if a stop came before, or the parent is gone."""
+        fuse = _libfuse().fuse_get_context().contents.fuse
+        with self._lock:
+            self._fuse = fuse
+            self._phase = "running"
+            stop = self.requested.is_set() or os.getppid() != self.parent
+            if stop:
+                self._end_loop()
+        return stop
+
+    def ended(self) -> None:
+        """The loop is over (from the file system's ``destroy``, while libfuse's structure still
+        exists, and after the loop): no ``fuse_exit()`` from now on."""
+        with self._lock:
+            self._phase = "ended"
+            self._fuse = None
+
+    def _end_loop(self) -> None:  # with the lock held, the loop running
+        _libfuse().fuse_exit(ctypes.c_void_p(self._fuse))
+        threading.Thread(target=self._wake, name="stop-wake", daemon=True).start()
+
+    def _wake(self) -> None:
+        assert self._main is not None
+        while True:
+            with self._lock:
+                if self._phase == "ended":
+                    return
+                signal.pthread_kill(self._main, _WAKE_SIGNAL)
+            time.sleep(0.05)
 
 
 def _default_stop_signal() -> None:
@@ -1039,25 +1091,27 @@ def _default_stop_signal() -> None:
     libc.signal(int(SERVER_STOP_SIGNAL), _SIG_DFL)
 
 
-def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], None]) -> bool:
+def _await_decision(
+    parent: int, decided: threading.Event, stop: _StopSignal, say: Callable[[str], None]
+) -> bool:
     """The loop ended before the parent said what to do with the session: the mount was
-    removed from outside (``umount`` of the mountpoint) or :data:`SERVER_STOP_SIGNAL` came from
-    another process than the parent (the signals a service manager sends are held, see
-    :func:`_hold_signals`). The mount is gone, the session is intact: report ``stopped`` and
+    removed from outside (``umount`` of the mountpoint), or the parent's
+    :data:`SERVER_STOP_SIGNAL` came without a command (the signals a service manager sends are
+    held, see :func:`_hold_signals`, and another process's stop signal is ignored, see
+    :class:`_StopSignal`). The mount is gone, the session is intact: report ``stopped`` and
     wait for the parent's ``commit`` (or ``discard``, or the end of stdin), as after an unmount
     it asked for, instead of discarding the changes that its ``close()`` is about to seal (a
     read-only session: only the report, so that its parent learns the mount is gone).
-    ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), that signal now or
-    the parent's death discards them (the parent's death: as ``on_parent_exit`` says). Returns
-    whether the signal ended the wait (from another process: the parent's death sends it too)."""
-    terminated: list[int] = []
-    signal.signal(SERVER_STOP_SIGNAL, lambda sig, _frame: terminated.append(sig))
+    ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), the parent's stop
+    signal or its death discards them (the death: as ``on_parent_exit`` says). Returns whether
+    the parent's stop signal ended the wait (not its death: that signal comes from the kernel
+    with the parent gone)."""
     log.warning("confide volume: the FUSE loop ended, not by the mounting process; waiting for it")
     say("stopped")
-    while not decided.wait(0.5):  # wakes for the signal too (its handler runs in this thread)
-        if terminated or os.getppid() != parent:
+    while not decided.wait(0.05):
+        if stop.requested.is_set() or os.getppid() != parent:
             break
-    return bool(terminated) and os.getppid() == parent  # not the parent's death signal
+    return stop.requested.is_set() and os.getppid() == parent
 
 
 def _fuse_options(writable: bool) -> dict[str, Any]:
@@ -1110,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
     inherited = int(args[8]) if len(args) > 8 and args[8] != "-" else None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
+    stop = _StopSignal(parent)
+    stop.start()
     _not_dumpable()  # before the key is read
     status = os.fdopen(status_fd, "w", buffering=1)
     decision = {"commit": False, "said": False}  # said: a command came (not only the end of stdin)
@@ -1133,23 +1189,17 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     fs = VolumeFS(reader, key, writable=writable, ephemeral=ephemeral, memory_limit=memory_limit)
     mounted = threading.Event()
-    # From the mount (inside _FUSE) to the first init, SERVER_STOP_SIGNAL (the parent's death,
-    # or abort()) would end this process by its default action and leave the mount behind: no
-    # handler of libfuse's answers it yet. It is only noted then (the wakeup descriptor, written
-    # in whichever thread takes it) and acted on at init, with libfuse's handler in place.
-    early = _EarlyStop()
 
     def ready() -> None:
         # before 'ready': once mounted, only the mounting process ends the loop
-        if not _hold_signals():
-            _default_stop_signal()  # as before: its default action ends the process
-        if early.came() or os.getppid() != parent:  # stopped, or the parent died, before init
+        _hold_signals()
+        if stop.running():  # stopped, or the parent died, between the mount and init
             log.warning("confide volume: stopped before the FUSE mount was ready; unmounting")
-            os.kill(os.getpid(), SERVER_STOP_SIGNAL)  # libfuse's handler ends the loop: unmounted
         mounted.set()
         say("ready")
 
     fs.on_init = ready
+    fs.on_destroy = stop.ended
     fs.on_integrity = lambda path: say("integrity " + json.dumps(path))
 
     decided = threading.Event()  # a command came, or stdin ended (the parent closed it or died)
@@ -1164,28 +1214,27 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=commands, daemon=True).start()
     try:
-        early.arm()
+        stop.mounting()
         try:
             _FUSE(fs, mountpoint, **_fuse_options(writable))
         finally:
-            early.disarm()
+            stop.ended()
     except Exception as exc:
         if not mounted.is_set():  # the mount itself failed (no /dev/fuse, busy mountpoint, ...)
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             say(f"error 50 FUSE mount of {mountpoint!r} failed: {exc}")
             return 50
-        # libfuse reports a loop ended by SIGTERM/SIGHUP/SIGINT (e.g. the parent died) as an error
         log.info("confide volume: FUSE loop ended (%s); unmounted", exc)
     # libfuse resets SIGPIPE to SIG_DFL on the way out: a status write to the pipe of a dead
     # parent would kill us before the session is discarded.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
-    signalled = False  # SERVER_STOP_SIGNAL while waiting for the decision: discard, never seal
+    signalled = False  # the parent's SERVER_STOP_SIGNAL without a command: discard, never seal
     # read-only and ephemeral sessions too: an unmount without a decision was not the parent's
     # (reported 'stopped': the application's writes now go to the bare mountpoint), though
     # 'commit' seals nothing there
     if parent_alive and not decided.is_set():
-        signalled = _await_decision(parent, decided, say)
+        signalled = _await_decision(parent, decided, stop, say)
         # its death ends the wait as its end of stdin without a command (its descriptors close
         # before it is reparented: getppid() may still name it) or as its death signal
         parent_alive = os.getppid() == parent and (decision["said"] or not decided.is_set())

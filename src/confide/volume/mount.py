@@ -9,7 +9,7 @@ manifest and the tag *before* anything is served (a wrong tag raises
   logged and returned as EIO. The child asks the kernel for :data:`SERVER_STOP_SIGNAL` when
   its parent dies (``prctl(PR_SET_PDEATHSIG)``), so it unmounts and exits with the
   launcher/application; the signals a service manager sends (:data:`HELD_SIGNALS`) it ignores,
-  serving until its parent unmounts it.
+  and that signal from any other process than its parent, serving until its parent unmounts it.
 * ``tmpfs``: as root, the *calling thread* moves into a private mount namespace
   (``unshare(CLONE_NEWNS)`` + ``mount --make-rprivate /``), a tmpfs is mounted at the
   mountpoint and the whole volume is authenticated and decrypted into it; processes outside
@@ -116,6 +116,7 @@ _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 0x4000, 1 << 18  # <linux/mo
 _MS_RDONLY, _MS_REMOUNT = 1, 32
 _MNT_DETACH = 2
 _PR_SET_PDEATHSIG = 1
+_SI_USER = 0  # <asm-generic/siginfo.h>: kill(2), and the kernel's parent-death signal
 
 # The FUSE server ignores these from the moment it is mounted ('ready') until its loop ends: a
 # service manager's stop (systemd's KillMode=control-group signals every process of the unit,
@@ -131,7 +132,7 @@ HELD_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-SERVER_STOP_SIGNAL = signal.SIGRTMIN  # libfuse's exit handler is moved there (_fusefs._hold_signals)
+SERVER_STOP_SIGNAL = signal.SIGRTMIN  # acted on from the parent only (_fusefs._StopSignal, _from_parent)
 
 
 def _libc() -> ctypes.CDLL:
@@ -463,7 +464,7 @@ class _FuseMount(MountHandle):
 
     def _kill(self) -> None:
         if self._proc.poll() is None:
-            self._proc.send_signal(SERVER_STOP_SIGNAL)  # libfuse's exit handler (moved there) unmounts
+            self._proc.send_signal(SERVER_STOP_SIGNAL)  # the server ends its loop: unmounted
             try:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -1054,6 +1055,13 @@ _GUARD_REMOVE = (
 )
 
 
+def _from_parent(info: signal.struct_siginfo, parent: int) -> bool:
+    """A stop signal the shm guard (or the FUSE server, ``_fusefs._StopSignal``) acts on: sent
+    by ``parent`` with kill(2) (``SI_USER``, the kernel's sender pid), or any once the parent is
+    gone (the parent-death signal)."""
+    return (info.si_code == _SI_USER and info.si_pid == parent) or os.getppid() != parent
+
+
 def _fork_guard(shm: Path) -> int:
     parent = os.getpid()
     r, w = os.pipe()
@@ -1062,22 +1070,16 @@ def _fork_guard(shm: Path) -> int:
         try:
             os.close(r)
             os.setsid()  # out of the caller's process group, as the exec'd guard
-
-            def bye(*_: object) -> None:
-                _remove_plaintext(shm)
-                os._exit(0)
-
             for sig in HELD_SIGNALS:  # a service manager's stop is the caller's, as for the FUSE server
                 signal.signal(sig, signal.SIG_IGN)
-            signal.signal(SERVER_STOP_SIGNAL, bye)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])
+            signal.pthread_sigmask(signal.SIG_BLOCK, [SERVER_STOP_SIGNAL])  # taken with its sender
             _libc().prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
-            if os.getppid() != parent:
-                bye()
-            os.write(w, b"r")
-            os.close(w)
-            while True:
-                signal.pause()
+            if os.getppid() == parent:
+                os.write(w, b"r")
+                os.close(w)
+                while not _from_parent(signal.sigwaitinfo([SERVER_STOP_SIGNAL]), parent):
+                    pass  # another process's: ignored
+            _remove_plaintext(shm)
         finally:
             os._exit(0)
     os.close(w)
@@ -1091,12 +1093,28 @@ class _Guard:
         self.pid, self.proc = pid, proc
 
     def stop(self) -> None:
+        """Stop the guard (the caller removed the tree already). Killed after 10 s: a stop
+        signal that reaches it without its sender (the user's queue of pending signals full,
+        RLIMIT_SIGPENDING) is ignored as another process's."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, SERVER_STOP_SIGNAL)
-        if self.proc is not None:
-            self.proc.wait()
-        else:
-            os.waitpid(self.pid, 0)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc is not None:
+                done = self.proc.poll() is not None
+            else:
+                done = os.waitpid(self.pid, os.WNOHANG)[0] != 0
+            if done:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                if self.proc is not None:
+                    self.proc.wait()
+                else:
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.005)
 
 
 class _TmpfsMount(MountHandle):
@@ -1166,17 +1184,21 @@ class _TmpfsMount(MountHandle):
 
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
+        stop = int(SERVER_STOP_SIGNAL)
         code = (
-            "import ctypes,os,shutil,signal,sys\n" + _GUARD_REMOVE + "def bye(*a):\n"
-            "    remove(sys.argv[1])\n"
-            "    os._exit(0)\n"
+            "import ctypes,os,shutil,signal,sys\n" + _GUARD_REMOVE + "parent = int(sys.argv[2])\n"
             f"for s in {tuple(int(x) for x in HELD_SIGNALS)}: signal.signal(s, signal.SIG_IGN)\n"
-            f"signal.signal({int(SERVER_STOP_SIGNAL)}, bye)\n"
-            f"signal.pthread_sigmask(signal.SIG_UNBLOCK, [{int(SERVER_STOP_SIGNAL)}])\n"
-            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(SERVER_STOP_SIGNAL)}, 0, 0, 0)\n"
-            "os.getppid() == int(sys.argv[2]) or bye()\n"
-            "print('ready', flush=True)\n"
-            "while True: signal.pause()\n"
+            f"signal.pthread_sigmask(signal.SIG_BLOCK, [{stop}])\n"
+            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {stop}, 0, 0, 0)\n"
+            "if os.getppid() == parent:\n"
+            "    print('ready', flush=True)\n"
+            "    while True:\n"
+            f"        i = signal.sigwaitinfo([{stop}])\n"
+            f"        if (i.si_code == {_SI_USER} and i.si_pid == parent) or os.getppid() != parent:\n"
+            "            break\n"
+            "        print(f'confide volume: the /dev/shm guard ignored signal {i.si_signo} from pid '"
+            " f'{i.si_pid}', file=sys.stderr, flush=True)\n"
+            "remove(sys.argv[1])\n"
         )
         try:
             proc = subprocess.Popen(  # noqa: S603
