@@ -330,10 +330,13 @@ class CasClient:
             unknown=f"the CAS does not list the policies an identity may read (GET {READABLE_PATH}): "
             "it is older than this client; name them with --policy",
         )  # fmt: skip
+        from confide.policy._types import is_policy_name  # noqa: PLC0415 - as canonical_json above
+
         what = "the CAS's list of readable policies"
         names = _answer.obj(answer, what).get("policies")
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise errors.ParseError("expected policies as a list of names", structure=what)
+        # Each a name a policy can have: it goes into a URL path and a state file next.
+        if not isinstance(names, list) or not all(is_policy_name(n) for n in names):
+            raise errors.ParseError("expected policies as a list of policy names", structure=what)
         if len(set(names)) != len(names):
             raise errors.ParseError("a policy named twice", structure=what)
         return list(names)

@@ -207,9 +207,8 @@ def verify(
         if not checked.policies:
             click.echo(f"  no policy readable by {reader}: no entries checked")
         for p in checked.policies:
-            newer = f" ({p.newer} newer than the checkpoint: documents checked)" if p.newer else ""
-            head = f", current version {p.head[:16]}…" if p.head else ""
-            click.echo(printable(f"  {p.name}: {p.entries} entries match the tree{newer}{head}"))
+            line = f"  {p.name}: {p.entries} entries match the tree, current version {p.head[:16]}…"
+            click.echo(printable(line))
         if checked.policies:
             click.echo(
                 f"  {checked.entries_checked} entries of {len(checked.policies)} "
