@@ -290,7 +290,7 @@ def test_a_tampered_or_hidden_entry_in_the_answer_is_named(tmp_path: Path) -> No
         assert [p.name for p in run(lambda a: None, listed=["alpha"], deny=("gamma",)).policies] == ["alpha"]
 
         # The entry's bytes edited in the database: the CAS checks them against its own tiles
-        # before it lists them, and refuses (its StorageError: HTTP 503, the client's 40), logging
+        # before it lists them, and refuses (its StorageError: HTTP 503, the client's 50), logging
         # the entry; the client's own check (63, above) is for what the CAS does not check.
         (index,) = _sql(cas, "SELECT seq - 1 FROM events WHERE policy = 'alpha' AND type = 'policy-updated'")[
             0
@@ -301,8 +301,8 @@ def test_a_tampered_or_hidden_entry_in_the_answer_is_named(tmp_path: Path) -> No
             "UPDATE ledger_entries SET data = ? WHERE idx = ?",
             (bytes(data).replace(b"alpha", b"alphb"), index),
         )
-        r = _verify(cas, alice)
-        assert r.returncode == errors.NetworkError.exit_code and "HTTP 503" in r.stderr, r.stderr
+        line = _one_line(_verify(cas, alice), errors.StorageError)  # the CAS's own error, 50
+        assert f"LedgerEntriesAltered: ledger entry {index} does not hash" in line and "altered" in line
         assert cas.log is not None
         altered = [
             json.loads(line) for line in cas.log.read_text().splitlines() if "ledger-entries-altered" in line

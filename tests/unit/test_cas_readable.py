@@ -12,12 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from asgi_call import call, call_async
 from cas_inproc import InProcessCas
 from confide import errors
 from confide.cas.app import create_app
+from confide.cas.client import CasClient
 from confide.cas.core import READ_TYPE, READABLE_PATH, sign_document
 from confide.cas.db import raw_execute
 from confide.httpserve.ratelimit import Rate, RateLimiter
@@ -172,3 +174,50 @@ def test_an_altered_policy_is_not_named_to_a_lister(tmp_path: Path, caplog: pyte
         json.loads(r.getMessage()) for r in caplog.records if "readable-policies-refused" in r.getMessage()
     ]
     assert "alices-secret-project" in line["why"]
+
+
+def _mock_client(handler: Any) -> CasClient:
+    client = CasClient("http://cas.test", None, plain_http_for_tests=True)
+    client.http.close()
+    client.http = httpx2.Client(base_url="http://cas.test", transport=httpx2.MockTransport(handler))
+    client.cas_spki_sha256 = "00" * 32
+    return client
+
+
+@pytest.mark.parametrize("names", [["../../v1/x"], ["ok", "a//b"], [""], ["x" * 200]])
+def test_a_list_of_names_no_policy_can_have_is_refused(names: list[str]) -> None:
+    """The CAS's list names policies the client next reads (a URL path) and remembers (a state
+    file): a name no policy can have is a malformed answer."""
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/v1/read/nonce":
+            return httpx2.Response(200, json={"nonce": "00" * 32, "expires_in": 60})
+        return httpx2.Response(200, json={"policies": names})
+
+    with _mock_client(answer) as client, pytest.raises(errors.ParseError, match="list of policy names"):
+        client.readable(Identity.generate())
+
+
+def test_the_cas_s_own_storage_error_reaches_the_user() -> None:
+    """A 503 error object of a StorageError class the client does not know (the CAS's database
+    altered): a StorageError (50) with the CAS's message, not a bare 'HTTP 503' (40)."""
+    error = {
+        "class": "LedgerEntriesAltered",
+        "message": "ledger entry 7 does not hash: altered",
+        "exit_code": 50,
+    }
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/v1/read/nonce":
+            return httpx2.Response(200, json={"nonce": "00" * 32, "expires_in": 60})
+        return httpx2.Response(503, json={"error": error})
+
+    storage = pytest.raises(errors.StorageError, match="the CAS: LedgerEntriesAltered: ledger entry 7")
+    with _mock_client(answer) as client, storage:
+        client.events("p", Identity.generate())
+    # another status, or another exit code, stays a NetworkError naming the status
+    for status, code in ((500, 50), (503, 40)):
+        other = {"error": {**error, "exit_code": code}}
+        client = _mock_client(lambda r, s=status, o=other: httpx2.Response(s, json=o))
+        with client, pytest.raises(errors.NetworkError, match=f"HTTP {status}"):
+            client.read_nonce("p", "show")

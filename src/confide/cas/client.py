@@ -138,6 +138,10 @@ def _raise_for(response: _Answer) -> Any:
                 if cls is errors.ParseError:
                     raise errors.ParseError(message)
                 raise cls(message)
+            if response.status_code == 503 and err.get("exit_code") == errors.StorageError.exit_code:
+                # A StorageError of the CAS's own (LedgerEntriesAltered, EventsAltered,
+                # PolicyRowsAltered: its database was altered): its message, as a StorageError.
+                raise errors.StorageError(f"the CAS: {str(err.get('class'))[:64]}: {message}")
         raise NetworkError(f"CAS answered HTTP {response.status_code}")
     return data
 
