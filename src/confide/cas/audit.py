@@ -240,15 +240,19 @@ class PolicyChainChecker:
     ``view``: the entries are one stakeholder's view (``ledger verify --full --identity``: the
     entries of the policies it may read, as the CAS returns them), not the whole log. What only
     an entry left out of the view explains is then an :class:`EntryMissingError` naming the
-    entry: an update from a version no entry before it made (its creation, or an update between,
-    left out), an update whose submission entry is not among those before it.
+    entry: an update from a version no entry before it made current (its creation, or an update
+    between, left out, the version's submission perhaps shown), an update whose submission entry
+    is not among those before it.
     """
 
     def __init__(self, *, view: bool = False) -> None:
         self.heads: dict[str, str] = {}
         self.submitted: dict[tuple[str, str], str] = {}
         self.view = view
-        self.made: set[tuple[str, str]] = set()  # (policy, version) created, updated or submitted
+        # (policy, version) made current by a creation or an update: a submission (pending,
+        # awaiting approval) makes nothing current, so an update from a version only submitted
+        # is, in a view, an update after an activation left out (not a fork)
+        self.activated: set[tuple[str, str]] = set()
 
     def __call__(self, index: int, data: bytes) -> None:
         entry = Entry.from_bytes(data)
@@ -277,7 +281,7 @@ class PolicyChainChecker:
                     self.heads[name] = digest
                 elif entry.type.value == "policy.updated":
                     predecessor = p.get("predecessor")
-                    unmade = (name, predecessor) not in self.made
+                    unmade = (name, predecessor) not in self.activated
                     if self.view and self.heads.get(name) != predecessor and unmade:
                         raise EntryMissingError(
                             f"entry {index}: policy {name} updated from {str(predecessor)[:16]}…, a version "
@@ -289,7 +293,8 @@ class PolicyChainChecker:
                             f"but its current version is {str(self.heads.get(name))[:16]}…"
                         )
                     self.heads[name] = digest
-                self.made.add((name, digest))
+                if entry.type.value != "policy.submitted":
+                    self.activated.add((name, digest))
             elif entry.type.value == "policy.approved" and "approval" in p:
                 doc = _loads(str(p["approval"]))
                 # v1 (no ``cas``): entries recorded before approvals named their CAS.
