@@ -166,7 +166,8 @@ def create_app(
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
     rate of ``POST /v1/attest/nonce``, ``POST /v1/attest`` and ``POST /v1/read/nonce`` (no
     database write; a read spends its nonce); ``write_limiter``: of every other POST (policy
-    submissions and updates, board approvals, volume tags); ``None``: unlimited.
+    submissions and updates, board approvals, volume tags) and of ``GET /v1/read/policies``
+    (which looks at every current policy; one is also answered at a time); ``None``: unlimited.
     ``public_http``: the public plain-HTTP listener's application, whose responses and
     connection limits ``/metrics`` counts too (``cas serve --public-http-listen``).
     ``witness_guard``: with ``cas serve --witness-quorum`` (docs/cas.md "Witness quorum"), every
