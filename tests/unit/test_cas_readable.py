@@ -221,3 +221,33 @@ def test_the_cas_s_own_storage_error_reaches_the_user() -> None:
         client = _mock_client(lambda r, s=status, o=other: httpx2.Response(s, json=o))
         with client, pytest.raises(errors.NetworkError, match=f"HTTP {status}"):
             client.read_nonce("p", "show")
+
+
+def test_a_deleted_head_row_does_not_drop_a_policy_from_the_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator deletes a policy's current-version row: the policy would vanish from its
+    readers' lists (and go unchecked). The ledger's head entries name it: every list is refused
+    (503, without the name), the log names it."""
+    alice, bob = Identity.generate(), Identity.generate()
+    ipc = InProcessCas.start(tmp_path / "cas", "")
+    ipc.apply(POLICY.format(name="alices", readers=""), alice)
+    ipc.apply(POLICY.format(name="bobs", readers=""), bob)
+    assert ipc.cas.readable(_listing(alice, ipc)) == {"policies": ["alices"]}
+    with ipc.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM policy_heads WHERE name = ?", ("alices",))
+    for cas in (ipc, _restart(ipc, tmp_path / "cas")):  # the running CAS, and one started anew
+        for who in (alice, bob):
+            with (
+                caplog.at_level(logging.WARNING, logger="confide.cas"),
+                pytest.raises(errors.StorageError) as exc,
+            ):
+                cas.cas.readable(_listing(who, cas))
+            assert "alices" not in exc.value.message
+        refused = [
+            json.loads(r.getMessage())
+            for r in caplog.records
+            if "readable-policies-refused" in r.getMessage()
+        ]
+        assert "'alices'" in refused[-1]["why"] and "no row" in refused[-1]["why"]
+        caplog.clear()

@@ -1846,9 +1846,19 @@ class Cas:
         _body, signer = self._read_request(read_request, "list", run, name="")
         try:
             with self.db.read() as conn:
+                # A policy's head row deleted would drop it from every list (its readers would
+                # not check it): the ledger's head entries name every policy that has one (a
+                # head is never deleted). The entries are read first: a policy created after
+                # them is in the rows read next, not missing from them (PostgreSQL reads each
+                # statement's committed rows).
+                ledger_heads = self.policy_auth.index.view(conn).current()
+                heads = self.policy_auth.heads(conn)
+                gone = [name for name in ledger_heads if name not in heads]
+                if gone:
+                    raise PolicyRowsAltered(gone[0], "current version (policy_heads: no row)")
                 names = [
                     name
-                    for name, head in self.policy_auth.heads(conn).items()
+                    for name, head in heads.items()
                     if self._may_read(conn, name, head, signer, keep=False)
                 ]
         except ConfideError as exc:
