@@ -128,7 +128,8 @@ def ledger() -> None:
     "policy_names",
     multiple=True,
     metavar="NAME",
-    help="With --identity: check this policy's entries (repeat; default: every policy it may read).",
+    help="With --identity: check this policy's entries (repeat; default: every policy it may read and,"
+    " with --state, every one the file remembers).",
 )
 @click.option(
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
