@@ -1292,9 +1292,10 @@ class Cas:
         ``previous_size`` (the remembered size, ``None`` on a first run or without ``state``).
         With ``full`` and ``identity``, as ``ledger verify --full --identity FILE [--policy
         NAME]...`` (:func:`confide.cas.audit.verify_readable`): the tree is recomputed from every
-        leaf hash, and the entries of ``policies`` (default: every policy ``identity`` may read)
-        are each matched with their leaf hash and re-checked (signatures, policy hashes, one
-        linear chain ending at the current version); ``LogVerification.policies`` and
+        leaf hash, and the entries of ``policies`` (default: every policy ``identity`` may read
+        and, with ``state``, every one the file remembers) are each matched with their leaf hash
+        (an entry past the latest checkpoint waited for, up to 5 s) and re-checked (signatures,
+        policy hashes, one linear chain ending at the current version); ``LogVerification.policies`` and
         ``reader`` say what was. ``full`` without ``identity`` raises ``AccessDeniedError`` (a
         CAS serves no entry bundles: every entry is audited from the log database).
 

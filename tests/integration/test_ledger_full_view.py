@@ -87,7 +87,7 @@ def test_each_stakeholder_audits_its_policies_entries(cas: CasProcess, tmp_path:
     out = json.loads(r.stdout)
     assert out["reader"] == alice_fp and out["size"] == log_size(cas.env)
     (alpha,) = out["policies"]
-    assert alpha["name"] == "alpha" and alpha["entries"] >= 2 and alpha["newer"] == 0
+    assert alpha["name"] == "alpha" and alpha["entries"] >= 2 and set(alpha) == {"name", "entries", "head"}
     assert out["entries_checked"] == alpha["entries"]
     head = confide(cas, "policy", "show", "alpha", "--identity", str(alice), check=True).stdout
     assert alpha["head"] in head
@@ -170,18 +170,46 @@ def test_a_tampered_or_hidden_entry_in_the_answer_is_named(tmp_path: Path) -> No
         key = log_verifier(cas.env["CONFIDE_LOG_KEY"])
         ident = load_identity(alice)
 
-        def run(alter: Any) -> Any:
+        slept: list[float] = []
+
+        def run(
+            alter: Any,
+            *,
+            state: Path | None = None,
+            listed: list[str] | None = None,
+            deny: tuple[str, ...] = (),
+            stale: bytes | None = None,
+        ) -> Any:
+            """verify_readable through a CAS whose answers ``alter`` edits; ``listed``: the
+            policies its list names instead; ``deny``: policies it refuses to read; ``stale``:
+            the checkpoint its log serves first (one older than the entries it lists)."""
+
             class Proxy(CasClient):
+                def readable(self, identity: Any) -> list[str]:
+                    names = super().readable(identity)
+                    return names if listed is None else listed
+
                 def events(self, name: str, identity: Any) -> dict[str, Any]:
+                    if name in deny:
+                        raise errors.AccessDeniedError(f"no policy {name} readable by you")
                     answer = super().events(name, identity)
                     alter(answer)
                     return answer
 
+            slept.clear()
             with (
                 Proxy.from_env(cas.env) as client,
                 HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles,
             ):
-                return verify_readable(client, tiles, key, ident, (), None)
+                client.sleep = slept.append
+                if stale is not None:
+                    served, fetch = [stale], tiles.fetch
+
+                    def first_stale(path: str) -> bytes | None:
+                        return served.pop() if path == "checkpoint" and served else fetch(path)
+
+                    tiles.fetch = first_stale  # type: ignore[method-assign]
+                return verify_readable(client, tiles, key, ident, (), state)
 
         assert run(lambda a: None).policies[0].name == "alpha"  # the negative twin
 
@@ -212,8 +240,57 @@ def test_a_tampered_or_hidden_entry_in_the_answer_is_named(tmp_path: Path) -> No
         with pytest.raises(errors.EntryMissingError, match=r"reports version .* current, but the chain"):
             run(drop("policy-updated"))
 
+        def headless(answer: dict[str, Any]) -> None:
+            drop("policy-updated")(answer)
+            del answer["head"]
+
+        # Without the head the chain's end goes unchecked: the answer is refused.
+        with pytest.raises(errors.ParseError, match="reports no current version"):
+            run(headless)
+
+        def beyond(answer: dict[str, Any]) -> None:
+            answer["events"][-1]["index"] = 10**6  # past any checkpoint: no leaf hash to match
+
+        # An entry the CAS places past the checkpoint is waited for (5 s), then refused.
+        with pytest.raises(errors.EntryMismatchError, match=r"entry 1000000: .* does not hold it 5 s later"):
+            run(beyond)
+        assert slept == [1.0] * 5
+
+        # A new policy's entries past the checkpoint the log serves first: one second later, the
+        # checkpoint holds them and each is matched with its leaf hash.
+        with (
+            CasClient.from_env(cas.env) as client,
+            HttpLogClient(f"{client.url}/v1/log", client=client.http) as log,
+        ):
+            old = log.fetch("checkpoint")
+        assert apply(cas, tmp_path, policy_yaml("gamma", m), alice).returncode == 0
+        _settle(cas)
+        assert old is not None
+        checked = run(lambda a: a.update(checkpoint=old.decode()), stale=old)  # answers of that time
+        assert slept == [1.0] and [p.name for p in checked.policies] == ["alpha", "gamma"]
+        assert checked.entries_checked == sum(p.entries for p in checked.policies)
+
+        # With a state file, a policy seen before is checked even when the list leaves it out;
+        # one the CAS then refuses to read is named (64).
+        state = tmp_path / "alice.json"
+        run(lambda a: None, state=state)
+        remembered = json.loads(state.read_text())["policies"]
+        assert list(remembered) == ["alpha", "gamma"]
+        assert [p.name for p in run(lambda a: None, state=state, listed=["alpha"]).policies] == [
+            "alpha",
+            "gamma",
+        ]
+        kept = state.read_bytes()
+        with pytest.raises(
+            errors.EntryMissingError, match=r"gamma: the CAS no longer lets .* read the policy"
+        ):
+            run(lambda a: None, state=state, listed=["alpha"], deny=("gamma",))
+        assert state.read_bytes() == kept
+        # without a state file, or naming the policies, nothing remembered is asked for
+        assert [p.name for p in run(lambda a: None, listed=["alpha"], deny=("gamma",)).policies] == ["alpha"]
+
         # The entry's bytes edited in the database: the CAS checks them against its own tiles
-        # before it lists them, and refuses (its StorageError: HTTP 503, the client's 40), logging
+        # before it lists them, and refuses (its StorageError: HTTP 503, the client's 50), logging
         # the entry; the client's own check (63, above) is for what the CAS does not check.
         (index,) = _sql(cas, "SELECT seq - 1 FROM events WHERE policy = 'alpha' AND type = 'policy-updated'")[
             0
@@ -224,8 +301,8 @@ def test_a_tampered_or_hidden_entry_in_the_answer_is_named(tmp_path: Path) -> No
             "UPDATE ledger_entries SET data = ? WHERE idx = ?",
             (bytes(data).replace(b"alpha", b"alphb"), index),
         )
-        r = _verify(cas, alice)
-        assert r.returncode == errors.NetworkError.exit_code and "HTTP 503" in r.stderr, r.stderr
+        line = _one_line(_verify(cas, alice), errors.StorageError)  # the CAS's own error, 50
+        assert f"LedgerEntriesAltered: ledger entry {index} does not hash" in line and "altered" in line
         assert cas.log is not None
         altered = [
             json.loads(line) for line in cas.log.read_text().splitlines() if "ledger-entries-altered" in line

@@ -153,3 +153,26 @@ def test_a_view_names_a_gap_in_the_chain_as_missing() -> None:
     with pytest.raises(EntryMissingError, match="submission's entry is left out"):
         PolicyChainChecker(view=True)(0, _entry(EntryType.POLICY_CREATED, bare))
     assert h3 != h1
+
+
+def test_a_view_without_an_activation_names_it_missing() -> None:
+    """Board governance: a version submitted (pending), then activated by an update entry without
+    the submission. A view that leaves out that activation and shows the next update from the
+    submitted version is missing an entry (64), not a fork: the submission made no version
+    current. A version that was current once and is updated from again stays a fork (63)."""
+    alice = Identity.generate()
+    h1, p1 = _version(alice, "aa" * 48, None)
+    h2, p2 = _version(alice, "bb" * 48, h1)
+    _h3, p3 = _version(alice, "cc" * 48, h2)
+    check = PolicyChainChecker(view=True)
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    check(1, _entry(EntryType.POLICY_SUBMITTED, p2))  # pending; its activation (entry 2) left out
+    with pytest.raises(EntryMissingError, match=r"entry 3: .* an entry of its chain is left out"):
+        check(3, _entry(EntryType.POLICY_UPDATED, p3))
+    # the whole log: the same is a broken chain (63)
+    whole = PolicyChainChecker()
+    whole(0, _entry(EntryType.POLICY_CREATED, p1))
+    whole(1, _entry(EntryType.POLICY_SUBMITTED, p2))
+    with pytest.raises(EntryMismatchError) as broken:
+        whole(3, _entry(EntryType.POLICY_UPDATED, p3))
+    assert type(broken.value) is EntryMismatchError

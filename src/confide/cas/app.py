@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -60,6 +61,10 @@ from confide.ledger.serve import serve as serve_log
 __all__ = ["MAX_BODIES", "MAX_BODY", "STATUS", "BodyBudget", "create_app"]
 
 log = logging.getLogger("confide.cas")
+
+LISTING_RETRY = 1.0
+"""Seconds a ``GET /v1/read/policies`` sent while another is answered is told to wait (429,
+``Retry-After``): one is answered at a time."""
 
 STATUS: dict[type[ConfideError], int] = {
     errors.UsageError: 400,
@@ -161,7 +166,8 @@ def create_app(
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
     rate of ``POST /v1/attest/nonce``, ``POST /v1/attest`` and ``POST /v1/read/nonce`` (no
     database write; a read spends its nonce); ``write_limiter``: of every other POST (policy
-    submissions and updates, board approvals, volume tags); ``None``: unlimited.
+    submissions and updates, board approvals, volume tags) and of ``GET /v1/read/policies``
+    (which looks at every current policy; one is also answered at a time); ``None``: unlimited.
     ``public_http``: the public plain-HTTP listener's application, whose responses and
     connection limits ``/metrics`` counts too (``cas serve --public-http-listen``).
     ``witness_guard``: with ``cas serve --witness-quorum`` (docs/cas.md "Witness quorum"), every
@@ -242,7 +248,10 @@ def create_app(
             fast = hot.get(path) if method == "POST" else None
             if fast is not None:
                 route = path
-            if method == "POST":
+            # GET /v1/read/policies looks at every current policy: limited per client as the
+            # writes are (docs/cas.md "Reading a policy"), before anything is read.
+            listing = method == "GET" and path == READABLE_PATH
+            if method == "POST" or listing:
                 # Per-client rate limits (confide.httpserve.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 # Read nonces are issued as attestation nonces are (no database write): limited
@@ -263,7 +272,7 @@ def create_app(
                         return
                 # docs/cas.md "Witness quorum": no release or change from a database a witness
                 # says was rolled back or forked (or, with --witness-max-lag, not cosigned lately).
-                halted = _witness_refusal(witness_guard, path)
+                halted = _witness_refusal(witness_guard, path) if method == "POST" else None
                 if halted is not None:
                     route = route or _write_route(path)
                     status = halted.status_code
@@ -453,11 +462,21 @@ def create_app(
             "/v1/ocsp/{rest:path}", ocsp, methods=[method], operation_id=f"ocsp_{method.lower()}"
         )
 
+    # One GET /v1/read/policies at a time (it looks at every current policy): another, sent
+    # meanwhile, is answered 429 before its nonce is spent, and sent again (docs/cas.md
+    # "Reading a policy"); each client is also held to --write-rate (observe, above).
+    listing = threading.Lock()
+
     @app.get(READABLE_PATH)
     def readable_policies(x_confide_read: str | None = Header(default=None)) -> Response:
         """The policies the signer of a ``confide/read/v3`` request (route ``list``, name ``""``)
         may read (docs/cas.md "Reading a policy")."""
-        return _private(cas.readable(_read_doc(x_confide_read), spend))
+        if not listing.acquire(blocking=False):
+            return _too_many(LISTING_RETRY, "another list of readable policies is being answered")
+        try:
+            return _private(cas.readable(_read_doc(x_confide_read), spend))
+        finally:
+            listing.release()
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> Response:
@@ -708,13 +727,11 @@ def _refusal(busy: bool) -> JSONResponse:
     return response
 
 
-def _too_many(wait: float) -> JSONResponse:
-    """429 (RFC 6585 §4) for a client over its rate; the connection is kept (the unread body is
-    discarded by uvicorn once the response is complete)."""
+def _too_many(wait: float, why: str = "too many requests from this client") -> JSONResponse:
+    """429 (RFC 6585 §4) for a client over its rate (or ``why``); the connection is kept (the
+    unread body is discarded by uvicorn once the response is complete)."""
     delay = retry_after(wait)
-    response = _error_response(
-        errors.NetworkError(f"too many requests from this client; retry after {delay} s")
-    )
+    response = _error_response(errors.NetworkError(f"{why}; retry after {delay} s"))
     response.status_code = 429
     response.headers["Retry-After"] = delay
     return response
@@ -750,8 +767,10 @@ def _successors(cas: Cas) -> Successors:
 
 
 def _write_route(path: str) -> str:
-    """The metrics label of a rate-limited POST outside the fast path (never the policy name)."""
+    """The metrics label of a rate-limited POST outside the fast path, or of ``GET
+    /v1/read/policies`` (never the policy name)."""
     if path in (
+        READABLE_PATH,
         "/v1/policies",
         "/v1/volumes/tag",
         "/v1/cas/key-release/nonce",

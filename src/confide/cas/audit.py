@@ -24,7 +24,7 @@ from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
-from confide.errors import ConfideError, EntryMismatchError, EntryMissingError, ParseError
+from confide.errors import AccessDeniedError, ConfideError, EntryMismatchError, EntryMissingError, ParseError
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
 from confide.ledger.encoding import Entry
@@ -240,15 +240,19 @@ class PolicyChainChecker:
     ``view``: the entries are one stakeholder's view (``ledger verify --full --identity``: the
     entries of the policies it may read, as the CAS returns them), not the whole log. What only
     an entry left out of the view explains is then an :class:`EntryMissingError` naming the
-    entry: an update from a version no entry before it made (its creation, or an update between,
-    left out), an update whose submission entry is not among those before it.
+    entry: an update from a version no entry before it made current (its creation, or an update
+    between, left out, the version's submission perhaps shown), an update whose submission entry
+    is not among those before it.
     """
 
     def __init__(self, *, view: bool = False) -> None:
         self.heads: dict[str, str] = {}
         self.submitted: dict[tuple[str, str], str] = {}
         self.view = view
-        self.made: set[tuple[str, str]] = set()  # (policy, version) created, updated or submitted
+        # (policy, version) made current by a creation or an update: a submission (pending,
+        # awaiting approval) makes nothing current, so an update from a version only submitted
+        # is, in a view, an update after an activation left out (not a fork)
+        self.activated: set[tuple[str, str]] = set()
 
     def __call__(self, index: int, data: bytes) -> None:
         entry = Entry.from_bytes(data)
@@ -277,7 +281,7 @@ class PolicyChainChecker:
                     self.heads[name] = digest
                 elif entry.type.value == "policy.updated":
                     predecessor = p.get("predecessor")
-                    unmade = (name, predecessor) not in self.made
+                    unmade = (name, predecessor) not in self.activated
                     if self.view and self.heads.get(name) != predecessor and unmade:
                         raise EntryMissingError(
                             f"entry {index}: policy {name} updated from {str(predecessor)[:16]}…, a version "
@@ -289,7 +293,8 @@ class PolicyChainChecker:
                             f"but its current version is {str(self.heads.get(name))[:16]}…"
                         )
                     self.heads[name] = digest
-                self.made.add((name, digest))
+                if entry.type.value != "policy.submitted":
+                    self.activated.add((name, digest))
             elif entry.type.value == "policy.approved" and "approval" in p:
                 doc = _loads(str(p["approval"]))
                 # v1 (no ``cas``): entries recorded before approvals named their CAS.
@@ -348,19 +353,25 @@ def verify_readable(
     The latest checkpoint (``tiles``: the CAS's public ``/v1/log``) must be signed by
     ``log_key``, cosigned by ``witnesses``, extend the one ``state_file`` remembers, and its
     level-0 tiles hash to its root (every leaf hash is public). The entries read are those of
-    ``policies`` (default: every policy the CAS says ``identity`` may read, a signed read): each
-    policy's events, whose checkpoint must be one of the same tree (consistency proven from the
-    tiles). Then each entry the checkpoint covers must hash to the leaf hash at its index
-    (:class:`EntryMismatchError` naming the policy and the entry), each must be a canonical entry
-    of that policy saying what the CAS's summary says, and each policy's documents must verify and
-    form one linear chain (:class:`PolicyChainChecker` over the view: a gap in the chain is an
-    :class:`EntryMissingError` naming the entry), ending at the current version the CAS reports
-    (else :class:`EntryMissingError` naming the policy). With ``state_file``, every entry of a
-    policy remembered there must be returned again (:func:`~confide.ledger.auditor.remember_view`),
-    and the file then remembers the checkpoint and the entries proven, written once at the end;
-    nothing is written on an error. A stakeholder cannot see the entries it may not read: an
-    entry of its policy the CAS leaves out that breaks no chain and was not seen before is not
-    detected (docs/limitations.md "Transparency ledger")."""
+    ``policies`` (default: every policy the CAS says ``identity`` may read, a signed read, and
+    every policy ``state_file`` remembers entries of): each policy's events, whose checkpoint
+    must be one of the same tree (consistency proven from the tiles), and which must report the
+    policy's current version (``head``, else :class:`ParseError`). Every entry returned must be
+    in the tree: one past the latest checkpoint (appended within the last second) is waited for,
+    the checkpoint fetched again up to :data:`NEWER_WAIT` times a second apart (``client.sleep``),
+    and is an :class:`EntryMismatchError` if no checkpoint holds it then. Each entry must hash to
+    the leaf hash at its index (:class:`EntryMismatchError` naming the policy and the entry), be
+    a canonical entry of that policy saying what the CAS's summary says, and each policy's
+    documents must verify and form one linear chain (:class:`PolicyChainChecker` over the view:
+    a gap in the chain is an :class:`EntryMissingError` naming the entry), ending at the current
+    version the CAS reports (else :class:`EntryMissingError` naming the policy). With
+    ``state_file``, every entry of a policy remembered there must be returned again
+    (:func:`~confide.ledger.auditor.remember_view`; a remembered policy the CAS no longer lets
+    ``identity`` read is an :class:`EntryMissingError` naming it, unless ``policies`` names the
+    policies to check), and the file then remembers the checkpoint and the entries proven,
+    written once at the end; nothing is written on an error. A stakeholder cannot see the
+    entries it may not read: an entry of its policy the CAS leaves out that breaks no chain and
+    was not seen before is not detected (docs/limitations.md "Transparency ledger")."""
     from confide.ledger.auditor import (  # noqa: PLC0415 - the auditor's types, only here
         Auditor,
         AuditorState,
@@ -374,7 +385,32 @@ def verify_readable(
         # a bad state file is refused before the CAS is asked
         old = state.load(log_key) if state is not None else None
         names = list(dict.fromkeys(policies)) if policies else client.readable(identity)
-        answers = [(name, *_listed_events(client.events(name, identity), log_key)) for name in names]
+        # A policy whose entries were returned before is checked again even when the CAS no
+        # longer lists it (a listing that leaves a policy out would hide all its entries).
+        remembered = set()
+        if state is not None and not policies:
+            remembered = {n for n, known in (state.policies or {}).items() if known} - set(names)
+            names += sorted(remembered)
+        answers = []
+        for name in names:
+            try:
+                data = client.events(name, identity)
+            except AccessDeniedError:
+                if name not in remembered:
+                    raise
+                known = state.entries(name) if state is not None else []
+                raise EntryMissingError(
+                    f"{name}: the CAS no longer lets {identity.fingerprint[:16]}… read the policy, whose "
+                    f"entries {_indexes(known)} it returned before: it hides them, or this identity's read "
+                    "access was withdrawn (name the policies to check with --policy to leave it out)"
+                ) from None
+            signed_by, head, listed = _listed_events(data, log_key)
+            if head is None:
+                raise ParseError(
+                    "head: the CAS reports no current version of the policy, the end of its chain",
+                    structure=f"{name[:128]}: events",
+                )
+            answers.append((name, signed_by, head, listed))
         auditor = Auditor(tiles, log_key, witnesses=witnesses)
         signed = auditor.update(old)
         # Each answer's checkpoint is of the same tree: the largest (the latest, unless an answer
@@ -388,15 +424,28 @@ def verify_readable(
             if answered is not None and tree not in proven:
                 Auditor(tiles, log_key).extend(answered.checkpoint, signed.raw)
                 proven.add((answered.checkpoint.size, answered.checkpoint.root))
+        # Every entry returned must be one the tree holds: an index past the checkpoint would
+        # otherwise be matched with no leaf hash at all (a CAS could give any entry such an
+        # index). An entry appended within the last second is in the next checkpoint: waited for.
+        beyond = [(name, ev.index) for name, _, _, listed in answers for ev in listed]
+        for _ in range(NEWER_WAIT):
+            if all(index < signed.checkpoint.size for _, index in beyond):
+                break
+            client.sleep(1.0)
+            signed = auditor.update(signed.checkpoint)
         size = signed.checkpoint.size
-        leaves = auditor.leaf_hashes(
-            signed.checkpoint, (ev.index for _, _, _, listed in answers for ev in listed if ev.index < size)
-        )
+        for name, index in beyond:
+            if index >= size:
+                raise EntryMismatchError(
+                    f"{name}: entry {index}: the CAS returned it, but its log's latest checkpoint (size "
+                    f"{size}) does not hold it {NEWER_WAIT} s later: the tree commits to no such entry"
+                )
+        leaves = auditor.leaf_hashes(signed.checkpoint, (index for _, index in beyond))
         checker = PolicyChainChecker(view=True)
         checked: list[PolicyEntries] = []
         for name, _, head, listed in answers:
             for ev in listed:
-                if ev.index < size and not hmac.compare_digest(hash_leaf(ev.data), leaves[ev.index]):
+                if not hmac.compare_digest(hash_leaf(ev.data), leaves[ev.index]):
                     raise EntryMismatchError(
                         f"{name}: entry {ev.index}: content hashes to {hash_leaf(ev.data).hex()}, the tree "
                         f"commits to {leaves[ev.index].hex()}"
@@ -409,16 +458,16 @@ def verify_readable(
                     ) from None
                 checker(ev.index, ev.data)
             end = checker.heads.get(name)
-            if head is not None and end != head:
+            if end != head:
                 raise EntryMissingError(
                     f"{name}: the CAS reports version {head[:16]}… current, but the chain of the entries it "
                     f"returned ends at {'no version' if end is None else end[:16] + '…'}: it leaves out "
                     "entries of the policy"
                 )
-            covered = [ev.index for ev in listed if ev.index < size]
+            covered = [ev.index for ev in listed]
             if state is not None:
                 remember_view(state, name, covered)
-            checked.append(PolicyEntries(name, len(covered), len(listed) - len(covered), head))
+            checked.append(PolicyEntries(name, len(covered), head))
         if state is not None:
             state.save(signed)
     cp = signed.checkpoint
@@ -427,3 +476,14 @@ def verify_readable(
         sum(p.entries for p in checked), tuple(w.vkey for w in witnesses),
         reader=identity.fingerprint, policies=tuple(checked),
     )  # fmt: skip
+
+
+NEWER_WAIT = 5
+"""Seconds :func:`verify_readable` waits, fetching the checkpoint again each second, for one
+that holds every entry the CAS returned (the CAS signs one within a second of an append)."""
+
+
+def _indexes(known: Sequence[int]) -> str:
+    """Entry indexes for a message: the first few, and how many more."""
+    shown = ", ".join(str(i) for i in known[:5])
+    return shown if len(known) <= 5 else f"{shown} and {len(known) - 5} more"

@@ -276,8 +276,8 @@ def cas() -> None:
     "--attest-burst", metavar="N", help="The most such requests at once (default: twice --attest-rate)."
 )
 @click.option("--write-rate", default="10", show_default=True, metavar="PER_SECOND",
-              help="Per client IP address (IPv6: /64): policy submissions and updates, board approvals"
-              " and volume tags a second (429 past it). 0: no limit.")  # fmt: skip
+              help="Per client IP address (IPv6: /64): policy submissions and updates, board approvals,"
+              " volume tags and lists of readable policies a second (429 past it). 0: no limit.")  # fmt: skip
 @click.option(
     "--write-burst", metavar="N", help="The most such requests at once (default: twice --write-rate)."
 )

@@ -138,6 +138,10 @@ def _raise_for(response: _Answer) -> Any:
                 if cls is errors.ParseError:
                     raise errors.ParseError(message)
                 raise cls(message)
+            if response.status_code == 503 and err.get("exit_code") == errors.StorageError.exit_code:
+                # A StorageError of the CAS's own (LedgerEntriesAltered, EventsAltered,
+                # PolicyRowsAltered: its database was altered): its message, as a StorageError.
+                raise errors.StorageError(f"the CAS: {str(err.get('class'))[:64]}: {message}")
         raise NetworkError(f"CAS answered HTTP {response.status_code}")
     return data
 
@@ -330,10 +334,13 @@ class CasClient:
             unknown=f"the CAS does not list the policies an identity may read (GET {READABLE_PATH}): "
             "it is older than this client; name them with --policy",
         )  # fmt: skip
+        from confide.policy._types import is_policy_name  # noqa: PLC0415 - as canonical_json above
+
         what = "the CAS's list of readable policies"
         names = _answer.obj(answer, what).get("policies")
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise errors.ParseError("expected policies as a list of names", structure=what)
+        # Each a name a policy can have: it goes into a URL path and a state file next.
+        if not isinstance(names, list) or not all(is_policy_name(n) for n in names):
+            raise errors.ParseError("expected policies as a list of policy names", structure=what)
         if len(set(names)) != len(names):
             raise errors.ParseError("a policy named twice", structure=what)
         return list(names)

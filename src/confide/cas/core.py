@@ -197,6 +197,9 @@ governance"); ledger entries and ``policies`` rows recorded before hold such sub
 APPROVAL_V1_TYPE = "confide/approval/v1"
 """An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
 governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
+READ_RULES_CACHE = 1 << 16
+"""Policy versions whose read rules the CAS keeps in memory (``GET /v1/read/policies`` looks at
+every current policy: docs/cas.md "Reading a policy")."""
 READ_WINDOW = 300  # seconds: the freshness window of revocation requests and withdrawals
 # What a read request is for (its ``route``): the answers differ, so one request reads one of them.
 # ``list``: the names of the policies its signer may read (no policy: its ``name`` is "").
@@ -603,6 +606,10 @@ class Cas:
         # nonce and the other way round (docs/cas.md "Reading a policy").
         self.read_nonce_key = sealer.derive_key(READ_NONCE_PURPOSE)
         self._policies: Lru[tuple[str, str], Policy] = Lru(256)
+        # The read rules of policy versions, by (name, hash): what GET /v1/read/policies asks of
+        # every current policy, without parsing each document again (docs/cas.md "Reading a
+        # policy"; a version's rules never change, its $$SCONE::k$$ entries are resolved per read).
+        self._read_rules: Lru[tuple[str, str], tuple[Any, ...]] = Lru(READ_RULES_CACHE)
         # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
         self.policy_auth = PolicyAuth(sealer, db=database)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
@@ -921,9 +928,10 @@ class Cas:
                 )  # fmt: skip
         return counted
 
-    def _load(self, conn: Connection, name: str, digest: str) -> Policy:
+    def _load(self, conn: Connection, name: str, digest: str, *, keep: bool = True) -> Policy:
         # A version's hash names its content and versions are never deleted, so the parsed,
         # validated object is cached by (name, hash) and the document is read only on a miss.
+        # ``keep=False``: not cached (a walk over every policy must not evict the hot ones).
         cached = self._policies.get((name, digest))
         if cached is not None:
             return cached
@@ -936,7 +944,8 @@ class Cas:
         cached = loads_policy(document, source=f"stored policy {name}", stored=True)
         if policy_hash(cached) != digest:
             raise ConflictError(f"stored policy {name} does not hash to {digest}: the database was altered")
-        self._policies.put((name, digest), cached)
+        if keep:
+            self._policies.put((name, digest), cached)
         return cached
 
     def _activate(
@@ -1835,19 +1844,45 @@ class Cas:
         --identity``). ``run``: as for :meth:`_read_request`. Every current policy is looked at,
         in one read transaction."""
         _body, signer = self._read_request(read_request, "list", run, name="")
-        with self.db.read() as conn:
-            names = [
-                name
-                for name, head in self.policy_auth.heads(conn).items()
-                if self._may_read(conn, name, head, signer)
-            ]
+        try:
+            with self.db.read() as conn:
+                # A policy's head row deleted would drop it from every list (its readers would
+                # not check it): the ledger's head entries name every policy that has one (a
+                # head is never deleted). The entries are read first: a policy created after
+                # them is in the rows read next, not missing from them (PostgreSQL reads each
+                # statement's committed rows).
+                ledger_heads = self.policy_auth.index.view(conn).current()
+                heads = self.policy_auth.heads(conn)
+                gone = [name for name in ledger_heads if name not in heads]
+                if gone:
+                    raise PolicyRowsAltered(gone[0], "current version (policy_heads: no row)")
+                names = [
+                    name
+                    for name, head in heads.items()
+                    if self._may_read(conn, name, head, signer, keep=False)
+                ]
+        except ConfideError as exc:
+            # A policy's rows altered (or a database failure): the error names the policy, which
+            # this signer may not be allowed to know of. The operator's log says which; the
+            # answer says only that the list is refused (nothing is left out of a list answered).
+            _LOG.warning(json.dumps({"event": "readable-policies-refused", "why": exc.message[:512]}))
+            raise StorageError(
+                "a stored policy or the database does not verify (the CAS's log says which): the "
+                "CAS lists no readable policies until it is restored"
+            ) from None
         return {"policies": sorted(names)}
 
-    def _may_read(self, conn: Connection, name: str, head: Head, signer: PublicIdentity) -> bool:
+    def _may_read(
+        self, conn: Connection, name: str, head: Head, signer: PublicIdentity, *, keep: bool = True
+    ) -> bool:
         """Whether ``signer`` may read policy ``name`` at its current version ``head``: named by
-        the ``read`` rules in force, or its creator (docs/cas.md "Reading a policy")."""
-        policy = self._load(conn, name, head.hash)
-        readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
+        the ``read`` rules in force, or its creator (docs/cas.md "Reading a policy"). The
+        version's rules are cached (:data:`READ_RULES_CACHE`); ``keep``: as for :meth:`_load`."""
+        rules = self._read_rules.get((name, head.hash))
+        if rules is None:
+            rules = tuple(self._load(conn, name, head.hash, keep=keep).access_policy.read)
+            self._read_rules.put((name, head.hash), rules)
+        readers = self._rules_in_force(conn, name, head.hash, rules)
         return is_authorized(readers, {signer.fingerprint}, creator=head.creator)
 
     def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:

@@ -372,6 +372,12 @@ class HeadView:
         at least as new, and the check only refuses rows older than the entries."""
         return self.marks.as_of(self.size, self.refused)
 
+    def current(self) -> list[str]:
+        """The names of the policies with an accepted head entry below this view's size: every
+        policy that has a current version (a head is never deleted)."""
+        names = set(self.chains).union(self.overlay)
+        return sorted(n for n in names if self.latest(n)[0] is not None)
+
     def latest(self, name: str) -> tuple[Event | None, int | None]:
         """``name``'s latest accepted head entry below this view's size (``None``: none), and
         the index of its first held entry below it (``None``: none)."""

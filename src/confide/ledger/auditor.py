@@ -590,17 +590,15 @@ class LogVerification:
 @dataclass(frozen=True)
 class PolicyEntries:
     """``ledger verify --full --identity``: one policy's entries, as checked. ``entries``: those
-    the checkpoint covers, each matched with its leaf hash; ``newer``: those the CAS returned
-    past the checkpoint (their documents and chain checked, their leaf hashes not yet
-    published); ``head``: the current version the CAS reports, the end of the entries' chain."""
+    the CAS returned, each matched with its leaf hash in the checkpoint verified; ``head``: the
+    current version the CAS reports, the end of the entries' chain."""
 
     name: str
     entries: int
-    newer: int
-    head: str | None
+    head: str
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "entries": self.entries, "newer": self.newer, "head": self.head}
+        return {"name": self.name, "entries": self.entries, "head": self.head}
 
 
 def verify_log(

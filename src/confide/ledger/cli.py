@@ -128,7 +128,8 @@ def ledger() -> None:
     "policy_names",
     multiple=True,
     metavar="NAME",
-    help="With --identity: check this policy's entries (repeat; default: every policy it may read).",
+    help="With --identity: check this policy's entries (repeat; default: every policy it may read and,"
+    " with --state, every one the file remembers).",
 )
 @click.option(
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
@@ -207,9 +208,8 @@ def verify(
         if not checked.policies:
             click.echo(f"  no policy readable by {reader}: no entries checked")
         for p in checked.policies:
-            newer = f" ({p.newer} newer than the checkpoint: documents checked)" if p.newer else ""
-            head = f", current version {p.head[:16]}…" if p.head else ""
-            click.echo(printable(f"  {p.name}: {p.entries} entries match the tree{newer}{head}"))
+            line = f"  {p.name}: {p.entries} entries match the tree, current version {p.head[:16]}…"
+            click.echo(printable(line))
         if checked.policies:
             click.echo(
                 f"  {checked.entries_checked} entries of {len(checked.policies)} "
