@@ -48,7 +48,9 @@ def policy_text(
     name: str = "app",
     project: str = INSTANCE.project_id,
     command: str = "vm --token $$SCONE::token$$",
+    instance_id: int | None = None,
 ) -> str:
+    instance = "" if instance_id is None else f"\n        instance_id: {instance_id}"
     return f"""name: {name}
 version: "0.3"
 services:
@@ -64,7 +66,7 @@ services:
         project_id: {project}
         project_number: {INSTANCE.project_number}
         zone: {INSTANCE.zone}
-        instance_name: {INSTANCE.instance_name}
+        instance_name: {INSTANCE.instance_name}{instance}
 secrets:
   - name: token
     kind: ascii
@@ -145,6 +147,25 @@ def test_another_instance_is_refused(tmp_path: Path, vm: GceTpmQuoteProvider, sw
     refused(
         cas, body, errors.AppraisalError, r"gce-tpm.project_id: got 'confide-test', expected prod-project"
     )
+
+
+def test_the_instance_id_is_pinned_through_the_cas(
+    tmp_path: Path, vm: GceTpmQuoteProvider, swtpm_tpm: Tpm
+) -> None:
+    """A GCE instance id has 19 digits, beyond 2^53 - 1: the policy pinning it is applied (its
+    canonical JSON writes it as a string; before, applying it failed with a ParseError), and
+    the CAS reads it back as the number it compares with the AK certificate's."""
+    assert INSTANCE.instance_id > 2**53
+    pcrs = swtpm_tpm.pcr_read(range(24))
+    verifier = PlatformVerifier(gce_roots=(GOOGLE.root,))
+    cas = production_cas(tmp_path / "cas", verifier, policy_text(pcrs, instance_id=INSTANCE.instance_id))
+    rt, body = attest(cas, vm)
+    rt.open(cas.attest(body))
+    other = production_cas(
+        tmp_path / "other", verifier, policy_text(pcrs, instance_id=INSTANCE.instance_id + 1)
+    )
+    _, body = attest(other, vm)
+    refused(other, body, errors.AppraisalError, rf"gce-tpm.instance_id: got {INSTANCE.instance_id}, expected")
 
 
 def test_a_test_instance_proves_no_instance(cas: Cas, swtpm_tpm: Tpm) -> None:

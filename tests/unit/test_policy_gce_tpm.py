@@ -5,6 +5,7 @@ attestation of go-tpm-tools (tests/assets/tpm/google-go-tpm-tools) and on edited
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from confide.errors import PolicyError
-from confide.policy import Policy, appraise, loads_policy
+from confide.policy import Policy, appraise, canonical_json, loads_policy, policy_hash
 from confide.policy.model import GceTpmFactors, Tolerance
 from confide.policy.problems import Problem
 from confide.verify.gce_tpm import verify_gce_attestation
@@ -301,3 +302,45 @@ def test_scalars_stand_for_lists_and_values_are_normalised() -> None:
     assert factors.pcrs == {"7": (PCR7,)} and factors.project_number == (117478743145,)
     assert factors.zone == ("us-central1-a",)
     assert appraise(REAL, p, "svc", at=AT).accepted
+
+
+def stored_factors(p: Policy) -> Any:
+    return json.loads(canonical_json(p))["services"][0]["attestation"][0]["gce-tpm"]
+
+
+def test_ids_beyond_2_53_have_a_hash_and_survive_the_stored_round_trip() -> None:
+    """A real GCE instance id (19 digits) is beyond the integers RFC 8785 encodes exactly (2^53 -
+    1): the canonical JSON writes such a value as its decimal string, which the CAS (and an
+    auditor reading a ledger entry) reads back as the same integer. Before, `policy apply` of a
+    policy pinning `instance_id` failed with a ParseError about canonical JSON."""
+    p = policy(FACTORS)
+    factors = stored_factors(p)
+    assert factors["instance_id"] == ["6797026933021542085"]
+    assert factors["project_number"] == [117478743145]  # within 2^53 - 1: a JSON number, as before
+    document = json.loads(canonical_json(p))
+    stored = loads_policy(json.dumps(document), source="stored", stored=True)
+    assert policy_hash(stored) == policy_hash(p)
+    assert stored.service("svc").variants()[0].gce_tpm.instance_id == (6797026933021542085,)  # type: ignore[union-attr]
+    assert appraise(REAL, stored, "svc", at=AT).accepted
+    big = f"        gce-tpm:\n          project_number: 1\n          min_security_version: {2**53}\n"
+    assert stored_factors(policy(big))["min_security_version"] == str(2**53)
+    # 2^53 - 1 stays a number, so the hash of every policy that could be hashed before is unchanged
+    edge = f"        gce-tpm:\n          instance_id: {2**53 - 1}\n"
+    assert stored_factors(policy(edge))["instance_id"] == [2**53 - 1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["12"]',
+        '["9007199254740991"]',
+        '["06797026933021542085"]',
+        '["+6797026933021542085"]',
+        '["18446744073709551616"]',
+    ],
+)
+def test_only_the_canonical_string_of_a_large_id_is_read_as_it(value: str) -> None:
+    """A string stands for an integer only as the canonical JSON writes one: the decimal digits
+    of a value from 2^53 to 2^64 - 1, no sign, no leading zero."""
+    with pytest.raises(PolicyError):
+        policy(f"        gce-tpm:\n          instance_id: {value}\n")

@@ -382,6 +382,9 @@ def test_the_library_is_loaded_by_its_soname(monkeypatch: pytest.MonkeyPatch) ->
     [
         (("--gpus", "all", "--tee", "sgx-gramine"), "--gpus: got --tee sgx-gramine, expected one of tdx, sev-snp"),
         (("--gpus", "2", "--tee", "aws-nitro"), "--gpus: got --tee aws-nitro"),
+        (("--gpus", "all", "--tee", "sgx-gramine"), "belong to confidential VMs, not to enclaves"),
+        (("--gpus", "all", "--tee", "gce-tpm"), "--gpus: got --tee gce-tpm, expected one of tdx"),
+        (("--gpu-index", "0", "--tee", "gce-tpm"), "a GCE vTPM's quote is not a confidential VM's hardware report"),
         (("--gpus", "0", "--tee", "tdx"), "--gpus: got '0', expected 'all' or a number from 1 to 8"),
         (("--gpus", "9", "--tee", "sev-snp"), "--gpus: got '9'"),
         (("--gpus", "two", "--tee", "az-vtpm"), "--gpus: got 'two'"),

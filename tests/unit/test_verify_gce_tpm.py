@@ -156,8 +156,15 @@ def test_ak_certificate_outside_its_validity_is_refused() -> None:
 
 def test_ak_certificate_of_another_root_is_refused() -> None:
     other = x509.load_der_x509_certificate((ASSETS / "gcp_ek_ak_ca_root.crt").read_bytes())
-    with pytest.raises(CertificateChainError, match="no path to a pinned Google root"):
+    with pytest.raises(CertificateChainError, match="no path to a pinned Google root") as refused:
         verify_gce_attestation(NONCE9009, at=AT, roots=[other])
+    # The message names where the chain ends (the shipped intermediate, not the AK certificate)
+    # and the issuer nothing pinned matches: before, the intermediate's issuer was given as the
+    # AK certificate's.
+    message = refused.value.message
+    assert "ends at 'CN=tpm_ek_v1_cloud_host-signer-0-2020-10-22" in message, message
+    assert "issued by 'CN=tpm_ek_v1_cloud_host_root-signer-0-2018-04-06" in message, message
+    assert "AK certificate issued by" not in message, message
 
 
 def test_tampered_ak_certificate_is_refused() -> None:

@@ -340,3 +340,22 @@ def test_a_run_takes_all_its_volumes_locks_or_none(tmp_path: Path) -> None:
     fd = lock_volume(dirs[0], shared=False)
     assert fd is not None
     os.close(fd)
+
+
+@pytest.mark.parametrize("wait", [0, 1])
+def test_a_missing_volume_directory_is_named_as_such(tmp_path: Path, wait: float) -> None:
+    """A writer's lock (a writable mount, `confide run` of a rollback-protected volume) of a
+    directory that does not exist, or is a file, says why and what makes a volume, as `volume
+    add` does; before it said only 'cannot create the lock file'. Nothing is created."""
+    missing = tmp_path / "nodir"
+    with pytest.raises(StorageError) as refused:
+        lock_volume(missing, shared=False, wait=wait)
+    message = refused.value.message
+    assert "No such file or directory" in message, message
+    assert "not a protected volume" in message and "confide volume create DIR" in message, message
+    assert not missing.exists()
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    with pytest.raises(StorageError, match="Not a directory: not a protected volume"):
+        lock_volume(afile, shared=False, wait=wait)
+    assert afile.read_bytes() == b""

@@ -1528,10 +1528,15 @@ def _gpu_selection(
 
     option = "--gpus" if gpus is not None else "--gpu-index"
     if tee not in _GPU_TEES:
-        raise UsageError(
-            f"{option}: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
-            "confidential-computing mode belong to confidential VMs, not to enclaves)"
+        why = (
+            # a GCE VM is a VM, but its vTPM's quote proves no confidential memory: GPUs are
+            # attested with a confidential VM's hardware report only (gce-tpm is no GPU host)
+            "a GCE vTPM's quote is not a confidential VM's hardware report, which GPUs in "
+            'confidential-computing mode are attested with: docs/limitations.md "GCE vTPM"'
+            if tee == "gce-tpm"
+            else "GPUs in confidential-computing mode belong to confidential VMs, not to enclaves"
         )
+        raise UsageError(f"{option}: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} ({why})")
     if gpus is not None and gpu_index is not None:
         raise UsageError("give --gpus (all or a number) or --gpu-index (which GPUs), not both")
     if gpu_index is not None:

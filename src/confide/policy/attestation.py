@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    PlainSerializer,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -269,7 +270,42 @@ class AzureTdxVtpmFactors(TdxFactors):
     pcrs: Annotated[dict[PcrIndex, Hex32List], DistinctIndexes] | None = None
 
 
-U64 = Annotated[StrictInt, Field(ge=0, le=0xFFFF_FFFF_FFFF_FFFF)]
+JSON_EXACT_MAX = 2**53 - 1
+"""The largest integer RFC 8785 encodes exactly (its numbers are IEEE 754 doubles, §3.2.2.3)."""
+
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _u64_from_canonical(value: object) -> object:
+    """The canonical JSON of a policy writes an unsigned 64-bit integer beyond
+    :data:`JSON_EXACT_MAX` (a GCE instance id has 19 digits) as its decimal string, which the CAS
+    and an auditor read back (``loads_policy(..., stored=True)``): such a string, and only in
+    that form (digits, no sign, no leading zero, from 2^53 to 2^64 - 1), is that integer. Any
+    other string is left to the strict integer check, which refuses it."""
+    if (
+        isinstance(value, str)
+        and 16 <= len(value) <= 20
+        and value.isascii()
+        and value.isdigit()
+        and value[0] != "0"
+        and JSON_EXACT_MAX < int(value) <= _U64_MAX
+    ):
+        return int(value)
+    return value
+
+
+def _u64_to_json(value: int) -> int | str:
+    """An integer beyond :data:`JSON_EXACT_MAX` as its decimal string (see above); else itself,
+    so that the hash of every policy that could be hashed before is unchanged."""
+    return str(value) if value > JSON_EXACT_MAX else value
+
+
+U64 = Annotated[
+    StrictInt,
+    BeforeValidator(_u64_from_canonical),
+    Field(ge=0, le=_U64_MAX),
+    PlainSerializer(_u64_to_json, when_used="json"),
+]
 
 
 def _one_int_or_many(value: object) -> object:

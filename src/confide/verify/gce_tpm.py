@@ -153,8 +153,9 @@ def _build_chain(
             if not candidates:
                 break
             chain.append(candidates[0])
+    where = "" if len(chain) == 1 else f"'s chain ends at {_name(chain[-1].subject)!r},"
     raise CertificateChainError(
-        f"AK certificate issued by {_name(chain[-1].issuer)!r}: got no path to a pinned Google root"
+        f"AK certificate{where} issued by {_name(chain[-1].issuer)!r}: got no path to a pinned Google root"
         f" (expected one of {[fingerprint(r) for r in roots]})"
     )
 

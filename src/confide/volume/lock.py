@@ -119,6 +119,16 @@ def open_lock(directory: Path, name: str = LOCK_NAME, *, create: bool = True) ->
     return os.open(path, flags | os.O_CREAT, 0o600)
 
 
+def _cannot_create(directory: Path, exc: OSError) -> StorageError:
+    """A writer's lock file that cannot be opened: why, and for a directory that is absent or a
+    file (a wrong path in a policy's image volume, a volume never created) what makes one."""
+    hint = ""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        hint = ": not a protected volume (`confide volume create DIR` makes one)"
+    why = exc.strerror or exc
+    return StorageError(f"volume {str(directory)!r}: cannot create the lock file: {why}{hint}")
+
+
 def _flock(fd: int, op: int) -> bool:
     """``flock(fd, op | LOCK_NB)``: True if taken, False if another holds it."""
     try:
@@ -189,10 +199,10 @@ def lock_volume(
     held or open when it raises."""
     try:
         fd = open_lock(directory)
-    except OSError:
+    except OSError as exc:
         if shared:
             return None
-        raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
+        raise _cannot_create(directory, exc) from None
     try:
         acquire(directory, fd, shared=shared, wait=wait, stop=stop, asked=asked, clock=clock, sleep=sleep)
     except BaseException:
@@ -225,9 +235,9 @@ def acquire(
                 intent = open_lock(directory, INTENT_NAME, create=not shared)
             except FileNotFoundError:
                 intent = None
-            except OSError:
+            except OSError as exc:
                 if not shared:
-                    raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
+                    raise _cannot_create(directory, exc) from None
         deadline = clock() + wait
         shown = wait if asked is None else asked
         queued = False  # a writer: holds its place (the intent lock, exclusive)
