@@ -12,7 +12,9 @@ absolute lexically (:func:`os.path.abspath`: symlinks in the path, which the hos
 are not followed), so the same volume reached by two paths has two entries.
 
 The file is the owner's, but read as hostile input, as the ledger's auditor state file is:
-bounded (:data:`MAX_STAGING_STATE`), a regular file only (no FIFO that blocks), strict JSON
+bounded (:data:`MAX_STAGING_STATE`), a regular file only (no FIFO that blocks), the user's
+(or root's) and writable by nobody else (another local user could otherwise drop an
+expectation), strict JSON
 (:mod:`confide.jsonstrict`: no duplicate names), an exact schema (:class:`ParseError`, exit 10,
 nothing changed otherwise). It is replaced atomically and durably (mode 0600, a temporary name,
 fsync, rename, fsync of the directory) and read-modify-written under ``FILE.lock``
@@ -81,6 +83,7 @@ class StagingState:
             if not os.path.lexists(self.path):
                 return
             raise
+        self._check_owner()
         doc = jsonstrict.loads(raw, structure=f"staging state file {str(self.path)!r}")
         shape = '{"version": 1, "volumes": {"<absolute path>": "<64 hex pending tag>" or "none"}}'
         if not isinstance(doc, dict) or set(doc) != {"version", "volumes"}:
@@ -96,6 +99,26 @@ class StagingState:
             if not isinstance(value, str) or _normalised(value) != value:
                 raise self._fail(f"{name[:200]!r}: a pending tag (64 lower-case hex digits) or 'none'")
         self.volumes = dict(volumes)
+
+    def _check_owner(self) -> None:
+        """FILE must be the user's (or root's) and writable by nobody else: another local user
+        who could write it (a state file in a shared directory, made or replaced by them) could
+        drop the expectation for a volume (its first use again: whatever is staged is accepted)
+        or plant one. :class:`StorageError` otherwise (exit 50), nothing changed."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise StorageError(f"staging state file {str(self.path)!r}: {exc.strerror or exc}") from None
+        if st.st_uid not in (os.geteuid(), 0):
+            raise StorageError(
+                f"staging state file {str(self.path)!r}: owned by uid {st.st_uid}, expected yours "
+                f"({os.geteuid()}) or root's: another user could change what it expects"
+            )
+        if st.st_mode & 0o022:
+            raise StorageError(
+                f"staging state file {str(self.path)!r}: mode {st.st_mode & 0o777:04o}, writable by group "
+                "or others: expected a file only you can write (0600)"
+            )
 
     def expected(self, directory: Path) -> str | None:
         """The pending tag (or ``"none"``) remembered for ``directory``, None when not listed."""
