@@ -20,6 +20,12 @@ while holding ``.lock``: no two lockers can wait for each other. Waiting is poll
 at once and a waiting process holds nothing but its place in the queue. Among waiting writers,
 and among waiting shared lockers, there is no order: whoever polls first after the lock is free.
 
+Both are used only as regular files, never through a symlink, opened without blocking
+(:func:`open_lock`); a ``.lock`` that is no longer the file taken (removed or replaced while it
+was locked: flock(2) locks an inode) is refused (:func:`acquire`). The host that owns the
+directory can still defeat the lock (docs/limitations.md); a mount's seal checks MANIFEST
+(:func:`confide.volume.store.seal_entries`) and the CAS takes new tags only from its own.
+
 Both files are created with the volume (:func:`confide.volume.store.create_volume`); in a volume
 made by an older confide the first writer creates ``.lock.intent`` (and the first locker
 ``.lock``, as before). A shared locker never creates ``.lock.intent``: without it (a volume
