@@ -5,6 +5,7 @@ one directory named twice in a release, and /proc/locks as input."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -101,11 +102,15 @@ def test_a_lock_file_replaced_before_the_lock_is_taken_is_refused(vol: Path, sha
         _replace(vol / LOCK_NAME)
         with pytest.raises(StorageError, match=r"lock file \.lock was removed or replaced while"):
             acquire(vol, fd, shared=shared, wait=0)
-        other = os.open(vol / LOCK_NAME, os.O_RDWR)  # the new file: free
-        os.close(other)
-        old = lock_volume(vol, shared=False)  # and the old inode's lock was let go
-        assert old is not None
-        os.close(old)
+        new = lock_volume(vol, shared=False)  # the new file: free
+        assert new is not None
+        os.close(new)
+        # and the old inode's lock was let go: another open file description of it gets it
+        again = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+        try:
+            fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(again)
     finally:
         os.close(fd)
 
