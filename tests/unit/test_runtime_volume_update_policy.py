@@ -368,3 +368,51 @@ def test_seal_and_report_discards_after_a_lost_mount(tmp_path: Path) -> None:
     assert client.reports == []
     manifest, now = load_sealed(vol, key)
     assert now == tag and manifest.by_path()["notes.txt"].size == len(b"first\n")
+
+
+class _FailingClose:
+    """Mounted volumes whose close (the seal before the program started) fails."""
+
+    environment: dict[str, str] = {}  # noqa: RUF012 - read only
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def regions(self) -> list[object]:
+        return []
+
+    def close(self) -> dict[str, tuple[str, str]]:
+        self.closed = True
+        raise StorageError("volume 'x': cannot seal (the test's)")
+
+
+@pytest.mark.parametrize("where", ["before_exec", "exec"])
+def test_injected_files_are_removed_when_closing_the_volumes_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The program does not start (before_exec refuses, or its exec fails) and closing the volumes
+    fails as well: the injected secrets still go (before, the close's error skipped their
+    removal: they stayed behind in the memory file system)."""
+    import uuid
+
+    from confide.runtime import run as run_module
+    from confide.runtime.run import Launch, supervise
+
+    mounted = _FailingClose()
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes, _locks=None: mounted)
+    secret = Path("/dev/shm") / f"confide-xr19-{uuid.uuid4().hex}" / "secret.txt"
+    argv = ["/nonexistent/program"] if where == "exec" else ["/bin/true"]
+    plan = Launch(argv, {"PATH": "/usr/bin:/bin"}, {str(secret): b"s3cret"}, None, "pol", (), "s", None)
+
+    def refuse() -> None:
+        assert secret.read_bytes() == b"s3cret"  # injected by now
+        raise RuntimeError("the GPUs' ready state (the test's)")
+
+    try:
+        with pytest.raises(StorageError, match=r"cannot seal \(the test's\)"):
+            supervise(plan, _Client(), before_exec=refuse if where == "before_exec" else None)  # type: ignore[arg-type]
+        assert mounted.closed
+        assert not secret.exists()
+    finally:
+        secret.unlink(missing_ok=True)
+        secret.parent.rmdir()

@@ -510,3 +510,27 @@ def test_commands_sharing_a_state_file_keep_each_others_updates(tmp_path: Path) 
         assert proc.returncode == 0, err
         printed[str(vol)] = out.split("\n")[1].removeprefix("pending: ")
     assert json.loads(state.read_text())["volumes"] == printed
+
+
+@pytest.mark.parametrize("how", ["other owner", "group-writable", "world-writable"])
+def test_a_state_file_another_user_can_write_is_refused(tmp_path: Path, how: str) -> None:
+    """Another local user who can write the state file (made or replaced by them in a shared
+    directory) could drop the expectation for a volume (its first use again): refused, exit 50,
+    nothing changed."""
+    vol, _tag1 = _volume(tmp_path)
+    key = ["--key", str(_keyfile(tmp_path))]
+    state = tmp_path / "staging.json"
+    assert _run(["add", str(vol), str(_src(tmp_path, "b.txt", b"b")), *key, "--state", str(state)])[0] == 0
+    if how == "other owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the file away")
+        os.chown(state, 65534, 65534)
+    else:
+        state.chmod(0o620 if how == "group-writable" else 0o602)
+    before, remembered = _snapshot(vol), state.read_bytes()
+    code, out, err = _run(["seal", str(vol), *key, "--state", str(state)])
+    assert code == 50 and out == "", err
+    assert "staging state file" in err and (
+        "owned by uid 65534" in err or "writable by group or others" in err
+    )
+    assert _snapshot(vol) == before and state.read_bytes() == remembered

@@ -733,8 +733,7 @@ def _run_supervised(
         if before_exec is not None:
             before_exec()
     except BaseException:
-        mounted.close()
-        _remove(injected)
+        _unwind(mounted, injected)
         raise
     try:
         # an empty mask for the program (Popen restores the dispositions Python changed, not the
@@ -745,22 +744,29 @@ def _run_supervised(
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except OSError as exc:
-        mounted.close()
-        _remove(injected)
+        _unwind(mounted, injected)
         if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
             raise UsageError(
                 f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
             ) from None
         raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
     except BaseException:
-        mounted.close()
-        _remove(injected)
+        _unwind(mounted, injected)
         raise
     started.append(proc)
     for sig in pending:
         proc.send_signal(sig)
     code, tampered, lost = _wait(proc, mounted)
     return code, tampered, lost, mounted, plan
+
+
+def _unwind(mounted: MountedVolumes, injected: Sequence[Path]) -> None:
+    """The program did not start: close the volumes, and remove the injected files whatever
+    the close does (a volume that fails to seal raises: the secrets must not stay behind)."""
+    try:
+        mounted.close()
+    finally:
+        _remove(injected)
 
 
 def _stale(volumes: Sequence[VolumeRelease]) -> bool:

@@ -502,14 +502,27 @@ def lock_released(
     Returns the locks in the order of ``volumes``; on a failure none is left held."""
     budget = volume_wait() if wait is None else wait
     deadline = clock() + budget
+    keys: list[tuple[int, int, int, str]] = []
+    seen: dict[tuple[int, int], int] = {}
+    for i, vol in enumerate(volumes):
+        try:
+            st = os.stat(vol.directory)
+        except OSError:  # refused by lock_volume, after the others (in the same order)
+            keys.append((1, 0, 0, str(vol.directory)))
+            continue
+        keys.append((0, st.st_dev, st.st_ino, str(vol.directory)))
+        # One directory, two volumes (two paths to it: a symlink, a bind mount, "dir/."): its lock
+        # would be taken twice, and the second attempt would wait for the first, its own, until
+        # the wait ran out. Refused at once, before any lock is taken.
+        first = seen.setdefault((st.st_dev, st.st_ino), i)
+        if first != i:
+            raise StorageError(
+                f"volumes {volumes[first].name!r} and {vol.name!r} of the release are one directory "
+                f"({str(vol.directory)!r}): a directory holds one volume; nothing was mounted"
+            )
 
     def order(i: int) -> tuple[int, int, int, str]:
-        path = volumes[i].directory
-        try:
-            st = os.stat(path)
-        except OSError:  # refused by lock_volume, after the others (in the same order)
-            return (1, 0, 0, str(path))
-        return (0, st.st_dev, st.st_ino, str(path))
+        return keys[i]
 
     held: dict[int, HeldLock] = {}
     try:

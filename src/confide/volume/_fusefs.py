@@ -903,7 +903,7 @@ def seal(fs: VolumeFS) -> str:
         return fs.reader.tag
     if fs.ephemeral:
         raise UsageError("an ephemeral session cannot be sealed")  # main() never asks
-    return seal_entries(fs.directory, fs._key, fs.manifest, fs.entries())
+    return seal_entries(fs.directory, fs._key, fs.manifest, fs.entries(), base_tag=fs.reader.tag)
 
 
 # --- child process ---------------------------------------------------------------------------

@@ -20,6 +20,12 @@ while holding ``.lock``: no two lockers can wait for each other. Waiting is poll
 at once and a waiting process holds nothing but its place in the queue. Among waiting writers,
 and among waiting shared lockers, there is no order: whoever polls first after the lock is free.
 
+Both are used only as regular files, never through a symlink, opened without blocking
+(:func:`open_lock`); a ``.lock`` that is no longer the file taken (removed or replaced while it
+was locked: flock(2) locks an inode) is refused (:func:`acquire`). The host that owns the
+directory can still defeat the lock (docs/limitations.md); a mount's seal checks MANIFEST
+(:func:`confide.volume.store.seal_entries`) and the CAS takes new tags only from its own.
+
 Both files are created with the volume (:func:`confide.volume.store.create_volume`); in a volume
 made by an older confide the first writer creates ``.lock.intent`` (and the first locker
 ``.lock``, as before). A shared locker never creates ``.lock.intent``: without it (a volume
@@ -35,6 +41,7 @@ import math
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,6 +64,7 @@ LOCK_NAME = ".lock"
 INTENT_NAME = ".lock.intent"
 _MANIFEST = "MANIFEST"  # confide.volume.store.MANIFEST_NAME (store imports this module)
 POLL = 0.05
+PROC_LOCKS = "/proc/locks"
 """Seconds between two attempts of a waiting locker."""
 VOLUME_WAIT_ENV = "CONFIDE_VOLUME_WAIT"
 VOLUME_WAIT_MAX = 86400.0
@@ -103,9 +111,11 @@ def open_lock(directory: Path, name: str = LOCK_NAME, *, create: bool = True) ->
     are the ``OSError`` of the open (``FileNotFoundError`` for a missing file without
     ``create``)."""
     path = directory / name
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_NONBLOCK: a FIFO the host put in its place is refused below, not an open that waits for
+    # a writer for ever (an O_RDONLY open of a FIFO blocks), past every deadline and stop signal
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return os.open(path, flags)
+        return _regular(os.open(path, flags))
     except FileNotFoundError:
         if directory.is_dir() and not os.path.lexists(directory / _MANIFEST):
             raise UsageError(f"{str(directory)!r} is not a protected volume: {_MANIFEST} missing") from None
@@ -115,8 +125,36 @@ def open_lock(directory: Path, name: str = LOCK_NAME, *, create: bool = True) ->
         if create:
             raise
         # a shared locker of a volume directory it may not write: read-only is enough for flock
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.open(path, flags | os.O_CREAT, 0o600)
+        return _regular(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
+    return _regular(os.open(path, flags | os.O_CREAT, 0o600))
+
+
+def _regular(fd: int) -> int:
+    """``fd`` if it is open on a regular file; else it is closed and ``OSError`` (``EINVAL``,
+    "not a regular file") raised: a lock file is an empty regular file, and a FIFO, device or
+    socket in its place is the host's, not a lock every confide process shares."""
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def _still_linked(directory: Path, fd: int) -> bool:
+    """Whether ``DIR/.lock`` is still the file open at ``fd`` (same device and inode; never
+    through a symlink). flock(2) locks an inode: a holder of a lock file that was removed or
+    replaced since it was opened (``rm``, a backup restored, the host) excludes nobody who opens
+    the new one."""
+    try:
+        now = os.stat(directory / LOCK_NAME, follow_symlinks=False)
+        held = os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _cannot_create(directory: Path, exc: OSError) -> StorageError:
@@ -147,7 +185,7 @@ def holders(fd: int, *, writers_only: bool = False) -> list[int]:
     other pid namespaces are not listed, and an empty list means unknown."""
     try:
         st = os.fstat(fd)
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+        with open(PROC_LOCKS, encoding="ascii", errors="replace") as f:
             text = f.read(1 << 20)
     except OSError:
         return []
@@ -160,8 +198,13 @@ def holders(fd: int, *, writers_only: bool = False) -> list[int]:
             continue
         if writers_only and parts[3] != "WRITE":
             continue
-        if parts[4].isdigit() and int(parts[4]) not in (os.getpid(), 0) and int(parts[4]) not in found:
-            found.append(int(parts[4]))
+        # a pid is at most 7 digits (pid_max 4194304): anything else is not a pid (and int()
+        # of thousands of digits raises ValueError in this message path)
+        if not (parts[4].isascii() and parts[4].isdigit() and len(parts[4]) <= 10):
+            continue
+        pid = int(parts[4])
+        if pid not in (os.getpid(), 0) and pid not in found:
+            found.append(pid)
     return found
 
 
@@ -251,7 +294,14 @@ def acquire(
                     queued = _flock(intent, fcntl.LOCK_EX)
                 why = None if _flock(fd, fcntl.LOCK_EX) else "held"
             if why is None:
-                return
+                if _still_linked(directory, fd):
+                    return
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise StorageError(
+                    f"volume {str(directory)!r}: its lock file {LOCK_NAME} was removed or replaced while "
+                    "this process took it (another process may hold the lock through the new file): "
+                    "nothing was mounted or changed; try again"
+                )
             now = clock()
             if now >= deadline:
                 waited = "" if shown == 0 else f"; gave up after waiting {shown:g} s"

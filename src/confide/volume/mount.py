@@ -974,7 +974,7 @@ def _reseal_entries_at(
     normalized = {e.path: e for e in entries}
     if normalized == {e.path: e for e in manifest.entries}:
         return tag
-    return seal_entries(directory, key, manifest, entries)
+    return seal_entries(directory, key, manifest, entries, base_tag=tag)
 
 
 def _unlistable(exc: OSError) -> None:

@@ -12,7 +12,9 @@ absolute lexically (:func:`os.path.abspath`: symlinks in the path, which the hos
 are not followed), so the same volume reached by two paths has two entries.
 
 The file is the owner's, but read as hostile input, as the ledger's auditor state file is:
-bounded (:data:`MAX_STAGING_STATE`), a regular file only (no FIFO that blocks), strict JSON
+bounded (:data:`MAX_STAGING_STATE`), a regular file only (no FIFO that blocks), the user's
+(or root's) and writable by nobody else (another local user could otherwise drop an
+expectation), strict JSON
 (:mod:`confide.jsonstrict`: no duplicate names), an exact schema (:class:`ParseError`, exit 10,
 nothing changed otherwise). It is replaced atomically and durably (mode 0600, a temporary name,
 fsync, rename, fsync of the directory) and read-modify-written under ``FILE.lock``
@@ -25,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from confide import jsonstrict
 from confide.errors import ParseError, StorageError, UsageError
-from confide.fsutil import lock_beside, read_bounded, write_atomic
+from confide.fsutil import lock_beside, write_atomic
 from confide.volume.store import check_expected_pending
 
 __all__ = ["MAX_STAGING_STATE", "StagingState"]
@@ -72,15 +75,31 @@ class StagingState:
     def load(self) -> None:
         """Read the file (an absent file is an empty state)."""
         self.volumes = {}
+        where = f"staging state file {str(self.path)!r}"
         try:
-            raw = read_bounded(
-                self.path, MAX_STAGING_STATE, label="staging state file", expected="a staging state file",
-                structure="staging state file", regular=True,
-            )  # fmt: skip
-        except StorageError:
+            # without blocking (a FIFO: refused below, not a read that waits for a writer);
+            # judged and read through one descriptor, so the file checked is the file read
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
             if not os.path.lexists(self.path):
                 return
-            raise
+            raise StorageError(f"{where}: No such file or directory") from None  # a dangling symlink
+        except OSError as exc:
+            raise StorageError(f"{where}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as f:
+            try:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(f"{where}: not a regular file")
+                self._check_owner(st)
+                raw = f.read(MAX_STAGING_STATE + 1)
+            except OSError as exc:
+                raise StorageError(f"{where}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_STAGING_STATE:
+            raise ParseError(
+                f"got more than {MAX_STAGING_STATE} bytes, expected a staging state file",
+                structure="staging state file",
+            )
         doc = jsonstrict.loads(raw, structure=f"staging state file {str(self.path)!r}")
         shape = '{"version": 1, "volumes": {"<absolute path>": "<64 hex pending tag>" or "none"}}'
         if not isinstance(doc, dict) or set(doc) != {"version", "volumes"}:
@@ -96,6 +115,22 @@ class StagingState:
             if not isinstance(value, str) or _normalised(value) != value:
                 raise self._fail(f"{name[:200]!r}: a pending tag (64 lower-case hex digits) or 'none'")
         self.volumes = dict(volumes)
+
+    def _check_owner(self, st: os.stat_result) -> None:
+        """FILE (``st``, its fstat) must be the user's (or root's) and writable by nobody else:
+        another local user who could write it (a state file in a shared directory, made or
+        replaced by them) could drop the expectation for a volume (its first use again: whatever
+        is staged is accepted) or plant one. :class:`StorageError` otherwise (exit 50)."""
+        if st.st_uid not in (os.geteuid(), 0):
+            raise StorageError(
+                f"staging state file {str(self.path)!r}: owned by uid {st.st_uid}, expected yours "
+                f"({os.geteuid()}) or root's: another user could change what it expects"
+            )
+        if st.st_mode & 0o022:
+            raise StorageError(
+                f"staging state file {str(self.path)!r}: mode {st.st_mode & 0o777:04o}, writable by group "
+                "or others: expected a file only you can write (0600)"
+            )
 
     def expected(self, directory: Path) -> str | None:
         """The pending tag (or ``"none"``) remembered for ``directory``, None when not listed."""

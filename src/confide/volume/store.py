@@ -251,12 +251,31 @@ def _collect(directory: Path, live: set[str]) -> None:
         )
 
 
-def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
+def seal_entries(
+    directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry], *, base_tag: str | None = None
+) -> str:
     """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
 
     The objects of all files must already be in place (fsync'ed). Objects no longer
     referenced are deleted once the new manifest is durable.
+
+    ``base_tag`` (a mount's seal: the tag it mounted): MANIFEST must still have it, else
+    :class:`StorageError` and nothing is written. Under the lock nobody else seals; but a lock
+    file removed or replaced while the mount held it (a backup restored, ``rm``, the host) lets
+    another writer in, and its seal, replaced here, would lose that writer's version (whose tag
+    a CAS may hold by now) and delete the objects only it references.
     """
+    if base_tag is not None:
+        try:
+            now = volume_tag(_read(directory / MANIFEST_NAME, MANIFEST_NAME))
+        except UsageError:  # MANIFEST gone
+            now = ""
+        if not hmac.compare_digest(now.encode(), base_tag.encode()):
+            raise StorageError(
+                f"volume {str(directory)!r}: MANIFEST changed while the volume was mounted (tag "
+                f"{now or 'none'}, mounted {base_tag}): another writer sealed it (was its lock file "
+                f"{LOCK_NAME} removed or replaced?); this session's changes were not sealed"
+            )
     ordered = tuple(sorted(entries, key=lambda e: e.path.encode()))
     sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
     data = encode_manifest(sealed, key.raw)
