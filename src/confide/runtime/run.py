@@ -723,7 +723,7 @@ def _run_supervised(
     # nothing behind (no file written, nothing mounted, no mount point directory made).
     locks = lock_released(list(plan.volumes), wait, stop)
     try:
-        if wait > 0:
+        if wait > 0 and plan.volumes:
             # a stop signal that came in the wait's last instant (the lock was free on the next
             # try) or while attesting again ends the run as one during the wait: nothing injected
             _stopped(stop(), plan.volumes, "waiting for the locks of")
