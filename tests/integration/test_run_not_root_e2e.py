@@ -3,49 +3,36 @@
 through the setuid ``fusermount3``, and a run killed with SIGKILL whose directory the next run
 collects.
 
-The machine is left as it was: the runs live in a private mount namespace held by a root
-helper (``unshare --mount``), where a tmpfs on ``/run/confide`` holds ``/run/confide/volumes``
-(root's, mode 1777: the documented setup for runs of several users) and the interpreter, the
-virtual environment's packages and this checkout's sources are bound at paths every user may
-reach (the interpreter may lie under a 0700 ``/root``, as pyenv's does; its shared libpython,
-found by an absolute RUNPATH, through ``LD_LIBRARY_PATH``). The uid is ``nobody``'s (else a
-throwaway user's); what it must read or own is in a directory of its own under ``/tmp``,
-removed at the end."""
+The runs are ``nobody``'s (else a throwaway user's), in a private mount namespace of the test's
+where ``/run/confide/volumes`` is root's with mode 1777 (tests/not_root.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import ROOT, CasProcess, running_cas
+from cas_harness import CasProcess, running_cas
 from confide.volume.mount import fuse_usable
+from not_root import SRC, User, not_root_user
+from not_root import why_not as namespace_why_not
 
-SRC = ROOT / "src"
 VOLUMES = Path("/run/confide/volumes")
-PY = Path("/run/confide/test-python")  # in the namespace: the interpreter, packages, sources
 
 
 def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (to create the namespace and switch to another uid)"
-    missing = [t for t in ("unshare", "nsenter", "setpriv") if shutil.which(t) is None]
-    if missing:
-        return f"needs {', '.join(missing)} (util-linux)"
+    why = namespace_why_not()
+    if why is not None:
+        return why
     why = fuse_usable()
     if why is not None:
         return f"FUSE: {why}"
@@ -56,100 +43,11 @@ def _why_not() -> str | None:
 
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
-_HOLDER = """
-import os, subprocess, sys
-base, site, src = sys.argv[1:]
-def run(*a):
-    subprocess.run(a, check=True)
-os.makedirs("/run/confide", exist_ok=True)
-run("mount", "-t", "tmpfs", "-o", "mode=0755", "confide-test", "/run/confide")
-os.mkdir("/run/confide/volumes")
-os.chmod("/run/confide/volumes", 0o1777)
-for name, source in (("base", base), ("site", site), ("src", src)):
-    target = "/run/confide/test-python/" + name
-    os.makedirs(target)
-    run("mount", "--bind", "-o", "ro", source, target)
-print("ready", flush=True)
-sys.stdin.read()  # the namespace lives until the test closes this
-"""
-
-
-@contextmanager
-def _user() -> Iterator[int]:
-    """A uid with a passwd entry (``fusermount3`` wants the user's name): ``nobody``'s, else a
-    throwaway user (``useradd``, removed at the end)."""
-    with contextlib.suppress(KeyError):
-        yield pwd.getpwnam("nobody").pw_uid
-        return
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("needs a user 'nobody' or useradd/userdel to make one (fusermount3 wants a user name)")
-    name = f"confide-test-{os.getpid()}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield pwd.getpwnam(name).pw_uid
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
-@dataclass
-class User:
-    uid: int
-    work: Path
-    holder: subprocess.Popen[str]
-    env: dict[str, str]
-
-    def confide(self, *args: str) -> subprocess.Popen[str]:
-        python = PY / "base" / "bin" / Path(sys.executable).name
-        cmd = ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--", "setpriv", f"--reuid={self.uid}",
-               f"--regid={self.uid}", "--clear-groups", "--", str(python), "-m", "confide", *args]  # fmt: skip
-        return subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.work
-        )
-
-    def in_namespace(self, path: Path) -> Path:
-        return Path(f"/proc/{self.holder.pid}/root") / path.relative_to("/")
-
 
 @pytest.fixture
 def user() -> Iterator[User]:
-    with _user() as uid:
-        yield from _in_namespace(uid)
-
-
-def _in_namespace(uid: int) -> Iterator[User]:
-    work = Path(tempfile.mkdtemp(prefix="confide-not-root-"))
-    work.chmod(0o755)
-    base = Path(sys.base_prefix).resolve()
-    site = Path(sysconfig.get_paths()["purelib"]).resolve()
-    holder = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", _HOLDER,
-         str(base), str(site), str(SRC)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None
-        if holder.stdout.readline().strip() != "ready":
-            pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
-        home = work / "home"
-        home.mkdir()
-        os.chown(home, uid, uid)
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(home),
-            "PYTHONPATH": f"{PY / 'src'}:{PY / 'site'}",
-        }
-        libdir = Path(sysconfig.get_config_var("LIBDIR") or "/").resolve()
-        if libdir.is_relative_to(base):  # a shared libpython found by an absolute RUNPATH (pyenv)
-            env["LD_LIBRARY_PATH"] = str(PY / "base" / libdir.relative_to(base))
-        yield User(uid, work, holder, env)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(30)
-        assert holder.stdout is not None
-        holder.stdout.close()
-        shutil.rmtree(work, ignore_errors=True)
+    with not_root_user() as u:
+        yield u
 
 
 def _root_confide(cas: CasProcess, *args: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_harness import ROOT, CasProcess, running_cas
 from confide import errors
+from confide.policy import command_secret_warning
 from confide.volume.lock import VOLUME_WAIT_ENV
 from confide.volume.mount import fuse_usable
 
@@ -132,6 +133,8 @@ class Setup:
         measurement = _ok(_confide(cas, "sim", "measure", "--", *self.argv)).strip()
         ident = tmp / "owner.id"
         _ok(_confide(cas, "identity", "create", "--out", str(ident), "--name", "owner"))
+        self.texts: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}
         for name, mode in (("eph", "ephemeral"), ("rw", "rollback_protected")):
             text = f"""name: {name}
 version: "0.3"
@@ -158,9 +161,16 @@ security:
   attestation:
     tolerate: [simulation]
 """
-            f = tmp / f"{name}.yaml"
-            f.write_text(text)
-            _ok(_confide(cas, "policy", "apply", str(f), "--identity", str(ident)))
+            self.texts[name] = text
+            self.hashes[name] = self.apply(name, text)
+
+    def apply(self, name: str, text: str) -> str:
+        """Apply the policy ``text`` (as ``name``.yaml); returns its hash."""
+        f = self.tmp / f"{name}.yaml"
+        f.write_text(text)
+        return _ok(
+            _confide(self.cas, "policy", "apply", str(f), "--identity", str(self.tmp / "owner.id"))
+        ).strip()
 
     def go(self, pid: str) -> None:
         (self.barrier / f"go-{pid}").touch()
@@ -293,3 +303,34 @@ def test_a_run_behind_a_writer_that_sealed_attests_again(s: Setup) -> None:
     ).splitlines()
     releases = [e for e in events if '"secret-release"' in e or '"secret.released"' in e]
     assert len(releases) == 3, events  # the writer's, and the late run's two
+
+
+def test_after_attesting_again_the_command_secret_warning_is_the_new_releases(s: Setup) -> None:
+    """The policy changed while the run waited: its new version puts a secret into the command's
+    arguments. The run attests again (the writer sealed) and runs on the new release: the warning
+    printed right before the program starts names that secret (the first release had none)."""
+    env = NO_FUSE
+    s.write.touch()
+    writer = Run(s, "rw", env)
+    writer_pid = writer.arrived()
+    late = Run(s, "rw", env, "--volume-wait", "300")
+    late.until_err("waiting up to 300 s for it")
+    text = s.texts["rw"].replace('version: "0.3"', f'version: "0.3"\npredecessor: "{s.hashes["rw"]}"', 1)
+    command = f"    image_name: img\n    command: {' '.join(s.argv)} $$SCONE::tok$$\n"
+    text = (
+        text.replace("    image_name: img\n", command, 1)
+        + "secrets:\n  - name: tok\n    kind: ascii\n    size: 16\n"
+    )
+    s.apply("rw2", text)
+    s.go(writer_pid)
+    rc, out, err = writer.finish()
+    assert rc == 0, out + err
+    late_pid = late.arrived()
+    s.write.unlink()
+    s.go(late_pid)
+    rc, out, err = late.finish()
+    assert rc == 0 and out == f"notes.txt\nfirst line\nrun {writer_pid}\n", out + err
+    assert "attesting again for its current version" in err, err
+    assert [ln for ln in err.splitlines() if "/proc/PID/cmdline" in ln] == [
+        command_secret_warning("app", "tok")
+    ], err

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +18,9 @@ import pytest
 from confide.errors import RollbackError
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume, write_key
 from confide.volume.mount import _kernel_at_least, _unmount_cmd, fuse_usable
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from not_root import User, not_root_user
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 FILES = {"data/model.bin": os.urandom(300_000), "data/empty": b"", "readme.txt": b"hello\n"}
@@ -44,18 +47,21 @@ def _mounted(path: Path) -> bool:
 
 
 class _Mount:
-    def __init__(self, *args: str, user: str | None = None, extra_env: dict[str, str] | None = None) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("CONFIDE_VOLUME_KEY", "CONFIDE_TMPFS_FOLIOS", "CONFIDE_EPHEMERAL_MEMORY")
-        }
-        env["PYTHONPATH"] = str(SRC)
-        env.update(extra_env or {})
-        cmd = [sys.executable, "-m", "confide", "volume", "mount", *args]
-        if user is not None:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    def __init__(self, *args: str, user: User | None = None, extra_env: dict[str, str] | None = None) -> None:
+        if user is not None:  # not root: the user's, in its mount namespace (tests/not_root.py)
+            self.proc = user.confide("volume", "mount", *args, env=extra_env)
+        else:
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("CONFIDE_VOLUME_KEY", "CONFIDE_TMPFS_FOLIOS", "CONFIDE_EPHEMERAL_MEMORY")
+            }
+            env["PYTHONPATH"] = str(SRC)
+            env.update(extra_env or {})
+            cmd = [sys.executable, "-m", "confide", "volume", "mount", *args]
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
         assert self.proc.stdout is not None
         self.first = self.proc.stdout.readline()
         self.tag_line = self.proc.stdout.readline()
@@ -213,61 +219,78 @@ def test_fuse_writable_via_cli_prints_the_new_tag(vol: tuple[Path, Path, str, Pa
     assert verify_volume(v, _key(key_file), new).ok
 
 
-def _nobody_can_run_python() -> bool:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+@pytest.fixture
+def nobody() -> Iterator[User]:
+    """``nobody`` (else a throwaway user) in a mount namespace where it can run this checkout's
+    ``confide`` (tests/not_root.py, as tests/integration/test_run_not_root_e2e.py)."""
+    with not_root_user() as user:
+        yield user
+
+
+def _fuse_for(user: User) -> bool:
+    """Whether a mount of ``user``'s may use FUSE (``auto`` then takes it): /dev/fuse (opened as
+    that user) and libfuse 3, and the setuid ``fusermount3`` that mounts for a user not root."""
+    helper = shutil.which("fusermount3")
+    if fuse_usable() is not None or helper is None or not os.stat(helper).st_mode & 0o4000:
         return False
-    # The mount runs sys.executable again (fuse_usable's probe): setpriv's own exec keeps root's
-    # capabilities for the path walk, a child of the interpreter does not, so check from a child
-    # (a venv whose interpreter lies under a 0700 /root runs under setpriv but not from there).
-    child = (
-        "import subprocess, sys; raise SystemExit(subprocess.run([sys.executable, '-c', 'pass']).returncode)"
-    )
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", child]
-    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    probe = user.as_user("sh", "-c", "exec 3<>/dev/fuse")
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
-@pytest.mark.skipif(
-    not _nobody_can_run_python(),
-    reason="needs root, setpriv and a Python interpreter that uid 65534 may execute "
-    "(the shm path itself is tested in tests/unit/test_volume_mount_tmpfs.py)",
-)
-def test_not_root_falls_back_to_a_private_shm_directory() -> None:
-    root = Path(tempfile.mkdtemp(prefix="confide-shm-test-"))
-    try:
-        v, key_file, tag = _volume(root)
-        mnt = root / "mnt"
-        mnt.mkdir()
-        for p in [root, *root.rglob("*")]:
-            os.lchown(p, 65534, 65534)
-        root.chmod(0o755)
-        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--writable", user="65534")
-        shm: Path | None = None
+def test_not_root_falls_back_to_a_private_shm_directory(nobody: User) -> None:
+    """Not root, ``auto`` takes FUSE where the user may use it (docs/volume-mount.md, "Modes":
+    /dev/fuse, libfuse 3 and the setuid fusermount3), else the ``shm`` fallback: libfuse made
+    unloadable (``FUSE_LIBRARY_PATH``) so the fallback is tested wherever FUSE works too."""
+    root = nobody.work / "shm-test"
+    root.mkdir()
+    v, key_file, tag = _volume(root)
+    mnt = root / "mnt"
+    mnt.mkdir()
+    for p in [root, *root.rglob("*")]:
+        os.lchown(p, nobody.uid, nobody.uid)
+    root.chmod(0o755)
+    if _fuse_for(nobody):  # auto: FUSE, not the fallback (read-only: the volume stays at its tag)
+        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, user=nobody)
         try:
-            assert "via shm" in m.first, m.first
-            assert mnt.is_symlink()
-            shm = Path(os.readlink(mnt))
-            assert shm.parent == Path("/dev/shm") and (shm.stat().st_mode & 0o777) == 0o700
-            assert (mnt / "readme.txt").read_bytes() == FILES["readme.txt"]
-            (mnt / "readme.txt").write_bytes(b"by nobody\n")
+            assert "read-only via fuse" in m.first, m.first
+            assert not mnt.is_symlink()
+            # only its user may enter a FUSE mount without allow_other (root included)
+            cat = nobody.as_user("cat", str(mnt / "readme.txt"))
+            assert subprocess.run(cat, capture_output=True, check=True).stdout == FILES["readme.txt"]
         finally:
-            rc, out, err = m.stop()
+            rc, _out, err = m.stop()
         assert rc == 0, err
-        assert shm is not None and not shm.exists()  # plaintext removed
-        assert mnt.is_dir() and not mnt.is_symlink()  # the mountpoint is restored
-        new = out.strip().split("tag: ")[-1].split()[0]
-        assert new != tag and verify_volume(v, _key(key_file), new).ok
-        # killed without a chance to clean up: the guard child still removes the plaintext
-        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", new, user="65534")
+    no_fuse = {"FUSE_LIBRARY_PATH": "/nonexistent/libfuse3.so"}
+    m = _Mount(
+        str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--writable", user=nobody, extra_env=no_fuse
+    )
+    shm: Path | None = None
+    try:
+        assert "via shm" in m.first, m.first
+        assert mnt.is_symlink()
         shm = Path(os.readlink(mnt))
-        assert shm.exists()
-        m.stop(signal.SIGKILL)
-        for _ in range(100):
-            if not shm.exists():
-                break
-            subprocess.run(["sleep", "0.1"], check=True)
-        assert not shm.exists()
+        assert shm.parent == Path("/dev/shm") and (shm.stat().st_mode & 0o777) == 0o700
+        assert shm.stat().st_uid == nobody.uid
+        assert (mnt / "readme.txt").read_bytes() == FILES["readme.txt"]
+        (mnt / "readme.txt").write_bytes(b"by nobody\n")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        rc, out, err = m.stop()
+    assert rc == 0, err
+    assert shm is not None and not shm.exists()  # plaintext removed
+    assert mnt.is_dir() and not mnt.is_symlink()  # the mountpoint is restored
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert new != tag and verify_volume(v, _key(key_file), new).ok
+    # killed without a chance to clean up: the guard child still removes the plaintext
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", new, user=nobody, extra_env=no_fuse)
+    assert "via shm" in m.first, m.first
+    shm = Path(os.readlink(mnt))
+    assert shm.exists()
+    m.stop(signal.SIGKILL)
+    for _ in range(100):
+        if not shm.exists():
+            break
+        time.sleep(0.1)
+    assert not shm.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")

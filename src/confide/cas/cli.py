@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from confide.runtime.nvidia import GpuQuoteProvider
+    from confide.runtime.run import Launch
     from confide.sim.measure import Measurement
 
 __all__ = ["cas", "identity", "policy", "run"]
@@ -1369,7 +1370,7 @@ def run(
         QuoteProvider,
         SimQuoteProvider,
     )
-    from confide.runtime.run import Launch, attest_and_prepare, launch, supervise
+    from confide.runtime.run import attest_and_prepare, launch, supervise
     from confide.volume.lock import volume_wait
     from confide.volume.mount import end_by_signal
 
@@ -1455,10 +1456,10 @@ def run(
         # component outside them, a volume's tag): before them it would be more lines next to
         # a refusal's one-line reason. Every simulated service that runs is preceded by it.
         before_exec = functools.partial(_sim_warning, measured, before_exec)
-    if plan.command_secrets:
-        # docs/limitations.md "confide run": said right before the program starts, as the
-        # simulated TEE's warning is (after every refusal, which stays the only line)
-        before_exec = functools.partial(_cmdline_warning, service, plan.command_secrets, before_exec)
+    # docs/limitations.md "confide run": said right before the program starts, as the simulated
+    # TEE's warning is (after every refusal, which stays the only line), about the release the
+    # program runs on (after a wait for a volume sealed anew meanwhile: the second one's)
+    announce = functools.partial(_cmdline_warning, service)
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
@@ -1472,24 +1473,25 @@ def run(
             return again if measured is None else dataclasses.replace(again, measured=measured)
 
         try:
-            code = supervise(plan, client, before_exec=before_exec, volume_wait=wait, reattest=reattest)
+            code = supervise(
+                plan, client, before_exec=before_exec, volume_wait=wait, reattest=reattest, announce=announce
+            )
         except WaitStoppedError as exc:  # nothing injected or mounted: the signal ends the run
             client.close()
             end_by_signal(exc)
         client.close()
         sys.exit(code)
     client.close()
-    launch(plan, before_exec=before_exec)
+    launch(plan, before_exec=before_exec, announce=announce)
 
 
-def _cmdline_warning(service: str, secrets: tuple[str, ...], then: Callable[[], None] | None) -> None:
-    """``then``, then one line per secret the policy put into the command's arguments, on stderr
-    (what ``confide policy apply`` printed: :func:`confide.policy.command_secret_warning`)."""
+def _cmdline_warning(service: str, plan: Launch) -> None:
+    """One line per secret the policy put into the command's arguments of the release ``plan``
+    (the one the program runs on), on stderr (what ``confide policy apply`` printed:
+    :func:`confide.policy.command_secret_warning`)."""
     from confide.policy import command_secret_warning
 
-    if then is not None:
-        then()
-    for secret in secrets:
+    for secret in plan.command_secrets:
         click.echo(printable(_one_line(command_secret_warning(service, secret[:128]))), err=True)
 
 

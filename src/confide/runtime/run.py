@@ -40,7 +40,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
-from confide.errors import ConfideError, ParseError, PolicyError, RollbackError, StorageError, UsageError
+from confide.errors import (
+    ConfideError,
+    ParseError,
+    PolicyError,
+    RollbackError,
+    StorageError,
+    UsageError,
+    WaitStoppedError,
+)
 from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
 from confide.policy.model import UpdatePolicy
@@ -57,6 +65,7 @@ from confide.runtime.volumes import (
 )
 from confide.sim.measure import Measurement
 from confide.volume.keys import VolumeKey
+from confide.volume.lock import _signal_name
 from confide.volume.lock import volume_wait as lock_wait_setting
 from confide.volume.mount import STOP_SIGNALS, _private_namespace, mount_tmpfs_at
 from confide.volume.store import load_sealed
@@ -696,13 +705,15 @@ def _run_supervised(
     pending: list[int],
     volume_wait: float | None,
     reattest: Callable[[], Launch] | None,
+    announce: Callable[[Launch], None] | None = None,
 ) -> tuple[int, str | None, str | None, MountedVolumes, Launch]:
     """:func:`supervise` up to the program's exit (the signals are already forwarded): lock the
     volumes (waiting up to ``volume_wait`` seconds; a stop signal among the ``pending`` ones
-    ends the wait), attest again if one changed meanwhile (``reattest``), inject, mount, start
-    the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
-    ``volume:path`` or None, lost ``volume at mountpoint`` or None, the mounted volumes, still
-    to be sealed, and the plan they were mounted under)."""
+    ends the wait, and one that came during the wait or the new attestation ends the run there),
+    attest again if one changed meanwhile (``reattest``), inject, mount, ``before_exec`` and
+    ``announce`` the plan used, start the program, pass on the ``pending`` signals, wait.
+    Returns (exit code, failing ``volume:path`` or None, lost ``volume at mountpoint`` or None,
+    the mounted volumes, still to be sealed, and the plan they were mounted under)."""
 
     def stop() -> int | None:
         return next((sig for sig in pending if sig in STOP_SIGNALS), None)
@@ -712,8 +723,13 @@ def _run_supervised(
     # nothing behind (no file written, nothing mounted, no mount point directory made).
     locks = lock_released(list(plan.volumes), wait, stop)
     try:
-        if wait > 0 and reattest is not None and _stale(plan.volumes):
-            plan = _attest_again(plan, reattest)
+        if wait > 0 and plan.volumes:
+            # a stop signal that came in the wait's last instant (the lock was free on the next
+            # try) or while attesting again ends the run as one during the wait: nothing injected
+            _stopped(stop(), plan.volumes, "waiting for the locks of")
+            if reattest is not None and _stale(plan.volumes):
+                plan = _attest_again(plan, reattest)
+                _stopped(stop(), plan.volumes, "attesting again after waiting for the locks of")
         injected = _write_files(plan.files, plan.modes)
     except BaseException:
         for lock in locks:
@@ -732,6 +748,8 @@ def _run_supervised(
         program = checked or _program(plan, env)
         if before_exec is not None:
             before_exec()
+        if announce is not None:
+            announce(plan)  # the release it runs on: the one attested again, if it was
     except BaseException:
         _unwind(mounted, injected)
         raise
@@ -784,6 +802,19 @@ def _stale(volumes: Sequence[VolumeRelease]) -> bool:
     return False
 
 
+def _stopped(sig: int | None, volumes: Sequence[VolumeRelease], doing: str) -> None:
+    """Raise :class:`WaitStoppedError` for a stop signal ``sig`` that came while this run was
+    ``doing`` (something with) its ``volumes``, before anything was injected or mounted."""
+    if sig is None:
+        return
+    names = ", ".join(repr(str(v.directory)) for v in volumes)
+    which = f"volume {names}" if len(volumes) == 1 else f"volumes {names}"
+    raise WaitStoppedError(
+        f"stopped by {_signal_name(sig)} while {doing} {which}: nothing was injected, mounted or changed",
+        signal=sig,
+    )
+
+
 def _attest_again(plan: Launch, reattest: Callable[[], Launch]) -> Launch:
     """The release of a new attestation, for the volumes' current versions (the CAS has their
     new tags: a run reports them before it lets the volume go). Its volumes must be the ones
@@ -812,6 +843,7 @@ def supervise(
     before_exec: Callable[[], None] | None = None,
     volume_wait: float | None = None,
     reattest: Callable[[], Launch] | None = None,
+    announce: Callable[[Launch], None] | None = None,
 ) -> int:
     """With protected volumes: mount them, run the program as a child, then seal changed
     volumes and report their new tags to the CAS; returns the program's exit code.
@@ -822,9 +854,12 @@ def supervise(
     after waiting, a volume is no longer at the version its release names (another run sealed
     it meanwhile): the new release, for the current versions, is the one used (once; its
     volumes must be the same).
+    A stop signal that came during the wait or the new attestation (its handler only notes it)
+    ends the run before anything is injected, as one during the wait does.
     ``before_exec`` runs after everything else was prepared, right before the program starts
-    (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
-    not start and the volumes are closed."""
+    (``confide run --gpus`` sets the GPUs' ready state there), then ``announce`` with the plan the
+    program runs on (the new release's, if attested again: ``confide run`` warns about its command's
+    secrets there); if either raises, the program does not start and the volumes are closed."""
     # The forwarding is in place before anything is injected or mounted and stays until the
     # volumes are sealed and reported: a signal that arrives while the volumes are mounted or
     # the program is being started is kept and passed on as soon as it runs; one that arrives
@@ -843,7 +878,7 @@ def supervise(
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         code, tampered, lost, mounted, plan = _run_supervised(
-            plan, before_exec, started, pending, volume_wait, reattest
+            plan, before_exec, started, pending, volume_wait, reattest, announce
         )
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
@@ -860,13 +895,27 @@ def supervise(
     return 128 - code if code < 0 else code
 
 
-def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> None:
+def launch(
+    plan: Launch,
+    *,
+    before_exec: Callable[[], None] | None = None,
+    announce: Callable[[Launch], None] | None = None,
+) -> None:
     """Inject and exec; does not return on success. ``before_exec`` runs after everything else
     was prepared, right before the ``exec`` (``confide run --gpus`` sets the GPUs' ready state
-    there); if it raises, nothing is executed."""
+    there), then ``announce`` with ``plan`` (as :func:`supervise`); if either raises, nothing is
+    executed."""
     injected = _write_files(plan.files, plan.modes)
+    ready = before_exec
+    if announce is not None:
+
+        def ready() -> None:
+            if before_exec is not None:
+                before_exec()
+            announce(plan)
+
     try:
-        _exec(plan, before_exec)
+        _exec(plan, ready)
     except BaseException:
         _remove(injected)  # the program did not start: its secrets do not stay behind
         raise
