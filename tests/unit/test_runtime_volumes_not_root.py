@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,66 @@ def test_only_a_provably_dead_run_directory_of_this_user_is_collected(tmp_path: 
     (not_empty / "data" / "written-after-the-mount-was-lost").unlink()
     runtime_volumes._collect_stale(staging, os.getuid())
     assert not not_empty.exists()
+
+
+def test_a_lock_file_with_another_link_or_not_a_regular_file_is_never_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the lock file a run makes has one name; a hard link could make it another lock (a
+    # volume's, whose users would wait while the collector holds it); a FIFO or device is not
+    # even opened (an open may act)
+    staging = tmp_path / "volumes"
+    linked, _ = _run_dir(staging)
+    other = tmp_path / "a-volume.lock"
+    os.link(linked / ".lock", other)
+    fifo, _ = _run_dir(staging)
+    (fifo / ".lock").unlink()
+    os.mkfifo(fifo / ".lock", 0o600)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(os.fsdecode(path))  # type: ignore[arg-type]
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    runtime_volumes._collect_stale(staging, os.getuid())
+    monkeypatch.undo()
+    assert sorted(os.listdir(linked)) == [".lock", "data", "shm"] and other.exists()
+    assert sorted(os.listdir(fifo)) == [".lock", "data", "shm"]
+    assert opened.count(".lock") == 0, opened  # neither was opened
+
+
+_MOUNTED_RUN = """
+import os, subprocess, sys
+from pathlib import Path
+from confide.runtime import volumes
+staging = Path(sys.argv[1])
+run = staging / "run-abcdefgh"
+run.mkdir(mode=0o700)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "confide-test", str(run)], check=True)
+print("mounted", flush=True)
+(run / ".lock").touch()  # as a volume mounted at the shared path could hold them
+(run / "empty").mkdir()
+os.symlink("target", run / "link")
+volumes._collect_stale(staging, os.getuid())
+print(" ".join(sorted(os.listdir(run))))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_a_mount_point_named_as_a_run_directory_is_not_entered(tmp_path: Path) -> None:
+    # e.g. a volume named run-abcdefgh mounted at the shared STAGING/NAME (a run without a
+    # directory of its own): its files are the volume's, never the collector's
+    staging = tmp_path / "volumes"
+    staging.mkdir()
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", _MOUNTED_RUN, str(staging)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=60, check=False,
+    )  # fmt: skip
+    if "mounted" not in r.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace: {r.stderr.strip()[-200:]}")
+    assert r.stdout.split() == ["mounted", ".lock", "empty", "link"], r.stdout + r.stderr
 
 
 @pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE: {FUSE_WHY}")

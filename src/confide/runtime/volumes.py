@@ -370,9 +370,10 @@ def _collect_stale(staging: Path, uid: int) -> None:
     """Not root, before this run makes its own directory: remove the ``run-XXXXXXXX``
     directories that runs of this user left in ``staging`` (:func:`_safe_staging`'s, checked)
     when they were killed (SIGKILL: nothing of theirs removed it). Only what is provably dead
-    and this user's: a directory (not a symlink) owned by ``uid``, mode 0700, whose lock file
-    (:data:`_RUN_LOCK`: a regular file owned by ``uid``) this process can lock (a live run holds
-    it; a pid could be reused, a lock cannot outlive its holder). A directory without a lock
+    and this user's: a directory (not a symlink, not a mount point: on ``staging``'s file
+    system) owned by ``uid``, mode 0700, whose lock file (:data:`_RUN_LOCK`: a regular file
+    owned by ``uid`` with no other link, checked before it is opened) this process can lock (a
+    live run holds it; a pid could be reused, a lock cannot outlive its holder). A directory without a lock
     file (made by an older confide, or killed between its creation and its lock) is left
     alone. Under the lock: symlinks (the ``/dev/shm`` links of tmpfs mounts, dangling once the
     guard removed the plaintext) are unlinked, never followed; empty directories removed; a
@@ -389,9 +390,16 @@ def _collect_stale(staging: Path, uid: int) -> None:
             names = [n for n in os.listdir(sfd) if _RUN_NAME.match(n)]
         except OSError:
             return  # not listable (e.g. mode 1733): nothing to collect from here
+        dev = os.fstat(sfd).st_dev
+        # a mount point there is no run directory (a run's is a plain directory of staging's file
+        # system): e.g. a volume of that name mounted at the shared path, whose files are not
+        # this collector's to remove; left without a look (a stat of a FUSE mount may block)
+        mounted = _mount_points_in(staging) if names else set()
         for name in names:
+            if name in mounted:
+                continue
             try:
-                _collect_one(staging, sfd, name, uid)
+                _collect_one(staging, sfd, name, uid, dev)
             except FileNotFoundError:
                 continue  # removed meanwhile (another run collecting at the same time)
             except OSError as exc:
@@ -402,23 +410,29 @@ def _collect_stale(staging: Path, uid: int) -> None:
         os.close(sfd)
 
 
-def _collect_one(staging: Path, sfd: int, name: str, uid: int) -> None:
+def _collect_one(staging: Path, sfd: int, name: str, uid: int, dev: int) -> None:
     st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or stat.S_IMODE(st.st_mode) != 0o700:
         return  # another user's, or not one of ours
+    if st.st_dev != dev:
+        return  # a mount point (the root of another file system): not a run's directory
     dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
     try:
         dst = os.fstat(dfd)
         if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
             return  # replaced since
         try:
-            lock = os.open(_RUN_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+            # its kind first: a FIFO or a device is never opened (an open may act: a tape rewinds)
+            lst = os.stat(_RUN_LOCK, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return  # nothing proves its run gone
+        if not _run_lock_file(lst, uid):
+            return
+        lock = os.open(_RUN_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         try:
-            lst = os.fstat(lock)
-            if not stat.S_ISREG(lst.st_mode) or lst.st_uid != uid:
-                return
+            opened = os.fstat(lock)
+            if (opened.st_dev, opened.st_ino) != (lst.st_dev, lst.st_ino) or not _run_lock_file(opened, uid):
+                return  # replaced since
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -437,6 +451,32 @@ def _collect_one(staging: Path, sfd: int, name: str, uid: int) -> None:
             os.close(lock)
     finally:
         os.close(dfd)
+
+
+def _run_lock_file(st: os.stat_result, uid: int) -> bool:
+    """Whether ``st`` is a run's lock file as :func:`_run_directory` makes it: a regular file of
+    ``uid`` with no other name (a hard link's other name could be a lock that is not a run's,
+    e.g. a volume's: taking it, even for a moment, would make that volume's users wait)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1
+
+
+def _mount_points_in(staging: Path) -> set[str]:
+    """The names of the mount points directly in ``staging`` by the mount table (the calling
+    thread's), without touching them."""
+    want = os.path.realpath(staging)
+    try:
+        with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()  # the device number check (_collect_one) still tells a mount point
+    unescape = re.compile(r"\\([0-7]{3})")
+    found = set()
+    for fields in (line.split(" ") for line in lines):
+        if len(fields) > 4:
+            parent, name = os.path.split(unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]))
+            if parent == want:
+                found.add(name)
+    return found
 
 
 def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
