@@ -10,7 +10,8 @@ virtual environment's packages and this checkout's sources are bound at paths ev
 reach (the interpreter may lie under a 0700 ``/root``, as pyenv's does; its shared libpython,
 found by an absolute RUNPATH, through ``LD_LIBRARY_PATH``). The uid is ``nobody``'s (else a
 throwaway user's); what it must read or own is in a directory of its own under ``/tmp``,
-removed at the end."""
+removed at the end. Whatever the outcome, every process in that namespace (runs, FUSE servers,
+programs of killed runs) is SIGKILLed at the end, and the namespace goes with the last one."""
 
 from __future__ import annotations
 
@@ -78,8 +79,12 @@ sys.stdin.read()  # the namespace lives until the test closes this
 def _user() -> Iterator[int]:
     """A uid with a passwd entry (``fusermount3`` wants the user's name): ``nobody``'s, else a
     throwaway user (``useradd``, removed at the end)."""
-    with contextlib.suppress(KeyError):
-        yield pwd.getpwnam("nobody").pw_uid
+    try:
+        nobody: int | None = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        nobody = None
+    if nobody is not None:  # (not a yield under suppress(KeyError): the test's own KeyError)
+        yield nobody
         return
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
         pytest.skip("needs a user 'nobody' or useradd/userdel to make one (fusermount3 wants a user name)")
@@ -127,10 +132,13 @@ def _in_namespace(uid: int) -> Iterator[User]:
          str(base), str(site), str(SRC)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    ns: tuple[int, int] | None = None
     try:
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != "ready":
             pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
+        ns = _namespace(holder.pid)  # only now: before its unshare, the holder is in ours
+        assert ns != _namespace(os.getpid()), "the holder is not in a namespace of its own"
         home = work / "home"
         home.mkdir()
         os.chown(home, uid, uid)
@@ -146,10 +154,44 @@ def _in_namespace(uid: int) -> Iterator[User]:
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
-        holder.wait(30)
+        if ns is not None:  # whatever entered it: runs, FUSE servers, programs left running
+            _kill_namespace(ns)
+        try:
+            holder.wait(30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
         assert holder.stdout is not None
         holder.stdout.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _namespace(pid: int) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/mnt")
+    return (st.st_dev, st.st_ino)
+
+
+def _kill_namespace(ns: tuple[int, int], timeout: float = 30) -> None:
+    """SIGKILL every process in the mount namespace ``ns`` (the test's own: only what the test
+    started entered it, through ``nsenter``) until none is left, so that a test that failed
+    midway leaves no process, and with the last one the namespace and its mounts, behind (a
+    program of a killed run loops until its ``go`` file appears; it is not a child of the test)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):  # gone, or a zombie (no namespace any more)
+                    if _namespace(int(entry)) == ns:
+                        left.append(int(entry))
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {left} of the test's mount namespace survive SIGKILL")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _root_confide(cas: CasProcess, *args: str) -> str:
@@ -301,6 +343,56 @@ security:
         assert sorted(os.listdir(left)) == [".lock", "data"]  # nothing removed it
         (out / "go").touch()
         nxt = user.confide(*run)
-        stdout, stderr = nxt.communicate(timeout=120)
+        try:
+            stdout, stderr = nxt.communicate(timeout=120)
+        finally:
+            _stop(out, nxt)
         assert nxt.returncode == 0, stderr
         assert not left.exists() and os.listdir(user.in_namespace(VOLUMES)) == []
+
+
+def test_a_failed_test_leaves_no_process_in_its_namespace_and_no_user() -> None:
+    # what a failure midway leaves: a run's program that is no child of the test's (its run was
+    # killed), looping in the namespace; the fixture's end must take it and the namespace away
+    with _user() as uid:
+        gen = _in_namespace(uid)
+        user = next(gen)
+        shell = subprocess.run(
+            ["nsenter", f"--mount=/proc/{user.holder.pid}/ns/mnt", "--", "sh", "-c",
+             "sleep 300 >/dev/null 2>&1 </dev/null & echo $!"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        orphan = int(shell.stdout)
+        ns = _namespace(user.holder.pid)
+        try:
+            assert _namespace(orphan) == ns
+            gen.close()  # as pytest ends a fixture after a failure
+            deadline = time.monotonic() + 10
+            while _in(orphan, ns) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _in(orphan, ns), "a process of the test's namespace survives"
+        finally:
+            if _in(orphan, ns):
+                os.kill(orphan, signal.SIGKILL)
+
+
+def _in(pid: int, ns: tuple[int, int]) -> bool:
+    """Whether ``pid`` is a live process in ``ns`` (a zombie, killed, has no namespace)."""
+    try:
+        return _namespace(pid) == ns
+    except OSError:
+        return False
+
+
+def test_a_key_error_in_the_test_is_the_tests_and_makes_no_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody': the throwaway user's path is the one taken")
+
+    def no_useradd(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a user would be made: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_useradd)
+    with pytest.raises(KeyError, match="the test's own"), _user():
+        raise KeyError("the test's own")
