@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from confide.policy.model import UpdatePolicy
 from confide.runtime import volumes as runtime_volumes
 from confide.runtime.volumes import VolumeRelease, mount_released
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
-from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.mount import MountHandle, fuse_usable, mount_volume
 
 FUSE_WHY = fuse_usable()
 
@@ -301,6 +302,45 @@ def test_a_lock_file_with_another_link_or_not_a_regular_file_is_never_taken(
     assert sorted(os.listdir(linked)) == [".lock", "data", "shm"] and other.exists()
     assert sorted(os.listdir(fifo)) == [".lock", "data", "shm"]
     assert opened.count(".lock") == 0, opened  # neither was opened
+
+
+class _Handle(MountHandle):
+    def __init__(self, mountpoint: Path, result: str | BaseException) -> None:
+        super().__init__(mountpoint, "fuse", True, "t0", mountpoint)
+        self.result = result
+
+    def close(self) -> str:
+        self.closed = True
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+def test_a_volume_whose_server_does_not_end_in_time_does_not_stop_the_others_seal(tmp_path: Path) -> None:
+    # a FUSE server's seal that outlasts STOP_TIMEOUT raises subprocess.TimeoutExpired: the
+    # other volumes are still sealed (their new tags reported), the run directory removed and
+    # its lock released
+    staging = tmp_path / "volumes"
+    staging.mkdir()
+    own = runtime_volumes._run_directory(staging)
+    assert own is not None
+    path, lock = own
+    first = _Handle(path / "a", "t1")
+    late = _Handle(path / "b", subprocess.TimeoutExpired(["server"], 600))
+    release = VolumeRelease("a", tmp_path / "vol", bytes(32), "t0", UpdatePolicy.ROLLBACK_PROTECTED)
+    mounted = runtime_volumes.MountedVolumes(
+        [(release, first), (replace(release, name="b"), late)],
+        {}, staging_dirs=[path], staging_lock=lock,
+    )  # fmt: skip
+    changed, errors = mounted.seal()
+    assert first.closed and changed == {"a": ("t0", "t1")}
+    assert errors == [
+        "b: cannot seal the session's changes: its FUSE server did not end within the time limit"
+    ]
+    assert not path.exists() and mounted.staging_lock is None
+    with pytest.raises(OSError) as ei:
+        os.fstat(lock)
+    assert ei.value.errno == errno.EBADF
 
 
 _MOUNTED_RUN = """

@@ -229,30 +229,38 @@ class MountedVolumes:
         self.binds.clear()
         changed: dict[str, tuple[str, str]] = {}
         errors: list[str] = []
-        for release, handle in reversed(self.handles):
-            if release.update_policy is UpdatePolicy.EPHEMERAL:
+        try:
+            for release, handle in reversed(self.handles):
+                if release.update_policy is UpdatePolicy.EPHEMERAL:
+                    try:
+                        handle.abort()
+                    except _CLOSE_ERRORS as exc:
+                        errors.append(f"{release.name}: {_message(exc)}")
+                        continue
+                    log.info("confide: volume %s is ephemeral: this run's changes were discarded",
+                             release.name)  # fmt: skip
+                    continue
                 try:
-                    handle.abort()
-                except (ConfideError, OSError) as exc:
+                    new = handle.close()
+                except _CLOSE_ERRORS as exc:  # the others are closed all the same
                     errors.append(f"{release.name}: {_message(exc)}")
                     continue
-                log.info("confide: volume %s is ephemeral: this run's changes were discarded", release.name)
-                continue
-            try:
-                new = handle.close()
-            except (ConfideError, OSError) as exc:
-                errors.append(f"{release.name}: {_message(exc)}")
-                continue
-            old = (
-                self.mounted_tags.get(release.name, release.tag)
-                if release.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION
-                else release.tag
-            )
-            if new and new != old:
-                changed[release.name] = (old, new)
-        _remove_staging(self.staging_dirs, self.staging_lock)
-        self.staging_lock = None
+                old = (
+                    self.mounted_tags.get(release.name, release.tag)
+                    if release.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION
+                    else release.tag
+                )
+                if new and new != old:
+                    changed[release.name] = (old, new)
+        finally:  # also on an interrupt: the run directory's lock is never kept past the mounts
+            _remove_staging(self.staging_dirs, self.staging_lock)
+            self.staging_lock = None
         return changed, errors
+
+
+# what one volume's close may raise without ending the others' (a FUSE server's wait for its
+# seal raises subprocess.TimeoutExpired after STOP_TIMEOUT)
+_CLOSE_ERRORS = (ConfideError, OSError, subprocess.SubprocessError)
 
 
 def _message(exc: BaseException) -> str:
@@ -260,6 +268,8 @@ def _message(exc: BaseException) -> str:
     be a path in the decrypted tree)."""
     if isinstance(exc, ConfideError):
         return exc.message
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return "cannot seal the session's changes: its FUSE server did not end within the time limit"
     if isinstance(exc, OSError):
         return f"cannot seal the session's changes: {exc.strerror or type(exc).__name__}"
     return type(exc).__name__
