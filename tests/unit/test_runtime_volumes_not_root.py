@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -395,6 +396,33 @@ def test_a_mount_in_a_dead_runs_directory_is_left_and_a_dead_fuse_mount_detached
         runtime_volumes._collect_stale(staging, os.getuid())
         assert not dead.exists() and _fs(mp) == "none"
     finally:
+        h.abort()
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE: {FUSE_WHY}")
+def test_a_stopped_fuse_server_in_a_dead_runs_directory_does_not_hold_the_collector(tmp_path: Path) -> None:
+    # its run killed, its FUSE server stopped (SIGSTOP) or hung: the statfs that tells a dead
+    # mount would wait for it for ever, and with it the start of every later run of the user
+    release = _release(tmp_path)
+    staging = tmp_path / "volumes"
+    dead, _ = _run_dir(staging)
+    h = mount_volume(
+        release.directory, VolumeKey(release.key), dead / "data", expected_tag=release.tag, mode="fuse"
+    )
+    server = h._proc  # type: ignore[attr-defined]
+    collector = threading.Thread(
+        target=runtime_volumes._collect_stale, args=(staging, os.getuid()), daemon=True
+    )
+    try:
+        os.kill(server.pid, signal.SIGSTOP)
+        collector.start()
+        collector.join(20)
+        assert not collector.is_alive(), "the collector waits for a stopped FUSE server"
+        assert sorted(os.listdir(dead)) == [".lock", "data"]  # left, for a later run
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        if collector.is_alive():
+            collector.join(30)
         h.abort()
 
 

@@ -45,6 +45,7 @@ import re
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -490,23 +491,28 @@ def _mount_points_in(staging: Path) -> set[str]:
 
 
 def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
-    """Remove one entry of a dead run's directory (see :func:`_collect_stale`); why not, if not."""
-    try:
-        st: os.stat_result | None = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-    except OSError as exc:
-        st, failed = None, f"{path}: {exc.strerror or exc}"
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        os.unlink(entry, dir_fd=dfd)  # the link only; its target is the shm guard's to remove
-        return None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        return f"{path}: not a directory"
-    if st is None or st.st_dev != dev or _mounted_at(path):
-        if not _dead_fuse_mount(path):
-            return failed if st is None else f"{path}: still mounted"
+    """Remove one entry of a dead run's directory (see :func:`_collect_stale`); why not, if not.
+    A mount there is found by the mount table first, without a ``stat``: a FUSE mount's is
+    answered by its server, which may be stopped or hung."""
+    if _mounted_at(path):
+        why = _dead_fuse_mount(path)
+        if why is not None:
+            return f"{path}: {why}"
         # a confide FUSE mount whose server is dead (killed too): nothing behind it to lose
         subprocess.run(_unmount_cmd(path, True), capture_output=True, check=False)  # noqa: S603
         if _mounted_at(path):
             return f"{path}: a dead FUSE mount that cannot be detached"
+    try:
+        st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        os.unlink(entry, dir_fd=dfd)  # the link only; its target is the shm guard's to remove
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path}: not a directory"
+    if st.st_dev != dev:
+        return f"{path}: still mounted"  # a mount the table did not list
     try:
         os.rmdir(entry, dir_fd=dfd)
     except OSError as exc:
@@ -514,16 +520,33 @@ def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
     return None
 
 
-def _dead_fuse_mount(path: Path) -> bool:
-    """A confide FUSE mount on top at ``path`` whose server is gone (``statfs``, which the
-    kernel never answers from its cache, fails with ENOTCONN; a ``stat`` may still succeed)."""
+_PROBE_TIMEOUT = 2.0  # seconds for a FUSE server to answer a collector's statfs
+
+
+def _dead_fuse_mount(path: Path, timeout: float = _PROBE_TIMEOUT) -> str | None:
+    """None if the mount on top at ``path`` is a confide FUSE mount whose server is gone
+    (``statfs``, which the kernel never answers from its cache, fails with ENOTCONN; a ``stat``
+    may still succeed), else why it is left. The ``statfs`` is asked from a thread of its own
+    for ``timeout`` seconds: a server that is stopped (SIGSTOP) or hung would hold the start of
+    the run for ever; that thread is left waiting for it."""
     if not _listed_mount(path):
-        return False
-    try:
-        os.statvfs(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+        return "still mounted"
+    answer: list[int] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+        except OSError as exc:
+            answer.append(exc.errno or -1)
+        else:
+            answer.append(0)
+
+    thread = threading.Thread(target=probe, name="confide-collect-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        return f"still mounted (its FUSE server did not answer within {timeout:g} s)"
+    return None if answer[0] == errno.ENOTCONN else "still mounted"
 
 
 def _check_free(staging: Path, name: str) -> None:
