@@ -137,8 +137,9 @@ def _in_namespace(uid: int) -> Iterator[User]:
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != "ready":
             pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
-        ns = _namespace(holder.pid)  # only now: before its unshare, the holder is in ours
-        assert ns != _namespace(os.getpid()), "the holder is not in a namespace of its own"
+        theirs = _namespace(holder.pid)  # only now: before its unshare, the holder is in ours
+        assert theirs != _namespace(os.getpid()), "the holder is not in a namespace of its own"
+        ns = theirs  # never ours: every process in it is killed at the end
         home = work / "home"
         home.mkdir()
         os.chown(home, uid, uid)
