@@ -177,6 +177,7 @@ def _kill_namespace(ns: tuple[int, int], timeout: float = 30) -> None:
     started entered it, through ``nsenter``) until none is left, so that a test that failed
     midway leaves no process, and with the last one the namespace and its mounts, behind (a
     program of a killed run loops until its ``go`` file appears; it is not a child of the test)."""
+    assert ns != _namespace(os.getpid()), "not the test's own namespace"
     deadline = time.monotonic() + timeout
     while True:
         left = []
