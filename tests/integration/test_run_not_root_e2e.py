@@ -11,7 +11,9 @@ reach (the interpreter may lie under a 0700 ``/root``, as pyenv's does; its shar
 found by an absolute RUNPATH, through ``LD_LIBRARY_PATH``). The uid is ``nobody``'s (else a
 throwaway user's); what it must read or own is in a directory of its own under ``/tmp``,
 removed at the end. Whatever the outcome, every process in that namespace (runs, FUSE servers,
-programs of killed runs) is SIGKILLed at the end, and the namespace goes with the last one."""
+programs of killed runs) is SIGKILLed at the end (a descriptor of the namespace held meanwhile,
+so that its inode number, by which its processes are found, cannot pass to a new namespace),
+and the namespace goes with the last one."""
 
 from __future__ import annotations
 
@@ -133,11 +135,14 @@ def _in_namespace(uid: int) -> Iterator[User]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     ns: tuple[int, int] | None = None
+    pin = -1  # a descriptor of the namespace: while open, its inode number is not reused
     try:
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != "ready":
             pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
-        theirs = _namespace(holder.pid)  # only now: before its unshare, the holder is in ours
+        # only now: before its unshare, the holder is in ours
+        pin = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        theirs = (os.fstat(pin).st_dev, os.fstat(pin).st_ino)
         assert theirs != _namespace(os.getpid()), "the holder is not in a namespace of its own"
         ns = theirs  # never ours: every process in it is killed at the end
         home = work / "home"
@@ -157,6 +162,8 @@ def _in_namespace(uid: int) -> Iterator[User]:
         holder.stdin.close()
         if ns is not None:  # whatever entered it: runs, FUSE servers, programs left running
             _kill_namespace(ns)
+        if pin >= 0:  # the namespace (and its mounts) goes once this is closed
+            os.close(pin)
         try:
             holder.wait(30)
         except subprocess.TimeoutExpired:
@@ -176,7 +183,10 @@ def _kill_namespace(ns: tuple[int, int], timeout: float = 30) -> None:
     """SIGKILL every process in the mount namespace ``ns`` (the test's own: only what the test
     started entered it, through ``nsenter``) until none is left, so that a test that failed
     midway leaves no process, and with the last one the namespace and its mounts, behind (a
-    program of a killed run loops until its ``go`` file appears; it is not a child of the test)."""
+    program of a killed run loops until its ``go`` file appears; it is not a child of the test).
+    The caller keeps a descriptor of the namespace open meanwhile: a namespace's inode number
+    is reused at once once it is gone (the next new namespace, e.g. a root ``confide run``'s
+    private one, would be taken for it)."""
     assert ns != _namespace(os.getpid()), "not the test's own namespace"
     deadline = time.monotonic() + timeout
     while True:
@@ -366,6 +376,7 @@ def test_a_failed_test_leaves_no_process_in_its_namespace_and_no_user() -> None:
         )  # fmt: skip
         orphan = int(shell.stdout)
         ns = _namespace(user.holder.pid)
+        pin = os.open(f"/proc/{user.holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)  # its number kept
         try:
             assert _namespace(orphan) == ns
             gen.close()  # as pytest ends a fixture after a failure
@@ -376,6 +387,7 @@ def test_a_failed_test_leaves_no_process_in_its_namespace_and_no_user() -> None:
         finally:
             if _in(orphan, ns):
                 os.kill(orphan, signal.SIGKILL)
+            os.close(pin)
 
 
 def _in(pid: int, ns: tuple[int, int]) -> bool:
@@ -398,3 +410,28 @@ def test_a_key_error_in_the_test_is_the_tests_and_makes_no_user(monkeypatch: pyt
     monkeypatch.setattr(subprocess, "run", no_useradd)
     with pytest.raises(KeyError, match="the test's own"), _user():
         raise KeyError("the test's own")
+
+
+def test_a_new_namespace_is_never_taken_for_the_tests_own() -> None:
+    # a namespace's inode number passes to the next new namespace once it is gone (the lowest
+    # free one): the fixture keeps its namespace's while it kills by it, so a root `confide
+    # run`'s private namespace made meanwhile (another test's) is not killed as the test's
+    with _user() as uid:
+        gen = _in_namespace(uid)
+        user = next(gen)
+        ns = _namespace(user.holder.pid)
+        assert user.holder.stdin is not None
+        user.holder.stdin.close()
+        user.holder.wait(30)  # its last process gone: the namespace lives on only if pinned
+        other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sleep", "60"])
+        try:
+            deadline = time.monotonic() + 10
+            while _namespace(other.pid) == _namespace(os.getpid()):  # until its unshare
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert _namespace(other.pid) != ns
+            gen.close()
+            assert other.poll() is None, "another namespace's process was killed as the test's"
+        finally:
+            other.kill()
+            other.wait()
