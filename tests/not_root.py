@@ -14,10 +14,12 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,11 +62,15 @@ sys.stdin.read()  # the namespace lives until the test closes this
 
 
 @contextmanager
-def _uid() -> Iterator[int]:
+def user_uid() -> Iterator[int]:
     """A uid with a passwd entry (``fusermount3`` wants the user's name): ``nobody``'s, else a
     throwaway user (``useradd``, removed at the end)."""
-    with contextlib.suppress(KeyError):
-        yield pwd.getpwnam("nobody").pw_uid
+    try:
+        nobody: int | None = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        nobody = None
+    if nobody is not None:  # (not a yield under suppress(KeyError): the test's own KeyError)
+        yield nobody
         return
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
         pytest.skip("needs a user 'nobody' or useradd/userdel to make one (fusermount3 wants a user name)")
@@ -110,36 +116,92 @@ def not_root_user() -> Iterator[User]:
     why = why_not()
     if why is not None:
         pytest.skip(why)
-    with _uid() as uid:
-        work = Path(tempfile.mkdtemp(prefix="confide-not-root-"))
-        work.chmod(0o755)
-        base = Path(sys.base_prefix).resolve()
-        site = Path(sysconfig.get_paths()["purelib"]).resolve()
-        holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", _HOLDER,
-             str(base), str(site), str(SRC)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+    with user_uid() as uid:
+        yield from in_namespace(uid)
+
+
+def in_namespace(uid: int) -> Iterator[User]:
+    """The namespace and the :class:`User` of ``uid`` in it, yielded once. Whatever the outcome,
+    every process in that namespace (runs, FUSE servers, programs of killed runs) is SIGKILLed at
+    the end (a descriptor of the namespace held meanwhile, so that its inode number, by which its
+    processes are found, cannot pass to a new namespace), and the namespace goes with the last."""
+    work = Path(tempfile.mkdtemp(prefix="confide-not-root-"))
+    work.chmod(0o755)
+    base = Path(sys.base_prefix).resolve()
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", _HOLDER,
+         str(base), str(site), str(SRC)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ns: tuple[int, int] | None = None
+    pin = -1  # a descriptor of the namespace: while open, its inode number is not reused
+    try:
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != "ready":
+            pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
+        # only now: before its unshare, the holder is in ours
+        pin = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        theirs = (os.fstat(pin).st_dev, os.fstat(pin).st_ino)
+        assert theirs != namespace(os.getpid()), "the holder is not in a namespace of its own"
+        ns = theirs  # never ours: every process in it is killed at the end
+        home = work / "home"
+        home.mkdir()
+        os.chown(home, uid, uid)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(home),
+            "PYTHONPATH": f"{PY / 'src'}:{PY / 'site'}",
+        }
+        libdir = Path(sysconfig.get_config_var("LIBDIR") or "/").resolve()
+        if libdir.is_relative_to(base):  # a shared libpython found by an absolute RUNPATH (pyenv)
+            env["LD_LIBRARY_PATH"] = str(PY / "base" / libdir.relative_to(base))
+        yield User(uid, work, holder, env)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        if ns is not None:  # whatever entered it: runs, FUSE servers, programs left running
+            kill_namespace(ns)
+        if pin >= 0:  # the namespace (and its mounts) goes once this is closed
+            os.close(pin)
         try:
-            assert holder.stdout is not None
-            if holder.stdout.readline().strip() != "ready":
-                pytest.skip("cannot make the test's mount namespace (unshare --mount, tmpfs, bind mounts)")
-            home = work / "home"
-            home.mkdir()
-            os.chown(home, uid, uid)
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": str(home),
-                "PYTHONPATH": f"{PY / 'src'}:{PY / 'site'}",
-            }
-            libdir = Path(sysconfig.get_config_var("LIBDIR") or "/").resolve()
-            if libdir.is_relative_to(base):  # a shared libpython found by an absolute RUNPATH (pyenv)
-                env["LD_LIBRARY_PATH"] = str(PY / "base" / libdir.relative_to(base))
-            yield User(uid, work, holder, env)
-        finally:
-            assert holder.stdin is not None
-            holder.stdin.close()
             holder.wait(30)
-            assert holder.stdout is not None
-            holder.stdout.close()
-            shutil.rmtree(work, ignore_errors=True)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def namespace(pid: int) -> tuple[int, int]:
+    """The mount namespace of process ``pid`` (device and inode of ``/proc/PID/ns/mnt``)."""
+    st = os.stat(f"/proc/{pid}/ns/mnt")
+    return (st.st_dev, st.st_ino)
+
+
+def kill_namespace(ns: tuple[int, int], timeout: float = 30) -> None:
+    """SIGKILL every process in the mount namespace ``ns`` (the test's own: only what the test
+    started entered it, through ``nsenter``) until none is left, so that a test that failed
+    midway leaves no process, and with the last one the namespace and its mounts, behind (a
+    program of a killed run loops until its ``go`` file appears; it is not a child of the test).
+    The caller keeps a descriptor of the namespace open meanwhile: a namespace's inode number
+    is reused at once once it is gone (the next new namespace, e.g. a root ``confide run``'s
+    private one, would be taken for it)."""
+    assert ns != namespace(os.getpid()), "not the test's own namespace"
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):  # gone, or a zombie (no namespace any more)
+                    if namespace(int(entry)) == ns:
+                        left.append(int(entry))
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {left} of the test's mount namespace survive SIGKILL")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)

@@ -4,12 +4,14 @@ through the setuid ``fusermount3``, and a run killed with SIGKILL whose director
 collects.
 
 The runs are ``nobody``'s (else a throwaway user's), in a private mount namespace of the test's
-where ``/run/confide/volumes`` is root's with mode 1777 (tests/not_root.py)."""
+where ``/run/confide/volumes`` is root's with mode 1777 (tests/not_root.py); whatever the outcome,
+every process in that namespace is SIGKILLed at the end and the namespace goes with it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_harness import CasProcess, running_cas
 from confide.volume.mount import fuse_usable
-from not_root import SRC, User, not_root_user
+from not_root import SRC, User, in_namespace, namespace, not_root_user, user_uid
 from not_root import why_not as namespace_why_not
 
 VOLUMES = Path("/run/confide/volumes")
@@ -199,6 +201,83 @@ security:
         assert sorted(os.listdir(left)) == [".lock", "data"]  # nothing removed it
         (out / "go").touch()
         nxt = user.confide(*run)
-        stdout, stderr = nxt.communicate(timeout=120)
+        try:
+            stdout, stderr = nxt.communicate(timeout=120)
+        finally:
+            _stop(out, nxt)
         assert nxt.returncode == 0, stderr
         assert not left.exists() and os.listdir(user.in_namespace(VOLUMES)) == []
+
+
+def test_a_failed_test_leaves_no_process_in_its_namespace_and_nouser_uid() -> None:
+    # what a failure midway leaves: a run's program that is no child of the test's (its run was
+    # killed), looping in the namespace; the fixture's end must take it and the namespace away
+    with user_uid() as uid:
+        gen = in_namespace(uid)
+        user = next(gen)
+        shell = subprocess.run(
+            ["nsenter", f"--mount=/proc/{user.holder.pid}/ns/mnt", "--", "sh", "-c",
+             "sleep 300 >/dev/null 2>&1 </dev/null & echo $!"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        orphan = int(shell.stdout)
+        ns = namespace(user.holder.pid)
+        pin = os.open(f"/proc/{user.holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)  # its number kept
+        try:
+            assert namespace(orphan) == ns
+            gen.close()  # as pytest ends a fixture after a failure
+            deadline = time.monotonic() + 10
+            while _in(orphan, ns) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _in(orphan, ns), "a process of the test's namespace survives"
+        finally:
+            if _in(orphan, ns):
+                os.kill(orphan, signal.SIGKILL)
+            os.close(pin)
+
+
+def _in(pid: int, ns: tuple[int, int]) -> bool:
+    """Whether ``pid`` is a live process in ``ns`` (a zombie, killed, has no namespace)."""
+    try:
+        return namespace(pid) == ns
+    except OSError:
+        return False
+
+
+def test_a_key_error_in_the_test_is_the_tests_and_makes_no_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody': the throwaway user's path is the one taken")
+
+    def no_useradd(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a user would be made: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_useradd)
+    with pytest.raises(KeyError, match="the test's own"), user_uid():
+        raise KeyError("the test's own")
+
+
+def test_a_new_namespace_is_never_taken_for_the_tests_own() -> None:
+    # a namespace's inode number passes to the next new namespace once it is gone (the lowest
+    # free one): the fixture keeps its namespace's while it kills by it, so a root `confide
+    # run`'s private namespace made meanwhile (another test's) is not killed as the test's
+    with user_uid() as uid:
+        gen = in_namespace(uid)
+        user = next(gen)
+        ns = namespace(user.holder.pid)
+        assert user.holder.stdin is not None
+        user.holder.stdin.close()
+        user.holder.wait(30)  # its last process gone: the namespace lives on only if pinned
+        other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sleep", "60"])
+        try:
+            deadline = time.monotonic() + 10
+            while namespace(other.pid) == namespace(os.getpid()):  # until its unshare
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert namespace(other.pid) != ns
+            gen.close()
+            assert other.poll() is None, "another namespace's process was killed as the test's"
+        finally:
+            other.kill()
+            other.wait()

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from confide.policy.model import UpdatePolicy
 from confide.runtime import volumes as runtime_volumes
 from confide.runtime.volumes import VolumeRelease, mount_released
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
-from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.mount import MountHandle, fuse_usable, mount_volume
 
 FUSE_WHY = fuse_usable()
 
@@ -274,6 +277,105 @@ def test_only_a_provably_dead_run_directory_of_this_user_is_collected(tmp_path: 
     assert not not_empty.exists()
 
 
+def test_a_lock_file_with_another_link_or_not_a_regular_file_is_never_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the lock file a run makes has one name; a hard link could make it another lock (a
+    # volume's, whose users would wait while the collector holds it); a FIFO or device is not
+    # even opened (an open may act)
+    staging = tmp_path / "volumes"
+    linked, _ = _run_dir(staging)
+    other = tmp_path / "a-volume.lock"
+    os.link(linked / ".lock", other)
+    fifo, _ = _run_dir(staging)
+    (fifo / ".lock").unlink()
+    os.mkfifo(fifo / ".lock", 0o600)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(os.fsdecode(path))  # type: ignore[arg-type]
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    runtime_volumes._collect_stale(staging, os.getuid())
+    monkeypatch.undo()
+    assert sorted(os.listdir(linked)) == [".lock", "data", "shm"] and other.exists()
+    assert sorted(os.listdir(fifo)) == [".lock", "data", "shm"]
+    assert opened.count(".lock") == 0, opened  # neither was opened
+
+
+class _Handle(MountHandle):
+    def __init__(self, mountpoint: Path, result: str | BaseException) -> None:
+        super().__init__(mountpoint, "fuse", True, "t0", mountpoint)
+        self.result = result
+
+    def close(self) -> str:
+        self.closed = True
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+def test_a_volume_whose_server_does_not_end_in_time_does_not_stop_the_others_seal(tmp_path: Path) -> None:
+    # a FUSE server's seal that outlasts STOP_TIMEOUT raises subprocess.TimeoutExpired: the
+    # other volumes are still sealed (their new tags reported), the run directory removed and
+    # its lock released
+    staging = tmp_path / "volumes"
+    staging.mkdir()
+    own = runtime_volumes._run_directory(staging)
+    assert own is not None
+    path, lock = own
+    first = _Handle(path / "a", "t1")
+    late = _Handle(path / "b", subprocess.TimeoutExpired(["server"], 600))
+    release = VolumeRelease("a", tmp_path / "vol", bytes(32), "t0", UpdatePolicy.ROLLBACK_PROTECTED)
+    mounted = runtime_volumes.MountedVolumes(
+        [(release, first), (replace(release, name="b"), late)],
+        {}, staging_dirs=[path], staging_lock=lock,
+    )  # fmt: skip
+    changed, errors = mounted.seal()
+    assert first.closed and changed == {"a": ("t0", "t1")}
+    assert errors == [
+        "b: cannot seal the session's changes: its FUSE server did not end within the time limit"
+    ]
+    assert not path.exists() and mounted.staging_lock is None
+    with pytest.raises(OSError) as ei:
+        os.fstat(lock)
+    assert ei.value.errno == errno.EBADF
+
+
+_MOUNTED_RUN = """
+import os, subprocess, sys
+from pathlib import Path
+from confide.runtime import volumes
+staging = Path(sys.argv[1])
+run = staging / "run-abcdefgh"
+run.mkdir(mode=0o700)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "confide-test", str(run)], check=True)
+print("mounted", flush=True)
+(run / ".lock").touch()  # as a volume mounted at the shared path could hold them
+(run / "empty").mkdir()
+os.symlink("target", run / "link")
+volumes._collect_stale(staging, os.getuid())
+print(" ".join(sorted(os.listdir(run))))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_a_mount_point_named_as_a_run_directory_is_not_entered(tmp_path: Path) -> None:
+    # e.g. a volume named run-abcdefgh mounted at the shared STAGING/NAME (a run without a
+    # directory of its own): its files are the volume's, never the collector's
+    staging = tmp_path / "volumes"
+    staging.mkdir()
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", _MOUNTED_RUN, str(staging)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=60, check=False,
+    )  # fmt: skip
+    if "mounted" not in r.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace: {r.stderr.strip()[-200:]}")
+    assert r.stdout.split() == ["mounted", ".lock", "empty", "link"], r.stdout + r.stderr
+
+
 @pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE: {FUSE_WHY}")
 def test_a_mount_in_a_dead_runs_directory_is_left_and_a_dead_fuse_mount_detached(tmp_path: Path) -> None:
     release = _release(tmp_path)
@@ -294,6 +396,33 @@ def test_a_mount_in_a_dead_runs_directory_is_left_and_a_dead_fuse_mount_detached
         runtime_volumes._collect_stale(staging, os.getuid())
         assert not dead.exists() and _fs(mp) == "none"
     finally:
+        h.abort()
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE: {FUSE_WHY}")
+def test_a_stopped_fuse_server_in_a_dead_runs_directory_does_not_hold_the_collector(tmp_path: Path) -> None:
+    # its run killed, its FUSE server stopped (SIGSTOP) or hung: the statfs that tells a dead
+    # mount would wait for it for ever, and with it the start of every later run of the user
+    release = _release(tmp_path)
+    staging = tmp_path / "volumes"
+    dead, _ = _run_dir(staging)
+    h = mount_volume(
+        release.directory, VolumeKey(release.key), dead / "data", expected_tag=release.tag, mode="fuse"
+    )
+    server = h._proc  # type: ignore[attr-defined]
+    collector = threading.Thread(
+        target=runtime_volumes._collect_stale, args=(staging, os.getuid()), daemon=True
+    )
+    try:
+        os.kill(server.pid, signal.SIGSTOP)
+        collector.start()
+        collector.join(20)
+        assert not collector.is_alive(), "the collector waits for a stopped FUSE server"
+        assert sorted(os.listdir(dead)) == [".lock", "data"]  # left, for a later run
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        if collector.is_alive():
+            collector.join(30)
         h.abort()
 
 

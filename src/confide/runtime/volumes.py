@@ -45,6 +45,7 @@ import re
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,30 +230,38 @@ class MountedVolumes:
         self.binds.clear()
         changed: dict[str, tuple[str, str]] = {}
         errors: list[str] = []
-        for release, handle in reversed(self.handles):
-            if release.update_policy is UpdatePolicy.EPHEMERAL:
+        try:
+            for release, handle in reversed(self.handles):
+                if release.update_policy is UpdatePolicy.EPHEMERAL:
+                    try:
+                        handle.abort()
+                    except _CLOSE_ERRORS as exc:
+                        errors.append(f"{release.name}: {_message(exc)}")
+                        continue
+                    log.info("confide: volume %s is ephemeral: this run's changes were discarded",
+                             release.name)  # fmt: skip
+                    continue
                 try:
-                    handle.abort()
-                except (ConfideError, OSError) as exc:
+                    new = handle.close()
+                except _CLOSE_ERRORS as exc:  # the others are closed all the same
                     errors.append(f"{release.name}: {_message(exc)}")
                     continue
-                log.info("confide: volume %s is ephemeral: this run's changes were discarded", release.name)
-                continue
-            try:
-                new = handle.close()
-            except (ConfideError, OSError) as exc:
-                errors.append(f"{release.name}: {_message(exc)}")
-                continue
-            old = (
-                self.mounted_tags.get(release.name, release.tag)
-                if release.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION
-                else release.tag
-            )
-            if new and new != old:
-                changed[release.name] = (old, new)
-        _remove_staging(self.staging_dirs, self.staging_lock)
-        self.staging_lock = None
+                old = (
+                    self.mounted_tags.get(release.name, release.tag)
+                    if release.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION
+                    else release.tag
+                )
+                if new and new != old:
+                    changed[release.name] = (old, new)
+        finally:  # also on an interrupt: the run directory's lock is never kept past the mounts
+            _remove_staging(self.staging_dirs, self.staging_lock)
+            self.staging_lock = None
         return changed, errors
+
+
+# what one volume's close may raise without ending the others' (a FUSE server's wait for its
+# seal raises subprocess.TimeoutExpired after STOP_TIMEOUT)
+_CLOSE_ERRORS = (ConfideError, OSError, subprocess.SubprocessError)
 
 
 def _message(exc: BaseException) -> str:
@@ -260,6 +269,8 @@ def _message(exc: BaseException) -> str:
     be a path in the decrypted tree)."""
     if isinstance(exc, ConfideError):
         return exc.message
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return "cannot seal the session's changes: its FUSE server did not end within the time limit"
     if isinstance(exc, OSError):
         return f"cannot seal the session's changes: {exc.strerror or type(exc).__name__}"
     return type(exc).__name__
@@ -370,9 +381,10 @@ def _collect_stale(staging: Path, uid: int) -> None:
     """Not root, before this run makes its own directory: remove the ``run-XXXXXXXX``
     directories that runs of this user left in ``staging`` (:func:`_safe_staging`'s, checked)
     when they were killed (SIGKILL: nothing of theirs removed it). Only what is provably dead
-    and this user's: a directory (not a symlink) owned by ``uid``, mode 0700, whose lock file
-    (:data:`_RUN_LOCK`: a regular file owned by ``uid``) this process can lock (a live run holds
-    it; a pid could be reused, a lock cannot outlive its holder). A directory without a lock
+    and this user's: a directory (not a symlink, not a mount point: on ``staging``'s file
+    system) owned by ``uid``, mode 0700, whose lock file (:data:`_RUN_LOCK`: a regular file
+    owned by ``uid`` with no other link, checked before it is opened) this process can lock (a
+    live run holds it; a pid could be reused, a lock cannot outlive its holder). A directory without a lock
     file (made by an older confide, or killed between its creation and its lock) is left
     alone. Under the lock: symlinks (the ``/dev/shm`` links of tmpfs mounts, dangling once the
     guard removed the plaintext) are unlinked, never followed; empty directories removed; a
@@ -389,9 +401,16 @@ def _collect_stale(staging: Path, uid: int) -> None:
             names = [n for n in os.listdir(sfd) if _RUN_NAME.match(n)]
         except OSError:
             return  # not listable (e.g. mode 1733): nothing to collect from here
+        dev = os.fstat(sfd).st_dev
+        # a mount point there is no run directory (a run's is a plain directory of staging's file
+        # system): e.g. a volume of that name mounted at the shared path, whose files are not
+        # this collector's to remove; left without a look (a stat of a FUSE mount may block)
+        mounted = _mount_points_in(staging) if names else set()
         for name in names:
+            if name in mounted:
+                continue
             try:
-                _collect_one(staging, sfd, name, uid)
+                _collect_one(staging, sfd, name, uid, dev)
             except FileNotFoundError:
                 continue  # removed meanwhile (another run collecting at the same time)
             except OSError as exc:
@@ -402,23 +421,29 @@ def _collect_stale(staging: Path, uid: int) -> None:
         os.close(sfd)
 
 
-def _collect_one(staging: Path, sfd: int, name: str, uid: int) -> None:
+def _collect_one(staging: Path, sfd: int, name: str, uid: int, dev: int) -> None:
     st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or stat.S_IMODE(st.st_mode) != 0o700:
         return  # another user's, or not one of ours
+    if st.st_dev != dev:
+        return  # a mount point (the root of another file system): not a run's directory
     dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
     try:
         dst = os.fstat(dfd)
         if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
             return  # replaced since
         try:
-            lock = os.open(_RUN_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+            # its kind first: a FIFO or a device is never opened (an open may act: a tape rewinds)
+            lst = os.stat(_RUN_LOCK, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return  # nothing proves its run gone
+        if not _run_lock_file(lst, uid):
+            return
+        lock = os.open(_RUN_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         try:
-            lst = os.fstat(lock)
-            if not stat.S_ISREG(lst.st_mode) or lst.st_uid != uid:
-                return
+            opened = os.fstat(lock)
+            if (opened.st_dev, opened.st_ino) != (lst.st_dev, lst.st_ino) or not _run_lock_file(opened, uid):
+                return  # replaced since
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -439,24 +464,55 @@ def _collect_one(staging: Path, sfd: int, name: str, uid: int) -> None:
         os.close(dfd)
 
 
-def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
-    """Remove one entry of a dead run's directory (see :func:`_collect_stale`); why not, if not."""
+def _run_lock_file(st: os.stat_result, uid: int) -> bool:
+    """Whether ``st`` is a run's lock file as :func:`_run_directory` makes it: a regular file of
+    ``uid`` with no other name (a hard link's other name could be a lock that is not a run's,
+    e.g. a volume's: taking it, even for a moment, would make that volume's users wait)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1
+
+
+def _mount_points_in(staging: Path) -> set[str]:
+    """The names of the mount points directly in ``staging`` by the mount table (the calling
+    thread's), without touching them."""
+    want = os.path.realpath(staging)
     try:
-        st: os.stat_result | None = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-    except OSError as exc:
-        st, failed = None, f"{path}: {exc.strerror or exc}"
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        os.unlink(entry, dir_fd=dfd)  # the link only; its target is the shm guard's to remove
-        return None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        return f"{path}: not a directory"
-    if st is None or st.st_dev != dev or _mounted_at(path):
-        if not _dead_fuse_mount(path):
-            return failed if st is None else f"{path}: still mounted"
+        with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()  # the device number check (_collect_one) still tells a mount point
+    unescape = re.compile(r"\\([0-7]{3})")
+    found = set()
+    for fields in (line.split(" ") for line in lines):
+        if len(fields) > 4:
+            parent, name = os.path.split(unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]))
+            if parent == want:
+                found.add(name)
+    return found
+
+
+def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
+    """Remove one entry of a dead run's directory (see :func:`_collect_stale`); why not, if not.
+    A mount there is found by the mount table first, without a ``stat``: a FUSE mount's is
+    answered by its server, which may be stopped or hung."""
+    if _mounted_at(path):
+        why = _dead_fuse_mount(path)
+        if why is not None:
+            return f"{path}: {why}"
         # a confide FUSE mount whose server is dead (killed too): nothing behind it to lose
         subprocess.run(_unmount_cmd(path, True), capture_output=True, check=False)  # noqa: S603
         if _mounted_at(path):
             return f"{path}: a dead FUSE mount that cannot be detached"
+    try:
+        st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        os.unlink(entry, dir_fd=dfd)  # the link only; its target is the shm guard's to remove
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path}: not a directory"
+    if st.st_dev != dev:
+        return f"{path}: still mounted"  # a mount the table did not list
     try:
         os.rmdir(entry, dir_fd=dfd)
     except OSError as exc:
@@ -464,16 +520,33 @@ def _collect_entry(path: Path, dfd: int, entry: str, dev: int) -> str | None:
     return None
 
 
-def _dead_fuse_mount(path: Path) -> bool:
-    """A confide FUSE mount on top at ``path`` whose server is gone (``statfs``, which the
-    kernel never answers from its cache, fails with ENOTCONN; a ``stat`` may still succeed)."""
+_PROBE_TIMEOUT = 2.0  # seconds for a FUSE server to answer a collector's statfs
+
+
+def _dead_fuse_mount(path: Path, timeout: float = _PROBE_TIMEOUT) -> str | None:
+    """None if the mount on top at ``path`` is a confide FUSE mount whose server is gone
+    (``statfs``, which the kernel never answers from its cache, fails with ENOTCONN; a ``stat``
+    may still succeed), else why it is left. The ``statfs`` is asked from a thread of its own
+    for ``timeout`` seconds: a server that is stopped (SIGSTOP) or hung would hold the start of
+    the run for ever; that thread is left waiting for it."""
     if not _listed_mount(path):
-        return False
-    try:
-        os.statvfs(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+        return "still mounted"
+    answer: list[int] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+        except OSError as exc:
+            answer.append(exc.errno or -1)
+        else:
+            answer.append(0)
+
+    thread = threading.Thread(target=probe, name="confide-collect-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        return f"still mounted (its FUSE server did not answer within {timeout:g} s)"
+    return None if answer[0] == errno.ENOTCONN else "still mounted"
 
 
 def _check_free(staging: Path, name: str) -> None:
