@@ -694,8 +694,9 @@ def _wait_for(cas: CasProcess, event: str, count: int) -> list[dict[str, Any]]:
 
 def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> None:
     """cas serve with --metrics-client-ca (and a token file: both required): no client
-    certificate, one of another CA or an expired one get no HTTP at all (TLS 1.3 and 1.2); one
-    of the bundle's CA with the token is served, without the token 401. Scrapers are named by
+    certificate, one of another CA or an expired one get no HTTP at all; one of the bundle's CA
+    with the token is served over TLS 1.3 (no session resumed), without the token 401; over TLS
+    1.2 nothing is served (TLS 1.3 only there: the refusal logged as tls_version). Scrapers are named by
     their certificates in the log and the counters, never by a token. SIGHUP reloads the bundle;
     a bad bundle keeps the one in use."""
     server_ca, cert, key = tls_server_files(tmp_path, "metrics")
@@ -717,13 +718,14 @@ def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> No
         url = line["metrics_http"]
         assert isinstance(url, str) and url.startswith("https://127.0.0.1:"), line
         assert line["metrics_client_ca"] == [_cert_sha(ca_a)], line
+        served = _scrape(url, server_ca, client_a, TOKEN)
+        assert isinstance(served, tuple) and served[0] == 200 and "confide_requests_total" in served[1]
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
-            served = _scrape(url, server_ca, client_a, TOKEN, version)
-            assert isinstance(served, tuple) and served[0] == 200 and "confide_requests_total" in served[1]
             assert _scrape(url, server_ca, None, TOKEN, version) == "refused"
             assert _scrape(url, server_ca, client_b, TOKEN, version) == "refused"
             assert _scrape(url, server_ca, expired, TOKEN, version) == "refused"
-            assert not _resumed(url, server_ca, client_a, version)  # each certificate judged
+        assert not _resumed(url, server_ca, client_a, ssl.TLSVersion.TLSv1_3)  # each certificate judged
+        assert _scrape(url, server_ca, client_a, TOKEN, ssl.TLSVersion.TLSv1_2) == "refused"  # TLS 1.3 only
         # no TLS alert (asyncio's SSL transport closes without sending the one OpenSSL wrote)
         assert _how_refused(url, server_ca, ssl.TLSVersion.TLSv1_3) == "closed after the handshake"
         assert _how_refused(url, server_ca, ssl.TLSVersion.TLSv1_2) == "closed in the handshake"
@@ -733,7 +735,7 @@ def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> No
         assert isinstance(served, tuple)
         sha_a = _cert_sha(client_a[0])
         assert (
-            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 7.0'
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 4.0'
             in served[1]
         )
         assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]
@@ -763,6 +765,9 @@ def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> No
     assert cas.log is not None
     log = cas.log.read_text()
     assert TOKEN not in log and "Traceback" not in log
+    handshakes = [json.loads(x) for x in log.splitlines() if '"metrics-tls-handshake"' in x]
+    # each TLS 1.2 client: refused before it sent a certificate, none or not (as the handshake's words say)
+    assert [x["detail"] for x in handshakes if x["cause"] == "tls_version"] == ["UNSUPPORTED_PROTOCOL"] * 5
     scrapers = [json.loads(x) for x in log.splitlines() if '"metrics-scraper"' in x and "client_cert" in x]
     assert [(s["client_cert_subject"], s["client_cert_sha256"]) for s in scrapers] == [
         ("CN=scraper-a", sha_a),
@@ -801,8 +806,8 @@ def test_ledger_metrics_listener_requires_client_certificates(
 ) -> None:
     """ledger serve and ledger witness serve with --metrics-client-ca (docs/ledger.md "Metrics
     and refusals"), over real TLS 1.3 and 1.2: no client certificate, or one of another CA, gets
-    no HTTP at all; one of the bundle's CA is served (with the token: both are required) and
-    counted by its certificate."""
+    no HTTP at all; one of the bundle's CA is served over TLS 1.3 (with the token: both are
+    required; no session resumed), never over TLS 1.2, and counted by its certificate."""
     server_ca, cert, key = tls_server_files(tmp_path, "metrics")
     ca_a, issuer_a = tls_client_ca(tmp_path, "a")
     _ca_b, issuer_b = tls_client_ca(tmp_path, "b")
@@ -816,10 +821,14 @@ def test_ledger_metrics_listener_requires_client_certificates(
     proc, _url, metrics_url = _start_ledger(argv)
     try:
         assert metrics_url.startswith("https://127.0.0.1:"), metrics_url
+        served = _scrape(metrics_url, server_ca, client_a, TOKEN)
+        assert isinstance(served, tuple) and served[0] == 200, served
+        assert "confide_ledger_http_requests_total" in served[1]
+        assert _scrape(metrics_url, server_ca, client_a, TOKEN, ssl.TLSVersion.TLSv1_2) == "refused"
+        # no session resumed: each connection's certificate judged at its own handshake
+        # (a resumed one carries the certificate judged when it was made, expired since)
+        assert not _resumed(metrics_url, server_ca, client_a, ssl.TLSVersion.TLSv1_3)
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
-            served = _scrape(metrics_url, server_ca, client_a, TOKEN, version)
-            assert isinstance(served, tuple) and served[0] == 200, served
-            assert "confide_ledger_http_requests_total" in served[1]
             assert _scrape(metrics_url, server_ca, None, TOKEN, version) == "refused"
             assert _scrape(metrics_url, server_ca, client_b, TOKEN, version) == "refused"
             want = (
@@ -828,16 +837,13 @@ def test_ledger_metrics_listener_requires_client_certificates(
                 else "closed in the handshake"
             )
             assert _how_refused(metrics_url, server_ca, version) == want  # no TLS alert, as the CAS's
-            # no session resumed: each connection's certificate judged at its own handshake
-            # (a resumed one carries the certificate judged when it was made, expired since)
-            assert not _resumed(metrics_url, server_ca, client_a, version)
         unauthorized = _scrape(metrics_url, server_ca, client_a)  # the certificate alone: the token too
         assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
         served = _scrape(metrics_url, server_ca, client_a, TOKEN)
         assert isinstance(served, tuple) and served[0] == 200
         sha_a = _cert_sha(client_a[0])
         assert (
-            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 7.0'
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 4.0'
             in served[1]
         ), served[1]
         assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]
@@ -929,26 +935,30 @@ class _Acl:
                 "--metrics-client-crl", str(self.crl))  # fmt: skip
 
     def check(self, url: str) -> str:
-        """Each outcome over TLS 1.3 and 1.2: the text of a last, allowed scrape."""
-        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
-            served = _scrape(url, self.server_ca, self.client["ok"], version=version)
-            assert isinstance(served, tuple) and served[0] == 200, served
-            refused = _scrape(url, self.server_ca, self.client["other"], version=version)
-            assert refused == (403, "this client certificate is not allowed\n"), refused
-            for name in ("revoked", "expired"):
-                assert _scrape(url, self.server_ca, self.client[name], version=version) == "refused", name
-            assert _scrape(url, self.server_ca, None, version=version) == "refused"
+        """Each outcome over TLS 1.3, and over TLS 1.2 each refused (TLS 1.3 only): the text of a
+        last, allowed scrape."""
+        served = _scrape(url, self.server_ca, self.client["ok"])
+        assert isinstance(served, tuple) and served[0] == 200, served
+        refused = _scrape(url, self.server_ca, self.client["other"])
+        assert refused == (403, "this client certificate is not allowed\n"), refused
+        for name in ("revoked", "expired"):
+            assert _scrape(url, self.server_ca, self.client[name]) == "refused", name
+        assert _scrape(url, self.server_ca, None) == "refused"
+        for tls12 in ("ok", "other", "revoked", "expired"):
+            assert (
+                _scrape(url, self.server_ca, self.client[tls12], version=ssl.TLSVersion.TLSv1_2) == "refused"
+            )
         deadline = time.monotonic() + 20
         while True:  # a failed handshake is counted once its connection is lost
             served = _scrape(url, self.server_ca, self.client["ok"])
             assert isinstance(served, tuple) and served[0] == 200
             text = served[1]
-            if 'confide_metrics_tls_handshake_failures_total{reason="no_certificate"} 2.0' in text:
+            if 'confide_metrics_tls_handshake_failures_total{reason="tls_version"} 4.0' in text:
                 break
             assert time.monotonic() < deadline, text
-        for reason, n in (("revoked", 2), ("expired", 2), ("no_certificate", 2), ("unknown_ca", 0)):
+        for reason, n in (("revoked", 1), ("expired", 1), ("no_certificate", 1), ("unknown_ca", 0)):
             assert f'confide_metrics_tls_handshake_failures_total{{reason="{reason}"}} {n}.0' in text, reason
-        assert 'confide_metrics_client_cert_refused_total{reason="not_allowed"} 2.0' in text
+        assert 'confide_metrics_client_cert_refused_total{reason="not_allowed"} 1.0' in text
         assert "confide_metrics_client_allow_entries 3.0" in text
         assert "confide_metrics_tls_certificate_client_crl_revoked 1.0" in text
         return text
@@ -962,11 +972,11 @@ class _Acl:
     def check_log(self, log: str) -> None:
         refusals = self.refusals(log)
         causes = sorted(str(x.get("cause")) for x in refusals if x["reason"] == "metrics-tls-handshake")
-        assert causes == ["expired"] * 2 + ["no_certificate"] * 2 + ["revoked"] * 2, refusals
+        assert causes == ["expired", "no_certificate", "revoked"] + ["tls_version"] * 4, refusals
         not_allowed = [x for x in refusals if x["reason"] == "metrics-client-cert-not-allowed"]
         assert [(x["client_cert_subject"], x["client_cert_sha256"], x["client"]) for x in not_allowed] == [
             ("CN=other", _cert_sha(self.client["other"][0]), "127.0.0.1")
-        ] * 2
+        ]
         assert "BEGIN" not in log and "Traceback" not in log
 
 

@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
 from confide.httpserve.certreload import CertificateReloader, load_client_ca
-from confide.httpserve.limits import CLIENT_CERT, HttpLimits
+from confide.httpserve.limits import CLIENT_CERT, HttpLimits, handshake_failure
 from confide.httpserve.metrics_listener import (
     CLIENT_CERT_REFUSALS,
     METRICS_CLIENT_CA_OPTION,
@@ -35,7 +36,7 @@ from confide.httpserve.metrics_listener import (
     listener_limits,
     metrics_files,
 )
-from pki import Issuer, issue, key_usage, tls_client_ca, tls_client_files, tls_server_files
+from pki import Issuer, client_crl, issue, key_usage, tls_client_ca, tls_client_files, tls_server_files
 
 OPTION = METRICS_CLIENT_CA_OPTION
 
@@ -95,11 +96,16 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def _handshake(
-    server_context: ssl.SSLContext, client: tuple[Path, Path] | None, pki: Pki, version: ssl.TLSVersion
+    server_context: ssl.SSLContext,
+    client: tuple[Path, Path] | None,
+    pki: Pki,
+    version: ssl.TLSVersion,
+    why: list[tuple[str, str]] | None = None,
 ) -> str:
     """A real TLS connection over a socket pair: the client (with the certificate ``client``,
     or none; TLS ``version`` exactly) sends a line, the server (``server_context``) answers it
-    once its handshake succeeded. ``"served"``, or ``"refused"`` when the client got no answer."""
+    once its handshake succeeded. ``"served"``, or ``"refused"`` when the client got no answer
+    (then appended to ``why``: what the server's handshake failed with, :func:`handshake_failure`)."""
     ours, theirs = socket.socketpair()
     ours.settimeout(10)
     theirs.settimeout(10)
@@ -132,6 +138,8 @@ def _handshake(
         assert not server_error
         return "served"
     assert server_error, "the client got nothing although the server's handshake succeeded"
+    if why is not None:
+        why.append(handshake_failure(server_error[0]))
     return "refused"
 
 
@@ -149,25 +157,32 @@ def _reloader(pki: Pki, ca: Path, **kwargs: object) -> CertificateReloader:
 @pytest.mark.parametrize("version", VERSIONS, ids=["tls1.3", "tls1.2"])
 def test_a_client_certificate_of_the_bundle_is_required(pki: Pki, version: ssl.TLSVersion) -> None:
     """No certificate, one of another CA, an expired one, one for servers only: refused in the
-    handshake; one of the bundle's CA: served. Without --metrics-client-ca, no certificate is asked for."""
+    handshake; one of the bundle's CA: served over TLS 1.3, refused over TLS 1.2 (TLS 1.3 only
+    where client certificates are required: no session resumed). Without --metrics-client-ca,
+    no certificate is asked for, and TLS 1.2 is served."""
     reloader = _reloader(pki, pki.ca["a"])
     context = reloader()
     assert context.verify_mode == ssl.CERT_REQUIRED
-    assert _handshake(context, pki.client["a"], pki, version) == "served"
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    why: list[tuple[str, str]] = []
+    tls13 = version == ssl.TLSVersion.TLSv1_3
+    assert _handshake(context, pki.client["a"], pki, version, why) == ("served" if tls13 else "refused")
+    assert why == ([] if tls13 else [("tls_version", "UNSUPPORTED_PROTOCOL")])
     assert _handshake(context, None, pki, version) == "refused"
     assert _handshake(context, pki.client["b"], pki, version) == "refused"
     assert _handshake(context, pki.client["expired"], pki, version) == "refused"
     assert _handshake(context, pki.client["server-auth"], pki, version) == "refused"  # not for clients
     plain = CertificateReloader(pki.cert, pki.key)()
-    assert plain.verify_mode == ssl.CERT_NONE
+    assert plain.verify_mode == ssl.CERT_NONE and plain.minimum_version == ssl.TLSVersion.TLSv1_2
     assert _handshake(plain, None, pki, version) == "served"
 
 
 def _connect(
     server_context: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None
-) -> tuple[bool, ssl.SSLSession]:
+) -> tuple[bool, ssl.SSLSession] | None:
     """One connection over a socket pair, the client offering ``session`` to resume; the
-    session it ends with (``session_reused``: whether the server resumed the one offered). The
+    session it ends with (``session_reused``: whether the server resumed the one offered),
+    ``None`` when the client got no answer (its handshake refused). The
     server ends the connection as a server does, with a close_notify: OpenSSL drops a session
     from its cache when its connection was not shut down, which hid resumption by session id."""
     ours, theirs = socket.socketpair()
@@ -185,32 +200,108 @@ def _connect(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    with client.wrap_socket(ours, session=session) as tls:
-        tls.sendall(b"GET\n")
-        assert tls.recv(64) == b"200\n"
-        reused, ended = tls.session_reused, tls.session
+    try:
+        with client.wrap_socket(ours, session=session) as tls:
+            tls.sendall(b"GET\n")
+            if tls.recv(64) != b"200\n":
+                raise ConnectionError("no answer")
+            reused, ended = tls.session_reused, tls.session
+    except (ssl.SSLError, OSError):
+        thread.join(10)
+        return None
     thread.join(10)
     assert ended is not None
     return reused, ended
 
 
-@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.3", "tls1.2"])
-def test_every_connection_is_a_full_handshake_its_certificate_judged_again(
-    pki: Pki, version: ssl.TLSVersion
-) -> None:
-    """A resumed TLS session (a TLS 1.3 ticket, a TLS 1.2 ticket or session id) carries the
-    client certificate of the handshake that made it, judged then: resumed, it was served
-    again without being judged, after it expired too (for the session's lifetime, hours). The
-    listener resumes no session: each connection's certificate is checked at its handshake."""
-    reloader = _reloader(pki, pki.ca["a"])  # asked for a context at each connection, as served
+def _client(pki: Pki, version: ssl.TLSVersion, cert: tuple[Path, Path]) -> ssl.SSLContext:
+    """A client offering TLS ``version`` only, with the certificate ``cert``."""
     client = ssl.create_default_context(cafile=str(pki.server_ca))
     client.check_hostname = False
     client.minimum_version = client.maximum_version = version
-    client.load_cert_chain(*pki.client["a"])
-    reused, session = _connect(reloader(), client, None)
-    assert not reused
-    reused, _ = _connect(reloader(), client, session)
-    assert not reused
+    client.load_cert_chain(*cert)
+    return client
+
+
+def test_one_context_per_load_and_every_connection_a_full_handshake(pki: Pki) -> None:
+    """A resumed TLS session (a TLS 1.3 ticket, a TLS 1.2 ticket or session id) carries the
+    client certificate of the handshake that made it, judged then, not its chain's dates again
+    (an expired client CA's clients were served by resuming, for the session's lifetime). The
+    listener has one context per load of its files, handed to every connection, and resumes no
+    session from it: TLS 1.3 only, no tickets; a TLS 1.2 client, which OpenSSL's session-id cache
+    would resume, is refused whatever session it offers."""
+    reloader = _reloader(pki, pki.ca["a"])
+    context = reloader()
+    assert reloader() is context  # made at load, not per connection
+    assert context.num_tickets == 0 and context.options & ssl.OP_NO_TICKET
+    client = _client(pki, ssl.TLSVersion.TLSv1_3, pki.client["a"])
+    first = _connect(context, client, None)
+    assert first is not None and not first[0]
+    again = _connect(reloader(), client, first[1])
+    assert again is not None and not again[0]  # offered, not resumed: a full handshake
+    assert context.session_stats()["hits"] == 0
+    tls12 = _client(pki, ssl.TLSVersion.TLSv1_2, pki.client["a"])
+    assert _connect(reloader(), tls12, None) is None  # so it never has a session to offer
+
+
+def test_a_session_whose_certificate_was_revoked_since_is_not_resumed(pki: Pki) -> None:
+    """A scraper's connection served, then its certificate revoked (the CRL reloaded): a new
+    connection offering the session of the first is refused in its handshake (revoked), over TLS
+    1.3 and over TLS 1.2 (no TLS 1.2 at all there). A connection whose handshake began on the
+    context of the old CRL is not resumed either, and its requests are refused
+    (:meth:`CertificateReloader.client_cert_refusal`)."""
+    crl = pki.dir / "client.crl"
+    crl.write_bytes(client_crl(pki.issuer["a"], number=1).public_bytes(serialization.Encoding.PEM))
+    reloader = _reloader(pki, pki.ca["a"], client_crl=crl, client_crl_option="--metrics-client-crl")
+    before = reloader()
+    client = _client(pki, ssl.TLSVersion.TLSv1_3, pki.client["a"])
+    served = _connect(before, client, None)
+    assert served is not None and not served[0]
+    leaf = x509.load_pem_x509_certificate(pki.client["a"][0].read_bytes())
+    _replace(crl, client_crl(pki.issuer["a"], [leaf], number=2).public_bytes(serialization.Encoding.PEM))
+    assert reloader.poll() is True
+    after = reloader()
+    assert after is not before
+    assert _connect(after, client, served[1]) is None
+    assert _connect(after, _client(pki, ssl.TLSVersion.TLSv1_2, pki.client["a"]), None) is None
+    # a connection accepted just before the reload, on the context of the old CRL: a full
+    # handshake too (not resumed), and its requests judged by the new CRL (a 403, below)
+    late = _connect(before, client, served[1])
+    assert late is not None and not late[0]
+    why: list[tuple[str, str]] = []
+    assert _handshake(after, pki.client["a"], pki, ssl.TLSVersion.TLSv1_3, why) == "refused"
+    assert why == [("revoked", "certificate revoked")]
+    assert _handshake(after, pki.client["b"], pki, ssl.TLSVersion.TLSv1_3) == "refused"  # another CA's
+    assert reloader.client_cert_refusal(leaf.public_bytes(serialization.Encoding.DER)) == "revoked"
+
+
+def test_a_client_ca_expired_since_a_session_was_made_refuses_the_next_connection(pki: Pki) -> None:
+    """What per-request judgement alone misses (it judges the client's certificate, not its
+    chain): a session made while the client CA was valid, offered once the CA has expired (the
+    same context, no reload). The new connection is a full handshake, refused (OpenSSL's wall
+    clock: the CA is made to expire within seconds)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key = ec.generate_private_key(ec.SECP256R1())
+    until = now + timedelta(seconds=3)
+    ca = issue(
+        "short-lived client CA", key.public_key(), issuer="short-lived client CA", signing_key=key,
+        not_before=now - timedelta(hours=1), not_after=until, ca=True,
+        usage=key_usage(cert_sign=True, digital_signature=False),
+    )  # fmt: skip
+    bundle = pki.dir / "short-lived.pem"
+    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    scraper = tls_client_files(pki.dir, "short-lived", (ca, key))
+    context = _reloader(pki, bundle)()
+    client = _client(pki, ssl.TLSVersion.TLSv1_3, scraper)
+    served = _connect(context, client, None)
+    if datetime.now(UTC) >= until:
+        pytest.fail("the machine took 3 s to make one handshake: the session was made after the CA expired")
+    assert served is not None
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 1.1)
+    assert _connect(context, client, served[1]) is None
+    why: list[tuple[str, str]] = []
+    assert _handshake(context, scraper, pki, ssl.TLSVersion.TLSv1_3, why) == "refused"
+    assert why == [("expired", "certificate has expired")]
 
 
 def test_an_intermediate_ca_alone_is_a_trust_anchor(pki: Pki) -> None:
@@ -258,7 +349,8 @@ def test_the_bundle_is_reloaded_and_a_bad_one_keeps_the_one_in_use(
         assert reloader.poll() is False and reloader.loaded is in_use
     ca.unlink()
     assert reloader.reload() is False and reloader.loaded is in_use
-    assert _handshake(reloader(), pki.client["b"], pki, ssl.TLSVersion.TLSv1_2) == "served"
+    assert reloader() is second  # the one context of the files in use
+    assert _handshake(reloader(), pki.client["b"], pki, ssl.TLSVersion.TLSv1_3) == "served"
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.clientca"]
     assert [x["result"] for x in lines] == ["ok", "failed", "failed", "failed", "failed"]
     assert lines[0]["client_ca_sha256"] == [_sha(pki.ca["b"])]
@@ -394,3 +486,24 @@ def test_the_app_refuses_a_request_without_a_certificate_and_counts_by_certifica
     assert app.client_certs.scrapes == {("CN=scraper-a", hashlib.sha256(der).hexdigest()): 1}
     plain = MetricsListenerApp(lambda: b"metrics\n", auth=None, limits=listener_limits(HttpLimits()))
     assert _get(plain, {}) == (200, b"metrics\n")  # without --metrics-client-ca: as before
+
+
+def test_client_certificates_need_tls13(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenSSL without TLS 1.3: a one-line UsageError naming the bundle's option (the server
+    does not start: it would refuse every scraper). A context made to stop at TLS 1.2: a bug of
+    the caller, not served."""
+
+    def tls12_only() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    with pytest.raises(ValueError, match=r"must allow TLS 1\.3"):
+        _reloader(pki, pki.ca["a"], make_context=tls12_only)
+    monkeypatch.setattr(ssl, "HAS_TLSv1_3", False)
+    with pytest.raises(UsageError) as info:
+        _reloader(pki, pki.ca["a"])
+    assert str(info.value) == f"{OPTION}: needs TLS 1.3, which this Python's OpenSSL does not have"
+    assert (
+        CertificateReloader(pki.cert, pki.key)().minimum_version == ssl.TLSVersion.TLSv1_2
+    )  # without: as before

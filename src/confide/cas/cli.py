@@ -217,7 +217,8 @@ def cas() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     metavar="FILE",
     help="Require a client certificate (mutual TLS) on the --metrics-listen listener, chaining to "
-    "one of this file's PEM certificates (each one a trust anchor); needs --metrics-cert. Scrapers "
+    "one of this file's PEM certificates (each one a trust anchor); needs --metrics-cert. TLS 1.3 "
+    "only then (no session resumed: every connection's certificate judged at its handshake). Scrapers "
     "are then named by their certificate's subject and SHA-256 in the log and the counters. With "
     "--metrics-token-file, both are required. Reloaded with --metrics-cert (a bad file keeps the "
     "CAs in use).",

@@ -34,7 +34,11 @@ client certificate (mutual TLS, ``ssl.CERT_REQUIRED``) that chains to a certific
 bundle (:func:`load_client_ca`; each certificate of it a trust anchor, an intermediate CA alone
 is enough: ``VERIFY_X509_PARTIAL_CHAIN``); the bundle is one more of the reloader's files, read
 with the pair on each reload: a bad bundle keeps the context in use (its certificate and its
-client CAs) as a bad pair does.
+client CAs) as a bad pair does. Such a context speaks TLS 1.3 only and sends no session ticket,
+so that no session is ever resumed and every connection's certificate is judged by OpenSSL at
+its own handshake (:func:`_requiring_client_certs`): one context per load, made where the
+reload runs (at start, then in the reloader's worker thread), shared by every connection until
+the next reload; nothing is made per connection.
 
 With a ``client_crl`` file too (``--metrics-client-crl``: PEM or DER CRLs of the bundle's CAs,
 :func:`load_client_crl`), each connection's client certificate is checked against them by
@@ -169,12 +173,6 @@ class LoadedCertificate:
     not_before: datetime
     client_ca: LoadedClientCa | None = None
     client_crl: LoadedClientCrl | None = None
-    fresh: Callable[[], ssl.SSLContext] | None = None
-    """With ``client_ca``: a new context of the same files for each connection (what
-    :meth:`CertificateReloader.__call__` hands out): OpenSSL keeps a server's TLS 1.2 sessions
-    in its context's cache, and ``OP_NO_TICKET`` leaves that on (Python cannot turn it off), so
-    one context for every connection resumed a client's session by its id, with the client
-    certificate judged at the handshake that made it."""
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -244,15 +242,11 @@ def load_certificate_pair(
     key: Path,
     make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
     options: tuple[str, str] = TLS_OPTIONS,
-    *,
-    per_connection: bool = False,
 ) -> LoadedCertificate:
     """``make_context()`` loaded with the PEM certificate chain in ``cert`` and its unencrypted
     PEM private key in ``key``, both parsed and checked to match first. A
     :class:`UsageError` (one line: the option, the file, what is wrong; ``options`` name the
-    two files) otherwise. Its dates are not judged here (:func:`check_valid_at`).
-    ``per_connection``: also a function making a new such context from the same bytes
-    (:attr:`LoadedCertificate.fresh`)."""
+    two files) otherwise. Its dates are not judged here (:func:`check_valid_at`)."""
     cert_opt, key_opt = options
     both = f"{cert_opt}/{key_opt}"
     cert_pem = _read(cert, cert_opt)
@@ -301,16 +295,9 @@ def load_certificate_pair(
     except OSError as exc:
         raise UsageError(f"{both}: cannot load: {exc.strerror or exc}") from None
     der = leaf.public_bytes(serialization.Encoding.DER)
-
-    def fresh() -> ssl.SSLContext:
-        made = make_context()
-        _load_chain(made, cert_pem, key_pem, cert, key)
-        return made
-
     return LoadedCertificate(
-        ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc,
-        fresh=fresh if per_connection else None,
-    )  # fmt: skip
+        ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc
+    )
 
 
 def load_client_ca(path: Path, option: str) -> LoadedClientCa:
@@ -516,17 +503,30 @@ def _load_crls(ctx: ssl.SSLContext, pem: str) -> None:
 
 
 def _requiring_client_certs(
-    make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa, crl: LoadedClientCrl | None = None
+    make_context: Callable[[], ssl.SSLContext],
+    ca: LoadedClientCa,
+    crl: LoadedClientCrl | None = None,
+    option: str = "--client-ca",
 ) -> ssl.SSLContext:
     """``make_context()`` asking every client for a certificate chaining to ``ca`` and refusing
-    the handshake without one (TLS 1.2 and 1.3 alike). No session is resumed (no TLS 1.3
-    tickets, no TLS 1.2 tickets; TLS 1.2 session ids: each connection gets a context of its own,
-    :attr:`LoadedCertificate.fresh`): a resumed session carries the certificate of the handshake
-    that made it, judged then, so an expired one would be served for the session's lifetime;
-    each connection's certificate is judged at its own handshake. With ``crl``: the client
-    certificate is checked against it (``VERIFY_CRL_CHECK_LEAF``: a certificate whose issuer has
-    no CRL there, or a CRL out of its dates, is refused)."""
+    the handshake without one, TLS 1.3 only, with no session tickets: no session is ever
+    resumed, every connection's certificate is judged by OpenSSL at its own handshake (its
+    chain, every certificate's dates, with ``crl`` its revocation), so one context serves every
+    connection until the next reload. A resumed session carries the certificate of the handshake
+    that made it, judged then: not its chain's dates again (an expired client CA's clients
+    would be served by resuming, for the session's lifetime, hours), and OpenSSL's server cache
+    of TLS 1.2 session ids, which ``OP_NO_TICKET`` leaves on, cannot be turned off from Python:
+    hence no TLS 1.2 (a TLS 1.2-only client is refused in the handshake: ``tls_version``,
+    :data:`~confide.httpserve.limits.HANDSHAKE_FAILURES`). With ``crl``: the client certificate
+    is checked against it (``VERIFY_CRL_CHECK_LEAF``: a certificate whose issuer has no CRL
+    there, or a CRL out of its dates, is refused). ``option`` names the bundle in the
+    :class:`UsageError` of an OpenSSL without TLS 1.3."""
+    if not ssl.HAS_TLSv1_3:
+        raise UsageError(f"{option}: needs TLS 1.3, which this Python's OpenSSL does not have")
     ctx = make_context()
+    if ctx.maximum_version not in (ssl.TLSVersion.MAXIMUM_SUPPORTED, ssl.TLSVersion.TLSv1_3):
+        raise ValueError("a context requiring client certificates must allow TLS 1.3")  # a caller's bug
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # any certificate of the bundle an anchor
     ctx.load_verify_locations(cadata=ca.pem)
@@ -723,11 +723,10 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         crl = None
         if self.client_crl is not None:
             crl = load_client_crl(self.client_crl, self.client_crl_option, ca)
-        make = self._make_context
+        make, option = self._make_context, self.client_ca_option
         loaded = load_certificate_pair(
-            self.cert, self.key, lambda: _requiring_client_certs(make, ca, crl), self.options,
-            per_connection=True,
-        )  # fmt: skip
+            self.cert, self.key, lambda: _requiring_client_certs(make, ca, crl, option), self.options
+        )
         return replace(loaded, client_ca=ca, client_crl=crl)
 
     def _check_reloaded(self, loaded: LoadedCertificate) -> None:
@@ -815,10 +814,10 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         return self.loaded.context
 
     def __call__(self) -> ssl.SSLContext:
-        """The context for a new connection: with a client CA bundle, one of its own
-        (:attr:`LoadedCertificate.fresh`: no session of another connection can be resumed)."""
-        loaded = self.loaded
-        return loaded.context if loaded.fresh is None else loaded.fresh()
+        """The context for a new connection: the one of the files in use (made when they were
+        loaded; with a client CA bundle too: no session is resumed there, TLS 1.3 only and no
+        tickets, :func:`_requiring_client_certs`)."""
+        return self.loaded.context
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """``<metric_prefix>_reloads_total{result}`` and ``<metric_prefix>_not_after_seconds``

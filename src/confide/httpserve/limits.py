@@ -150,6 +150,7 @@ HANDSHAKE_FAILURES = (
     "crl",
     "bad_certificate",
     "peer_alert",
+    "tls_version",
     "protocol",
     "timeout",
     "closed",
@@ -158,8 +159,10 @@ HANDSHAKE_FAILURES = (
 certificate does not chain to a trusted CA, has expired, is not yet valid, is revoked, could not
 be checked for revocation (no CRL of its issuer, or one past its nextUpdate, not yet valid, or
 whose signature does not verify), or failed another check (a signature, its purpose); the client
-sent an alert (it refused the server's certificate); another TLS error (no common version or
-cipher, not TLS at all); the handshake timed out; the connection ended during it."""
+sent an alert (it refused the server's certificate); the client offered no TLS version the
+listener speaks (a TLS 1.2-only client where client certificates are required: TLS 1.3 only
+there); another TLS error (no common cipher, not TLS at all); the handshake timed out; the
+connection ended during it."""
 
 # OpenSSL's X509_V_ERR_* codes (x509_vfy.h) a client certificate's verification fails with.
 _VERIFY_REASONS = {
@@ -199,6 +202,8 @@ def handshake_failure(exc: BaseException | None) -> tuple[str, str]:
             return "no_certificate", reason
         if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
             return "peer_alert", reason[:200]
+        if reason == "UNSUPPORTED_PROTOCOL":
+            return "tls_version", reason
         if isinstance(exc, ssl.SSLEOFError):
             return "closed", reason[:200]
         return "protocol", reason[:200]

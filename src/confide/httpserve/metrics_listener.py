@@ -862,6 +862,7 @@ class MetricsListenerApp:
                 "TLS handshakes of the metrics listener that failed, by reason (no_certificate,"
                 " unknown_ca, expired, not_yet_valid, revoked, crl: no valid CRL of its issuer,"
                 " bad_certificate: another check, peer_alert: the client refused the handshake,"
+                " tls_version: no TLS version in common, TLS 1.3 only with client certificates,"
                 " protocol, timeout, closed: the connection ended during it)",
                 labels=["reason"],
             )

@@ -335,9 +335,11 @@ _METRICS_OPTIONS = [
     click.option("--metrics-client-ca", type=_PATH, metavar="FILE",
                  help="Require a client certificate (mutual TLS) on the --metrics-listen listener,"
                  " chaining to one of this file's PEM certificates (each one a trust anchor); needs"
-                 " --metrics-cert. Scrapers are then named by their certificate's subject and SHA-256"
-                 " in the log and the counters. With --metrics-token-file, both are required."
-                 " Reloaded with --metrics-cert (a bad file keeps the CAs in use)."),
+                 " --metrics-cert. TLS 1.3 only then (no session resumed: every connection's"
+                 " certificate judged at its handshake). Scrapers are then named by their"
+                 " certificate's subject and SHA-256 in the log and the counters. With"
+                 " --metrics-token-file, both are required. Reloaded with --metrics-cert (a bad file"
+                 " keeps the CAs in use)."),
     click.option("--metrics-client-allow", type=_PATH, metavar="FILE",
                  help="Serve only the client certificates this file lists (needs --metrics-client-ca):"
                  " one a line, sha256:HEX of the certificate or its subject in RFC 4514 form"
