@@ -739,6 +739,8 @@ _GNU, _V7 = b"ustar  \0", b"\0" * 8
         # a V7 header (no magic): Go reads no device numbers or owner names, tarfile does
         (raw_file(b"etc/d", b"d", magic=_V7, fields={329: b"0000001\0"}), "devmajor field"),
         (raw_file(b"etc/o", b"o", magic=_V7, fields={265: b"root"}), "uname field"),
+        # a star header (trailer "tar\0"): Go parses its atime field and refuses it, tarfile ignores it
+        (raw_file(b"etc/st", b"s", fields={476: b"garbage!", 508: b"tar\0"}), "star atime field"),
         # a base-256 checksum: tarfile takes it, Go's getFormat reads it as octal and refuses
         (raw_file(b"etc/c", b"c", checksum=lambda n: b"\x80" + n.to_bytes(7, "big")), "checksum field"),
         # type flags: '7' a regular file for tarfile, TypeCont for Go (the engines refuse it); 'X'
@@ -809,7 +811,8 @@ def test_benign_twins_of_numeric_fields_read_alike(tmp_path: Path) -> None:
     """What both readers read alike still converts, copied byte for byte: octal fields padded
     with spaces at both ends, base-256 owners and times (Go's writer uses them for values
     octal cannot hold), a negative base-256 time, a GNU header with owner names and device
-    numbers, a V7 header without them, a GNU long name that fills its data exactly."""
+    numbers, a V7 header without them, a star header with its times, a GNU long name that fills
+    its data exactly."""
     members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
     b256 = b"\x80" + (1_700_000_000).to_bytes(11, "big")
     ok = (
@@ -818,6 +821,7 @@ def test_benign_twins_of_numeric_fields_read_alike(tmp_path: Path) -> None:
         + raw_file(b"etc/neg", b"n", fields={136: b"\xff" * 12})
         + raw_file(b"etc/gnu", b"g", magic=_GNU, fields={265: b"root", 297: b"wheel", 329: b"0000000\0"})
         + raw_file(b"etc/v7", b"v", magic=_V7)
+        + raw_file(b"etc/star", b"s", fields={476: b"%011o\0" % 1_700_000_000, 508: b"tar\0"})
         + raw_header(b"././@LongLink", 9, typeflag=b"L", magic=_GNU)
         + b"etc/long1".ljust(512, b"\0")
         + raw_file(b"x", b"l", magic=_GNU)
@@ -832,7 +836,8 @@ def test_benign_twins_of_numeric_fields_read_alike(tmp_path: Path) -> None:
     assert got == {
         "etc/pad": (0o644, 1000, 1000, 1_700_000_000, ""), "etc/b256": (0o644, 3_000_000, 0, 1_700_000_000, ""),
         "etc/neg": (0o644, 0, 0, -1, ""), "etc/gnu": (0o644, 0, 0, 1_700_000_000, "root"),
-        "etc/v7": (0o644, 0, 0, 1_700_000_000, ""), "etc/long1": (0o644, 0, 0, 1_700_000_000, ""),
+        "etc/v7": (0o644, 0, 0, 1_700_000_000, ""), "etc/star": (0o644, 0, 0, 1_700_000_000, ""),
+        "etc/long1": (0o644, 0, 0, 1_700_000_000, ""),
     }  # fmt: skip
 
 

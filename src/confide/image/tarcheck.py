@@ -18,6 +18,13 @@ names or different ends, the archive is refused rather than read one way:
   :func:`check_names`); a pax header's data must be well-formed records from end to end
   (Python 3.11's tarfile ignores what follows a record it cannot match, such as a length with
   a ``+`` sign, which Go applies) (:func:`check_pax_records`);
+* every other field an engine extracts with must read alike, or Go's refusal counts as a
+  disagreement: the numbers (mode, uid, gid, size, mtime, devmajor/devminor; octal with
+  spaces, NULs, signs or garbage; base-256), the checksum, V7 owner names and device numbers,
+  star times, the type flags ``7``, ``X`` and ``S`` (refused), pax uid/gid/size/mtime/atime/
+  ctime records (Go's ParseInt grammar) (:func:`_check_numbers`, :func:`_check_pax_numbers`),
+  a GNU long name or link that runs into its padding; GNU sparse files are refused
+  (:meth:`BoundedTarInfo._proc_member`);
 * after the end-of-archive blocks only zeros may follow (:func:`check_tail`).
 """
 
@@ -228,6 +235,7 @@ def _check_numbers(
       (which strips any whitespace and takes ``+``, ``_``, ``0o``); Go trims spaces and NULs
       at both ends, cuts at a NUL, and takes only digits 0-7;
     * the checksum is octal for Go (never base-256);
+    * a star header's access and change times (bytes 476-499) are parsed by Go, not by tarfile;
     * a header with neither ustar nor GNU magic (V7) has no owner names or device numbers
       for Go, which tarfile reads whatever the magic;
     * a negative size is refused (Go refuses it for a regular file); other negative numbers
@@ -265,6 +273,15 @@ def _check_numbers(
         raise ParseError(
             f"member {name!r}: its size field reads {obj.size}, expected at least 0", structure=what
         )
+    if magic == b"ustar\0" and bytes(buf[508:512]) == b"tar\0":
+        # star's times (bytes 476-499), which Go parses (and refuses) and tarfile ignores
+        for field, start, end in (("atime", 476, 488), ("ctime", 488, 500)):
+            if _go_numeric(buf[start:end]) is None:
+                raise ParseError(
+                    f"member {name!r}: its star {field} field {bytes(buf[start:end])!r} is refused by Go's "
+                    "tar reader and ignored by Python's: readers disagree",
+                    structure=what,
+                )
     chk = _go_octal(buf[148:156])
     if chk != obj.chksum:
         raise ParseError(
