@@ -761,6 +761,13 @@ _GNU, _V7 = b"ustar  \0", b"\0" * 8
             + raw_file(b"x", S_NAMED, magic=_GNU),
             "runs into non-zero padding",
         ),
+        # ... and a GNU long link (tarfile links etc/l to "etc/a-shadow", Go to "etc/a")
+        (
+            raw_header(b"././@LongLink", 5, typeflag=b"K", magic=_GNU)
+            + b"etc/a-shadow".ljust(512, b"\0")
+            + raw_header(b"etc/l", typeflag=b"2", magic=_GNU),
+            "GNU long link .* runs into non-zero padding",
+        ),
     ],
 )
 def test_a_header_field_read_differently_by_tar_readers_is_refused(
