@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,10 +134,14 @@ def raw_header(
     magic: bytes = b"ustar\x0000",
     prefix: bytes = b"",
     size_field: bytes | None = None,
+    fields: dict[int, bytes] | None = None,
+    checksum: Callable[[int], bytes] | None = None,
 ) -> bytes:
     """One 512-byte tar header block written field by field (valid checksum), for headers no
     tar writer makes: ``magic`` (``ustar\\0`` + ``00`` ustar, ``ustar  \\0`` GNU, zeros V7), a
-    ``prefix`` field under any magic, a ``size_field`` of 12 bytes as given."""
+    ``prefix`` field under any magic, a ``size_field`` of 12 bytes as given; ``fields``: bytes
+    written at an offset last (mode 100, uid 108, gid 116, mtime 136, uname 265, devmajor 329);
+    ``checksum``: the 8-byte checksum field, made from the right sum."""
     b = bytearray(tarfile.BLOCKSIZE)
     b[0 : len(name)] = name
     b[100:108], b[108:116], b[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
@@ -145,8 +150,10 @@ def raw_header(
     b[156:157] = typeflag
     b[257:265] = magic
     b[345 : 345 + len(prefix)] = prefix
+    for offset, value in (fields or {}).items():
+        b[offset : offset + len(value)] = value
     b[148:156] = b" " * 8
-    b[148:156] = b"%06o\0 " % sum(b)
+    b[148:156] = b"%06o\0 " % sum(b) if checksum is None else checksum(sum(b))
     return bytes(b)
 
 

@@ -150,6 +150,13 @@ def _pax_header(**records: str) -> bytes:
             ),
             "prefix field outside a ustar header",
         ),
+        # numbers Python's and Go's readers parse apart (confide.image.tarcheck): a mode field
+        # with a leading NUL (tarfile 0, Go 0o644), a pax mtime Go refuses (docker load fails)
+        (
+            lambda f: _archive(f, end=raw_file(b"extra", b"x", fields={100: b"\x00000644\0"}) + END),
+            "mode field",
+        ),
+        (lambda f: _archive(f, end=blocks("extra", b"x", pax={"mtime": "nan"}) + END), "pax mtime record"),
         (lambda f: _archive(f, after=blocks("manifest.json", b"[]") + END), "data after the end-of-archive"),
         (
             lambda f: _archive(f, end=b"\0" * 512 + blocks("extra", b"x") + END),

@@ -488,10 +488,13 @@ def test_an_owner_outside_u32_is_a_parse_error(tmp_path: Path, member: dict[str,
 
 
 def test_a_huge_pax_mtime_is_clamped_in_the_volume(tmp_path: Path) -> None:
-    """Found by the fuzz2 mutation campaign: pax ``mtime="1e300"`` raised OverflowError."""
+    """Found by the fuzz2 mutation campaign: pax ``mtime="1e300"`` raised OverflowError (now
+    refused: Go's archive/tar refuses it, test_a_pax_number_go_refuses_is_refused); the
+    largest times both readers take are clamped."""
     img = Image(
         [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
-          M("app/conf.txt", data=S_FINAL, pax_mtime="1e300"), M("app/old", data=b"x", pax_mtime="-1e300")]],
+          M("app/conf.txt", data=S_FINAL, pax_mtime=str(2**63 - 1)),
+          M("app/old", data=b"x", pax_mtime=str(-(2**63)))]],
         entrypoint=["/app/run.sh"],
     )  # fmt: skip
     res = run(tmp_path, img, protect=["/app"])
@@ -552,16 +555,44 @@ def test_mutated_pax_records_only_raise_confide_errors(tmp_path: Path) -> None:
             assert not (tmp_path / str(i) / "out").exists()
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_a_non_finite_pax_mtime_outside_the_protected_paths_is_copied(tmp_path: Path, value: str) -> None:
-    """Found by the fuzz2 mutation campaign: rewriting a layer whose unprotected member has a
-    pax mtime tarfile reads as a non-finite float raised ValueError/OverflowError."""
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mtime", "nan"), ("mtime", "inf"), ("mtime", "1e300"), ("mtime", ".5"), ("mtime", "1.5e3"),
+        ("atime", "-inf"), ("ctime", " 1"), ("uid", " 5"), ("uid", "5_0"), ("gid", "\u0661"),
+        ("gid", "0x10"), ("uid", "abc"), ("uid", str(2**63)), ("size", " 1"), ("mtime", str(2**63)),
+    ],
+)  # fmt: skip
+def test_a_pax_number_go_refuses_is_refused(tmp_path: Path, key: str, value: str) -> None:
+    """A pax record Go's archive/tar (``mergePAX``: ParseInt, ``parsePAXTime``) refuses, and so
+    the engine's whole layer, where tarfile 3.11 reads a number (int()/float(): whitespace,
+    "_", Unicode digits, exponents, "nan"; 0 when it cannot). Before, the fuzz2 campaign's
+    non-finite mtimes were copied into a layer the engines could not apply. Outside the
+    protected paths: the layer would be copied as it is."""
     img = Image(
         [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
-          M("etc/", "d"), M("etc/x", data=b"x", pax={"mtime": value})]],
+          M("etc/", "d"), M("etc/x", data=b"x", pax={key: value})]],
         entrypoint=["/app/run.sh"],
     )  # fmt: skip
-    assert run(tmp_path, img, protect=["/app"]).files == 1
+    with pytest.raises(ParseError, match=f"'etc/x': its pax {key} record .* refused by Go's tar reader"):
+        run(tmp_path, img, protect=["/app"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_pax_numbers_both_readers_take_still_convert(tmp_path: Path) -> None:
+    """Benign twins: a sign, leading zeros, a fraction (or a bare "."), a negative time."""
+    pax = {"mtime": "+1700000000.123456789", "atime": "1700000000.", "ctime": "-1.5", "uid": "+0007",
+           "gid": "0", "size": "+1"}  # fmt: skip
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("app/conf.txt", data=S_FINAL, pax=dict(pax, size=str(len(S_FINAL)))),
+          M("etc/", "d"), M("etc/x", data=b"x", pax=pax)]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app"])
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    entries = {e.path: e for e in load_sealed(vol, KEY, res.volume_tag)[0].entries}
+    assert entries["app/conf.txt"].mtime_ns == 1_700_000_000_123_456_789
 
 
 @pytest.mark.parametrize(
@@ -589,32 +620,26 @@ SPARSE = [(0, b"A" * 700), (19_000, b"B" * 512), (40_000, b"C" * 3)]
 
 
 @pytest.mark.parametrize("fmt", ["0.1", "1.0"])
-def test_a_sparse_file_outside_the_protected_paths_is_rewritten_whole(tmp_path: Path, fmt: str) -> None:
-    """A GNU sparse member (pax formats 0.1 and 1.0) in a rewritten layer is written out expanded as
-    a regular file. Before, its data was read after the member had been made regular (the stored
-    bytes, then the following headers: "corrupt or truncated tar"), and its GNU.sparse.* records
-    were copied, so a reader took the expanded data for a sparse map again."""
+def test_a_sparse_file_is_refused(tmp_path: Path, fmt: str) -> None:
+    """A GNU sparse member (pax formats 0.1 and 1.0): tarfile 3.11 and Go's archive/tar find
+    and map sparse files by different rules (which records make a file sparse, how a map is
+    checked), so the contents of the file, or its name (GNU.sparse.name), could depend on the
+    reader. Image layers hold none (Docker's and containerd's Go writer writes no sparse
+    files); before, they were written back expanded."""
     sparse = M("data/sparse.bin", "s", regions=SPARSE, real_size=40_003, sparse_format=fmt, mode=0o640)
-    secret = M("app/sparse.key", "s", regions=[(8192, S_FINAL)], real_size=9000, sparse_format=fmt)
-    img = Image(
-        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), secret,
-          M("data/", "d"), sparse]],
-        entrypoint=["/app/run.sh"],
-    )  # fmt: skip
-    res = run(tmp_path, img, protect=["/app"])
-    assert res.rewritten_layers == [0]
-    _, _, layers = read_layout(tmp_path / "out")
-    import io
-
-    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
-        info = tf.getmember("data/sparse.bin")
-        assert not info.issparse() and info.size == 40_003 and info.mode == 0o640
-        assert not any(k.startswith("GNU.sparse") for k in info.pax_headers)
-        assert tf.extractfile(info).read() == sparse_content(sparse)  # type: ignore[union-attr]
-        assert not any("GNUSparseFile" in n for n in tf.getnames())
-    vol = extract_volume(tmp_path / "out", tmp_path / "x")
-    open_volume(vol, KEY, tmp_path / "opened", res.volume_tag)
-    assert (tmp_path / "opened/app/sparse.key").read_bytes() == sparse_content(secret)
+    members = [
+        *PYTHON_BASE,
+        M("app/", "d"),
+        M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        M("data/", "d"),
+    ]
+    with pytest.raises(ParseError, match=r"'data/sparse.bin': a GNU sparse file \(GNU.sparse"):
+        run(tmp_path, Image([[*members, sparse]], entrypoint=["/app/run.sh"]), protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    ok = M("data/sparse.bin", data=sparse_content(sparse), mode=0o640)  # the same file, not sparse
+    assert (
+        run(tmp_path / "ok", Image([[*members, ok]], entrypoint=["/app/run.sh"]), protect=["/app"]).files == 1
+    )
 
 
 LONG = "app/" + "k" * 110  # a GNU long name (over 100 bytes) below the protected /app
@@ -633,7 +658,7 @@ def _xhd(**records: str) -> bytes:
         (_xhd(path="etc/innocent") + blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT), "readers disagree"),
         (_xhd(path="etc/innocent") + blocks("app/s", S_NAMED, pax={"path": "app/s"}), "two pax headers"),
         (blocks("app/s", S_NAMED, glob={"path": "etc/innocent"}), "global pax header sets path"),
-        (blocks("app/s", S_NAMED, pax={"GNU.sparse.name": "etc/innocent"}), "not sparse"),
+        (blocks("app/s", S_NAMED, pax={"GNU.sparse.name": "etc/innocent"}), "a GNU sparse file"),
         (
             blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT)
             + _xhd(linkpath="etc/innocent")
@@ -703,6 +728,46 @@ _GNU, _V7 = b"ustar  \0", b"\0" * 8
         ),
         # a size field with a leading NUL: tarfile 0 (the same), Go 1024
         (raw_header(b"etc/f", size_field=b"\0" + b"%010o\0" % len(_HIDDEN)) + _HIDDEN, "size field"),
+        # the other numbers: tarfile's nti (cut at the first NUL, then int(text.strip(), 8)), Go's
+        # parseNumeric (spaces and NULs trimmed at both ends, then digits 0-7 only; base-256 on
+        # any high first bit, at most 63 bits)
+        (raw_file(b"etc/m", b"m", fields={100: b"\0000755\0"}), "mode field"),  # tarfile 0, Go 0o755
+        (raw_file(b"etc/u", b"u", fields={108: b"\t001750\0"}), "uid field"),  # tarfile 1000, Go refuses
+        (raw_file(b"etc/g", b"g", fields={116: b"0_01750\0"}), "gid field"),  # tarfile 1000, Go refuses
+        (raw_file(b"etc/t", b"t", fields={136: b"0o1234567012"}), "mtime field"),  # tarfile takes "0o"
+        (raw_file(b"etc/t", b"t", fields={136: b"\x80" + b"\xff" * 11}), "mtime field"),  # Go: > 63 bits
+        # a V7 header (no magic): Go reads no device numbers or owner names, tarfile does
+        (raw_file(b"etc/d", b"d", magic=_V7, fields={329: b"0000001\0"}), "devmajor field"),
+        (raw_file(b"etc/o", b"o", magic=_V7, fields={265: b"root"}), "uname field"),
+        # a star header (trailer "tar\0"): Go parses its atime field and refuses it, tarfile ignores it
+        (raw_file(b"etc/st", b"s", fields={476: b"garbage!", 508: b"tar\0"}), "star atime field"),
+        # a base-256 checksum: tarfile takes it, Go's getFormat reads it as octal and refuses
+        (raw_file(b"etc/c", b"c", checksum=lambda n: b"\x80" + n.to_bytes(7, "big")), "checksum field"),
+        # type flags: '7' a regular file for tarfile, TypeCont for Go (the engines refuse it); 'X'
+        # a pax header for tarfile, a member of unknown type for Go; 'S' old GNU sparse
+        (raw_file(b"etc/s", S_NAMED, typeflag=b"7"), "contiguous file"),
+        (
+            raw_header(b"PaxHeader", 15, typeflag=b"X")
+            + b"15 path=app/s\n".ljust(512, b"\0")
+            + raw_file(b"etc/s", S_NAMED),
+            "Solaris extended header",
+        ),
+        (raw_file(b"etc/s", S_NAMED, typeflag=b"S", magic=_GNU), "old GNU sparse file"),
+        # a GNU long name filling its data without a NUL: tarfile reads on into the padding
+        # ("etc/s-shadow"), Go stops at the data's end ("etc/s")
+        (
+            raw_header(b"././@LongLink", 5, typeflag=b"L", magic=_GNU)
+            + b"etc/s-shadow".ljust(512, b"\0")
+            + raw_file(b"x", S_NAMED, magic=_GNU),
+            "runs into non-zero padding",
+        ),
+        # ... and a GNU long link (tarfile links etc/l to "etc/a-shadow", Go to "etc/a")
+        (
+            raw_header(b"././@LongLink", 5, typeflag=b"K", magic=_GNU)
+            + b"etc/a-shadow".ljust(512, b"\0")
+            + raw_header(b"etc/l", typeflag=b"2", magic=_GNU),
+            "GNU long link .* runs into non-zero padding",
+        ),
     ],
 )
 def test_a_header_field_read_differently_by_tar_readers_is_refused(
@@ -746,6 +811,40 @@ def test_benign_twins_of_header_fields_read_alike(tmp_path: Path) -> None:
     assert got == {
         "etc/u": (b"0", b"ustar"), "etc/gnu": (b"0", b"gnu"), "etc/v7": (b"0", b"v7"), "etc/d": (b"5", None),
         "etc/d/f": (b"\0", b"nul"), "etc/sp": (b"0", b"spaced bytes"),
+    }  # fmt: skip
+
+
+def test_benign_twins_of_numeric_fields_read_alike(tmp_path: Path) -> None:
+    """What both readers read alike still converts, copied byte for byte: octal fields padded
+    with spaces at both ends, base-256 owners and times (Go's writer uses them for values
+    octal cannot hold), a negative base-256 time, a GNU header with owner names and device
+    numbers, a V7 header without them, a star header with its times, a GNU long name that fills
+    its data exactly."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
+    b256 = b"\x80" + (1_700_000_000).to_bytes(11, "big")
+    ok = (
+        raw_file(b"etc/pad", b"p", fields={100: b" 000644 ", 108: b"   1750 ", 116: b"0001750\0"})
+        + raw_file(b"etc/b256", b"b", fields={108: b"\x80" + (3_000_000).to_bytes(7, "big"), 136: b256})
+        + raw_file(b"etc/neg", b"n", fields={136: b"\xff" * 12})
+        + raw_file(b"etc/gnu", b"g", magic=_GNU, fields={265: b"root", 297: b"wheel", 329: b"0000000\0"})
+        + raw_file(b"etc/v7", b"v", magic=_V7)
+        + raw_file(b"etc/star", b"s", fields={476: b"%011o\0" % 1_700_000_000, 508: b"tar\0"})
+        + raw_header(b"././@LongLink", 9, typeflag=b"L", magic=_GNU)
+        + b"etc/long1".ljust(512, b"\0")
+        + raw_file(b"x", b"l", magic=_GNU)
+    )
+    run(tmp_path, Image([members, [M("x", "raw", data=ok)]], entrypoint=["/app/run.sh"]), protect=["/app"])
+    _, _, layers = read_layout(tmp_path / "out")
+    assert layers[1] == layer_tar([M("x", "raw", data=ok)])  # copied byte for byte
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(layers[1])) as tf:
+        got = {m.name: (m.mode, m.uid, m.gid, m.mtime, m.uname) for m in tf}
+    assert got == {
+        "etc/pad": (0o644, 1000, 1000, 1_700_000_000, ""), "etc/b256": (0o644, 3_000_000, 0, 1_700_000_000, ""),
+        "etc/neg": (0o644, 0, 0, -1, ""), "etc/gnu": (0o644, 0, 0, 1_700_000_000, "root"),
+        "etc/v7": (0o644, 0, 0, 1_700_000_000, ""), "etc/star": (0o644, 0, 0, 1_700_000_000, ""),
+        "etc/long1": (0o644, 0, 0, 1_700_000_000, ""),
     }  # fmt: skip
 
 

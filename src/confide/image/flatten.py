@@ -62,7 +62,6 @@ FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO = "file", "dir", "symlink", "char", "block
 _KINDS = {
     tarfile.REGTYPE: FILE,
     tarfile.AREGTYPE: FILE,
-    tarfile.CONTTYPE: FILE,
     tarfile.DIRTYPE: DIR,
     tarfile.SYMTYPE: SYMLINK,
     tarfile.CHRTYPE: CHAR,
@@ -120,7 +119,7 @@ def normalize(name: str, what: str = "member") -> str:
     return path
 
 
-_PAX_TIME = re.compile(r"(-?)([0-9]{1,30})(?:\.([0-9]{1,100}))?")
+_PAX_TIME = re.compile(r"([+-]?)([0-9]{1,30})(?:\.([0-9]{0,100}))?")
 _NS = 1_000_000_000
 
 
@@ -140,7 +139,7 @@ def tar_mtime_ns(info: tarfile.TarInfo) -> int:
         if m is not None:
             sign, whole, frac = m.group(1), int(m.group(2)), (m.group(3) or "")[:9].ljust(9, "0")
             ns = whole * _NS + int(frac)
-            return -ns if sign else ns
+            return -ns if sign == "-" else ns
     value = info.mtime
     if isinstance(value, float):
         # Exact, as a fraction: a finite float such as 1e300 (tarfile's float() of a pax "1e300")
@@ -175,7 +174,6 @@ class _Member:
     gid: int
     size: int
     linkname: str
-    sparse: bool
     mtime_ns: int
     xattrs: tuple[str, ...]
 
@@ -185,8 +183,8 @@ class _Member:
         if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
             link = f"{info.devmajor}:{info.devminor}"
         return cls(
-            ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse(),
-            tar_mtime_ns(info), xattr_names(info),
+            ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, tar_mtime_ns(info),
+            xattr_names(info),
         )  # fmt: skip
 
 
@@ -327,7 +325,7 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
 
 
 def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarfile.TarInfo]]:
-    expanded = 0  # bytes of the members' contents, sparse files expanded
+    expanded = 0  # bytes of the members' contents the headers declare
     for ordinal, info in enumerate(tf):
         kept: list[tarfile.TarInfo] = tf.members  # type: ignore[attr-defined]
         if len(kept) >= 1024:
@@ -339,21 +337,21 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
                 f"member {info.name!r} has size {info.size}, expected at least 0",
                 structure=f"layer {layer.index}",
             )
-        if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
+        if info.type not in _KINDS and info.type != tarfile.LNKTYPE:
             raise ParseError(
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
         if info.isreg():
-            # A GNU sparse member declares its expanded size (GNU.sparse.size / .realsize) and
-            # stores only its data: a few bytes of layer can declare 2**63 of holes, which pass 2
-            # writes out (expanded in a rewritten layer, or staged when protected). The
-            # expanded contents count against the layer's limit, as decompressed bytes do.
+            # The sizes the headers declare count against the layer's limit before tarfile skips
+            # or reads the data (a pax size of 2**63 was skipped block by block past the end of
+            # the stream). GNU sparse files, which declared expanded sizes of holes, are refused
+            # (confide.image.tarcheck).
             expanded += info.size
             if expanded > MAX_LAYER_BYTES:
                 raise ParseError(
                     f"member {info.name!r}: the members' contents exceed the limit of {MAX_LAYER_BYTES} "
-                    "bytes (sparse files expanded)",
+                    "bytes",
                     structure=f"layer {layer.index}",
                 )
         check_names(info, tf, f"layer {layer.index}")
@@ -449,7 +447,7 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                 mtime_ns=tnode.mtime_ns, xattrs=tnode.xattrs,  # one inode: the target's
             )  # fmt: skip
         else:
-            kind = FILE if m.sparse else _KINDS[m.type]
+            kind = _KINDS[m.type]
             node = Node(kind, *meta, mtime_ns=m.mtime_ns, xattrs=m.xattrs)
             if kind == FILE:
                 node.size, node.source = m.size, (layer_no, m.ordinal)
@@ -458,25 +456,6 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
             else:  # symlink target, or major:minor of a device
                 node.linkname = m.linkname
         idx.put(m.path, node)
-
-
-def _as_regular(info: tarfile.TarInfo) -> None:
-    """Turn a GNU sparse member into the header of a regular file holding its expanded data.
-
-    The sparse map must go: GNU tar's pax sparse formats (GNU tar manual, "Storing Sparse
-    Files") keep it in ``GNU.sparse.*`` records (0.0, 0.1) or at the start of the data (1.0,
-    the header naming ``DIR/GNUSparseFile.N/NAME`` and the real name in ``GNU.sparse.name``).
-    Copied next to expanded data, a reader takes the data for a map again (holes where the data
-    was, or not a tar at all). tarfile writes a copied ``path`` or ``size`` record in place of
-    the member's own name and size ("the pax header has priority"), so those go too and are
-    written again from the member itself (POSIX.1-2017 pax, "pax Extended Header": a record
-    overrides the header field)."""
-    info.type, info.sparse = tarfile.REGTYPE, None
-    info.pax_headers = {
-        k: v
-        for k, v in info.pax_headers.items()
-        if not k.startswith("GNU.sparse.") and k not in ("path", "size")
-    }
 
 
 def _earliest_entries(members: list[_Member]) -> dict[str, int]:
@@ -547,9 +526,7 @@ def rewrite_layer(
                         assert f is not None
                         sink((layer.index, ordinal), f, info.size)
                     continue
-                data = tf.extractfile(info) if info.isreg() else None  # sparse: expanded
-                if info.issparse():
-                    _as_regular(info)
+                data = tf.extractfile(info) if info.isreg() else None
                 if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
                     # tarfile's writer rounds a float mtime (ValueError for a pax "nan",
                     # OverflowError for "inf"; fuzz2 campaign); the ustar field gets 0 and
