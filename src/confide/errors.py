@@ -33,8 +33,9 @@ contain secret values.
     │   └── AccessDeniedError (33)          the identity may not read/update, or a release is not allowed
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
     └── StorageError (50)                   the database or a file store failed
-        └── WaitStoppedError (50)           a stop signal ended a wait for a protected volume's
-                                            lock (the CLI then ends by that signal: 128 + N)
+        └── WaitStoppedError (68)           a stop signal ended a wait for a protected volume's
+                                            lock (`confide run` and `volume mount` then end by
+                                            that signal: 128 + N)
 
     Also VerificationError, with exit codes of their own:
     ├── ConsistencyError (61)               a log's tree does not extend the one seen before (fork)
@@ -225,7 +226,10 @@ class WaitStoppedError(StorageError):
     """A stop signal (``signal``, its number) came while a command waited for a protected
     volume's lock (``--volume-wait``): nothing was mounted or changed. ``confide run`` and
     ``confide volume mount`` say so in one line, then end by that signal, as its default action
-    would have ended them (a shell reports 128 + N); elsewhere it is a StorageError (50)."""
+    would have ended them (a shell reports 128 + N); a command that does not end by the signal
+    exits 68 (every error class has an exit code of its own)."""
+
+    exit_code = 68
 
     def __init__(self, message: str, *, signal: int) -> None:
         super().__init__(message)

@@ -354,6 +354,34 @@ def check_events(w: World) -> None:
     check_bound_reads(w, "/v1/policies/{}/events", "events")
 
 
+def check_read_policies(w: World) -> None:
+    """The policies a signer may read (route ``list``, nonce issued for the name ``""``): each sees
+    the names its read rights cover and no other; nothing without a signed list request."""
+
+    def listed(who: Identity) -> set[str]:
+        answer = w.call("GET", "/v1/read/policies", headers=header(read_doc(w, "", who, route="list")))
+        assert answer.status == 200, answer.body
+        assert answer.headers["cache-control"] == "no-store"
+        return set(answer.json()["policies"])
+
+    assert {"mx", "mxb", "mxns", "mxns/exists"} <= listed(w.owner)
+    assert "mx" in listed(w.reader) and "mxb" not in listed(w.reader)
+    assert not {"mx", "mxb", "mxns"} & listed(w.stranger)  # the same answer as for no policy
+    assert w.call("GET", "/v1/read/policies").status == 403
+    # a read request of another route is not a list request; one served is not served again
+    answer = w.call("GET", "/v1/read/policies", headers=header(read_doc(w, "mx", w.owner)))
+    assert answer.status == 403 and "is for show, not list" in answer.error()[1], answer.body
+    served = header(read_doc(w, "", w.owner, route="list"))
+    assert w.call("GET", "/v1/read/policies", headers=served).status == 200
+    again = w.call("GET", "/v1/read/policies", headers=served)
+    assert again.status == 403 and "served before" in again.error()[1], again.body
+    # signed for another CAS
+    other = w.call(
+        "GET", "/v1/read/policies", headers=header(read_doc(w, "", w.owner, route="list", cas="00" * 32))
+    )
+    assert other.status in (400, 403) and other.error()[0] in ("ParseError", "AccessDeniedError"), other.body
+
+
 def check_policy_crl(w: World) -> None:
     answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc(w, "mx", w.reader, route="crl")))
     assert answer.status == 200 and answer.headers["content-type"] == "application/pkix-crl"
@@ -691,6 +719,7 @@ MATRIX: dict[tuple[str, str], Callable[[World], None]] = {
     ),
     ("POST", "/v1/volumes/tag"): check_volume_tag,
     ("GET", "/metrics"): check_metrics,
+    ("GET", "/v1/read/policies"): check_read_policies,
 }
 
 
