@@ -396,6 +396,19 @@ def test_resolve_path_in_the_image() -> None:
     assert resolve_path(idx, "loop") is None  # links that do not end
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_every_layer_names_each_path_once(tmp_path: Path, compression: str) -> None:
+    """containers/storage (podman, buildah, CRI-O) refuses to apply a layer that names a path
+    twice ("duplicates of file paths not supported"): the runtime layer named "confide/" twice
+    until an output was pulled with podman (tests/integration/test_sconify_real_images.py)."""
+    run(tmp_path, base_image(), compression=compression)
+    _, _, layers = read_layout(tmp_path / "out")
+    assert len(layers) == 4
+    for i, tar in enumerate(layers):
+        names = [n.rstrip("/") for n in layer_names(tar)]
+        assert len(names) == len(set(names)), (i, sorted(n for n in names if names.count(n) > 1)[:5])
+
+
 def test_runtime_check_architecture(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="architecture 'arm64'"):
         run(tmp_path, base_image(architecture="arm64"))
