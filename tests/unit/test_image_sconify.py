@@ -341,6 +341,74 @@ def test_runtime_check(tmp_path: Path) -> None:
     assert res.files == 5
 
 
+def _usrmerged_image(loader: bool = True) -> Image:
+    """A merged-/usr base as Debian bookworm's (mmdebstrap, python:3.11-slim-bookworm) lays it
+    out: /lib, /lib64 and /bin are symlinks into /usr, and /usr/lib64's loader is an absolute
+    symlink through /lib."""
+    img = base_image()
+    real = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    img.layers[0] = [
+        *(m for m in img.layers[0] if not m.name.startswith("lib64")),
+        M("usr/lib/", "d"),
+        M("usr/lib/x86_64-linux-gnu/", "d"),
+        *([M(real, data=b"\x7fELF fake loader", mode=0o755)] if loader else []),
+        M("usr/lib64/", "d"),
+        M("usr/lib64/ld-linux-x86-64.so.2", "l", link="/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        M("lib", "l", link="usr/lib"),
+        M("lib64", "l", link="usr/lib64"),
+        M("bin", "l", link="usr/bin"),
+    ]
+    return img
+
+
+def test_runtime_check_follows_merged_usr_directory_links(tmp_path: Path) -> None:
+    """The loader of a merged-/usr image is reached only through the symlinks /lib64 and /lib
+    (found converting the image `make image-local` builds: every component is resolved now,
+    not only the last)."""
+    res = run(tmp_path, _usrmerged_image())
+    assert res.files == 5
+    # negative twin: the same links with no loader at their end
+    with pytest.raises(UsageError, match="no glibc dynamic loader"):
+        run(tmp_path / "b", _usrmerged_image(loader=False))
+
+
+def test_resolve_path_in_the_image() -> None:
+    from confide.image.flatten import DIR, FILE, SYMLINK, FsIndex, Node
+    from confide.image.runtime import resolve_path
+
+    idx = FsIndex()
+    for path, kind, link in [
+        ("usr", DIR, ""), ("usr/bin", DIR, ""), ("usr/bin/python3.11", FILE, ""),
+        ("usr/bin/python3", SYMLINK, "python3.11"), ("usr/lib", DIR, ""), ("usr/lib/x86_64-linux-gnu", DIR, ""),
+        ("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", FILE, ""), ("usr/lib64", DIR, ""),
+        ("usr/lib64/ld-linux-x86-64.so.2", SYMLINK, "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        ("lib", SYMLINK, "usr/lib"), ("lib64", SYMLINK, "usr/lib64"), ("bin", SYMLINK, "usr/bin"),
+        ("loop", SYMLINK, "loop/x"),
+    ]:  # fmt: skip
+        idx.put(path, Node(kind, 0o755, 0, 0, linkname=link, children={} if kind == DIR else None))
+    loader = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    assert resolve_path(idx, "lib64/ld-linux-x86-64.so.2") == loader
+    assert resolve_path(idx, "bin/python3") == "usr/bin/python3.11"
+    assert resolve_path(idx, "bin/../lib64/./ld-linux-x86-64.so.2") == loader  # '..' of bin's target
+    assert resolve_path(idx, "../../lib64/ld-linux-x86-64.so.2") == loader  # '..' at the root stays there
+    assert resolve_path(idx, "usr/bin/python3.11/x") is None  # a file is no directory
+    assert resolve_path(idx, "lib/missing") is None
+    assert resolve_path(idx, "loop") is None  # links that do not end
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_every_layer_names_each_path_once(tmp_path: Path, compression: str) -> None:
+    """containers/storage (podman, buildah, CRI-O) refuses to apply a layer that names a path
+    twice ("duplicates of file paths not supported"): the runtime layer named "confide/" twice
+    until an output was pulled with podman (tests/integration/test_sconify_real_images.py)."""
+    run(tmp_path, base_image(), compression=compression)
+    _, _, layers = read_layout(tmp_path / "out")
+    assert len(layers) == 4
+    for i, tar in enumerate(layers):
+        names = [n.rstrip("/") for n in layer_names(tar)]
+        assert len(names) == len(set(names)), (i, sorted(n for n in names if names.count(n) > 1)[:5])
+
+
 def test_runtime_check_architecture(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="architecture 'arm64'"):
         run(tmp_path, base_image(architecture="arm64"))

@@ -158,27 +158,40 @@ def requirement() -> Requirement:
     return Requirement(min_v, exact, arch, libc)
 
 
-def resolve_path(idx: FsIndex, path: str, hops: int = 16) -> str | None:
-    """Follow symlinks (inside the image root) from ``path``; the final path or None."""
-    for _ in range(hops):
-        node = idx.lookup(path)
+def resolve_path(idx: FsIndex, path: str, hops: int = 40) -> str | None:
+    """The final path of ``path`` in the image, every component's symlinks followed inside the
+    image root (an absolute target from the image's root, ``..`` at the root stays there, as in
+    a chroot), at most ``hops`` symlinks (Linux's MAXSYMLINKS is 40); None when a component is
+    missing, is not a directory where one is needed, or the links do not end.
+
+    Every component, not only the last: on a merged-``/usr`` system (Debian since bookworm,
+    Ubuntu, Fedora) ``/lib64`` and ``/lib`` are symlinks into ``/usr``, so the glibc loader
+    ``/lib64/ld-linux-x86-64.so.2`` is found only through its directory's link."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        node = idx.lookup("/".join([*done, part]))
         if node is None:
             return None
-        if node.kind != SYMLINK:
-            return path
-        target = node.linkname
-        base = "" if target.startswith("/") else str(PurePosixPath(path).parent)
-        parts: list[str] = []
-        for part in f"{base}/{target}".split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if parts:
-                    parts.pop()
-            else:
-                parts.append(part)
-        path = "/".join(parts)
-    return None
+        if node.kind == SYMLINK:
+            links += 1
+            if links > hops:
+                return None
+            target = node.linkname
+            if target.startswith("/"):
+                done = []
+            pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
+            continue
+        if pending and node.kind != DIR:
+            return None
+        done.append(part)
+    return "/".join(done)
 
 
 def find_python(idx: FsIndex) -> ImagePython | None:

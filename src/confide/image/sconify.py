@@ -287,7 +287,13 @@ class _Entry:
 
 
 def _write_layer(store: BlobStore, entries: list[_Entry], compression: str) -> tuple[Descriptor, str]:
-    """A reproducible layer: sorted members, mtime 0, no user/group names, PAX format."""
+    """A reproducible layer: sorted members, mtime 0, no user/group names, PAX format, each path
+    once (containers/storage refuses a layer that names a path twice)."""
+    paths = [e.path for e in entries]
+    if len(set(paths)) != len(paths):
+        raise AssertionError(
+            f"a new layer names a path twice: {sorted(p for p in paths if paths.count(p) > 1)[:5]}"
+        )
     tmp, f = store.temp()
     try:
         with f:
@@ -338,7 +344,7 @@ def _cache_dir() -> Path:
 
 
 def _runtime_key(python: ImagePython, compression: str) -> str:
-    h = hashlib.sha256(f"v1\0{python.path}\0{compression}\0".encode())
+    h = hashlib.sha256(f"v2\0{python.path}\0{compression}\0".encode())
     for rel, src in _vendored():
         st = src.stat()
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -372,7 +378,10 @@ def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> t
 
 def _build_runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
     files = _vendored()
-    entries = _dirs("confide/bin") + _dirs(LIB_DIR)
+    # each directory once: containers/storage (podman, buildah, CRI-O) refuses to apply a layer
+    # that names a path twice ("duplicates of file paths not supported"), as the runtime layer
+    # did with "confide/" (from both directory chains) until podman was made to pull an output
+    entries = list({e.path: e for e in _dirs("confide/bin") + _dirs(LIB_DIR)}.values())
     entries.append(_Entry(LAUNCHER, FILE, 0o755, data=launcher_script(python.path)))
     entries += [_Entry(f"{LIB_DIR}/{d}", DIR, 0o755) for d in iter_lib_dirs(files)]
     entries += [_Entry(f"{LIB_DIR}/{rel}", FILE, 0o644, source=src) for rel, src in files]
