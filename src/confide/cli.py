@@ -56,6 +56,14 @@ def parse_time(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
+class _Unavailable(click.UsageError):
+    """A subsystem's commands that cannot be imported here (exit 2, saying why)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"'confide {name}' cannot be loaded here: {reason}")
+        self.reason = reason
+
+
 class _LazyGroup(click.Group):
     """A group whose subsystems' commands are imported when one is named (or when ``--help``
     lists them all): a command pays for its own subsystem's imports, not for every subsystem's
@@ -71,9 +79,32 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
             module, _, attribute = self.lazy_commands[cmd_name].partition(":")
-            command: click.Command = getattr(importlib.import_module(module), attribute)
+            try:
+                command: click.Command = getattr(importlib.import_module(module), attribute)
+            except ImportError as exc:
+                # e.g. psycopg without the system's libpq in a converted image's runtime: that
+                # subsystem cannot run here, the others can (and --help lists them all)
+                raise _Unavailable(cmd_name, str(exc)) from None
             self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's listing, with a subsystem that cannot be imported here shown as such instead
+        of ending ``--help`` with its ImportError."""
+        commands: list[tuple[str, click.Command | str]] = []
+        for name in self.list_commands(ctx):
+            try:
+                command = self.get_command(ctx, name)
+            except _Unavailable as exc:
+                commands.append((name, f"(cannot be loaded here: {exc.reason})"))
+                continue
+            if command is not None and not command.hidden:
+                commands.append((name, command))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)  # as click's
+            rows = [(n, c if isinstance(c, str) else c.get_short_help_str(limit)) for n, c in commands]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 # Command groups live with their subsystems; each is imported when named, and each module's heavy

@@ -6,6 +6,7 @@ lazily loaded subsystems included, so an option added later without help fails h
 from __future__ import annotations
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from confide.cli import cli
@@ -42,3 +43,16 @@ def test_policy_apply_help_says_what_identity_is() -> None:
     result = CliRunner().invoke(cli, ["policy", "apply", "--help"])
     assert result.exit_code == 0
     assert "Your identity file (`confide identity create --out FILE`" in result.output
+
+
+def test_a_subsystem_that_cannot_be_imported_is_listed_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a converted image's runtime without libpq, importing the CAS's commands fails (psycopg:
+    "no pq wrapper available"): `confide --help` still lists every command, that one as
+    unavailable, and naming it is a usage error saying why, not a traceback."""
+    monkeypatch.setitem(cli.lazy_commands, "broken", "confide_no_such_module_for_tests:cmd")  # type: ignore[attr-defined]
+    listed = CliRunner().invoke(cli, ["--help"])
+    assert listed.exit_code == 0, listed.output
+    assert "broken    (cannot be loaded here: No module named" in listed.output
+    assert "volume    Protected volumes" in listed.output
+    named = CliRunner().invoke(cli, ["broken", "--help"])
+    assert named.exit_code == 2 and "'confide broken' cannot be loaded here" in named.output, named.output
