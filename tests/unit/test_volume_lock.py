@@ -196,7 +196,11 @@ def test_a_stop_signal_ends_the_wait(vol: Path) -> None:
     try:
         with pytest.raises(WaitStoppedError) as ei:
             lock_volume(vol, shared=False, wait=math.inf, stop=stop, clock=clock, sleep=clock.sleep)
-        assert ei.value.signal == signal.SIGTERM and ei.value.exit_code == StorageError.exit_code
+        assert (
+            ei.value.signal == signal.SIGTERM
+            and ei.value.exit_code == 68
+            and isinstance(ei.value, StorageError)
+        )
         assert ei.value.message == (
             f"stopped by SIGTERM while waiting for the lock of volume {str(vol)!r}: nothing was mounted or changed"
         )
