@@ -22,7 +22,16 @@ from dataclasses import dataclass
 
 from confide.errors import ParseError
 
-__all__ = ["MAX_DEPTH", "WIRE_LEN", "WIRE_VARINT", "Field", "Message", "parse_message"]
+__all__ = [
+    "MAX_DEPTH",
+    "WIRE_LEN",
+    "WIRE_VARINT",
+    "Field",
+    "Message",
+    "encode_field",
+    "encode_varint",
+    "parse_message",
+]
 
 WIRE_VARINT = 0
 WIRE_I64 = 1
@@ -32,6 +41,24 @@ MAX_VARINT_BYTES = 10
 MAX_FIELD_NUMBER = (1 << 29) - 1
 MAX_DEPTH = 8
 MAX_FIELDS = 4096
+
+
+def encode_varint(n: int) -> bytes:
+    """``n`` (0 <= n < 2^64) as a protobuf varint: 7 bits a byte, least significant first."""
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def encode_field(number: int, value: bytes | int) -> bytes:
+    """One record: a VARINT for an ``int``, a LEN for ``bytes`` (the writer of what
+    :func:`parse_message` reads: the runtime's evidence, and tests)."""
+    if isinstance(value, int):
+        return encode_varint(number << 3 | WIRE_VARINT) + encode_varint(value)
+    return encode_varint(number << 3 | WIRE_LEN) + encode_varint(len(value)) + value
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from confide.errors import BindingError, MeasurementError, ParseError, StorageError, UsageError
-from confide.evidence._protobuf import WIRE_LEN, WIRE_VARINT
+from confide.evidence._protobuf import encode_field
 from confide.evidence.ccel import EventLog
 from confide.evidence.gce_tpm import MAX_ATTESTATION_SIZE, parse_gce_attestation
 from confide.evidence.tpm import TPM_ALG_SHA256, TpmPublic, parse_attest
@@ -87,26 +87,6 @@ _SELECTION = tuple((TPM_ALG_SHA256, i) for i in _PCR_INDICES)
 _QUOTE_ATTEMPTS = 3
 
 
-# --- protobuf wire format (protobuf.dev "Encoding"; the reader is confide.evidence._protobuf) -----
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _len_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | WIRE_LEN) + _varint(len(value)) + value
-
-
-def _int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3 | WIRE_VARINT) + _varint(value)
-
-
 def encode_attestation(
     *,
     ak_pub: bytes,
@@ -120,14 +100,14 @@ def encode_attestation(
     """go-tpm-tools ``attest.Attestation`` with one SHA-256 quote (``tpm.Quote``: ``quote`` = the
     TPMS_ATTEST, ``raw_sig`` = the TPMT_SIGNATURE, ``pcrs`` = ``tpm.PCRs`` {hash 11 = SHA256, map
     index → value}); fields in number order, as protobuf encoders write them."""
-    entries = b"".join(_len_field(2, _int_field(1, i) + _len_field(2, v)) for i, v in enumerate(pcrs))
-    pcr_msg = _int_field(1, TPM_ALG_SHA256) + entries
-    quote_msg = _len_field(1, quote) + _len_field(2, signature) + _len_field(3, pcr_msg)
-    out = _len_field(1, ak_pub) + _len_field(2, quote_msg)
+    entries = b"".join(encode_field(2, encode_field(1, i) + encode_field(2, v)) for i, v in enumerate(pcrs))
+    pcr_msg = encode_field(1, TPM_ALG_SHA256) + entries
+    quote_msg = encode_field(1, quote) + encode_field(2, signature) + encode_field(3, pcr_msg)
+    out = encode_field(1, ak_pub) + encode_field(2, quote_msg)
     if event_log:
-        out += _len_field(3, event_log)
-    out += _len_field(6, ak_cert)
-    out += b"".join(_len_field(7, c) for c in intermediates)
+        out += encode_field(3, event_log)
+    out += encode_field(6, ak_cert)
+    out += b"".join(encode_field(7, c) for c in intermediates)
     return out
 
 

@@ -64,8 +64,9 @@ LOCK_NAME = ".lock"
 INTENT_NAME = ".lock.intent"
 _MANIFEST = "MANIFEST"  # confide.volume.store.MANIFEST_NAME (store imports this module)
 POLL = 0.05
-PROC_LOCKS = "/proc/locks"
 """Seconds between two attempts of a waiting locker."""
+PROC_LOCKS = "/proc/locks"
+"""Where the kernel lists the file locks held (read only to name a lock's holders in messages)."""
 VOLUME_WAIT_ENV = "CONFIDE_VOLUME_WAIT"
 VOLUME_WAIT_MAX = 86400.0
 """The longest wait that may be asked for (a day: the attested session of ``confide run``, which
