@@ -61,7 +61,8 @@ TDX (Intel TDX DCAP Quoting Library API, Appendix A.3 "Quote Format", quote v4):
       bytes reserved4 = 11 (60); bytes report_data = 12 (64); }
 
 Every declared size (``signed_data_size``, the certification data's ``size``, ``parsed_data_size``,
-the PCK chain's ``size``) must equal the length of what it sizes. The rebuilt quote is then
+the PCK chain's ``size``) must equal the length of what it sizes; ``extra_bytes`` (the quote
+buffer's padding, signed by nothing) must be zeros. The rebuilt quote is then
 parsed again by ``confide.evidence.dcap.Quote`` (header version 4, TEE type TDX).
 
 :func:`encode_sev_snp_attestation` and :func:`encode_tdx_quote` are the writers (raw bytes to the
@@ -567,6 +568,10 @@ def parse_tdx_quote(data: bytes, *, depth: int = 1, base: int = 0) -> GceTdxAtte
         raise ParseError(
             f"got {len(extra)} bytes, expected at most {MAX_EXTRA_BYTES}", structure=_TDX, field="extra_bytes"
         )
+    if extra.strip(b"\x00"):
+        # Padding of the quote buffer, covered by no signature: anything but zeros is refused
+        # rather than carried along unverified.
+        raise ParseError("got non-zero bytes, expected zero padding", structure=_TDX, field="extra_bytes")
     raw = header + body + len(signed).to_bytes(4, "little") + signed + extra
     parsed = Quote.from_bytes(raw)
     if not parsed.is_tdx or not isinstance(parsed.report, TdReport) or parsed.report.is_v15:
