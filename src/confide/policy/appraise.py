@@ -744,6 +744,7 @@ def _gce_tpm(c: _Checker, g: GceTpmFactors) -> None:
             g.gce_firmware_version_min,
         )
     p.text_in("gce-tpm.confidential_technology", "confidential_technology", g.confidential_technology)
+    _gce_tee(c, g)
     instance = c.claims.get("instance")
     wanted = [
         (name, getattr(g, name))
@@ -768,6 +769,26 @@ def _gce_tpm(c: _Checker, g: GceTpmFactors) -> None:
     i.int_in("gce-tpm.project_number", "project_number", g.project_number)
     i.int_in("gce-tpm.instance_id", "instance_id", g.instance_id)
     i.int_range("gce-tpm.min_security_version", "security_version", None, g.min_security_version)
+
+
+def _gce_tee(c: _Checker, g: GceTpmFactors) -> None:
+    """``gce-tpm.sev-snp`` / ``gce-tpm.tdx``: the factors of those variants against the verified
+    hardware report of the attestation (claim ``tee``, whose ``type`` names the technology)."""
+    for wanted, factors, name in (("sev-snp", g.sev_snp, "SEV-SNP report"), ("tdx", g.tdx, "TDX quote")):
+        if factors is None:
+            continue
+        tee = c.claims.get("tee")
+        field = f"gce-tpm.{wanted}"
+        if not isinstance(tee, Mapping) or tee.get("type") != wanted:
+            got = (
+                "no Confidential VM report" if not isinstance(tee, Mapping) else f"a {tee.get('type')} report"
+            )
+            c.fail(field, got, f"a verified {name} in the attestation (go-tpm-tools field 8 or 9)")
+            continue
+        if isinstance(factors, TdxFactors):
+            _tdx(_nested(c, tee), factors, field)
+        else:
+            _sev_snp(_nested(c, tee), factors, field)
 
 
 def _nested(c: _Checker, claims: Mapping[str, Any]) -> _Checker:
