@@ -25,7 +25,7 @@ from confide.cas.core import Cas
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.amd_kds import KdsHttpCollateral
 from confide.evidence._protobuf import encode_field
-from confide.evidence.gce_tee import encode_sev_snp_attestation
+from confide.evidence.gce_tee import encode_sev_snp_attestation, encode_tdx_quote
 from confide.evidence.sev_snp import Product
 from confide.runtime.gce_tpm import GceTpmQuoteProvider
 from confide.runtime.tpm import Tpm
@@ -149,3 +149,32 @@ def test_collateral_aux_is_refused_without_a_tdx_quote(tmp_path: Path, vm: GceTp
 
 def _evidence(body: dict[str, object]) -> bytes:
     return base64.b64decode(str(body["evidence"]))
+
+
+TDX_ASSETS = Path(__file__).parent.parent / "assets" / "tdx"
+TDX_QUOTE = (TDX_ASSETS / "google-go-tdx-guest" / "cos-113-tdx-quote.dat").read_bytes()
+TDX_COLLATERAL = (TDX_ASSETS / "automata-dcap-rs" / "collateral_2025-02.dcapqvl.json").read_bytes()
+TDX_NOW = datetime(2025, 2, 13, 3, 51, 41, tzinfo=UTC)
+
+
+def test_the_real_gce_tdx_quote_is_verified_up_to_the_binding(
+    tmp_path: Path, vm: GceTpmQuoteProvider
+) -> None:
+    """The real quote verifies with the request's collateral (Intel's signatures, UpToDate), and
+    is then refused: its REPORT_DATA (zeros) is not this request's binding."""
+    cas = make_cas(tmp_path, policy_text(f'\n        tdx:\n          mr_td: "{"ab" * 48}"'))
+    cas.clock = Clock(TDX_NOW.timestamp())
+    rt = RuntimeKey(cas)
+    raw = vm.get_evidence(rt.binding).raw + encode_field(9, encode_tdx_quote(TDX_QUOTE))
+    with_collateral = rt.body(
+        policy="app", service="vm", platform="gce-tpm", evidence=raw, aux={"collateral": TDX_COLLATERAL}
+    )
+    refused(cas, with_collateral, errors.BindingError, "tdx report's REPORT_DATA")
+    rt = RuntimeKey(cas)
+    raw = vm.get_evidence(rt.binding).raw + encode_field(9, encode_tdx_quote(TDX_QUOTE))
+    refused(
+        cas,
+        rt.body(policy="app", service="vm", platform="gce-tpm", evidence=raw),
+        errors.CollateralMissingError,
+        "DCAP collateral source",
+    )
