@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from confide.errors import (
     BindingError,
@@ -22,6 +23,7 @@ from confide.errors import (
     ConfideError,
     ParseError,
     SignatureError,
+    UsageError,
 )
 from confide.evidence._protobuf import WIRE_LEN, encode_field, parse_message
 from confide.evidence.dcap import Quote
@@ -311,3 +313,91 @@ def test_what_verifies_the_tee_report_is_required(vtpm: Callable[[bytes], bytes]
     tdx = vtpm(TDX_NONCE) + encode_field(9, TDX_PB)
     with pytest.raises(CollateralMissingError, match="collateral"):
         verify(tdx, TDX_AT, GceTeeCollateral())
+
+
+# -- the runtime: confide run --tee gce-tpm on a Confidential VM (configfs-tsm) -----------------
+
+
+def _tdx_for(report_data: bytes) -> bytes:
+    """The real GCE quote with ``report_data`` in place (the quote's signature then fails: the
+    runtime does not verify it, the verifier does)."""
+    at = 48 + 520  # header, then REPORTDATA at 520 in the TD report 1.0 (A.3.3)
+    return TDX_QUOTE[:at] + report_data + TDX_QUOTE[at + 64 :]
+
+
+def test_the_runtime_sends_the_snp_report_structured(swtpm_tpm: Tpm, tmp_path: Path) -> None:
+    from snp_fakes import AT as FAKE_AT
+    from snp_fakes import cert_table, make_fake_amd
+
+    from confide.evidence.gce_tee import GceSnpAttestation
+    from confide.evidence.sev_snp import Product
+    from confide.evidence.snp_certs import VCEK_GUID
+    from confide.runtime.quote import ConfigfsTsmQuoteProvider
+    from confide.verify.sev_snp import SnpVerifier
+    from quote_fakes import FakeTsm, TsmBehaviour, mounted
+
+    amd = make_fake_amd(Product.MILAN)
+    vcek = amd.vek.public_bytes(serialization.Encoding.DER)
+    behaviour = TsmBehaviour(
+        make_report=lambda rd: amd.sign(amd.report(report_data=rd)), auxblob=cert_table([(VCEK_GUID, vcek)])
+    )
+    report_data = bytes(range(64))
+    provision_gce_vtpm(swtpm_tpm, GOOGLE)
+    try:
+        with mounted(tmp_path / "tsm" / "report", FakeTsm(behaviour)) as root:
+            provider = GceTpmQuoteProvider(
+                swtpm_tpm, event_log=None, intermediates=[GOOGLE.intermediate_der],
+                tee=ConfigfsTsmQuoteProvider(root),
+            )  # fmt: skip
+            evidence = provider.get_evidence(report_data)
+    finally:
+        clear_gce_indices(swtpm_tpm)
+    assert evidence.provider == "gce-tpm/rsa+configfs-tsm/sev_guest"
+    tee = parse_gce_attestation(evidence.raw).tee
+    assert isinstance(tee, GceSnpAttestation) and tee.vcek == vcek and tee.parsed.report_data == report_data
+    ctx = GceTeeCollateral(snp=SnpVerifier(amd.roots()))
+    claims = verify(evidence.raw, FAKE_AT, ctx, nonce=report_data)
+    assert claims["tee"]["type"] == "sev-snp" and claims["tee"]["measurement"] == "cd" * 48
+
+
+def test_the_runtime_sends_the_tdx_quote_structured(swtpm_tpm: Tpm, tmp_path: Path) -> None:
+    from confide.evidence.gce_tee import GceTdxAttestation
+    from confide.runtime.quote import ConfigfsTsmQuoteProvider
+    from quote_fakes import FakeTsm, TsmBehaviour, mounted
+
+    behaviour = TsmBehaviour(provider="tdx_guest", make_report=_tdx_for)
+    report_data = bytes(range(64))
+    provision_gce_vtpm(swtpm_tpm, GOOGLE)
+    try:
+        with mounted(tmp_path / "tsm" / "report", FakeTsm(behaviour)) as root:
+            provider = GceTpmQuoteProvider(
+                swtpm_tpm, event_log=None, intermediates=[GOOGLE.intermediate_der],
+                tee=ConfigfsTsmQuoteProvider(root),
+            )  # fmt: skip
+            raw = provider.get_evidence(report_data).raw
+    finally:
+        clear_gce_indices(swtpm_tpm)
+    tee = parse_gce_attestation(raw).tee
+    assert isinstance(tee, GceTdxAttestation) and tee.quote == _tdx_for(report_data)
+    # the binding holds; Intel's signature does not (the fake put other report data in)
+    with pytest.raises(SignatureError):
+        verify(raw, TDX_AT, tdx_ctx(), nonce=report_data)
+
+
+def test_a_report_configfs_tsm_cannot_give_fails_the_evidence(swtpm_tpm: Tpm, tmp_path: Path) -> None:
+    from confide.runtime.quote import ConfigfsTsmQuoteProvider
+    from quote_fakes import FakeTsm, TsmBehaviour, mounted
+
+    provision_gce_vtpm(swtpm_tpm, GOOGLE)
+    try:
+        with mounted(tmp_path / "tsm" / "report", FakeTsm(TsmBehaviour(misplace_report_data=True))) as root:
+            provider = GceTpmQuoteProvider(swtpm_tpm, event_log=None, tee=ConfigfsTsmQuoteProvider(root))
+            with pytest.raises(BindingError):
+                provider.get_evidence(bytes(range(64)))
+        provider = GceTpmQuoteProvider(
+            swtpm_tpm, event_log=None, tee=ConfigfsTsmQuoteProvider(tmp_path / "no-configfs")
+        )
+        with pytest.raises(UsageError, match="configfs-tsm"):
+            provider.get_evidence(bytes(range(64)))
+    finally:
+        clear_gce_indices(swtpm_tpm)
