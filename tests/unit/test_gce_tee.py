@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confide.errors import (
     BindingError,
@@ -66,7 +68,7 @@ def tdx_ctx() -> GceTeeCollateral:
     return GceTeeCollateral(dcap=DcapVerifier(), tdx_collateral=TDX_COLLATERAL)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vtpm(swtpm_tpm: Tpm) -> Iterator[Callable[[bytes], bytes]]:
     """Attestations (no TEE field) from the session's swtpm, provisioned like a GCE vTPM."""
     provision_gce_vtpm(swtpm_tpm, GOOGLE)
@@ -401,3 +403,84 @@ def test_a_report_configfs_tsm_cannot_give_fails_the_evidence(swtpm_tpm: Tpm, tm
             provider.get_evidence(bytes(range(64)))
     finally:
         clear_gce_indices(swtpm_tpm)
+
+
+SNP_PB = encode_sev_snp_attestation(SNP_REPORT, vcek=VCEK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(SNP_PB) - 1), st.integers(1, 255))
+def test_a_mutated_snp_proto_never_verifies_as_another_report(at: int, xor: int) -> None:
+    """Any byte of the structured proto changed: a ParseError, or a rebuilt report that must
+    then be the original to verify (only confide errors escape)."""
+    data = bytearray(SNP_PB)
+    data[at] ^= xor
+    try:
+        att = parse_sev_snp_attestation(bytes(data))
+        embedded_verifier().verify(att.report, att.vcek or b"", at=SNP_AT)
+    except ConfideError:
+        return
+    assert att.report == SNP_REPORT
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(TDX_PB) - 1), st.integers(1, 255))
+def test_a_mutated_tdx_proto_never_verifies_as_another_quote(at: int, xor: int) -> None:
+    data = bytearray(TDX_PB)
+    data[at] ^= xor
+    try:
+        att = parse_tdx_quote(bytes(data))
+        DcapVerifier().verify_parsed(att.parsed, att.quote, TDX_COLLATERAL, at=TDX_AT)
+    except ConfideError:
+        return
+    assert att.quote == TDX_QUOTE
+
+
+def test_evidence_verify_cli(vtpm: Callable[[bytes], bytes], tmp_path: Path) -> None:
+    """``confide evidence verify --platform gce-tpm``: a report with its VCEK verifies (the
+    claims carry it), a TDX quote needs --collateral, options the evidence has no use for are
+    refused."""
+    import json
+
+    from cli import run_confide
+
+    root = tmp_path / "root.pem"
+    root.write_bytes(GOOGLE.root.public_bytes(serialization.Encoding.PEM))
+    snp = tmp_path / "snp.pb"
+    snp.write_bytes(vtpm(SNP_NONCE) + encode_field(8, encode_sev_snp_attestation(SNP_REPORT, vcek=VCEK)))
+    common = ("--platform", "gce-tpm", "--root", root)
+    ok = run_confide("evidence", "verify", snp, *common, "--at", "2025-01-01T00:00:00Z", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["claims"]["tee"]["measurement"] == SNP_REPORT[0x90:0xC0].hex()
+    tdx = tmp_path / "tdx.pb"
+    tdx.write_bytes(vtpm(TDX_NONCE) + encode_field(9, TDX_PB))
+    at = ("--at", "2025-02-13T03:51:41Z")
+    collateral = ASSETS / "tdx" / "automata-dcap-rs" / "collateral_2025-02.dcapqvl.json"
+    verified = run_confide("evidence", "verify", tdx, *common, *at, "--collateral", collateral)
+    assert verified.returncode == 0, verified.stderr
+    missing = run_confide("evidence", "verify", tdx, *common, *at, drop=("CONFIDE_DCAP_COLLATERAL",))
+    assert missing.returncode == CollateralMissingError.exit_code, missing.stderr
+    assert "TDX quote" in missing.stderr
+    vcek = tmp_path / "vcek.der"
+    vcek.write_bytes(VCEK)
+    wrong = run_confide("evidence", "verify", tdx, *common, *at, "--vcek", vcek)
+    assert wrong.returncode == UsageError.exit_code and "drop --vcek" in wrong.stderr, wrong.stderr
+
+
+def test_a_tdx_confidential_vm_is_judged_as_tdx_evidence(vtpm: Callable[[bytes], bytes]) -> None:
+    """Its TCB status, debug flag and TCB evaluation (of the collateral it was verified with) go
+    through the policy's security settings as a tdx quote's do."""
+    from confide.policy import appraise, loads_policy
+
+    raw = vtpm(TDX_NONCE) + encode_field(9, TDX_PB)
+    result = verify_gce_attestation(raw, at=TDX_AT, roots=[GOOGLE.root], tee=tdx_ctx())
+    assert result.tcb_evaluation is not None
+    number = min(n for _, n in result.tcb_evaluation.below(10**6))  # TCB Info's and QE Identity's
+    text = (
+        'name: p\nversion: "0.3"\nservices:\n  - name: s\n    attestation:\n      gce-tpm:\n'
+        f"        project_id: confide-test\n        tdx:\n          mr_td: {result.claims['tee']['mr_td']}\n"  # type: ignore[index]
+        f"security:\n  attestation:\n    tolerate: [vtpm-only]\n    min_tcb_evaluation_data_number: {{}}\n"
+    )
+    assert appraise(result, loads_policy(text.format(number)), "s", at=TDX_AT).accepted
+    refused = appraise(result, loads_policy(text.format(number + 1)), "s", at=TDX_AT)
+    assert refused.reasons and all(r.field.startswith("tcb_evaluation_data_number") for r in refused.reasons)

@@ -380,7 +380,9 @@ def _check_tcb_evaluation(
     """``min_tcb_evaluation_data_number`` (Intel DCAP evidence only): the TCB Info and the QE
     Identity the evidence was verified with must both be of at least that TCB evaluation."""
     configured = security.min_tcb_evaluation_data_number
-    if configured is None or evidence.platform not in _TCB_PLATFORMS:
+    # Intel DCAP evidence, or other evidence verified with DCAP collateral (a GCE Confidential
+    # VM's TDX quote)
+    if configured is None or (evidence.platform not in _TCB_PLATFORMS and evidence.tcb_evaluation is None):
         return
     setting = "security.attestation.min_tcb_evaluation_data_number"
     if isinstance(configured, int):
