@@ -102,6 +102,7 @@ def test_a_confidential_vm_with_its_report_is_accepted(tmp_path: Path, vm: GceTp
     assert config["command"][0] == "vm"
     event = last_attestation(cas)
     assert event["verdict"] == "accepted" and event["platform"] == "gce-tpm"
+    assert event["gce_tee"] == {"type": "sev-snp", "measurement": MEASUREMENT, "vcek_source": "sent"}
 
 
 def test_the_report_is_required_and_judged(tmp_path: Path, vm: GceTpmQuoteProvider) -> None:
@@ -133,6 +134,7 @@ def test_without_its_vcek_the_cas_asks_amd_kds(tmp_path: Path, vm: GceTpmQuotePr
         rt, body = request(cas, vm, vcek=None)
         rt.open(cas.attest(body))
         assert kds.requests and kds.requests[0].startswith("/vcek/v1/Milan/")
+        assert last_attestation(cas)["gce_tee"]["vcek_source"] == "kds"
     no_kds = make_cas(tmp_path / "2")
     _, body = request(no_kds, vm, vcek=None)
     refused(no_kds, body, errors.CollateralMissingError, "VCEK")

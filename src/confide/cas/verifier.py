@@ -867,9 +867,12 @@ class PlatformVerifier:
                 platform, aux, allowed=frozenset({"collateral"} if isinstance(tee, GceTdxAttestation) else ())
             )
             ctx: GceTeeCollateral | None = None
+            vcek_source: str | None = None
             if isinstance(tee, GceSnpAttestation):
                 ctx = GceTeeCollateral(snp=self.snp)
+                vcek_source = "sent"
                 if _gce_sent_vek(tee) is None and self.kds is not None:
+                    vcek_source = "kds"
                     fetched = self._vek(self.kds, vek_request(tee.report), at, prefetched)
                     ctx = GceTeeCollateral(
                         snp=self.snp, vek=fetched.vek, vek_chain=fetched.chain, vek_crl=fetched.crl
@@ -878,6 +881,10 @@ class PlatformVerifier:
                 collateral, pck = self._dcap_collateral(tee.parsed, aux, at, prefetched)
                 ctx = GceTeeCollateral(dcap=self.dcap, tdx_collateral=collateral, tdx_pck=pck)
             verified = verify_gce_attestation(evidence, at=at, roots=self.gce_roots, tee=ctx)
+            if vcek_source is not None:
+                verified = dataclasses.replace(
+                    verified, details={**verified.details, "tee_vcek_source": vcek_source}
+                )
             if isinstance(tee, GceTdxAttestation):
                 return self._recent_enough(verified, sent="collateral" in aux)
             return verified
