@@ -44,6 +44,7 @@ from confide.runtime.gce_tpm import GceTpmQuoteProvider
 from confide.runtime.tpm import Tpm
 from confide.verify.dcap import DcapVerifier
 from confide.verify.gce_tpm import GceTeeCollateral, tee_report_data, verify_gce_attestation
+from confide.verify.sev_snp import load_certificates
 from gce_fakes import FakeGoogle, clear_gce_indices, provision_gce_vtpm
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -308,7 +309,7 @@ def test_what_verifies_the_tee_report_is_required(vtpm: Callable[[bytes], bytes]
     with pytest.raises(CollateralMissingError, match="VCEK"):
         verify(no_vcek, SNP_AT, snp_ctx())
     # the caller's VCEK (such as AMD KDS's) stands in
-    ctx = dataclasses.replace(snp_ctx(), vek=embedded_verifier()._load_vek(VCEK))
+    ctx = dataclasses.replace(snp_ctx(), vek=load_certificates(VCEK, "VCEK")[0])
     assert verify(no_vcek, SNP_AT, ctx)["tee"]["type"] == "sev-snp"
     with pytest.raises(CollateralMissingError, match="SEV-SNP verifier"):
         verify(no_vcek, SNP_AT, None)
