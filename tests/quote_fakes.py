@@ -21,7 +21,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class TsmBehaviour:
     privlevel_floor: int = 0
     quote_version: int = 4
     oversize: str | None = None  # an attribute answered with more than the kernel ever returns
+    make_report: Callable[[bytes], bytes] | None = None  # outblob from inblob (a real-shaped report)
+    auxblob: bytes | None = None  # None: b"certificate table" (not one)
 
 
 class FakeTsm(mfusepy.Operations):  # type: ignore[misc]
@@ -147,6 +149,8 @@ class FakeTsm(mfusepy.Operations):  # type: ignore[misc]
         inblob = entry["inblob"].ljust(64, b"\0")
         if self.b.misplace_report_data:
             inblob = bytes(64)
+        if self.b.make_report is not None:
+            return self.b.make_report(inblob)
         if self.b.provider == "sev_guest":
             report = bytearray(SNP_REPORT_SIZE)
             report[0:4] = (3).to_bytes(4, "little")
@@ -174,7 +178,8 @@ class FakeTsm(mfusepy.Operations):  # type: ignore[misc]
                         self._store(entry, "inblob", b"someone else's report data")
                     else:
                         self._store(entry, "privlevel", b"%d\n" % entry["privlevel"])
-                data = self._report(entry) if attr == "outblob" else b"certificate table"
+                auxblob = self.b.auxblob if self.b.auxblob is not None else b"certificate table"
+                data = self._report(entry) if attr == "outblob" else auxblob
             elif attr == "provider":
                 data = self.b.provider.encode() + b"\n"
             elif attr == "generation":

@@ -22,6 +22,10 @@ under it), with the real collateral of tests/assets at a fixed time. One target 
   or TD quote);
 - ``gce-tpm``: a go-tpm-tools ``attest.Attestation`` protobuf (TPM quotes, AK certificate,
   event log);
+- ``gce-tee``: a GCE Confidential VM's structured hardware report (go-sev-guest
+  ``sevsnp.Attestation`` of the real Milan report, go-tdx-guest ``tdx.QuoteV4`` of the real GCE
+  TDX quote), read and rebuilt by :mod:`confide.evidence.gce_tee`, then verified as the raw
+  report / quote;
 - ``sim``: the simulator's evidence (Ed25519 and ECDSA P-256 platform keys).
 
 The first byte of an input picks the context (the case: collateral, time, nonce) for targets
@@ -73,7 +77,7 @@ if atheris is not None:
         # they (and the verifiers they import) are instrumented.
         for _name in sorted(set(platforms.PLATFORM_MODULES.values())):
             importlib.import_module(_name)
-        from confide.evidence import ccel, dcap, dcap_collateral, nvidia_rim, sev_snp, sim, snp_certs
+        from confide.evidence import ccel, dcap, dcap_collateral, gce_tee, nvidia_rim, sev_snp, sim, snp_certs
         from confide.evidence._reader import decode_evidence_text
         from confide.evidence.nitro import decode_document_text
         from confide.platforms import sev_snp as snp_platform
@@ -83,7 +87,7 @@ if atheris is not None:
         from confide.verify import sev_snp as verify_snp
 else:
     from confide import errors, jsonstrict, platforms
-    from confide.evidence import ccel, dcap, dcap_collateral, nvidia_rim, sev_snp, sim, snp_certs
+    from confide.evidence import ccel, dcap, dcap_collateral, gce_tee, nvidia_rim, sev_snp, sim, snp_certs
     from confide.evidence._reader import decode_evidence_text
     from confide.evidence.nitro import decode_document_text
     from confide.platforms import sev_snp as snp_platform
@@ -219,6 +223,13 @@ _GCE = [
     Case((GCE / "gce-cos-85-no-nonce.pb").read_bytes(), Platform.GCE_TPM, _at("2024-01-01T00:00:00Z")),
     Case((GCE / "gce-cos-85-nonce9009.pb").read_bytes(), Platform.GCE_TPM, _at("2024-01-01T00:00:00Z"),
          nonce=bytes.fromhex("9009")),
+]  # fmt: skip
+
+_GCE_TEE = [
+    Case((SNP / "google-go-sev-guest/attestation.bin").read_bytes(), Platform.SEV_SNP,
+         _at("2023-01-01T00:00:00Z"), vcek=SNP / "google-go-sev-guest/vcek.testcer"),
+    Case((ASSETS / "tdx/google-go-tdx-guest/cos-113-tdx-quote.dat").read_bytes(), Platform.TDX,
+         _at("2025-02-13T03:51:41Z"), collateral=ASSETS / "tdx/automata-dcap-rs/collateral_2025-02.dcapqvl.json"),
 ]  # fmt: skip
 
 
@@ -421,6 +432,16 @@ def gce_target(data: bytes) -> None:
     _check_verified("gce-tpm", index, case, result)
 
 
+def gce_tee_target(data: bytes) -> None:
+    index, case, body = _pick(data, _GCE_TEE)
+    if case.platform is Platform.SEV_SNP:
+        raw = gce_tee.parse_sev_snp_attestation(body).report
+    else:
+        raw = gce_tee.parse_tdx_quote(body).quote
+    # a rebuild that verifies must be the seed's report: the vendor signature covers it all
+    _check_verified("gce-tee", index, case, platforms.verify_request(case.request(raw)))
+
+
 def sim_target(data: bytes) -> None:
     index, case, body = _pick(data, _SIM)
     with contextlib.suppress(errors.ParseError):
@@ -441,6 +462,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "nitro": nitro_target,
     "azure-vtpm": _verify_target("azure-vtpm", _AZURE),
     "gce-tpm": gce_target,
+    "gce-tee": gce_tee_target,
     "sim": sim_target,
 }
 
@@ -557,6 +579,10 @@ def seeds() -> dict[str, list[bytes]]:
         "nitro": [*_with_cases(_NITRO), b"\x01" + base64.b64encode(_NITRO[1].seed)],
         "azure-vtpm": _with_cases(_AZURE),
         "gce-tpm": _with_cases(_GCE),
+        "gce-tee": [
+            b"\x00" + gce_tee.encode_sev_snp_attestation(_GCE_TEE[0].seed, vcek=(SNP / "google-go-sev-guest/vcek.testcer").read_bytes()),
+            b"\x01" + gce_tee.encode_tdx_quote(_GCE_TEE[1].seed),
+        ],
         "sim": _with_cases(_SIM),
     }  # fmt: skip
 

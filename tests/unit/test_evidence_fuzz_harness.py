@@ -33,7 +33,7 @@ def test_every_target_has_seeds(harness: ModuleType) -> None:
 @pytest.mark.parametrize(
     "target",
     ["dcap-quote", "dcap-collateral", "dcap-resigned", "tdx-eventlog", "sev-snp", "snp-cert-table", "nvidia", "nvidia-rim",
-     "nitro", "azure-vtpm", "gce-tpm", "sim"],
+     "nitro", "azure-vtpm", "gce-tpm", "gce-tee", "sim"],
 )  # fmt: skip
 def test_each_target_runs_on_its_seeds(harness: ModuleType, target: str) -> None:
     items = harness.seeds()[target]
@@ -51,7 +51,13 @@ def test_each_target_runs_on_its_seeds(harness: ModuleType, target: str) -> None
 
 @pytest.mark.parametrize(
     ("target", "offset"),
-    [("dcap-quote", 1 + 48 + 100), ("sev-snp", 1 + 0x90), ("sim", 1 + 20), ("gce-tpm", 1 + 200)],
+    [
+        ("dcap-quote", 1 + 48 + 100),
+        ("sev-snp", 1 + 0x90),
+        ("sim", 1 + 20),
+        ("gce-tpm", 1 + 200),
+        ("gce-tee", 1 + 200),
+    ],
 )
 def test_a_change_inside_the_signed_bytes_does_not_verify(
     harness: ModuleType, target: str, offset: int

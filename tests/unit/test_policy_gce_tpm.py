@@ -344,3 +344,63 @@ def test_only_the_canonical_string_of_a_large_id_is_read_as_it(value: str) -> No
     of a value from 2^53 to 2^64 - 1, no sign, no leading zero."""
     with pytest.raises(PolicyError):
         policy(f"        gce-tpm:\n          instance_id: {value}\n")
+
+
+# --- a Confidential VM's hardware report (gce-tpm.sev-snp, gce-tpm.tdx) ---------------------------
+
+SNP_ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp" / "google-go-sev-guest"
+
+
+def _snp_tee() -> dict[str, ClaimValue]:
+    """The claims of the real go-sev-guest Milan report, as the verifier puts them in ``tee``."""
+    from confide.platforms.sev_snp import embedded_verifier
+
+    report = (SNP_ASSETS / "attestation.bin").read_bytes()
+    verified = embedded_verifier().verify(report, (SNP_ASSETS / "vcek.testcer").read_bytes(), at=AT)
+    return {"type": "sev-snp", **verified.claims}
+
+
+SNP_TEE = _snp_tee()
+WITH_SNP = with_claims(tee=SNP_TEE, debug=SNP_TEE["debug"])
+MEASUREMENT = SNP_TEE["measurement"]
+PIN = f"          project_number: {PROJECT}\n"
+DEBUG_AND_VTPM = "security:\n  attestation:\n    tolerate: [vtpm-only, debug-mode]\n"
+
+
+def test_the_tee_factors_match_the_verified_report() -> None:
+    p = policy(f"        gce-tpm:\n{PIN}          sev-snp:\n            measurement: {MEASUREMENT}\n"
+               "            vmpl: 0\n", DEBUG_AND_VTPM)  # fmt: skip
+    result = appraise(WITH_SNP, p, "svc", at=AT)
+    assert result.accepted, result
+    # the report still comes with Google's vTPM (PCRs: the host's word): vtpm-only is needed,
+    # and the go-sev-guest report's policy allows debugging: so is debug-mode
+    assert set(result.tolerated) == {Tolerance.VTPM_ONLY, Tolerance.DEBUG_MODE}
+    assert fields(policy(f"        gce-tpm:\n{PIN}          sev-snp:\n            vmpl: 0\n")) == [
+        "attestation[0].gce-tpm.sev-snp"
+    ]  # no report at all
+    without_debug = fields(
+        policy(f"        gce-tpm:\n{PIN}          sev-snp:\n            vmpl: 0\n"), WITH_SNP
+    )
+    assert without_debug == ["claims.debug"]
+
+
+def test_every_tee_mismatch_is_reported() -> None:
+    p = policy(
+        f"        gce-tpm:\n{PIN}          sev-snp:\n            measurement: {'ab' * 48}\n"
+        "            vmpl: 1\n            min_tcb: {snp: 200}\n",
+        DEBUG_AND_VTPM,
+    )
+    assert fields(p, WITH_SNP) == [
+        "attestation[0].gce-tpm.sev-snp.measurement",
+        "attestation[0].gce-tpm.sev-snp.vmpl",
+        "attestation[0].gce-tpm.sev-snp.min_tcb.snp",
+    ]
+    tdx = policy(f"        gce-tpm:\n{PIN}          tdx:\n            mr_td: {'ab' * 48}\n", DEBUG_AND_VTPM)
+    result = appraise(WITH_SNP, tdx, "svc", at=AT)
+    assert [(r.field, r.got) for r in result.reasons] == [("attestation[0].gce-tpm.tdx", "a sev-snp report")]
+
+
+def test_one_technology_per_variant() -> None:
+    text = f"        gce-tpm:\n{PIN}          sev-snp: {{vmpl: 0}}\n          tdx: {{mr_td: {'ab' * 48}}}\n"
+    with pytest.raises(PolicyError, match="one Confidential VM technology"):
+        policy(text)

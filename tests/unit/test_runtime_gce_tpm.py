@@ -248,3 +248,40 @@ def test_cli_run_gce_tpm_uses_the_vtpm(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert result.exit_code == UsageError.exit_code, result.output
     assert result.output.startswith("error: UsageError: ") and result.output.count("\n") == 1, result.output
     assert f"{str(tmp_path / 'tpmrm0')!r} does not exist: this machine has no (v)TPM" in result.output
+
+
+def test_cli_gce_tee_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--gce-tee configfs-tsm`` without configfs-tsm is refused before the CAS is asked (as
+    ``--tee sev-snp`` is); ``--gce-tee`` goes with ``--tee gce-tpm`` only; ``auto`` without
+    configfs-tsm sends the vTPM quote alone (here: on to the missing TPM)."""
+    from confide.cas import cli
+    from confide.cas.client import CasClient
+    from confide.runtime import quote
+
+    def no_cas(cls: object) -> None:
+        raise AssertionError("the CAS must not be asked")
+
+    monkeypatch.setattr(quote, "CONFIGFS_TSM_ROOT", tmp_path / "no-tsm")
+    monkeypatch.setattr(CasClient, "from_env", classmethod(no_cas))
+    monkeypatch.setenv("CONFIDE_TPM", str(tmp_path / "tpmrm0"))
+    args = ["--config-id", "p/s", "--tee", "gce-tpm", "--gce-tee", "configfs-tsm", "--", "/bin/true"]
+    result = CliRunner().invoke(cli.run, args)
+    assert isinstance(result.exception, UsageError), result.output
+    assert "configfs-tsm" in str(result.exception) and "not found" in str(result.exception)
+    result = CliRunner().invoke(
+        cli.run, ["--config-id", "p/s", "--tee", "sim", "--gce-tee", "none", "--", "x"]
+    )
+    assert isinstance(result.exception, UsageError)
+    assert "--gce-tee goes with --tee gce-tpm" in str(result.exception)
+    # auto, without configfs-tsm: no TEE report is asked for; the vTPM is (and is missing)
+    monkeypatch.setattr(CasClient, "from_env", classmethod(lambda cls: _NonceOnly()))
+    result = CliRunner().invoke(cli.run, ["--config-id", "p/s", "--tee", "gce-tpm", "--", "/bin/true"])
+    assert result.exit_code == UsageError.exit_code and "has no (v)TPM" in result.output, result.output
+
+
+class _NonceOnly:
+    def nonce(self) -> str:
+        return "00" * 32
+
+    def close(self) -> None:
+        pass

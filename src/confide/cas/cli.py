@@ -1344,6 +1344,17 @@ def policy_revoke(
     "them (a volume this run may seal needs it alone; an ephemeral one waits behind a writer) "
     "instead of failing at once (exit 50). Default: $CONFIDE_VOLUME_WAIT, else 0.",
 )
+@click.option(
+    "--gce-tee",
+    "gce_tee",
+    type=click.Choice(["auto", "configfs-tsm", "none"]),
+    default="auto",
+    show_default=True,
+    help="With --tee gce-tpm: also send the Confidential VM's SEV-SNP report or TDX quote, bound to "
+    "the same nonce (go-tpm-tools fields 8/9), from configfs-tsm: 'auto' when "
+    "/sys/kernel/config/tsm/report exists, 'configfs-tsm' always (refused without it), 'none' never "
+    "(the vTPM quote alone).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     config_id: str,
@@ -1353,6 +1364,7 @@ def run(
     gpu_ready_state: str | None,
     gpu_ocsp: str | None,
     volume_wait_s: str | None,
+    gce_tee: str,
     command: tuple[str, ...],
 ) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --).
@@ -1385,6 +1397,8 @@ def run(
         raise UsageError("--gpu-ocsp needs --gpus or --gpu-index")
     if gpu_ready_state is not None and not with_gpus:
         raise UsageError("--gpu-ready-state needs --gpus or --gpu-index")
+    if gce_tee != "auto" and tee != "gce-tpm":
+        raise UsageError("--gce-tee goes with --tee gce-tpm")
     provider: QuoteProvider
     measured = None
     configfs_check = None
@@ -1408,9 +1422,14 @@ def run(
         provider = AzureVtpmQuoteProvider()
     elif tee == "gce-tpm":
         from confide.runtime.gce_tpm import GceTpmQuoteProvider
+        from confide.runtime.quote import CONFIGFS_TSM_ROOT
         from confide.runtime.tpm import Tpm, transport_from_env
 
-        provider = GceTpmQuoteProvider(Tpm(transport_from_env()))
+        tee_report: ConfigfsTsmQuoteProvider | None = None
+        if gce_tee == "configfs-tsm" or (gce_tee == "auto" and CONFIGFS_TSM_ROOT.is_dir()):
+            tee_report = ConfigfsTsmQuoteProvider()
+            configfs_check = tee_report.check  # no configfs-tsm: refused before the CAS is asked
+        provider = GceTpmQuoteProvider(Tpm(transport_from_env()), tee=tee_report)
     elif tee == "aws-nitro":
         from confide.runtime.nitro import DeviceNsmTransport, NitroQuoteProvider
 

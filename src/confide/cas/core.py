@@ -3074,6 +3074,7 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         summary["vcek_source"] = v.details.get("vcek_source")
     if v.platform is Platform.GCE_TPM:  # the VM, as the AK certificate Google issued names it
         summary["gce_instance"] = _gce_instance_summary(c.get("instance"))
+        summary["gce_tee"] = _gce_tee_summary(c.get("tee"), v.details.get("tee_vcek_source"))
     if v.tcb_evaluation is not None:
         # Intel DCAP: the tcbEvaluationDataNumber of the TCB Info and QE Identity that judged
         # this evidence (Intel PCS API v4), so that an auditor sees the collateral's vintage
@@ -3100,6 +3101,19 @@ def _gce_instance_summary(instance: Any) -> dict[str, Any] | None:
     for key in ("project_id", "project_number", "zone", "instance_name", "instance_id"):
         value = instance.get(key)
         out[key] = None if value is None or isinstance(value, bool) else str(value)
+    return out
+
+
+def _gce_tee_summary(tee: Any, vcek_source: Any) -> dict[str, Any] | None:
+    """The Confidential VM's hardware report of a ``gce-tpm`` attestation (``None``: none): its
+    technology, its launch measurement (SEV-SNP ``measurement``, TDX ``mr_td``) and, for SEV-SNP,
+    where the VCEK/VLEK came from (``sent`` with the report, or ``kds``)."""
+    if not isinstance(tee, Mapping):
+        return None
+    kind = tee.get("type")
+    out: dict[str, Any] = {"type": kind, "measurement": tee.get("measurement") or tee.get("mr_td")}
+    if kind == "sev-snp":
+        out["vcek_source"] = vcek_source
     return out
 
 

@@ -29,7 +29,11 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   ``aux["collateral"]`` like ``tdx``, else the CAS's DCAP collateral source. No other aux blobs.
 - ``gce-tpm``: a Google Compute Engine vTPM attestation (go-tpm-tools ``attest.Attestation``,
   binary protobuf, ``docs/gce-tpm.md``): the AK certificate (to the pinned Google roots), its
-  intermediates, the quotes and the event log are all inside it. No aux blobs.
+  intermediates, the quotes and the event log are all inside it. A Confidential VM's SEV-SNP
+  report (field 8) or TDX quote (field 9) is verified as ``sev-snp`` / ``tdx`` evidence is: the
+  VCEK/VLEK of its certificate chain, else AMD KDS's (``--kds``), under the same AMD roots; the
+  TDX quote with ``aux["collateral"]`` (only then allowed) or the CAS's DCAP source, prefetched
+  alike. No other aux blobs.
 
 Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
 ``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
@@ -141,6 +145,8 @@ from confide.errors import (
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import PckCertId, Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate, TcbEvaluationNumbersText
+from confide.evidence.gce_tee import GceSnpAttestation, GceTdxAttestation
+from confide.evidence.gce_tpm import parse_gce_attestation
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
@@ -152,7 +158,7 @@ from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier, missing_pck_error
-from confide.verify.gce_tpm import verify_gce_attestation
+from confide.verify.gce_tpm import GceTeeCollateral, verify_gce_attestation
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
@@ -472,7 +478,12 @@ class PlatformVerifier:
         source's TCB evaluation data numbers, kept in memory until their ``nextUpdate`` once
         read and their signature checked (:meth:`_kept_list`)."""
         source = self.dcap_source
-        if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
+        if source is None or platform not in (
+            Platform.SGX,
+            Platform.TDX,
+            Platform.AZURE_TDX_VTPM,
+            Platform.GCE_TPM,
+        ):
             return None
         try:
             quote = self._dcap_quote(platform, evidence)
@@ -618,6 +629,11 @@ class PlatformVerifier:
         return CollateralJob(Prefetched(), fetch)
 
     def _dcap_quote(self, platform: Platform, evidence: bytes) -> Quote:
+        if platform is Platform.GCE_TPM:
+            tee = parse_gce_attestation(evidence).tee
+            if not isinstance(tee, GceTdxAttestation):
+                raise ParseError("no tdx_attestation", structure="GCE attestation")
+            return tee.parsed
         if platform is Platform.AZURE_TDX_VTPM:
             parsed = parse_evidence(evidence, HclReportType.TDX)
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
@@ -645,13 +661,19 @@ class PlatformVerifier:
     def _kds_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
     ) -> CollateralJob | None:
-        if platform is not Platform.SEV_SNP or self.kds is None:
+        if platform not in (Platform.SEV_SNP, Platform.GCE_TPM) or self.kds is None:
             return None
         kds = self.kds
         try:
-            if _sent_vek(aux, evidence) is not None:
+            if platform is Platform.GCE_TPM:
+                tee = parse_gce_attestation(evidence).tee
+                if not isinstance(tee, GceSnpAttestation) or _gce_sent_vek(tee) is not None:
+                    return None
+                request = vek_request(tee.report)
+            elif _sent_vek(aux, evidence) is not None:
                 return None
-            request = vek_request(evidence)
+            else:
+                request = vek_request(evidence)
         except ConfideError:
             return None
         key = vek_key(request)
@@ -838,9 +860,34 @@ class PlatformVerifier:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         if platform is Platform.GCE_TPM:
             # The nonce is not checked here: check_binding compares every quote's extraData (the
-            # verifier requires them all equal) with the key binding.
-            _no_aux(platform, aux, allowed=frozenset())
-            return verify_gce_attestation(evidence, at=at, roots=self.gce_roots)
+            # verifier requires them all equal) with the key binding; the verifier binds a TEE
+            # report's REPORT_DATA to that extraData.
+            tee = parse_gce_attestation(evidence).tee
+            _no_aux(
+                platform, aux, allowed=frozenset({"collateral"} if isinstance(tee, GceTdxAttestation) else ())
+            )
+            ctx: GceTeeCollateral | None = None
+            vcek_source: str | None = None
+            if isinstance(tee, GceSnpAttestation):
+                ctx = GceTeeCollateral(snp=self.snp)
+                vcek_source = "sent"
+                if _gce_sent_vek(tee) is None and self.kds is not None:
+                    vcek_source = "kds"
+                    fetched = self._vek(self.kds, vek_request(tee.report), at, prefetched)
+                    ctx = GceTeeCollateral(
+                        snp=self.snp, vek=fetched.vek, vek_chain=fetched.chain, vek_crl=fetched.crl
+                    )
+            elif isinstance(tee, GceTdxAttestation):
+                collateral, pck = self._dcap_collateral(tee.parsed, aux, at, prefetched)
+                ctx = GceTeeCollateral(dcap=self.dcap, tdx_collateral=collateral, tdx_pck=pck)
+            verified = verify_gce_attestation(evidence, at=at, roots=self.gce_roots, tee=ctx)
+            if vcek_source is not None:
+                verified = dataclasses.replace(
+                    verified, details={**verified.details, "tee_vcek_source": vcek_source}
+                )
+            if isinstance(tee, GceTdxAttestation):
+                return self._recent_enough(verified, sent="collateral" in aux)
+            return verified
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
 
     def _fetched_rims(
@@ -1227,6 +1274,12 @@ def _sent_vek(aux: dict[str, bytes], evidence: bytes) -> bytes | None:
         first, second = (VLEK_GUID, VCEK_GUID) if _signed_by_vlek(evidence) else (VCEK_GUID, VLEK_GUID)
         vek = table.get(first) or table.get(second)
     return vek
+
+
+def _gce_sent_vek(tee: GceSnpAttestation) -> bytes | None:
+    """The VCEK/VLEK (as the report's SIGNING_KEY names) a GCE attestation's SEV-SNP report came
+    with (``None``: none; AMD KDS may serve a VCEK)."""
+    return tee.vlek if tee.parsed.signing_key is SigningKey.VLEK else tee.vcek
 
 
 def _signed_by_vlek(evidence: bytes) -> bool:

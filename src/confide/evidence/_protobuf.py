@@ -133,10 +133,16 @@ class Message:
     structure: str
     fields: Mapping[int, tuple[Field, ...]]
     depth: int
+    strict: bool = False
+    """Whether unknown fields were refused; nested messages are read the same way."""
 
     def _get(self, number: int) -> Field | None:
         found = self.fields.get(number, ())
         return found[0] if found else None
+
+    def field(self, number: int) -> Field | None:
+        """The record of singular field ``number`` (``None``: absent)."""
+        return self._get(number)
 
     def bytes_(self, number: int, default: bytes = b"") -> bytes:
         f = self._get(number)
@@ -173,7 +179,9 @@ class Message:
         if f is None:
             return None
         assert isinstance(f.value, bytes)
-        return parse_message(f.value, schema, structure, depth=self.depth + 1, base=f.offset)
+        return parse_message(
+            f.value, schema, structure, depth=self.depth + 1, base=f.offset, strict=self.strict
+        )
 
     def messages(
         self, number: int, schema: Mapping[int, tuple[int, bool]], structure: str
@@ -181,7 +189,11 @@ class Message:
         out = []
         for f in self.fields.get(number, ()):
             assert isinstance(f.value, bytes)
-            out.append(parse_message(f.value, schema, structure, depth=self.depth + 1, base=f.offset))
+            out.append(
+                parse_message(
+                    f.value, schema, structure, depth=self.depth + 1, base=f.offset, strict=self.strict
+                )
+            )
         return tuple(out)
 
 
@@ -192,11 +204,12 @@ def parse_message(
     *,
     depth: int = 0,
     base: int = 0,
+    strict: bool = False,
 ) -> Message:
     """Parse one message; ``schema`` maps each known field number to (wire type, repeated).
 
-    Unknown fields are skipped; known fields must have their wire type, singular ones at most
-    once. Offsets in errors are relative to the outermost buffer (``base``).
+    Unknown fields are skipped (``strict``: refused); known fields must have their wire type,
+    singular ones at most once. Offsets in errors are relative to the outermost buffer (``base``).
     """
     if depth > MAX_DEPTH:
         raise ParseError(f"nested deeper than {MAX_DEPTH} messages", structure=structure, offset=base)
@@ -204,6 +217,8 @@ def parse_message(
     for f in _records(data, structure, base):
         known = schema.get(f.number)
         if known is None:
+            if strict:
+                raise ParseError(f"unknown field {f.number}", structure=structure, offset=f.offset)
             continue
         wire, repeated = known
         if f.wire_type != wire:
@@ -216,4 +231,4 @@ def parse_message(
         if seen and not repeated:
             raise ParseError(f"field {f.number} occurs more than once", structure=structure, offset=f.offset)
         seen.append(f)
-    return Message(structure, {k: tuple(v) for k, v in found.items()}, depth)
+    return Message(structure, {k: tuple(v) for k, v in found.items()}, depth, strict)

@@ -20,8 +20,10 @@ Schema (go-tpm-tools ``proto/attest.proto`` and ``proto/tpm.proto``)::
 The wire format is read by :mod:`confide.evidence._protobuf` (strict: duplicate singular
 fields, wrong wire types and duplicate map keys are refused). The TPM structures inside are
 parsed here too (``confide.evidence.tpm``), so a parsed ``GceAttestation`` is well-formed
-throughout; the event log is parsed as a TCG crypto-agile log. Fields 5, 8 and 9 are skipped:
-the SEV-SNP / TDX attestations of a Confidential VM are not verified by this platform.
+throughout; the event log is parsed as a TCG crypto-agile log. Field 5 is skipped. Fields 8
+and 9, the SEV-SNP report or TDX quote of a Confidential VM (a oneof: both present is a
+:class:`ParseError`), are read strictly and rebuilt into the raw report / quote by
+:mod:`confide.evidence.gce_tee` (``tee``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from types import MappingProxyType
 from confide.errors import ParseError
 from confide.evidence._protobuf import WIRE_LEN, WIRE_VARINT, Message, parse_message
 from confide.evidence.ccel import EventLog
+from confide.evidence.gce_tee import (
+    GceSnpAttestation,
+    GceTdxAttestation,
+    parse_sev_snp_attestation,
+    parse_tdx_quote,
+)
 from confide.evidence.tpm import (
     HASH_SIZES,
     TpmPublic,
@@ -53,7 +61,8 @@ MAX_INTERMEDIATES = 8
 MAX_PCR_INDEX = 31
 
 _ATTESTATION = {1: (WIRE_LEN, False), 2: (WIRE_LEN, True), 3: (WIRE_LEN, False), 4: (WIRE_LEN, False),
-                6: (WIRE_LEN, False), 7: (WIRE_LEN, True)}  # fmt: skip
+                6: (WIRE_LEN, False), 7: (WIRE_LEN, True), 8: (WIRE_LEN, False),
+                9: (WIRE_LEN, False)}  # fmt: skip
 _QUOTE = {1: (WIRE_LEN, False), 2: (WIRE_LEN, False), 3: (WIRE_LEN, False)}
 _PCRS = {1: (WIRE_VARINT, False), 2: (WIRE_LEN, True)}
 _MAP_ENTRY = {1: (WIRE_VARINT, False), 2: (WIRE_LEN, False)}
@@ -93,6 +102,8 @@ class GceAttestation:
     ak_cert: bytes | None
     intermediate_certs: tuple[bytes, ...]
     instance_info: GceInstanceInfo | None
+    tee: GceSnpAttestation | GceTdxAttestation | None = None
+    """Field 8 or 9: the Confidential VM's hardware report, rebuilt (``None``: neither)."""
 
 
 def _pcrs(msg: Message, n: int) -> tuple[int, Mapping[int, bytes]]:
@@ -180,4 +191,18 @@ def parse_gce_attestation(data: bytes) -> GceAttestation:
             instance_name=info_msg.string(4),
             instance_id=info_msg.uint(5),
         )
-    return GceAttestation(ak_pub, quotes, event_log, log_bytes, cert, intermediates, info)
+    tee: GceSnpAttestation | GceTdxAttestation | None = None
+    snp, tdx = top.field(8), top.field(9)
+    if snp is not None and tdx is not None:
+        raise ParseError(
+            "both sev_snp_attestation (8) and tdx_attestation (9): they are a oneof",
+            structure=_S,
+            field="tee_attestation",
+        )
+    if snp is not None:
+        assert isinstance(snp.value, bytes)
+        tee = parse_sev_snp_attestation(snp.value, base=snp.offset)
+    elif tdx is not None:
+        assert isinstance(tdx.value, bytes)
+        tee = parse_tdx_quote(tdx.value, base=tdx.offset)
+    return GceAttestation(ak_pub, quotes, event_log, log_bytes, cert, intermediates, info, tee)

@@ -380,7 +380,9 @@ def _check_tcb_evaluation(
     """``min_tcb_evaluation_data_number`` (Intel DCAP evidence only): the TCB Info and the QE
     Identity the evidence was verified with must both be of at least that TCB evaluation."""
     configured = security.min_tcb_evaluation_data_number
-    if configured is None or evidence.platform not in _TCB_PLATFORMS:
+    # Intel DCAP evidence, or other evidence verified with DCAP collateral (a GCE Confidential
+    # VM's TDX quote)
+    if configured is None or (evidence.platform not in _TCB_PLATFORMS and evidence.tcb_evaluation is None):
         return
     setting = "security.attestation.min_tcb_evaluation_data_number"
     if isinstance(configured, int):
@@ -744,6 +746,7 @@ def _gce_tpm(c: _Checker, g: GceTpmFactors) -> None:
             g.gce_firmware_version_min,
         )
     p.text_in("gce-tpm.confidential_technology", "confidential_technology", g.confidential_technology)
+    _gce_tee(c, g)
     instance = c.claims.get("instance")
     wanted = [
         (name, getattr(g, name))
@@ -768,6 +771,26 @@ def _gce_tpm(c: _Checker, g: GceTpmFactors) -> None:
     i.int_in("gce-tpm.project_number", "project_number", g.project_number)
     i.int_in("gce-tpm.instance_id", "instance_id", g.instance_id)
     i.int_range("gce-tpm.min_security_version", "security_version", None, g.min_security_version)
+
+
+def _gce_tee(c: _Checker, g: GceTpmFactors) -> None:
+    """``gce-tpm.sev-snp`` / ``gce-tpm.tdx``: the factors of those variants against the verified
+    hardware report of the attestation (claim ``tee``, whose ``type`` names the technology)."""
+    for wanted, factors, name in (("sev-snp", g.sev_snp, "SEV-SNP report"), ("tdx", g.tdx, "TDX quote")):
+        if factors is None:
+            continue
+        tee = c.claims.get("tee")
+        field = f"gce-tpm.{wanted}"
+        if not isinstance(tee, Mapping) or tee.get("type") != wanted:
+            got = (
+                "no Confidential VM report" if not isinstance(tee, Mapping) else f"a {tee.get('type')} report"
+            )
+            c.fail(field, got, f"a verified {name} in the attestation (go-tpm-tools field 8 or 9)")
+            continue
+        if isinstance(factors, TdxFactors):
+            _tdx(_nested(c, tee), factors, field)
+        else:
+            _sev_snp(_nested(c, tee), factors, field)
 
 
 def _nested(c: _Checker, claims: Mapping[str, Any]) -> _Checker:

@@ -345,7 +345,11 @@ class GceTpmFactors(_Model):
       ``AMD_SEV_SNP``) the firmware measured into PCR 0 (event log, replayed);
     - ``project_id``, ``project_number``, ``zone``, ``instance_id``, ``instance_name`` and
       ``min_security_version``: the instance of the AK certificate's Google extension (signed
-      by Google's CA), claimed for a production instance only, as go-tpm-tools does.
+      by Google's CA), claimed for a production instance only, as go-tpm-tools does;
+    - ``sev-snp`` or ``tdx``: the factors of the ``sev-snp`` / ``tdx`` variants, against the
+      Confidential VM's hardware report the attestation carries (go-tpm-tools field 8 or 9,
+      verified and bound to the quotes' nonce: claim ``tee``). Either asks for that report: an
+      attestation without one, or with the other technology's, does not match.
 
     The AK itself must be a restricted signing key (checked for every ``gce-tpm`` evidence, not
     a factor). A vTPM has no debug mode and no TCB status: ``debug-mode`` and the TCB
@@ -361,10 +365,17 @@ class GceTpmFactors(_Model):
     instance_id: U64List | None = None
     instance_name: TextList | None = None
     min_security_version: U64 | None = None
+    sev_snp: SevSnpFactors | None = Field(default=None, alias="sev-snp")
+    tdx: TdxFactors | None = None
 
     @model_validator(mode="after")
     def _some(self) -> GceTpmFactors:
         _require_some(self, "gce-tpm")
+        if self.sev_snp is not None and self.tdx is not None:
+            raise ValueError(
+                "a gce-tpm variant pins one Confidential VM technology, sev-snp or tdx (an attestation"
+                " carries one report); list two variants to allow both"
+            )
         # The PCRs and boot claims say which image booted, not whose VM it is: anyone can boot a
         # public image in a project of their own (and log in through metadata SSH keys, which
         # are not measured), and Google's vTPM quotes their key too. Only the AK certificate's

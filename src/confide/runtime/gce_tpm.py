@@ -26,11 +26,21 @@ What go-tpm-tools does for ``gotpm attest`` (``client.GceAttestationKeyRSA`` / `
    the SHA-256 PCRs), ``event_log``, ``ak_cert`` and ``intermediate_certs``. The result is
    parsed with the verifier's own parser before it is returned.
 
+6. On a Confidential VM (``tee``: the configfs-tsm provider, ``confide run --gce-tee``): the
+   SEV-SNP report or TDX quote for the same 64-byte report data (go-tpm-tools' TEENonce, which
+   the verifier requires to be the quotes' extraData zero-filled to 64 bytes: here both are the
+   report data), collected through configfs-tsm after the quote, and sent structured as
+   go-tpm-tools does: field 8, a go-sev-guest ``sevsnp.Attestation`` (with the VCEK/VLEK, ASK
+   and ARK of configfs-tsm's certificate table, when the host provides one), or field 9, a
+   go-tdx-guest ``tdx.QuoteV4`` (:mod:`confide.evidence.gce_tee`). A report the structured
+   protobuf cannot carry byte for byte (non-zero reserved bytes), or that configfs-tsm fails to
+   give, is an error: the evidence is not sent without it.
+
 Not done (``docs/limitations.md``, "GCE vTPM"): the AK certificate's issuing intermediate is
 not fetched from its AIA URL as go-tpm-tools does (the verifier ships Google's known
 intermediates; ``intermediates`` adds others), the unsigned ``instance_info`` from the metadata
-server is not sent, and the SEV-SNP / TDX report of a Confidential VM (fields 8 and 9) is not
-collected.
+server is not sent, and a Confidential VM's report is collected through configfs-tsm only (not
+the older ``/dev/sev-guest`` / ``/dev/tdx_guest`` ioctls go-tpm-tools uses).
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from confide.errors import BindingError, MeasurementError, ParseError, StorageError, UsageError
 from confide.evidence._protobuf import encode_field
 from confide.evidence.ccel import EventLog
+from confide.evidence.gce_tee import encode_sev_snp_attestation, encode_tdx_quote
 from confide.evidence.gce_tpm import MAX_ATTESTATION_SIZE, parse_gce_attestation
+from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.evidence.tpm import TPM_ALG_SHA256, TpmPublic, parse_attest
-from confide.runtime.quote import Evidence, check_report_data
+from confide.runtime.quote import ConfigfsTsmQuoteProvider, Evidence, check_report_data
 from confide.runtime.tpm import (
     PCR_COUNT,
     TPM_RH_ENDORSEMENT,
@@ -154,7 +166,8 @@ class GceTpmQuoteProvider:
     """Evidence from a GCE VM's vTPM (see the module docstring). ``tpm``: the vTPM (default
     ``/dev/tpmrm0``); ``event_log``: the firmware event log's path (``None``: send none);
     ``intermediates``: DER certificates sent with the AK certificate (its issuing intermediate
-    when the verifier does not ship it)."""
+    when the verifier does not ship it); ``tee``: a Confidential VM's configfs-tsm, whose SEV-SNP
+    report or TDX quote goes into field 8 or 9 (step 6; ``None``: the vTPM quote alone)."""
 
     def __init__(
         self,
@@ -162,10 +175,12 @@ class GceTpmQuoteProvider:
         *,
         event_log: Path | None = DEFAULT_EVENT_LOG,
         intermediates: Sequence[bytes] = (),
+        tee: ConfigfsTsmQuoteProvider | None = None,
     ) -> None:
         self._tpm = tpm
         self._event_log = event_log
         self._intermediates = tuple(intermediates)
+        self._tee = tee
         # One request at a time: a quote and its PCR read must not interleave with another's.
         self._lock = threading.Lock()
 
@@ -199,8 +214,31 @@ class GceTpmQuoteProvider:
             ak_cert=cert,
             intermediates=self._intermediates,
         )
+        provider = f"gce-tpm/{kind}"
+        if self._tee is not None:
+            field, tee_provider = self._tee_field(self._tee, report_data)
+            raw += field
+            provider += f"+{tee_provider}"
         parse_gce_attestation(raw)  # the verifier's parser: what is sent is well-formed
-        return Evidence(platform=Platform.GCE_TPM, raw=raw, provider=f"gce-tpm/{kind}")
+        return Evidence(platform=Platform.GCE_TPM, raw=raw, provider=provider)
+
+    @staticmethod
+    def _tee_field(tee: ConfigfsTsmQuoteProvider, report_data: bytes) -> tuple[bytes, str]:
+        """Step 6: field 8 or 9, and where the report came from. configfs-tsm checks that the
+        report carries ``report_data``."""
+        evidence = tee.get_evidence(report_data)
+        if evidence.platform is Platform.SEV_SNP:
+            table = evidence.aux.get("auxblob")
+            certs = parse_cert_table(table) if table else {}
+            pb = encode_sev_snp_attestation(
+                evidence.raw,
+                vcek=certs.get(VCEK_GUID),
+                vlek=certs.get(VLEK_GUID),
+                ask=certs.get(ASK_GUID),
+                ark=certs.get(ARK_GUID),
+            )
+            return encode_field(8, pb), evidence.provider
+        return encode_field(9, encode_tdx_quote(evidence.raw)), evidence.provider
 
     @staticmethod
     def _ak_material(tpm: Tpm) -> tuple[str, bytes, bytes]:

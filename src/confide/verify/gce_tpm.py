@@ -39,6 +39,19 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    extension → :class:`CertificateChainError`. As in go-tpm-tools ``getInstanceInfoFromExtensions``,
    only a *production* instance is claimed (``instance``); the protobuf's unsigned
    ``instance_info``, when present, must agree with it → :class:`BindingError`.
+7. A Confidential VM's hardware report (field 8, SEV-SNP, or 9, TDX; rebuilt byte for byte from
+   the structured protobuf by ``confide.evidence.gce_tee``) is verified by the existing
+   verifiers: SEV-SNP by :class:`~confide.verify.sev_snp.SnpVerifier` (the VCEK/VLEK of the
+   attestation's certificate chain, with its ASK/ASVK and ARK when sent, the chain ending at the
+   pinned ARK; else the one given in :class:`GceTeeCollateral`, such as AMD KDS's), TDX by
+   :class:`~confide.verify.dcap.DcapVerifier` with the DCAP collateral given
+   (:class:`CollateralMissingError` without). Then the binding (go-tpm-tools ``client/attest.go``
+   with no TEENonce: the TPM nonce, truncated or zero-filled to 64 bytes): REPORT_DATA must be
+   the quotes' extraData zero-filled (or truncated) to 64 bytes → :class:`BindingError`. A
+   report that does not verify fails the whole attestation: it is never dropped. Its claims go
+   to ``claims["tee"]`` (``type``: ``sev-snp`` or ``tdx``, and the verifier's claims), its
+   ``debug`` claim to ``claims["debug"]`` and a TDX TCB status and advisories to the result's,
+   so a policy's tolerances judge them.
 
 No I/O, no clock.
 """
@@ -50,19 +63,29 @@ import hmac
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from confide.errors import BindingError, CertificateChainError, MeasurementError, ParseError
+from confide.errors import (
+    BindingError,
+    CertificateChainError,
+    CollateralMissingError,
+    MeasurementError,
+    ParseError,
+)
 from confide.evidence.ccel import EV_NO_ACTION, Event, EventLog
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.gce_instance import (
     GCE_INSTANCE_EXTENSION_OID,
     GceCertInstance,
     parse_gce_instance_extension,
 )
+from confide.evidence.gce_tee import GceSnpAttestation, GceTdxAttestation
 from confide.evidence.gce_tpm import GceAttestation, parse_gce_attestation
+from confide.evidence.sev_snp import REPORT_DATA_SIZE, SigningKey
 from confide.evidence.tcg_events import DATA_DIGEST_TYPES, decode_event, event_type_name
 from confide.evidence.tpm import TPM_ALG_SHA256, alg_name
 from confide.roots import read_root
@@ -73,14 +96,18 @@ from confide.verify._pinned_chain import (
     load_pinned_root,
     verify_pinned_chain,
 )
+from confide.verify.dcap import DcapVerifier
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+from confide.verify.sev_snp import AmdChain, SnpVerifier, load_certificates
 from confide.verify.tpm import VerifiedQuote, verify_quote
 
 __all__ = [
     "GOOGLE_EK_AK_CA_ROOT_SHA256",
     "GOOGLE_TPM_EK_ROOT_1_SHA256",
+    "GceTeeCollateral",
     "google_roots",
     "replay_pcrs",
+    "tee_report_data",
     "verify_gce_attestation",
 ]
 
@@ -113,6 +140,89 @@ GCE_FIRMWARE_PREFIX = "GCE Virtual Firmware v".encode("utf-16-le")
 GCE_NONHOST_SIGNATURE = b"GCE NonHostInfo\x00"  # then one technology byte, 15 reserved bytes
 # go-tpm-tools proto/attest.proto, enum GCEConfidentialTechnology.
 GCE_CONFIDENTIAL_TECHNOLOGY = {0: "NONE", 1: "AMD_SEV", 2: "AMD_SEV_ES", 3: "INTEL_TDX", 4: "AMD_SEV_SNP"}
+
+
+@dataclass(frozen=True, slots=True)
+class GceTeeCollateral:
+    """What verifies a Confidential VM's hardware report (step 7) besides the attestation.
+
+    ``snp``: the SEV-SNP verifier (its pinned AMD roots and caches). ``vek``, ``vek_chain``: a
+    VCEK/VLEK (and its ASK/ASVK+ARK) the caller chose (``--vcek``, AMD KDS's), used instead of
+    the attestation's own;
+    ``vek_crl``: an ARK-signed CRL to check the chain with. ``dcap``: the DCAP verifier;
+    ``tdx_collateral`` and ``tdx_pck``: the quote's DCAP collateral and, for a quote that only
+    names its PCK certificate, that certificate."""
+
+    snp: SnpVerifier | None = None
+    vek: x509.Certificate | None = None
+    vek_chain: AmdChain | None = None
+    vek_crl: x509.CertificateRevocationList | None = None
+    dcap: DcapVerifier | None = None
+    tdx_collateral: DcapCollateral | None = None
+    tdx_pck: PckCertificate | None = None
+
+
+def tee_report_data(extra_data: bytes) -> bytes:
+    """The REPORT_DATA a TEE report bound to TPM quotes with ``extra_data`` carries: go-tpm-tools'
+    default TEENonce, the nonce zero-filled or truncated to 64 bytes."""
+    return extra_data[:REPORT_DATA_SIZE].ljust(REPORT_DATA_SIZE, b"\x00")
+
+
+def _sent_vek(
+    tee: GceSnpAttestation,
+) -> tuple[x509.Certificate, AmdChain | None] | None:
+    """The VCEK or VLEK (as the report's SIGNING_KEY names) of the attestation's certificate
+    chain, with its ASK/ASVK and ARK when both were sent; ``None`` when it carries none."""
+    vlek = tee.parsed.signing_key is SigningKey.VLEK
+    der = tee.vlek if vlek else tee.vcek
+    name = "vlek_cert" if vlek else "vcek_cert"
+    if der is None:
+        return None
+    certs = load_certificates(der, f"sev_snp_attestation {name}")
+    if len(certs) != 1:
+        raise CertificateChainError(f"sev_snp_attestation {name}: got {len(certs)} certificates, expected 1")
+    chain: AmdChain | None = None
+    if (tee.ask is None) != (tee.ark is None):
+        raise CertificateChainError(
+            "sev_snp_attestation certificate_chain: got one of ask_cert and ark_cert,"
+            " expected both or neither"
+        )
+    if tee.ask is not None and tee.ark is not None:
+        inter = load_certificates(tee.ask, "sev_snp_attestation ask_cert")
+        ark = load_certificates(tee.ark, "sev_snp_attestation ark_cert")
+        chain = AmdChain.from_certificates([*inter, *ark], "sev_snp_attestation certificate_chain")
+    return certs[0], chain
+
+
+def _verify_tee(
+    tee: GceSnpAttestation | GceTdxAttestation, ctx: GceTeeCollateral, at: datetime
+) -> tuple[str, VerifiedEvidence, bytes]:
+    """Step 7's verification: (type, the verifier's result, REPORT_DATA)."""
+    if isinstance(tee, GceSnpAttestation):
+        if ctx.snp is None:
+            raise CollateralMissingError(
+                "the attestation carries an SEV-SNP report, and no SEV-SNP verifier (AMD roots) was given"
+            )
+        sent = _sent_vek(tee)  # read (and refused when malformed) even when ctx.vek is given
+        if ctx.vek is not None:
+            vek, chain = ctx.vek, ctx.vek_chain
+        elif sent is not None:
+            vek, chain = sent
+        else:
+            raise CollateralMissingError(
+                "the attestation's SEV-SNP report came without its VCEK/VLEK (certificate_chain):"
+                " give one (--vcek), or attest to a CAS that fetches it from AMD KDS (--kds)"
+            )
+        hw = ctx.snp.verify(tee.report, vek, at=at, chain=chain, crl=ctx.vek_crl)
+        return "sev-snp", hw, tee.parsed.report_data
+    dcap = ctx.dcap if ctx.dcap is not None else DcapVerifier()
+    if ctx.tdx_collateral is None:
+        raise CollateralMissingError(
+            "the attestation carries a TDX quote, and no DCAP collateral was given (--collateral)"
+        )
+    hw = dcap.verify_parsed(tee.parsed, tee.quote, ctx.tdx_collateral, at=at, pck=ctx.tdx_pck)
+    report = tee.parsed.report
+    return "tdx", hw, report.report_data
 
 
 @contextmanager
@@ -450,8 +560,11 @@ def verify_gce_attestation(
     at: datetime,
     expected_nonce: bytes | None = None,
     roots: Sequence[x509.Certificate] | None = None,
+    tee: GceTeeCollateral | None = None,
 ) -> VerifiedEvidence:
-    """Verify a binary ``attest.Attestation``; see the module docstring for the steps."""
+    """Verify a binary ``attest.Attestation``; see the module docstring for the steps.
+    ``tee``: what verifies a Confidential VM's SEV-SNP report or TDX quote (step 7); an
+    attestation that carries one is refused without what verifies it."""
     # 1. parse
     att = parse_gce_attestation(evidence)
     # 2. AK certificate chain and key
@@ -483,6 +596,18 @@ def verify_gce_attestation(
     cert_instance = _cert_instance(leaf)
     production = _production(cert_instance)
     _check_instance_info(att, production)
+    # 7. the Confidential VM's hardware report, bound to the quotes' nonce
+    tee_type: str | None = None
+    hw: VerifiedEvidence | None = None
+    if att.tee is not None:
+        tee_type, hw, report_data = _verify_tee(att.tee, tee if tee is not None else GceTeeCollateral(), at)
+        expected = tee_report_data(verified[0].attest.extra_data)
+        if not hmac.compare_digest(report_data, expected):
+            raise BindingError(
+                f"the {tee_type} report's REPORT_DATA is {report_data.hex()[:32]}..., expected the quotes'"
+                f" extraData zero-filled to 64 bytes ({expected.hex()[:32]}...): the hardware report"
+                " was not made for this attestation"
+            )
     pcr_claims: dict[str, ClaimValue] = {}
     for v in verified:
         for bank, values in v.pcrs.items():
@@ -504,7 +629,10 @@ def verify_gce_attestation(
         "ak_cert_serial": format(leaf.serial_number, "x"),
         "event_log": log_summary,
         "instance": None if production is None else _instance_claim(production),
+        "tee": None if hw is None else {"type": tee_type, **hw.claims},
     }
+    if hw is not None:
+        claims["debug"] = hw.claims.get("debug")
     info = att.instance_info
     details: dict[str, ClaimValue] = {
         "signature_algorithm": f"{alg_name(first_sig.sig_alg)}/{alg_name(first_sig.hash_alg)}",
@@ -533,6 +661,7 @@ def verify_gce_attestation(
             "instance_name": info.instance_name,
             "instance_id": info.instance_id,
         },
+        "tee": None if hw is None else {"type": tee_type, **hw.details},
     }
     return VerifiedEvidence(
         platform=Platform.GCE_TPM,
@@ -540,4 +669,8 @@ def verify_gce_attestation(
         verified_at=at,
         evidence_digest=hashlib.sha256(evidence).hexdigest(),
         details=details,
+        tcb_status=None if hw is None else hw.tcb_status,
+        advisory_ids=() if hw is None else hw.advisory_ids,
+        tcb_evaluation=None if hw is None else hw.tcb_evaluation,
+        tcb_evaluation_numbers=None if hw is None else hw.tcb_evaluation_numbers,
     )
