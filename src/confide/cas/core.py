@@ -460,6 +460,12 @@ class _Reads:
         answer: CrlRow | None = self._ask(("crl", policy, ca))
         return answer
 
+    def governed(self, namespace: str, name: str) -> bool:
+        """Whether namespace ``namespace`` governed the creation of policy ``name``
+        (:meth:`Cas._governed`)."""
+        answer: bool = self._ask(("governed", namespace, name))
+        return answer
+
     def policy(self, name: str, digest: str) -> Policy:
         """The policy version ``digest`` (immutable: the snapshot's or loaded)."""
         key = (name, digest)
@@ -516,6 +522,8 @@ def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
         return None if row is None else (row[0], int(row[1]))
     if what == "crl":
         return current_crl(conn, a, b)
+    if what == "governed":
+        return cas._governed(conn, a, b)
     raise AssertionError(what)
 
 
@@ -780,6 +788,37 @@ class Cas:
         parent, head = owner
         rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
         return parent, head, self._rules_in_force(conn, parent, head.hash, rules)
+
+    def _governed(self, conn: Connection, namespace: str, name: str) -> bool:
+        """Whether the existing policy ``name`` (named ``namespace/...``) was created as the
+        policy ``namespace`` governs (docs/cas.md "Secrets", ``export: {namespace: N}``): its
+        creation, and that of each existing policy between it and ``namespace``, is one the
+        ``create_sessions`` rules in force of the nearest existing policy above it allow, its
+        submitter alone or with the approvals stored for it (a board's). A name taken first come
+        before ``namespace`` was claimed, or created below such a name, is not governed, and so
+        receives nothing a namespace export shares. Judged by the rules as they are now: a
+        creator the namespace no longer allows is not governed either (fails closed)."""
+        current = name
+        head = self.policy_auth.head(conn, current)
+        while head is not None:
+            found = self._creation_rules(conn, current)
+            if found is None:
+                return False
+            parent, parent_head, rules = found
+            root = head.hash
+            while (up := self.policy_auth.predecessor(conn, current, root)) is not None:
+                root = up
+            signers = self._approvers(conn, current, root)
+            version = self.policy_auth.version(conn, current, root)
+            if version is None:
+                return False
+            signers.add(version.submitter)
+            if not is_authorized(rules, signers, creator=parent_head.creator):
+                return False
+            if parent == namespace:
+                return True
+            current, head = parent, parent_head
+        return False
 
     def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
         """A new policy's state: active, pending (a board of the namespace must approve it), or
@@ -2528,12 +2567,17 @@ class Cas:
         ``name`` (docs/cas.md "Secrets"): ``{session, session_hash?}`` that policy (at that
         hash when pinned); ``{namespace: N}`` every policy named ``N/...``, while a policy named
         ``N`` exists (it governs who creates policies in ``N``; an unclaimed namespace would be
-        anyone's to create names in, docs/cas.md "Policies and governance")."""
+        anyone's to create names in, docs/cas.md "Policies and governance"), and only a policy whose
+        creation N governed (:meth:`Cas._governed`: not one taken first come before N was
+        claimed, nor one below it)."""
         if target.session is not None:
             return bool(target.session == name and target.session_hash in (None, digest))
         namespace = target.namespace
         return (
-            namespace is not None and name.startswith(namespace + "/") and reads.head(namespace) is not None
+            namespace is not None
+            and name.startswith(namespace + "/")
+            and reads.head(namespace) is not None
+            and reads.governed(namespace, name)
         )
 
     def _crl_of(self, reads: _Reads, policy: Policy, digest: str, name: str) -> bytes:
