@@ -1053,7 +1053,7 @@ class Cas:
             reads = _Reads(self, conn)
             exported: Secret | None = None
             try:
-                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, "")
                 exported = exporter.secret(imp.secret)
             except (AccessDeniedError, KeyError):
                 exported = None
@@ -1424,18 +1424,16 @@ class Cas:
             tag=row.tag,
         )
 
-    def _exporter(self, reads: _Reads, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
+    def _exporter(self, reads: _Reads, session: str, pinned: str | None, refused: str) -> tuple[Policy, str]:
         """The current version (and its hash) of the policy an import names (secrets and volumes
-        alike); it must exist and, when the import pins ``session_hash``, be that version."""
+        alike); it must exist and, when the import pins ``session_hash``, be that version, else
+        :class:`AccessDeniedError` with ``refused``: the message of an export that does not share
+        the secret or volume (:func:`_not_shared`), so the importer, its runtime and its
+        policy's readers (the refusal is recorded in its events) learn neither whether another
+        stakeholder's policy exists nor whether a guessed hash is its current version."""
         head = reads.head(session)
-        if head is None:
-            raise AccessDeniedError(f"{what}: policy {session} does not exist")
-        if pinned is not None and pinned != head[0]:
-            # Not the exporter's current hash: the message reaches the importer's runtime and
-            # its ledger entries, read by the importer's readers, not the exporter's.
-            raise AccessDeniedError(
-                f"{what}: policy {session} is not at the version the import pins ({pinned[:16]}…)"
-            )
+        if head is None or (pinned is not None and pinned != head[0]):
+            raise AccessDeniedError(refused)
         return reads.policy(session, head[0]), head[0]
 
     def _volume_source(self, reads: _Reads, policy: Policy, digest: str, name: str) -> VolumeSource:
@@ -1480,7 +1478,8 @@ class Cas:
                 )
                 raise PolicyError(f"{start}: the chain of imports is a cycle ({path})")
             what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
-            exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, what)
+            refused = _not_shared(what, imp.session, imp.session_hash, f"volume {imp.volume}", importer.name)
+            exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, refused)
             exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
             link = []
             for e in exported.export if exported is not None else ():
@@ -1490,10 +1489,7 @@ class Cas:
                 if session == importer.name and (pinned is None or pinned == importer_hash):
                     link.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
             if not link:
-                raise AccessDeniedError(
-                    f"{what}: {imp.session} does not export volume {imp.volume} to this version of "
-                    f"{importer.name}"
-                )
+                raise AccessDeniedError(refused)
             mode = UpdatePolicy.strictest(*link)
             if mode is UpdatePolicy.EPHEMERAL and ephemeral_by is None:
                 ephemeral_by = imp.session
@@ -2384,7 +2380,8 @@ class Cas:
                 "version": row.version,
             }
         imp = spec.import_
-        exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+        refused = _not_shared(f"import {name}", imp.session, imp.session_hash, imp.secret, policy.name)
+        exporter, _ = self._exporter(reads, imp.session, imp.session_hash, refused)
         try:
             exported: Secret | None = exporter.secret(imp.secret)
         except KeyError:
@@ -2395,11 +2392,9 @@ class Cas:
         # export_public: the public part (certificate and chain, public key) to every policy.
         public_only = not allowed and exported is not None and exported.export_public
         if exported is None or (not allowed and not public_only):
-            # One message whether the exporter has no such secret or does not export it: the
-            # importer learns nothing of the exporter's other secrets (its readers see it).
-            raise AccessDeniedError(
-                f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
-            )
+            # One message whether the exporter exists (at the pinned version), has such a secret
+            # or exports it: the importer learns nothing of another's policies (its readers see it).
+            raise AccessDeniedError(refused)
         if exported.issue_to_runtime or exported.import_ is not None:
             # The CAS holds no value of it in the exporter's current version: a stored row is
             # from an earlier version (for a certificate, the one revoked as superseded).
@@ -2588,7 +2583,8 @@ class Cas:
         owner, ca, ca_spec = policy.name, name, spec
         if spec.import_ is not None:
             imp = spec.import_
-            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+            refused = _not_shared(f"import {name}", imp.session, imp.session_hash, imp.secret, policy.name)
+            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, refused)
             owner, ca, ca_spec = imp.session, imp.secret, exporter.secret(imp.secret)
         if not generated_ca(ca_spec):
             raise PolicyError(
@@ -3225,6 +3221,14 @@ def _submission_refused(submitter: str, name: str) -> AccessDeniedError:
         f"identity {submitter[:16]}… may not create or update policy {name} (its access_policy.update, "
         "or for a new name its namespace's create_sessions)"
     )
+
+
+def _not_shared(what: str, exporter: str, pinned: str | None, shared: str, importer: str) -> str:
+    """The one refusal of an import (``what``) of ``shared`` (a secret's name, or ``volume V``)
+    from policy ``exporter``: whether it does not exist, is not at the version ``pinned`` or
+    does not export it to this version of ``importer`` (docs/cas.md "Secrets")."""
+    at = "" if pinned is None else f" at the version the import pins ({pinned[:16]}…)"
+    return f"{what}: {exporter}{at} does not export {shared} to this version of {importer}"
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:

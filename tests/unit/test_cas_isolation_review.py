@@ -1,0 +1,155 @@
+"""Hostile review of stakeholder isolation (task xcore1): attacks by another stakeholder with a
+policy of their own, each a test that fails without its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cas_inproc import MEASUREMENT, InProcessCas
+from confide import errors
+from confide.cas.db import raw_execute
+from confide.identity import Identity
+
+
+def _prober(name: str, exporter: str, secret: str, pin: str | None = None) -> str:
+    """A policy of the attacker's own that imports ``exporter``'s ``secret`` into a file."""
+    pinned = "" if pin is None else f'      session_hash: "{pin}"\n'
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: mine
+    import:
+      session: {exporter}
+      secret: {secret}
+{pinned}images:
+  - name: img
+    injection_files:
+      - path: /dev/shm/probe/out
+        content: "$$SCONE::mine$$"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def _volume_prober(name: str, exporter: str, pin: str | None = None) -> str:
+    pinned = "" if pin is None else f'      session_hash: "{pin}"\n'
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+volumes:
+  - name: data
+    import:
+      session: {exporter}
+      volume: records
+{pinned}images:
+  - name: img
+    volumes:
+      - name: data
+        path: /data
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+VICTIM = f"""name: corp/vault
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: token
+    kind: ascii
+volumes:
+  - name: records
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> InProcessCas:
+    return InProcessCas.start(tmp_path, "")
+
+
+def _refusal(cas: InProcessCas, policy: str) -> str:
+    body, _ = cas.request(policy=policy)
+    with pytest.raises(errors.AccessDeniedError) as refused:
+        cas.cas.attest(body)
+    return refused.value.message
+
+
+def _recorded(cas: InProcessCas, policy: str) -> str:
+    """The reason of the last attestation refusal filed under ``policy`` (its readers see it
+    with ``policy events``, also with ``cas serve --opaque-refusals``)."""
+    with cas.cas.db.read() as conn:
+        rows = raw_execute(
+            conn,
+            "SELECT payload FROM events WHERE policy = ? AND type = 'attestation' ORDER BY seq",
+            (policy,),
+        ).fetchall()
+    return str(json.loads(rows[-1][0])["reason"])
+
+
+def test_an_import_does_not_tell_whether_another_stakeholders_policy_exists(cas: InProcessCas) -> None:
+    """An attacker who may neither read nor create ``corp/...`` (``policy show`` and a creation
+    refuse alike whether it exists) imports from it in a policy of its own and attests a
+    simulated service: the refusal, and its reason in the attacker's own policy's events, must
+    be one for a missing policy, an existing one that shares nothing, and (for a pinned import)
+    one at another version, so the attacker learns neither that corp/vault exists nor whether a
+    guessed hash is its current version."""
+    owner, mallory = Identity.generate(), Identity.generate()
+    cas.apply('name: corp\nversion: "0.3"\n', owner)
+    vault = cas.apply(VICTIM, owner)
+    probes = {
+        "p1": _prober("p1", "corp/vault", "token"),  # exists, not exported
+        "p2": _prober("p2", "corp/vault2", "token"),  # no such policy
+        "p3": _prober("p3", "corp/vault", "token", pin="00" * 32),  # exists, wrong pin
+        "p4": _prober("p4", "corp/vault", "token", pin=vault.hash),  # exists, right pin
+        "p5": _prober("p5", "corp/vault2", "token", pin=vault.hash),  # missing, pinned
+    }
+    for name, text in probes.items():
+        cas.apply(text, mallory)
+
+    def same(text: str, n: str) -> str:  # the names and pins the attacker chose, made alike
+        text = text.replace("corp/vault2", "corp/vault").replace(vault.hash[:16], "H").replace("0" * 16, "H")
+        return text.replace(f'"{n}"', '"P"').replace(f" {n}", " P")
+
+    said = {n: same(_refusal(cas, n), n) for n in probes}
+    assert said["p1"] == said["p2"], said
+    assert said["p3"] == said["p4"] == said["p5"], said
+    recorded = {n: same(_recorded(cas, n), n) for n in probes}
+    assert recorded["p1"] == recorded["p2"] and recorded["p3"] == recorded["p4"] == recorded["p5"]
+    # volumes, the same
+    volume_probes = {
+        "v1": _volume_prober("v1", "corp/vault"),
+        "v2": _volume_prober("v2", "corp/vault2"),
+        "v3": _volume_prober("v3", "corp/vault", pin="00" * 32),
+        "v4": _volume_prober("v4", "corp/vault", pin=vault.hash),
+    }
+    for name, text in volume_probes.items():
+        cas.apply(text, mallory)
+    vsaid = {n: same(_refusal(cas, n), n) for n in volume_probes}
+    assert vsaid["v1"] == vsaid["v2"], vsaid
+    assert vsaid["v3"] == vsaid["v4"], vsaid
