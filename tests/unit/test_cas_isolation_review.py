@@ -153,3 +153,25 @@ def test_an_import_does_not_tell_whether_another_stakeholders_policy_exists(cas:
     vsaid = {n: same(_refusal(cas, n), n) for n in volume_probes}
     assert vsaid["v1"] == vsaid["v2"], vsaid
     assert vsaid["v3"] == vsaid["v4"], vsaid
+
+
+@pytest.mark.parametrize("where", ["volumes", "services"])
+def test_a_malformed_volume_key_is_not_echoed(where: str) -> None:
+    """An explicit ``fspf_key`` with a typo (63 hex digits) is refused without any of its digits
+    in the message (it went back to the submitter's terminal, the web page and the SDK's
+    exception: docs/policy.md "Errors never contain secret values"); it used to show 8."""
+    from confide.policy.loader import loads_policy
+
+    key = "c0ffee1234567890" * 4
+    if where == "volumes":
+        text = f'name: a\nversion: "0.3"\nvolumes:\n  - name: v\n    fspf_key: "{key[:63]}"\n    fspf_tag: "{"0" * 32}"\n'
+    else:
+        text = (
+            f'name: a\nversion: "0.3"\nservices:\n  - name: s\n    command: x\n    fspf_path: /f\n'
+            f'    fspf_key: "{key[:63]}"\n    fspf_tag: "{"0" * 32}"\n'
+            f'    attestation:\n      sim:\n        measurement: "{MEASUREMENT}"\n'
+        )
+    with pytest.raises(errors.PolicyError) as refused:
+        loads_policy(text)
+    assert "fspf_key" in refused.value.message and "63 characters" in refused.value.message
+    assert "c0ffee" not in refused.value.message and "c0ff" not in refused.value.message

@@ -166,7 +166,9 @@ def _fspf_key(value: str) -> str:
     found = ph.find_placeholders(value)
     if len(found) == 1 and found[0].start == 0 and found[0].end == len(value):
         return value
-    raise ValueError(f"got {short(value[:8] + '...')}, expected 64 hex digits or '$$SCONE::name$$'")
+    # A volume key: never part of the message, not even a prefix (a mistyped key is mostly the key).
+    what = "a placeholder that is not the whole value" if "$$SCONE::" in value else f"{len(value)} characters"
+    raise ValueError(f"got {what} (value not shown), expected 64 hex digits or '$$SCONE::name$$'")
 
 
 FspfKey = Annotated[StrictStr, AfterValidator(_fspf_key)]
