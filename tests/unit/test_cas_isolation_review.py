@@ -175,3 +175,62 @@ def test_a_malformed_volume_key_is_not_echoed(where: str) -> None:
         loads_policy(text)
     assert "fspf_key" in refused.value.message and "63 characters" in refused.value.message
     assert "c0ffee" not in refused.value.message and "c0ff" not in refused.value.message
+
+
+OWNED = f"""name: owned
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: pw
+    kind: ascii
+    size: SIZE
+images:
+  - name: img
+    injection_files:
+      - path: /dev/shm/owned/out
+        content: "$$SCONE::pw$$"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def _release_file(cas: InProcessCas, policy: str, path: str) -> bytes:
+    import base64
+
+    from confide.cas.core import decrypt_release
+
+    body, key = cas.request(policy=policy)
+    release = decrypt_release(key, cas.cas.attest(body), bytes.fromhex(body["nonce"]))
+    return base64.b64decode(release["files"][path])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (docs/limitations.md 'CAS', a secret's newest row deleted): the operator can "
+    "roll one secret back to its previous version; nothing MAC'd names a secret's current version",
+)
+def test_the_operator_cannot_roll_one_secret_back_by_deleting_its_newest_row(cas: InProcessCas) -> None:
+    """The operator (database, no master key) deletes the row of a secret's newest version, made
+    by an update that changed its declaration (a password rotated after a leak): the next
+    release must not hand out the previous, superseded value."""
+    owner = Identity.generate()
+    first = cas.apply(OWNED.replace("SIZE", "20"), owner)
+    old = _release_file(cas, "owned", "/dev/shm/owned/out")
+    cas.apply(OWNED.replace("SIZE", "21") + f"predecessor: {first.hash}\n", owner)
+    new = _release_file(cas, "owned", "/dev/shm/owned/out")
+    assert len(old) == 20 and len(new) == 21
+    with cas.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM secrets WHERE policy = 'owned' AND name = 'pw' AND version = 2")
+    cas.cas._unsealed.clear()
+    try:
+        released = _release_file(cas, "owned", "/dev/shm/owned/out")
+    except errors.ConfideError:
+        return  # refused: what a fix must do
+    assert released != old
