@@ -271,21 +271,23 @@ def _explicit_volume_key(key: object) -> bool:
 
 def holds_explicit_values(policy: Policy) -> bool:
     """Whether the policy's document carries secret material: an explicit secret ``value`` or
-    an explicit volume ``fspf_key`` (docs/policy.md). Its submission then stays out of the
-    ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
-    return any(sec.value is not None for sec in policy.secrets) or any(
-        _explicit_volume_key(vol.fspf_key) for vol in policy.volumes
+    an explicit volume or service ``fspf_key`` (docs/policy.md). Its submission then stays out
+    of the ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
+    return (
+        any(sec.value is not None for sec in policy.secrets)
+        or any(_explicit_volume_key(vol.fspf_key) for vol in policy.volumes)
+        or any(_explicit_volume_key(svc.fspf_key) for svc in policy.services)
     )
 
 
 def withhold_explicit_values(document: dict[str, Any]) -> dict[str, Any]:
     """The canonical policy JSON as ``policy show`` returns it: every explicit secret
-    ``value`` and explicit volume ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
+    ``value`` and explicit volume or service ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
     command-line contract: "never secret values"; a reader need not be the owner)."""
     for sec in document.get("secrets") or []:
         if isinstance(sec, dict) and "value" in sec:
             sec["value"] = WITHHELD
-    for vol in document.get("volumes") or []:
+    for vol in [*(document.get("volumes") or []), *(document.get("services") or [])]:
         if isinstance(vol, dict) and _explicit_volume_key(vol.get("fspf_key")):
             vol["fspf_key"] = WITHHELD
     return document
