@@ -304,3 +304,11 @@ def test_a_namespace_export_skips_policies_its_namespace_did_not_govern(cas: InP
     cas.apply(_policy("lab/ok/sub"), carol)
     cas.apply(_with_service("lab/ok/sub/svc", importing, "$$SCONE::t$$"), carol)
     assert _released(cas, "lab/ok/sub/svc") == token.encode()
+    assert _released(cas, "lab/ok") == token.encode()  # again (phase 1 from its snapshot)
+    # lab's rules now name someone else: what lab and carol created is no longer what lab's
+    # rules allow, and the next release (its snapshot's answers read again at commit) gets nothing
+    other = f"access_policy:\n  create_sessions: [{owner.fingerprint}]\n"
+    cas.apply(_policy("lab", other) + _pred(cas, "lab"), lab)
+    for name in ("lab/ok", "lab/ok/sub/svc"):
+        with pytest.raises(errors.AccessDeniedError, match=f"does not export tok to this version of {name}"):
+            _released(cas, name)
