@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cas_inproc import MEASUREMENT, InProcessCas
+from cas_inproc import MEASUREMENT, InProcessCas, submission
 from confide import errors
 from confide.cas.db import raw_execute
 from confide.identity import Identity
@@ -234,3 +234,80 @@ def test_the_operator_cannot_roll_one_secret_back_by_deleting_its_newest_row(cas
     except errors.ConfideError:
         return  # refused: what a fix must do
     assert released != old
+
+
+COLLIDING_OWNER = f"""name: owner
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: ca_key
+    kind: private-key
+  - name: volume
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Owner CA
+    ocsp: true
+volumes:
+  - name: ocsp-responder
+    export:
+      - session: other
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+COLLIDING_IMPORTER = f"""name: other
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+volumes:
+  - name: data
+    import:
+      session: owner
+      volume: ocsp-responder
+images:
+  - name: img
+    volumes:
+      - name: data
+        path: /data
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def test_a_volume_key_row_never_holds_an_ocsp_responders_key(
+    cas: InProcessCas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA secret named ``volume`` with a delegated OCSP responder keeps its responder's key in
+    the row ``volume/ocsp-responder``, the row of a volume named ``ocsp-responder``'s key: once
+    the responder was issued (the renewal sweep, or the first OCSP request), the volume's "key"
+    released to the importing stakeholder's service was the responder's private key (it could
+    sign OCSP answers for the owner's CA), and the owner's volume lost its key. Such a policy is
+    refused at load; a version stored before is refused at release, never rendered with it."""
+    import confide.cas.core as core
+    from confide.cas.renewal import renew_due
+    from confide.policy.loader import loads_policy
+
+    with pytest.raises(errors.PolicyError, match="ocsp-responder"):
+        loads_policy(COLLIDING_OWNER)
+    # a version stored before the check: the CAS took it then (loaded as stored now)
+    monkeypatch.setattr(core, "loads_policy", lambda text, **kw: loads_policy(text, **{**kw, "stored": True}))
+    stored = loads_policy(COLLIDING_OWNER, stored=True)
+    assert cas.cas.apply(submission(cas.cas, stored, Identity.generate())).state == "active"
+    monkeypatch.undo()
+    cas.apply(COLLIDING_IMPORTER, Identity.generate())
+    renew_due(cas.cas, ["owner"])  # issues the responder into the shared row name
+    body, _ = cas.request(policy="other")
+    with pytest.raises(errors.PolicyError, match="is not a volume key"):
+        cas.cas.attest(body)

@@ -2508,6 +2508,14 @@ class Cas:
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
+            if key.kind != "volume-key":
+                # The row name is shared with a CA's OCSP responder (a CA secret named "volume",
+                # a volume named "ocsp-responder", in a version stored before that was refused):
+                # never release another kind of key as the volume's. The kind is sealed.
+                raise PolicyError(
+                    f"volume {owned} of {owner}: its latest key row is not a volume key (a CA secret "
+                    "named 'volume' shares its row name); rename the volume or the secret"
+                )
             # The runtime enforces the mode (which tag it accepts, whether it reports a new one);
             # update_volume_tag enforces it again on the CAS's side.
             mode = _update_policy(mount, source.exported)

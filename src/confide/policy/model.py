@@ -762,6 +762,16 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
                 )
 
     for i, vol in enumerate(policy.volumes):
+        if vol.name == "ocsp-responder" and "volume" in kinds and not stored:
+            # The CAS keeps a volume's key as the row ``volume/NAME`` and a CA's delegated OCSP
+            # responder as ``CA/ocsp-responder`` (confide.cas.ocsp_delegate): one row name for
+            # both, and the volume would be released the responder's key.
+            yield Problem(
+                ("volumes", i, "name"),
+                "got volume 'ocsp-responder' beside a secret named 'volume', expected another name for"
+                " one of them (the CAS keeps this volume's key and that secret's OCSP responder under"
+                " one name, volume/ocsp-responder)",
+            )
         if vol.fspf_key is not None and vol.fspf_key.startswith("$$"):
             yield from _placeholder_problems(
                 vol.fspf_key, ("volumes", i, "fspf_key"), ph.Context.FSPF_KEY, kinds
