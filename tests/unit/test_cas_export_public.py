@@ -170,7 +170,10 @@ def test_a_refused_import_says_nothing_of_the_exporters_other_secrets_or_version
     )
     ipc.apply(pinned)
     body, _ = ipc.request(policy="g")
-    with pytest.raises(errors.AccessDeniedError, match=r"pki is not at the version the import pins \(0000"):
+    with pytest.raises(
+        errors.AccessDeniedError,
+        match=r"pki at the version the import pins \(0000000000000000…\) does not export token",
+    ):
         ipc.cas.attest(body)
     with ipc.cas.db.read() as conn:
         logged = [

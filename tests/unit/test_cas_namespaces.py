@@ -267,3 +267,48 @@ def test_a_refused_submission_does_not_tell_whether_the_name_exists(cas: InProce
             cas.apply(_policy(name), mallory)
         messages.append(info.value.message.replace(name, "NAME"))
     assert messages[0] == messages[1]
+
+
+def test_a_namespace_export_skips_policies_its_namespace_did_not_govern(cas: InProcessCas) -> None:
+    """Hostile review (xcore1): ``export: {namespace: N}`` reaches the policies named ``N/...``
+    because N governs who creates them. A name taken under N before anyone claimed N (first come)
+    was not created under N's rules: its creator gets nothing once N is claimed, and neither do the
+    policies it then lets others (or itself) create below it. Those N's rules allow, directly or
+    through a board that approved the creation, still receive the secret."""
+    owner, lab, carol, mallory = (Identity.generate() for _ in range(4))
+    token = "s3cr3t-token-value-43"
+    exported = f"  - name: tok\n    kind: ascii\n    value: {token}\n    export:\n      - namespace: lab\n"
+    cas.apply(_with_service("owner", exported), owner)
+    importing = "  - name: t\n    import:\n      session: owner\n      secret: tok\n"
+    # mallory squats a name under the unclaimed namespace, and one level more
+    cas.apply(_with_service("lab/squat", importing, "$$SCONE::t$$"), mallory)
+    cas.apply(_policy("lab/m"), mallory)
+    # a member of the board that will govern lab, alone, before the claim: no board approved it
+    cas.apply(_with_service("lab/early", importing, "$$SCONE::t$$"), carol)
+    board = (
+        "access_policy:\n  create_sessions:\n    - require-all:\n"
+        f"        - signer: {lab.fingerprint}\n        - signer: {carol.fingerprint}\n"
+    )
+    cas.apply(_policy("lab", board), lab)  # claimed, by a board of two
+    # created below mallory's own lab/m after the claim: governed by mallory, not by lab
+    cas.apply(_with_service("lab/m/x", importing, "$$SCONE::t$$"), mallory)
+    for name in ("lab/squat", "lab/m/x", "lab/early"):
+        with pytest.raises(errors.AccessDeniedError, match=f"does not export tok to this version of {name}"):
+            _released(cas, name)
+    # a creation the board approved receives it
+    pending = cas.apply(_with_service("lab/ok", importing, "$$SCONE::t$$"), carol)
+    assert pending.state == "pending"
+    assert _approve(cas, "lab/ok", pending.hash, lab) == "active"
+    assert _released(cas, "lab/ok") == token.encode()
+    # and the policies a governed child's own rules allow below it (delegation)
+    cas.apply(_policy("lab/ok/sub"), carol)
+    cas.apply(_with_service("lab/ok/sub/svc", importing, "$$SCONE::t$$"), carol)
+    assert _released(cas, "lab/ok/sub/svc") == token.encode()
+    assert _released(cas, "lab/ok") == token.encode()  # again (phase 1 from its snapshot)
+    # lab's rules now name someone else: what lab and carol created is no longer what lab's
+    # rules allow, and the next release (its snapshot's answers read again at commit) gets nothing
+    other = f"access_policy:\n  create_sessions: [{owner.fingerprint}]\n"
+    cas.apply(_policy("lab", other) + _pred(cas, "lab"), lab)
+    for name in ("lab/ok", "lab/ok/sub/svc"):
+        with pytest.raises(errors.AccessDeniedError, match=f"does not export tok to this version of {name}"):
+            _released(cas, name)

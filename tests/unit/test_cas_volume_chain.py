@@ -254,10 +254,12 @@ def test_a_pinned_session_hash_that_does_not_match_on_any_link_is_refused(chain:
     stale = "00" * 32
     if where == "import-c":
         c.pin = stale
-        expected = r"volume import evidence: policy lab is not at the version the import pins \(0000"
+        expected = (
+            r"volume import evidence: lab at the version the import pins \(0000000000000000…\) does not"
+        )
     elif where == "import-b":
         b.pin = stale
-        expected = r"via lab/input: policy hospital is not at the version the import pins \(0000"
+        expected = r"via lab/input: hospital at the version the import pins \(0000000000000000…\) does not"
     elif where == "export-a":
         a.exports = [("lab", stale, None)]  # pinned to a version of lab that is not the current one
         expected = "hospital does not export volume records to this version of lab"

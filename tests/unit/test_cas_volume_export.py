@@ -143,7 +143,10 @@ def test_a_pinned_exporter_version_must_be_current(ipc: InProcessCas) -> None:
     ipc.apply(exporter(EXPORT_TO_LAB))
     ipc.apply(importer(f'      session_hash: "{"00" * 32}"\n'))
     body, _ = ipc.request(policy="lab", service="analytics")
-    with pytest.raises(errors.AccessDeniedError, match=r"is not at the version the import pins \(0000"):
+    with pytest.raises(
+        errors.AccessDeniedError,
+        match=r"at the version the import pins \(0000000000000000…\) does not export volume records",
+    ):
         ipc.cas.attest(body)
 
 
@@ -165,7 +168,9 @@ def test_an_export_pinned_to_the_importers_version_and_its_withdrawal(ipc: InPro
 def test_importing_a_missing_policy_or_volume_is_refused(ipc: InProcessCas) -> None:
     ipc.apply(importer())
     body, _ = ipc.request(policy="lab", service="analytics")
-    with pytest.raises(errors.AccessDeniedError, match="policy hospital does not exist"):
+    with pytest.raises(
+        errors.AccessDeniedError, match="hospital does not export volume records to this version of lab"
+    ):
         ipc.cas.attest(body)
     ipc.apply(exporter(EXPORT_TO_LAB).replace("name: records", "name: other"))
     body, _ = ipc.request(policy="lab", service="analytics")

@@ -12,6 +12,7 @@ import pytest
 
 from cas_inproc import InProcessCas
 from confide.cas.core import READ_TYPE, WITHHELD, Cas, sign_document
+from confide.cas.db import raw_execute
 from confide.identity import Identity
 
 VOLUME_KEY = "5e" * 32
@@ -49,6 +50,15 @@ def ipc(tmp_path: Path) -> InProcessCas:
             VOLUME_KEY,
         ),
         (f"secrets:\n  - name: pw\n    kind: ascii\n    value: {SECRET_VALUE}\n", SECRET_VALUE),
+        # a service's explicit fspf_key (SCONE's file system protection key; hostile review
+        # xcore1: it went into the ledger, in clear in the events table, and to policy show)
+        (
+            f"services:\n  - name: app\n    command: app\n    fspf_path: /fspf.pb\n"
+            f'    fspf_key: {VOLUME_KEY}\n    fspf_tag: "{"0c" * 16}"\n'
+            f'    attestation:\n      sim:\n        measurement: "{"ab" * 48}"\n'
+            "security:\n  attestation:\n    tolerate: [simulation]\n",
+            VOLUME_KEY,
+        ),
     ],
 )
 def test_explicit_values_stay_out_of_the_ledger_and_policy_show(
@@ -59,15 +69,19 @@ def test_explicit_values_stay_out_of_the_ledger_and_policy_show(
     for who in (owner, auditor):
         shown = ipc.cas.show(read_request(ipc.cas, "hospital", who))
         events = ipc.cas.events_for(read_request(ipc.cas, "hospital", who, "events"))
-        text = json.dumps(shown) + json.dumps(events)
+        with ipc.cas.db.read() as conn:  # what the operator reads: the events table, in clear
+            rows = raw_execute(conn, "SELECT payload FROM events").fetchall()
+        text = json.dumps(shown) + json.dumps(events) + json.dumps([r[0] for r in rows])
         assert secret not in text and secret.upper() not in text
         [created] = [e for e in events["events"] if e["type"] == "policy-created"]
         assert created["payload"]["submission_withheld"] == "explicit secret values"
         assert "submission" not in created["payload"]
         doc = shown["policy"]
-        withheld = [v.get("fspf_key") for v in doc.get("volumes", [])] + [
-            s.get("value") for s in doc.get("secrets", [])
-        ]
+        withheld = (
+            [v.get("fspf_key") for v in doc.get("volumes", [])]
+            + [s.get("value") for s in doc.get("secrets", [])]
+            + [v.get("fspf_key") for v in doc.get("services", [])]
+        )
         assert withheld == [WITHHELD]
         assert shown["hash"] == created["payload"]["hash"]  # the version is still named
 

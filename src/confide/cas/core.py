@@ -271,21 +271,23 @@ def _explicit_volume_key(key: object) -> bool:
 
 def holds_explicit_values(policy: Policy) -> bool:
     """Whether the policy's document carries secret material: an explicit secret ``value`` or
-    an explicit volume ``fspf_key`` (docs/policy.md). Its submission then stays out of the
-    ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
-    return any(sec.value is not None for sec in policy.secrets) or any(
-        _explicit_volume_key(vol.fspf_key) for vol in policy.volumes
+    an explicit volume or service ``fspf_key`` (docs/policy.md). Its submission then stays out
+    of the ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
+    return (
+        any(sec.value is not None for sec in policy.secrets)
+        or any(_explicit_volume_key(vol.fspf_key) for vol in policy.volumes)
+        or any(_explicit_volume_key(svc.fspf_key) for svc in policy.services)
     )
 
 
 def withhold_explicit_values(document: dict[str, Any]) -> dict[str, Any]:
     """The canonical policy JSON as ``policy show`` returns it: every explicit secret
-    ``value`` and explicit volume ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
+    ``value`` and explicit volume or service ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
     command-line contract: "never secret values"; a reader need not be the owner)."""
     for sec in document.get("secrets") or []:
         if isinstance(sec, dict) and "value" in sec:
             sec["value"] = WITHHELD
-    for vol in document.get("volumes") or []:
+    for vol in [*(document.get("volumes") or []), *(document.get("services") or [])]:
         if isinstance(vol, dict) and _explicit_volume_key(vol.get("fspf_key")):
             vol["fspf_key"] = WITHHELD
     return document
@@ -460,6 +462,12 @@ class _Reads:
         answer: CrlRow | None = self._ask(("crl", policy, ca))
         return answer
 
+    def governed(self, namespace: str, name: str) -> bool:
+        """Whether namespace ``namespace`` governed the creation of policy ``name``
+        (:meth:`Cas._governed`)."""
+        answer: bool = self._ask(("governed", namespace, name))
+        return answer
+
     def policy(self, name: str, digest: str) -> Policy:
         """The policy version ``digest`` (immutable: the snapshot's or loaded)."""
         key = (name, digest)
@@ -516,6 +524,8 @@ def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
         return None if row is None else (row[0], int(row[1]))
     if what == "crl":
         return current_crl(conn, a, b)
+    if what == "governed":
+        return cas._governed(conn, a, b)
     raise AssertionError(what)
 
 
@@ -781,6 +791,37 @@ class Cas:
         rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
         return parent, head, self._rules_in_force(conn, parent, head.hash, rules)
 
+    def _governed(self, conn: Connection, namespace: str, name: str) -> bool:
+        """Whether the existing policy ``name`` (named ``namespace/...``) was created as the
+        policy ``namespace`` governs (docs/cas.md "Secrets", ``export: {namespace: N}``): its
+        creation, and that of each existing policy between it and ``namespace``, is one the
+        ``create_sessions`` rules in force of the nearest existing policy above it allow, its
+        submitter alone or with the approvals stored for it (a board's). A name taken first come
+        before ``namespace`` was claimed, or created below such a name, is not governed, and so
+        receives nothing a namespace export shares. Judged by the rules as they are now: a
+        creator the namespace no longer allows is not governed either (fails closed)."""
+        current = name
+        head = self.policy_auth.head(conn, current)
+        while head is not None:
+            found = self._creation_rules(conn, current)
+            if found is None:
+                return False
+            parent, parent_head, rules = found
+            root = head.hash
+            while (up := self.policy_auth.predecessor(conn, current, root)) is not None:
+                root = up
+            signers = self._approvers(conn, current, root)
+            version = self.policy_auth.version(conn, current, root)
+            if version is None:
+                return False
+            signers.add(version.submitter)
+            if not is_authorized(rules, signers, creator=parent_head.creator):
+                return False
+            if parent == namespace:
+                return True
+            current, head = parent, parent_head
+        return False
+
     def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
         """A new policy's state: active, pending (a board of the namespace must approve it), or
         refused with :class:`AccessDeniedError` (recorded under the namespace)."""
@@ -1014,7 +1055,7 @@ class Cas:
             reads = _Reads(self, conn)
             exported: Secret | None = None
             try:
-                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, "")
                 exported = exporter.secret(imp.secret)
             except (AccessDeniedError, KeyError):
                 exported = None
@@ -1385,18 +1426,16 @@ class Cas:
             tag=row.tag,
         )
 
-    def _exporter(self, reads: _Reads, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
+    def _exporter(self, reads: _Reads, session: str, pinned: str | None, refused: str) -> tuple[Policy, str]:
         """The current version (and its hash) of the policy an import names (secrets and volumes
-        alike); it must exist and, when the import pins ``session_hash``, be that version."""
+        alike); it must exist and, when the import pins ``session_hash``, be that version, else
+        :class:`AccessDeniedError` with ``refused``: the message of an export that does not share
+        the secret or volume (:func:`_not_shared`), so the importer, its runtime and its
+        policy's readers (the refusal is recorded in its events) learn neither whether another
+        stakeholder's policy exists nor whether a guessed hash is its current version."""
         head = reads.head(session)
-        if head is None:
-            raise AccessDeniedError(f"{what}: policy {session} does not exist")
-        if pinned is not None and pinned != head[0]:
-            # Not the exporter's current hash: the message reaches the importer's runtime and
-            # its ledger entries, read by the importer's readers, not the exporter's.
-            raise AccessDeniedError(
-                f"{what}: policy {session} is not at the version the import pins ({pinned[:16]}…)"
-            )
+        if head is None or (pinned is not None and pinned != head[0]):
+            raise AccessDeniedError(refused)
         return reads.policy(session, head[0]), head[0]
 
     def _volume_source(self, reads: _Reads, policy: Policy, digest: str, name: str) -> VolumeSource:
@@ -1441,7 +1480,8 @@ class Cas:
                 )
                 raise PolicyError(f"{start}: the chain of imports is a cycle ({path})")
             what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
-            exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, what)
+            refused = _not_shared(what, imp.session, imp.session_hash, f"volume {imp.volume}", importer.name)
+            exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, refused)
             exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
             link = []
             for e in exported.export if exported is not None else ():
@@ -1451,10 +1491,7 @@ class Cas:
                 if session == importer.name and (pinned is None or pinned == importer_hash):
                     link.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
             if not link:
-                raise AccessDeniedError(
-                    f"{what}: {imp.session} does not export volume {imp.volume} to this version of "
-                    f"{importer.name}"
-                )
+                raise AccessDeniedError(refused)
             mode = UpdatePolicy.strictest(*link)
             if mode is UpdatePolicy.EPHEMERAL and ephemeral_by is None:
                 ephemeral_by = imp.session
@@ -2345,7 +2382,8 @@ class Cas:
                 "version": row.version,
             }
         imp = spec.import_
-        exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+        refused = _not_shared(f"import {name}", imp.session, imp.session_hash, imp.secret, policy.name)
+        exporter, _ = self._exporter(reads, imp.session, imp.session_hash, refused)
         try:
             exported: Secret | None = exporter.secret(imp.secret)
         except KeyError:
@@ -2356,11 +2394,9 @@ class Cas:
         # export_public: the public part (certificate and chain, public key) to every policy.
         public_only = not allowed and exported is not None and exported.export_public
         if exported is None or (not allowed and not public_only):
-            # One message whether the exporter has no such secret or does not export it: the
-            # importer learns nothing of the exporter's other secrets (its readers see it).
-            raise AccessDeniedError(
-                f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
-            )
+            # One message whether the exporter exists (at the pinned version), has such a secret
+            # or exports it: the importer learns nothing of another's policies (its readers see it).
+            raise AccessDeniedError(refused)
         if exported.issue_to_runtime or exported.import_ is not None:
             # The CAS holds no value of it in the exporter's current version: a stored row is
             # from an earlier version (for a certificate, the one revoked as superseded).
@@ -2472,6 +2508,14 @@ class Cas:
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
+            if key.kind != "volume-key":
+                # The row name is shared with a CA's OCSP responder (a CA secret named "volume",
+                # a volume named "ocsp-responder", in a version stored before that was refused):
+                # never release another kind of key as the volume's. The kind is sealed.
+                raise PolicyError(
+                    f"volume {owned} of {owner}: its latest key row is not a volume key (a CA secret "
+                    "named 'volume' shares its row name); rename the volume or the secret"
+                )
             # The runtime enforces the mode (which tag it accepts, whether it reports a new one);
             # update_volume_tag enforces it again on the CAS's side.
             mode = _update_policy(mount, source.exported)
@@ -2528,12 +2572,17 @@ class Cas:
         ``name`` (docs/cas.md "Secrets"): ``{session, session_hash?}`` that policy (at that
         hash when pinned); ``{namespace: N}`` every policy named ``N/...``, while a policy named
         ``N`` exists (it governs who creates policies in ``N``; an unclaimed namespace would be
-        anyone's to create names in, docs/cas.md "Policies and governance")."""
+        anyone's to create names in, docs/cas.md "Policies and governance"), and only a policy whose
+        creation N governed (:meth:`Cas._governed`: not one taken first come before N was
+        claimed, nor one below it)."""
         if target.session is not None:
             return bool(target.session == name and target.session_hash in (None, digest))
         namespace = target.namespace
         return (
-            namespace is not None and name.startswith(namespace + "/") and reads.head(namespace) is not None
+            namespace is not None
+            and name.startswith(namespace + "/")
+            and reads.head(namespace) is not None
+            and reads.governed(namespace, name)
         )
 
     def _crl_of(self, reads: _Reads, policy: Policy, digest: str, name: str) -> bytes:
@@ -2544,7 +2593,8 @@ class Cas:
         owner, ca, ca_spec = policy.name, name, spec
         if spec.import_ is not None:
             imp = spec.import_
-            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+            refused = _not_shared(f"import {name}", imp.session, imp.session_hash, imp.secret, policy.name)
+            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, refused)
             owner, ca, ca_spec = imp.session, imp.secret, exporter.secret(imp.secret)
         if not generated_ca(ca_spec):
             raise PolicyError(
@@ -3195,6 +3245,14 @@ def _submission_refused(submitter: str, name: str) -> AccessDeniedError:
         f"identity {submitter[:16]}… may not create or update policy {name} (its access_policy.update, "
         "or for a new name its namespace's create_sessions)"
     )
+
+
+def _not_shared(what: str, exporter: str, pinned: str | None, shared: str, importer: str) -> str:
+    """The one refusal of an import (``what``) of ``shared`` (a secret's name, or ``volume V``)
+    from policy ``exporter``: whether it does not exist, is not at the version ``pinned`` or
+    does not export it to this version of ``importer`` (docs/cas.md "Secrets")."""
+    at = "" if pinned is None else f" at the version the import pins ({pinned[:16]}…)"
+    return f"{what}: {exporter}{at} does not export {shared} to this version of {importer}"
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:

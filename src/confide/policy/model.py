@@ -166,7 +166,9 @@ def _fspf_key(value: str) -> str:
     found = ph.find_placeholders(value)
     if len(found) == 1 and found[0].start == 0 and found[0].end == len(value):
         return value
-    raise ValueError(f"got {short(value[:8] + '...')}, expected 64 hex digits or '$$SCONE::name$$'")
+    # A volume key: never part of the message, not even a prefix (a mistyped key is mostly the key).
+    what = "a placeholder that is not the whole value" if "$$SCONE::" in value else f"{len(value)} characters"
+    raise ValueError(f"got {what} (value not shown), expected 64 hex digits or '$$SCONE::name$$'")
 
 
 FspfKey = Annotated[StrictStr, AfterValidator(_fspf_key)]
@@ -760,6 +762,16 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
                 )
 
     for i, vol in enumerate(policy.volumes):
+        if vol.name == "ocsp-responder" and "volume" in kinds and not stored:
+            # The CAS keeps a volume's key as the row ``volume/NAME`` and a CA's delegated OCSP
+            # responder as ``CA/ocsp-responder`` (confide.cas.ocsp_delegate): one row name for
+            # both, and the volume would be released the responder's key.
+            yield Problem(
+                ("volumes", i, "name"),
+                "got volume 'ocsp-responder' beside a secret named 'volume', expected another name for"
+                " one of them (the CAS keeps this volume's key and that secret's OCSP responder under"
+                " one name, volume/ocsp-responder)",
+            )
         if vol.fspf_key is not None and vol.fspf_key.startswith("$$"):
             yield from _placeholder_problems(
                 vol.fspf_key, ("volumes", i, "fspf_key"), ph.Context.FSPF_KEY, kinds
