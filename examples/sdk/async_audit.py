@@ -8,19 +8,23 @@ A refusal arrives through ``await`` as the class the command exits with.
 Usage (against a development CAS, ``confide cas serve --dev``)::
 
     python3 async_audit.py DATA_DIR/client.env WORK_DIR
+
+The policy is named ``audited-RUN``, RUN a new id each run, so the example runs again on the
+same CAS; WORK_DIR must be new or empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 import time
 from pathlib import Path
 
-from confide.errors import AccessDeniedError
+from confide.errors import AccessDeniedError, ConfideError
 from confide.sdk import AsyncCas, create_identity
 
-POLICY = """name: audited
+POLICY = """name: {name}
 version: "0.3"
 services:
   - name: job
@@ -44,7 +48,19 @@ async def heartbeat(ticks: list[float], stop: asyncio.Event) -> None:
 
 
 async def main(env_file: Path, work: Path) -> int:
+    if work.exists() and any(work.iterdir()):
+        print(f"error: {work} is not empty: give a new WORK_DIR (the example writes its identity there)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return await steps(env_file, work, f"audited-{secrets.token_hex(4)}")
+    except ConfideError as exc:  # a step the CAS refused unexpectedly: one line, its exit code
+        print(f"error: {exc.kind}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
+async def steps(env_file: Path, work: Path, name: str) -> int:
     owner = create_identity(work / "owner.id", name="owner")
     ticks: list[float] = []
     stop = asyncio.Event()
@@ -53,13 +69,13 @@ async def main(env_file: Path, work: Path) -> int:
         await AsyncCas.from_env_file(env_file) as cas,
         await AsyncCas.from_env_file(env_file) as auditor,
     ):
-        status = await cas.apply(POLICY.format(measurement="00" * 48), owner)
+        status = await cas.apply(POLICY.format(name=name, measurement="00" * 48), owner)
         print(f"applied {status.name}: {status.hash[:16]}… ({status.state})")
         started = time.monotonic()
         info, events, history, log = await asyncio.gather(
-            cas.show("audited", owner),
-            cas.events("audited", owner),
-            auditor.history("audited", owner),
+            cas.show(name, owner),
+            cas.events(name, owner),
+            auditor.history(name, owner),
             auditor.verify_log(state=work / "auditor.json"),
         )
         took = time.monotonic() - started
@@ -68,9 +84,9 @@ async def main(env_file: Path, work: Path) -> int:
         print(f"history: {[e.event for e in history.entries]}")
         print(f"log verified: size {log.size}, root {log.root[:16]}…, previous size {log.previous_size}")
         try:
-            await cas.show("audited", create_identity(name="stranger"))
+            await cas.show(name, create_identity(name="stranger"))
         except AccessDeniedError as exc:
-            print(f"stranger reads audited: {exc.kind} (exit {exc.exit_code})")
+            print(f"stranger reads {name}: {exc.kind} (exit {exc.exit_code})")
     stop.set()
     await beating
     during = [t for t in ticks if started <= t <= started + took]

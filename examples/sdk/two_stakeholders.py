@@ -11,26 +11,30 @@ Usage, against a development CAS (``confide cas serve --data-dir DIR --dev``)::
 
     python3 examples/sdk/two_stakeholders.py DIR/client.env WORKDIR
 
-Exit 0 when every step went as described, 1 otherwise.
+The policies are named ``analytics-RUN`` and ``hospital-RUN``, RUN a new id each run (a policy
+is never deleted, and its name is its creator's), so the example runs again on the same CAS;
+WORKDIR must be new or empty. Exit 0 when every step went as described, 1 otherwise, or a
+one-line error and its class's exit code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from confide.errors import AccessDeniedError, AppraisalError
+from confide.errors import AccessDeniedError, AppraisalError, ConfideError
 from confide.sdk import Cas, create_identity, load_identity, measure
 
 HERE = Path(__file__).resolve().parent
 
 LAB_POLICY = """\
-name: analytics
+name: analytics-{run}
 version: "0.3"
 services:
   - name: job
@@ -44,7 +48,7 @@ services:
 secrets:
   - name: patient_key
     import:
-      session: hospital
+      session: hospital-{run}
       secret: data_key
   - name: db_pass
     kind: ascii
@@ -63,14 +67,14 @@ security:
 """
 
 HOSPITAL_POLICY = """\
-name: hospital
+name: hospital-{run}
 version: "0.3"
 secrets:
   - name: data_key
     kind: binary
     size: 32
     export:
-      - session: analytics
+      - session: analytics-{run}
         session_hash: {lab_hash}
 access_policy:
   read: [CREATOR]
@@ -87,15 +91,30 @@ def client_env(path: Path) -> dict[str, str]:
     return env
 
 
-def run_service(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_service(script: Path, config_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - the example's own service
-        [sys.executable, str(script), "analytics/job"], env=env, capture_output=True, text=True,
+        [sys.executable, str(script), config_id], env=env, capture_output=True, text=True,
         timeout=120, check=False,
     )  # fmt: skip
 
 
 def main(env_file: Path, work: Path) -> int:
+    if work.exists() and any(work.iterdir()):
+        print(f"error: {work} is not empty: give a new WORKDIR (the example writes identities there)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     work.mkdir(parents=True, exist_ok=True)
+    run = secrets.token_hex(4)  # the policies' names end in it: each run creates its own
+    lab_name, hospital_name = f"analytics-{run}", f"hospital-{run}"
+    config_id = f"{lab_name}/job"
+    try:
+        return steps(env_file, work, run, lab_name, hospital_name, config_id)
+    except ConfideError as exc:  # a step the CAS refused unexpectedly: one line, its exit code
+        print(f"error: {exc.kind}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
+def steps(env_file: Path, work: Path, run: str, lab_name: str, hospital_name: str, config_id: str) -> int:
     failures = 0
     with Cas.from_env_file(env_file) as cas:
         print(f"CAS at {cas.url}, TLS key SHA-256 {cas.cas_key_sha256}")
@@ -108,19 +127,19 @@ def main(env_file: Path, work: Path) -> int:
 
         # 2. The lab pins its service's measurement: python3 service.py (the simulated TEE's).
         service = HERE / "service.py"
-        measurement = measure([sys.executable, str(service), "analytics/job"])
-        lab_status = cas.apply(LAB_POLICY.format(measurement=measurement), lab)
-        print(f"lab applied analytics: {lab_status.hash} ({lab_status.state})")
+        measurement = measure([sys.executable, str(service), config_id])
+        lab_status = cas.apply(LAB_POLICY.format(run=run, measurement=measurement), lab)
+        print(f"lab applied {lab_name}: {lab_status.hash} ({lab_status.state})")
 
         # 3. The hospital exports its key to that very version of the lab's policy.
         hospital_file = work / "hospital.yaml"
-        hospital_file.write_text(HOSPITAL_POLICY.format(lab_hash=lab_status.hash))
+        hospital_file.write_text(HOSPITAL_POLICY.format(run=run, lab_hash=lab_status.hash))
         hospital_status = cas.apply(hospital_file, hospital)
-        print(f"hospital applied hospital: {hospital_status.hash} ({hospital_status.state})")
+        print(f"hospital applied {hospital_name}: {hospital_status.hash} ({hospital_status.state})")
 
         # 4. The service attests itself and receives the key (hashes only are printed).
         env = client_env(env_file)
-        ok = run_service(service, env)
+        ok = run_service(service, config_id, env)
         print(f"service: exit {ok.returncode}: {ok.stdout.strip() or ok.stderr.strip()}")
         received = json.loads(ok.stdout) if ok.returncode == 0 else {}
         if received.get("data_key_hex_chars") != 64:
@@ -131,29 +150,29 @@ def main(env_file: Path, work: Path) -> int:
         shutil.copy(service, modified)
         with modified.open("a") as fh:
             fh.write("# modified\n")
-        bad = run_service(modified, env)
+        bad = run_service(modified, config_id, env)
         print(f"modified service: exit {bad.returncode}: {bad.stderr.strip()[:160]}")
         if bad.returncode != AppraisalError.exit_code:
             failures += 1
 
         # 6. The hospital may not read the lab's policy: the same error as `confide policy show`.
         try:
-            cas.show("analytics", hospital)
+            cas.show(lab_name, hospital)
             print("hospital read the lab's policy: unexpected")
             failures += 1
         except AccessDeniedError as exc:
-            print(f"hospital reads analytics: {exc.kind} (exit {exc.exit_code})")
+            print(f"hospital reads {lab_name}: {exc.kind} (exit {exc.exit_code})")
 
         # 7. The lab reads its policy: public parts only, never a secret value.
-        info = cas.show("analytics", lab)
+        info = cas.show(lab_name, lab)
         kinds = ", ".join(f"{s.name} ({s.kind}, v{s.version})" for s in info.secrets.values())
-        print(f"analytics {info.hash[:16]}…: versions {len(info.versions)}, secrets: {kinds}")
+        print(f"{lab_name} {info.hash[:16]}…: versions {len(info.versions)}, secrets: {kinds}")
 
         # 8. The lab audits the releases: each entry proven included in the signed checkpoint
         #    (the CAS signs a checkpoint within a second of a change).
         deadline = time.monotonic() + 30
         while True:
-            accesses = cas.accesses("analytics", lab)
+            accesses = cas.accesses(lab_name, lab)
             if all(a.included for a in accesses) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -164,11 +183,11 @@ def main(env_file: Path, work: Path) -> int:
                   f"{(access.measurement or '')[:16]}…, secrets [{names}], {proof}")  # fmt: skip
         if len(accesses) != 1 or accesses[0].measurement != measurement:
             failures += 1
-        history = cas.history("hospital", hospital)
+        history = cas.history(hospital_name, hospital)
         for entry in history.entries:
             print(f"hospital history #{entry.index}: {entry.event} {(entry.hash or '')[:16]}…")
-        events = cas.events("analytics", lab)
-        print(f"analytics events: {', '.join(e.type for e in events)}")
+        events = cas.events(lab_name, lab)
+        print(f"{lab_name} events: {', '.join(e.type for e in events)}")
     print("OK" if failures == 0 else f"{failures} step(s) did not go as described")
     return 0 if failures == 0 else 1
 

@@ -1,7 +1,8 @@
 """A self-attesting asyncio service with a protected volume: ``AsyncCas.mount_volumes`` (docs/sdk.md).
 
 The owner creates a protected volume (``notes.txt``), applies a policy that gives it to the
-service ``notes/app`` (this file run with ``--serve``, pinned by its simulated measurement),
+service ``notes-RUN/app`` (this file run with ``--serve``, pinned by its simulated measurement;
+RUN a new id each run, so the example runs again on the same CAS),
 then starts the service twice, stopping it each time with SIGTERM as a service manager would.
 The service attests itself, mounts its released volume, appends a line to ``notes.txt`` and
 waits for SIGTERM (an event loop signal handler: the SDK's signal hold leaves those alone); on
@@ -14,7 +15,8 @@ Usage, against a development CAS (``confide cas serve --data-dir DIR --dev``)::
 
     python3 examples/sdk/volume_service.py DIR/client.env WORKDIR
 
-Exit 0 when every step went as described, 1 otherwise. As root the volume is mounted with FUSE
+WORKDIR must be new or empty. Exit 0 when every step went as described, 1 otherwise, or a
+one-line error and its class's exit code. As root the volume is mounted with FUSE
 (or tmpfs) in a private mount namespace of the service; otherwise in a private directory of
 ``/dev/shm``.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -34,10 +37,9 @@ from confide.sdk import AsyncCas, Cas, create_identity, load_identity, measure
 from confide.volume import VolumeKey, add_sources, create_volume, load_sealed, seal_volume
 
 SCRIPT = Path(__file__).resolve()
-CONFIG_ID = "notes/app"
 
 POLICY = """\
-name: notes
+name: {name}
 version: "0.3"
 services:
   - name: app
@@ -63,20 +65,20 @@ security:
 """
 
 
-def service_command() -> list[str]:
+def service_command(config_id: str) -> list[str]:
     """The command line the simulated TEE measures: this interpreter, this file, its arguments."""
-    return [sys.executable, str(SCRIPT), "--serve", CONFIG_ID]
+    return [sys.executable, str(SCRIPT), "--serve", config_id]
 
 
 # --- the service -----------------------------------------------------------------------------------
 
 
-async def serve() -> int:
+async def serve(config_id: str) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
         async with await AsyncCas.from_env() as cas:
-            release = await cas.attest(CONFIG_ID, await cas.simulated_provider(service_command()))
+            release = await cas.attest(config_id, await cas.simulated_provider(service_command(config_id)))
             async with cas.mount_volumes(release) as volumes:
                 notes = volumes.paths["data"] / "notes.txt"
                 text = notes.read_text() + f"run with the tag {release.volumes[0].tag[:16]}…\n"
@@ -103,10 +105,10 @@ def client_env(path: Path) -> dict[str, str]:
     return env
 
 
-def run_service(env: dict[str, str]) -> tuple[int, str, str]:
+def run_service(config_id: str, env: dict[str, str]) -> tuple[int, str, str]:
     """Start the service, wait for its ``ready``, stop it with SIGTERM; its exit code and output."""
     proc = subprocess.Popen(  # noqa: S603 - the example's own service
-        service_command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        service_command(config_id), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()
@@ -121,7 +123,21 @@ def run_service(env: dict[str, str]) -> tuple[int, str, str]:
 
 
 def main(env_file: Path, work: Path) -> int:
+    if work.exists() and any(work.iterdir()):
+        print(f"error: {work} is not empty: give a new WORKDIR (the example writes its volume there)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     work.mkdir(parents=True, exist_ok=True)
+    name = f"notes-{secrets.token_hex(4)}"  # each run creates its own policy
+    try:
+        return steps(env_file, work, name)
+    except ConfideError as exc:  # a step the CAS refused unexpectedly: one line, its exit code
+        print(f"error: {exc.kind}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
+def steps(env_file: Path, work: Path, name: str) -> int:
+    config_id = f"{name}/app"
     failures = 0
 
     def check(ok: bool, what: str) -> None:
@@ -145,15 +161,14 @@ def main(env_file: Path, work: Path) -> int:
         # 2. The owner's policy gives the volume to the service whose measurement it pins.
         create_identity(work / "owner.id", name="owner")
         owner = load_identity(work / "owner.id")
-        status = cas.apply(
-            POLICY.format(measurement=measure(service_command()), key=key.hex(), tag=tag0, directory=volume),
-            owner,
-        )
-        print(f"owner applied notes: {status.hash[:16]}… ({status.state})")
+        measurement = measure(service_command(config_id))
+        policy = POLICY.format(name=name, measurement=measurement, key=key.hex(), tag=tag0, directory=volume)
+        status = cas.apply(policy, owner)
+        print(f"owner applied {name}: {status.hash[:16]}… ({status.state})")
 
         # 3. Two runs of the service, each stopped by SIGTERM once it has written its line.
         for run in (1, 2):
-            rc, out, err = run_service(env)
+            rc, out, err = run_service(config_id, env)
             print(f"service run {run}: exit {rc}: {out.splitlines()[-1] if out else err}")
             check(rc == 0 and out.startswith("ready"), f"run {run} exits 0 after SIGTERM")
             if rc == 0:
@@ -161,7 +176,7 @@ def main(env_file: Path, work: Path) -> int:
                 check(lines == run + 1, f"run {run} sees the earlier runs' lines")
 
         # 4. What the CAS recorded: one tag per version, the last one the directory's.
-        tags = [str(e.payload["tag"]) for e in cas.events("notes", owner) if e.type == "volume-tag"]
+        tags = [str(e.payload["tag"]) for e in cas.events(name, owner) if e.type == "volume-tag"]
         _, sealed = load_sealed(volume, key)
         print(f"volume tags the CAS recorded: {len(tags)}, the last {tags[-1][:16]}…; sealed {sealed[:16]}…")
         check(len(tags) == 3 and tags[0] == tag0 and tags[-1] == sealed, "the CAS knows the sealed tag")
@@ -170,8 +185,8 @@ def main(env_file: Path, work: Path) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--serve"]:
-        sys.exit(asyncio.run(serve()))
+    if sys.argv[1:2] == ["--serve"] and len(sys.argv) == 3:
+        sys.exit(asyncio.run(serve(sys.argv[2])))
     if len(sys.argv) != 3:
         print(__doc__.strip().split("Usage")[1], file=sys.stderr)
         sys.exit(2)

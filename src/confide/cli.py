@@ -24,7 +24,7 @@ from confide.clitypes import (
     tcb_recovery_grace_option,
 )
 from confide.collateral import is_url
-from confide.errors import ConfideError, UsageError
+from confide.errors import CollateralExpiredError, ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
 from confide.platforms import (
     DCAP_PLATFORMS,
@@ -244,9 +244,18 @@ def evidence_verify(
         if minimum is not None:
             result = require_minimum(result, minimum, "--min-tcb-eval-number")
     except ConfideError as exc:
-        _fail(exc, chosen, as_json)
+        now = at_text is None and isinstance(exc, CollateralExpiredError)
+        _fail(exc, chosen, as_json, hint=NOW_HINT if now else "")
         return
     _succeed(result, as_json)
+
+
+# Evidence of some time ago (a test vector, an archived quote) with the collateral of then is
+# refused at the current time: say which option verifies it at its time (docs/dcap.md).
+NOW_HINT = (
+    " (verified at the current time: give --at with a time inside the collateral's validity to"
+    " verify at another)"
+)
 
 
 def _succeed(result: VerifiedEvidence, as_json: bool) -> None:
@@ -264,7 +273,7 @@ def _succeed(result: VerifiedEvidence, as_json: bool) -> None:
         click.echo(printable(f"  {name}: {json.dumps(value) if not isinstance(value, str) else value}"))
 
 
-def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
+def _fail(exc: ConfideError, platform: Platform | None, as_json: bool, hint: str = "") -> None:
     if as_json:
         # The keys of the verified object (README.md "Verifying evidence"), so that a script
         # reads `details` or `verified_at` without first asking whether verification failed.
@@ -282,7 +291,7 @@ def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
+        click.echo(f"error: {printable_lines(exc.diagnostics())}{hint}", err=True)
     sys.exit(exc.exit_code)
 
 

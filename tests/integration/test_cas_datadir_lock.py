@@ -125,3 +125,24 @@ def test_a_symlinked_lock_file_is_refused_before_anything_is_written(tmp_path: P
     out = run_confide("cas", "rotate-master-key", "--data-dir", data)
     assert out.returncode == errors.UsageError.exit_code and "symbolic link" in out.stderr, out.stderr
     assert sorted(p.name for p in data.iterdir()) == ["master.key", LOCK_NAME] and not target.exists()
+
+
+def test_a_start_removes_the_client_env_of_the_run_before(tmp_path: Path) -> None:
+    """README's `until [ -e DIR/client.env ]` waits for the CAS it started: the client.env a
+    stopped CAS left is removed once the new process holds the run lock, and the new one is
+    written when it listens, so a start that fails (here: --join to an address nothing listens
+    on) leaves none naming a CAS that is not there."""
+    cas = CasProcess(tmp_path / "cas", None).start()
+    cas.stop()
+    env_file = cas.data_dir / "client.env"
+    assert env_file.is_file()  # the stopped CAS's, naming its port
+    join = tmp_path / "joining"
+    join.mkdir(mode=0o700)
+    (join / "client.env").write_bytes(env_file.read_bytes())  # as a run before would have left it
+    out = run_confide(
+        "cas", "serve", "--data-dir", join, "--listen", "127.0.0.1:0", "--dev",
+        "--join", cas.env["CONFIDE_CAS_URL"], timeout=60,
+    )  # fmt: skip
+    assert out.returncode == errors.NetworkError.exit_code, out.stderr
+    assert "cannot obtain the master key, not starting" in out.stderr, out.stderr
+    assert not (join / "client.env").exists()

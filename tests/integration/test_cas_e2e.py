@@ -20,6 +20,7 @@ from confide import errors
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data
 from confide.identity import Identity
+from confide.ledger.cli import RELEASES_WHERE
 from confide.policy import command_secret_warning, loads_policy
 from confide.runtime.quote import SimQuoteProvider
 
@@ -933,6 +934,10 @@ def test_confide_run_mounts_a_volume_re_exported_along_a_chain(cas: CasProcess, 
         assert v["owner"] == {"policy": "producer", "volume": "data"}
         assert v["via"] == [{"policy": "broker", "volume": "shared"}]
         assert "key" not in v
+    # the producer's own audit lists none of them, and says where they are (docs/ledger.md)
+    mine = confide(cas, "ledger", "accesses", "producer", "--identity", str(owner), check=True)
+    assert mine.stdout == ""
+    assert mine.stderr == f"no release recorded under producer: {RELEASES_WHERE}\n"
     # broker stops exporting: the chain is cut at consumer's next start
     withdrawn = broker.replace("    export:\n      - session: consumer\n", "") + f"predecessor: {b_digest}\n"
     assert apply(cas, tmp_path, withdrawn, middle).returncode == 0

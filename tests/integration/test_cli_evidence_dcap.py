@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import run_confide
 from confide import errors
+from confide.cli import NOW_HINT
 from dcap_cases import ASSETS, CASES
 
 
@@ -84,6 +85,22 @@ def test_distinct_exit_codes(tmp_path: Path) -> None:
         assert r.returncode == cls.exit_code, (cls, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr
     assert len({cls.exit_code for cls in expect}) == len(expect)
+
+
+def test_expired_collateral_without_at_says_how_to_verify_at_its_time() -> None:
+    """Evidence of then with its collateral of then, verified now: the refusal names --at (text
+    mode; the JSON error's message is the verifier's); with --at given, no such hint."""
+    c = CASES[0]
+    q, coll = str(ASSETS / c.quote), str(ASSETS / c.collateral)
+    now = confide("evidence", "verify", q, "--collateral", coll)
+    assert now.returncode == errors.CollateralExpiredError.exit_code, now.stderr
+    assert now.stderr.startswith("error: CollateralExpiredError: ") and now.stderr.count("\n") == 1
+    assert now.stderr.endswith(f"{NOW_HINT}\n") and "--at" in NOW_HINT
+    later = confide("evidence", "verify", q, "--collateral", coll, "--at", "2025-08-01T00:00:00Z")
+    assert later.returncode == errors.CollateralExpiredError.exit_code
+    assert NOW_HINT not in later.stderr
+    as_json = confide("evidence", "verify", q, "--collateral", coll, "--json")
+    assert NOW_HINT not in json.loads(as_json.stdout)["error"]["message"]
 
 
 def test_wrong_platform_flag() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import functools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -493,54 +494,75 @@ def test_async_cas_keeps_the_event_loop_running(cas_proc: CasProcess, tmp_path: 
 
 
 # --- the worked example --------------------------------------------------------------------------
+# Each example names its policies with a new run id, so it runs again on the same CAS (the docs
+# point them all at /tmp/cas); each is run twice here, the second time on the first's CAS.
 
 
-def test_the_example_of_docs_sdk_runs(tmp_path: Path) -> None:
-    with running_cas(tmp_path / "cas", None) as proc:
-        ran = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "sdk" / "two_stakeholders.py"),
-             str(proc.data_dir / "client.env"), str(tmp_path / "work")],
-            capture_output=True, text=True, timeout=300, check=False,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        )  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = ran.stdout
-    assert "service: exit 0:" in out and '"data_key_hex_chars": 64' in out
-    assert f"modified service: exit {errors.AppraisalError.exit_code}: error: AppraisalError" in out
-    assert "hospital reads analytics: AccessDeniedError (exit 33)" in out
-    assert "secrets [analytics/db_pass v1, hospital/data_key v1], included in the log" in out
-    assert out.rstrip().endswith("OK")
-
-
-def test_the_async_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
+def run_example(name: str, env_file: Path, work: Path) -> str:
     ran = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sdk" / "async_audit.py"),
-         str(cas_proc.data_dir / "client.env"), str(tmp_path / "work")],
+        [sys.executable, str(ROOT / "examples" / "sdk" / name), str(env_file), str(work)],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = ran.stdout
-    assert "applied audited: " in out and "(active)" in out
-    assert "history: ['policy.created']" in out and "log verified: size " in out
-    assert "previous size None" in out and (tmp_path / "work" / "auditor.json").exists()
-    assert f"stranger reads audited: AccessDeniedError (exit {errors.AccessDeniedError.exit_code})" in out
-    assert out.rstrip().endswith("OK")
+    return ran.stdout
+
+
+def test_the_example_of_docs_sdk_runs(tmp_path: Path) -> None:
+    with running_cas(tmp_path / "cas", None) as proc:
+        outs = [
+            run_example("two_stakeholders.py", proc.data_dir / "client.env", tmp_path / f"work{i}")
+            for i in (1, 2)
+        ]
+    names = set()
+    for out in outs:
+        lab = re.search(r"^lab applied (analytics-[0-9a-f]{8}): ", out, re.M)
+        assert lab is not None, out
+        names.add(lab[1])
+        hospital = lab[1].replace("analytics-", "hospital-")
+        assert "service: exit 0:" in out and '"data_key_hex_chars": 64' in out
+        assert f"modified service: exit {errors.AppraisalError.exit_code}: error: AppraisalError" in out
+        assert f"hospital reads {lab[1]}: AccessDeniedError (exit 33)" in out
+        assert f"secrets [{lab[1]}/db_pass v1, {hospital}/data_key v1], included in the log" in out
+        assert out.rstrip().endswith("OK")
+    assert len(names) == 2
+
+
+def test_an_example_refuses_a_work_directory_in_use(cas_proc: CasProcess, tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "hospital.id").write_text("an earlier run's")
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sdk" / "two_stakeholders.py"),
+         str(cas_proc.data_dir / "client.env"), str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert (
+        ran.stderr
+        == f"error: {tmp_path / 'work'} is not empty: give a new WORKDIR (the example writes identities there)\n"
+    )
+
+
+def test_the_async_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
+    for i in (1, 2):
+        out = run_example("async_audit.py", cas_proc.data_dir / "client.env", tmp_path / f"work{i}")
+        name = re.search(r"^applied (audited-[0-9a-f]{8}): .* \(active\)$", out, re.M)
+        assert name is not None, out
+        assert "history: ['policy.created']" in out and "log verified: size " in out
+        assert "previous size None" in out and (tmp_path / f"work{i}" / "auditor.json").exists()
+        exit_code = errors.AccessDeniedError.exit_code
+        assert f"stranger reads {name[1]}: AccessDeniedError (exit {exit_code})" in out
+        assert out.rstrip().endswith("OK")
 
 
 def test_the_volume_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
     """examples/sdk/volume_service.py: a self-attesting asyncio service mounts its released
     volume (AsyncCas.mount_volumes), is stopped twice by SIGTERM (its loop's handler), and each
-    stop seals and reports; the second run sees the first's line."""
-    ran = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sdk" / "volume_service.py"),
-         str(cas_proc.data_dir / "client.env"), str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = ran.stdout
-    assert "owner applied notes: " in out and "(active)" in out
-    assert 'service run 1: exit 0: {"lines": 2, ' in out and 'service run 2: exit 0: {"lines": 3, ' in out
-    assert "volume tags the CAS recorded: 3, " in out and "FAILED" not in out
-    assert out.rstrip().endswith("OK")
+    stop seals and reports; the second run sees the first's line. The example twice, on one CAS."""
+    for i in (1, 2):
+        out = run_example("volume_service.py", cas_proc.data_dir / "client.env", tmp_path / f"work{i}")
+        assert re.search(r"^owner applied notes-[0-9a-f]{8}: .* \(active\)$", out, re.M), out
+        assert 'service run 1: exit 0: {"lines": 2, ' in out and 'service run 2: exit 0: {"lines": 3, ' in out
+        assert "volume tags the CAS recorded: 3, " in out and "FAILED" not in out
+        assert out.rstrip().endswith("OK")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from confide.cas.client import CasClient
+from confide.cas.client import NOT_LISTENING, CasClient
 from confide.errors import NetworkError, UsageError
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{"ok": "1"}'
@@ -117,6 +117,7 @@ def test_a_cas_that_is_not_there_cannot_be_reached(tmp_path: Path) -> None:
         with CasClient(f"https://127.0.0.1:{port}", cert) as client, pytest.raises(NetworkError) as info:
             client._call("GET", "/v1/anything")
     assert str(info.value).startswith(f"cannot reach the CAS at https://127.0.0.1:{port}: ConnectError")
+    assert str(info.value).endswith(NOT_LISTENING)  # and what to do about it
 
 
 def test_a_client_env_without_the_certificate_says_where_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

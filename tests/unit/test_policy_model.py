@@ -22,6 +22,7 @@ from confide.policy.model import (
     SecretKind,
     SignerRule,
     Tolerance,
+    policy_warnings,
 )
 from confide.verify.result import Platform
 
@@ -91,6 +92,13 @@ def test_examples_cover_the_promised_features() -> None:
     composite = vms.service("llm-gpus").variants()[0]
     assert composite.composite and composite.platform is Platform.TDX
     assert composite.nvidia_gpu is not None and composite.nvidia_gpu.count == 2
+
+
+def test_the_examples_follow_their_own_advice() -> None:
+    """No shipped example draws a warning from `policy apply` (a secret in a command's
+    arguments, readable in /proc/PID/cmdline: docs/policy.md "Placeholders")."""
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        assert policy_warnings(load_policy(path)) == (), path.name
 
 
 def test_multi_stakeholder_export_is_pinned_to_the_importers_hash() -> None:

@@ -105,7 +105,15 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
                 f"verify against {ENV_CERT} (or the certificate pinned by 'confide cas attest'): "
                 f"{refused}; source the client.env of the CAS at that address"
             ) from None
-        raise NetworkError(f"cannot reach the CAS at {url}: {type(exc).__name__}: {exc}") from None
+        hint = NOT_LISTENING if isinstance(exc, httpx2.ConnectError) else ""
+        raise NetworkError(f"cannot reach the CAS at {url}: {type(exc).__name__}: {exc}{hint}") from None
+
+
+# No connection at all: most often no CAS listens there (stopped, or restarted elsewhere).
+NOT_LISTENING = (
+    "; is a CAS running there? 'confide cas serve' writes the address it listens on into its"
+    " client.env when it starts: source that one"
+)
 
 
 def _certificate_refusal(exc: BaseException) -> str | None:

@@ -125,7 +125,7 @@ from confide.collateral.dcap import DcapCollateralSource, check_pcs_update, sour
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
-from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
+from confide.errors import ConfideError, LogRollbackError, NetworkError, StorageError, UsageError
 from confide.fsutil import write_atomic
 from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import HttpLimits
@@ -1230,6 +1230,7 @@ def serve(
     # Before anything in the directory is read or written, held until the process exits: a
     # second `cas serve` on it, or `confide cas rotate-master-key`, is refused meanwhile.
     with run_lock(data_dir, db_url, exclusive=False) as lock:
+        _forget_client_env(data_dir)
         _serve(data_dir, host, port, lock=lock, dev=dev, db_url=db_url, collateral=collateral,
                witnesses=witnesses, witness_tls=witness_tls, seal=seal, tee=tee,
                evidence_refresh=evidence_refresh,
@@ -1246,6 +1247,18 @@ def serve(
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
                metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
                metrics_allow=metrics_allow)  # fmt: skip
+
+
+def _forget_client_env(data_dir: Path) -> None:
+    """Remove the ``client.env`` an earlier run of the directory left (docs/cas.md "The data
+    directory"), once this process holds the run lock: it names a CAS that does not listen (not
+    yet, or no longer at that address), and ``until [ -e DIR/client.env ]`` would go on at once.
+    The new one is written when this CAS listens; a start that fails leaves none."""
+    path = data_dir / "client.env"
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot remove the earlier {path}: {exc.strerror or exc}") from None
 
 
 def _metrics_files(

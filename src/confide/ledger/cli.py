@@ -791,6 +791,14 @@ def history_cmd(
         click.echo(printable(line))
 
 
+# docs/ledger.md "In the CAS": a release is one entry, under the policy of the service that
+# received it.
+RELEASES_WHERE = (
+    "a release is recorded under the policy of the service that received it, so a secret or"
+    " volume exported to another policy is released under that one, which its readers audit"
+)
+
+
 @ledger.command("accesses")
 @click.argument("target", metavar="POLICY[/SECRET]")
 @_audit_options
@@ -827,6 +835,9 @@ def accesses_cmd(
         return
     if state_file is not None and update is not None:
         _state_line(state_file, policy, signed, update)
+    if not rows:  # say where else releases are: an exporter would read "never released" here
+        what = f"{policy}'s secret {secret}" if secret else policy
+        click.echo(printable(f"no release recorded under {what}: {RELEASES_WHERE}"), err=True)
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -534,11 +534,23 @@ def _how(rc: int | None) -> str:
 # --- tmpfs -----------------------------------------------------------------------------------
 
 
+# What an EPERM from unshare(CLONE_NEWNS) as root means, and what to do (docs/sconify.md
+# "Running the image").
+NEEDS_SYS_ADMIN = (
+    "mounting protected volumes and injecting files over disk paths takes CAP_SYS_ADMIN (in a"
+    " container: --cap-add SYS_ADMIN, and --device /dev/fuse for FUSE)"
+)
+
+
 def _private_namespace() -> None:
     """Move the calling thread into a new mount namespace where no mount propagates out."""
     libc = _libc()
     if libc.unshare(_CLONE_NEWNS) != 0:
-        raise StorageError(_errno_msg("unshare(CLONE_NEWNS) for a private mount namespace failed"))
+        denied = ctypes.get_errno() == errno.EPERM
+        message = _errno_msg("unshare(CLONE_NEWNS) for a private mount namespace failed")
+        if denied:  # root without CAP_SYS_ADMIN: a container started without it, typically
+            message += f": {NEEDS_SYS_ADMIN}"
+        raise StorageError(message)
     if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise StorageError(_errno_msg("mount --make-rprivate / failed"))
 
