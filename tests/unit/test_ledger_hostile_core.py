@@ -26,6 +26,7 @@ from confide.errors import (
     SignatureError,
     StorageError,
     UnknownKeyError,
+    UsageError,
 )
 from confide.ledger.auditor import (
     Auditor,
@@ -35,6 +36,7 @@ from confide.ledger.auditor import (
     verify_checkpoint_update,
 )
 from confide.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from confide.ledger.cli import _make_witness
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     consistency_proof,
@@ -497,3 +499,98 @@ def test_hostile_hash_lengths_are_refused_not_crashed() -> None:
     huge = [bytes(32)] * 100_000  # far too many elements: refused after one pass, no hang
     with pytest.raises(ConsistencyError, match="too many"):
         verify_consistency(3, 7, bytes(32), bytes(32), huge)
+
+
+# --- the witness's own state --------------------------------------------------------------------
+
+
+def test_fix_a_damaged_witness_state_is_a_storage_error_not_the_requests_fault(
+    log: NoteSigner, witness: Witness
+) -> None:
+    """*fix*: a state file whose note for the origin no longer parses (or is another origin's)
+    was a ParseError, answered 400 as if the log's request were malformed; it is the witness's
+    own failure (StorageError, 500), and it cosigns nothing meanwhile."""
+    leaves = _leaves(5)
+    witness.add_checkpoint(0, [], _cp(log, leaves[:3]), at=AT)
+    good = json.loads(witness.state_path.read_text())
+    other = sign_checkpoint(Checkpoint("other.example/log", 3, mth(leaves[:3])), log)
+    for damaged in ("not a note", other.decode()):
+        doc = {"version": 1, "logs": {ORIGIN: damaged}}
+        witness.state_path.write_text(json.dumps(doc))
+        proof = consistency_proof(MemNodes(leaves), 3, 5)
+        with pytest.raises(StorageError, match="witness state") as exc:
+            witness.add_checkpoint(3, proof, _cp(log, leaves), at=AT)
+        assert http_status(exc.value) == 500
+        with pytest.raises(StorageError):
+            witness.latest(ORIGIN)
+    witness.state_path.write_text(json.dumps(good))
+    proof = consistency_proof(MemNodes(leaves), 3, 5)
+    witness.add_checkpoint(3, proof, _cp(log, leaves), at=AT)
+
+
+def test_fix_a_log_cannot_fill_the_witness_state_shared_by_every_log(tmp_path: Path, log: NoteSigner) -> None:
+    """*fix*: the witness kept each log's whole request note (up to 1 MiB: junk signature lines
+    of unknown keys, or extension lines), and its state, shared by every log it witnesses, is
+    read up to 16 MiB: a few logs of one operator filled it and the witness refused every log
+    after. It keeps the text with the log's own signature only, and refuses a checkpoint text
+    past MAX_CHECKPOINT_TEXT (400)."""
+    signer = NoteSigner.generate("witness.example/w1", SIG_TYPE_COSIGNATURE_V1)
+    witness = Witness(signer, tmp_path / "w.json", {ORIGIN: log.verifier})
+    note = _cp(log, _leaves(3))
+    # Signature lines of unknown keys, as many whole lines as fit a request (1 MiB).
+    junk = "".join(NoteSignature(f"junk{i}", i, bytes(9000)).line() for i in range(90)).encode()
+    request = note + junk[: (1 << 20) - len(note) - 200].rsplit(b"\n", 1)[0] + b"\n"
+    assert len(request) > 1_000_000
+    witness.add_checkpoint(0, [], request, at=AT)
+    assert witness.state_path.stat().st_size < 1024
+    stored = json.loads(witness.state_path.read_text())["logs"][ORIGIN]
+    assert stored.encode() == note
+    big = sign_checkpoint(Checkpoint(ORIGIN, 3, mth(_leaves(3)), ("x" * 1000,) * 70), log)
+    with pytest.raises(ParseError, match="at most") as exc:
+        witness.add_checkpoint(3, [], big, at=AT)
+    assert http_status(exc.value) == 400
+    small = sign_checkpoint(Checkpoint(ORIGIN, 3, mth(_leaves(3)), ("x" * 1000,) * 60), log)
+    witness.add_checkpoint(3, [], small, at=AT)  # 60 KB of extension lines: still taken
+
+
+# --- configuration an attacker can exploit ---------------------------------------------------------
+
+
+def test_fix_one_witness_key_under_two_names_is_refused(log: NoteSigner, witness: Witness) -> None:
+    """*fix*: tlog-cosignature's Ed25519 message does not commit to the cosigner's name, so the
+    operator renames one witness's cosignature line (key ID recomputed for the other name) and
+    it verifies under both: a verifier requiring "w1" and "w2", both that key, counted one
+    witness as two. A key given twice is now a usage error, before anything is fetched."""
+    note = _cp(log, _leaves(3))
+    cosig = witness.add_checkpoint(0, [], note, at=AT)
+    public = witness.verifier.public_key
+    alias = NoteVerifier("witness.example/w2", SIG_TYPE_COSIGNATURE_V1, public)
+    renamed = NoteSignature(alias.name, alias.key_id, cosig.signature)
+    both = note + cosig.line().encode() + renamed.line().encode()
+    open_note(both, [alias])  # the premise: the renamed line verifies under the other name
+    with pytest.raises(UsageError, match="given twice"):
+        verify_checkpoint_update(None, both, [], log.verifier, witnesses=[witness.verifier, alias])
+    with pytest.raises(UsageError, match="given twice"):
+        Auditor(_NoFetch(), log.verifier, witnesses=[witness.verifier, alias])
+    verify_checkpoint_update(None, both, [], log.verifier, witnesses=[witness.verifier])
+
+
+class _NoFetch:
+    def fetch(self, path: str) -> bytes | None:
+        raise AssertionError(f"fetched {path} before the witnesses were checked")
+
+
+def test_fix_a_witness_takes_only_log_keys_one_per_origin(tmp_path: Path, log: NoteSigner) -> None:
+    """*fix*: ``witness serve --log`` took a cosignature key (type 0x04) as a log key (the
+    "log signature" then a timestamped cosignature by whoever holds it), and a second key for an
+    origin silently replaced the first."""
+    key_file = tmp_path / "w.key"
+    key_file.write_text(NoteSigner.generate("w", SIG_TYPE_COSIGNATURE_V1).skey + "\n")
+    state = tmp_path / "w.json"
+    assert _make_witness(state, key_file, (log.verifier.vkey,)).logs == {ORIGIN: log.verifier}
+    cosigner = NoteSigner.generate(ORIGIN, SIG_TYPE_COSIGNATURE_V1)
+    with pytest.raises(UsageError, match="log key"):
+        _make_witness(state, key_file, (cosigner.verifier.vkey,))
+    other = NoteSigner.generate(ORIGIN)
+    with pytest.raises(UsageError, match="two keys"):
+        _make_witness(state, key_file, (log.verifier.vkey, other.verifier.vkey))
