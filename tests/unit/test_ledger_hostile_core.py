@@ -11,16 +11,20 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2
 import pytest
 from _ledger_ref import MemNodes, ref_mth
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from confide import httpbody
 from confide.errors import (
     ConsistencyError,
     EntryMismatchError,
+    NetworkError,
     ParseError,
     RollbackError,
     SignatureError,
@@ -37,6 +41,7 @@ from confide.ledger.auditor import (
 )
 from confide.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from confide.ledger.cli import _make_witness
+from confide.ledger.http import MAX_ANSWER_TIME, HttpLogClient
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     consistency_proof,
@@ -594,3 +599,40 @@ def test_fix_a_witness_takes_only_log_keys_one_per_origin(tmp_path: Path, log: N
     other = NoteSigner.generate(ORIGIN)
     with pytest.raises(UsageError, match="two keys"):
         _make_witness(state, key_file, (log.verifier.vkey, other.verifier.vkey))
+
+
+# --- a log that answers too slowly ------------------------------------------------------------------
+
+
+class _Drip(httpx2.SyncByteStream):
+    """An answer of ``chunks`` one-byte chunks, each (on the fake clock) ``pace`` seconds after
+    the one before: within any read timeout, never finished in time."""
+
+    def __init__(self, clock: list[float], chunks: int, pace: float) -> None:
+        self.clock, self.chunks, self.pace, self.read = clock, chunks, pace, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.chunks):
+            self.clock[0] += self.pace
+            self.read += 1
+            yield b"x"
+
+
+def test_fix_a_log_dripping_its_answer_cannot_hold_the_auditor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """*fix*: the auditor's client bounded each wait for more of an answer (the read timeout)
+    and its size, not its time: a hostile log sending a byte every 29 s held ``ledger verify``
+    for as long as 16 MiB take at that pace (years), so it never reported anything. An answer
+    now has MAX_ANSWER_TIME in all (NetworkError after that); the witness client likewise."""
+    clock = [1000.0]
+    monkeypatch.setattr(httpbody, "monotonic", lambda: clock[0], raising=False)
+    drip = _Drip(clock, 1 << 20, 29.0)
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, stream=drip))
+    client = HttpLogClient("http://log.test", client=httpx2.Client(transport=transport))
+    with pytest.raises(NetworkError, match=f"took more than {MAX_ANSWER_TIME:g} s"):
+        client.fetch("checkpoint")
+    assert drip.read == int(MAX_ANSWER_TIME // 29) + 1  # stopped at the first chunk past the time
+    clock[0] = 0.0
+    steady = _Drip(clock, 100, 1.0)  # 100 s in all: within the bound, read whole
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, stream=steady))
+    client = HttpLogClient("http://log.test", client=httpx2.Client(transport=transport))
+    assert client.fetch("checkpoint") == b"x" * 100
