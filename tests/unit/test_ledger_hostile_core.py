@@ -554,6 +554,10 @@ def test_fix_a_log_cannot_fill_the_witness_state_shared_by_every_log(tmp_path: P
     with pytest.raises(ParseError, match="at most") as exc:
         witness.add_checkpoint(3, [], big, at=AT)
     assert http_status(exc.value) == 400
+    stranger = sign_checkpoint(Checkpoint("other.example/log", 3, mth(_leaves(3)), ("x" * 1000,) * 70), log)
+    with pytest.raises(UnknownKeyError) as unknown:  # an unknown origin is a 404 first (tlog-witness)
+        witness.add_checkpoint(0, [], stranger, at=AT)
+    assert http_status(unknown.value, origin_known=False) == 404
     small = sign_checkpoint(Checkpoint(ORIGIN, 3, mth(_leaves(3)), ("x" * 1000,) * 60), log)
     witness.add_checkpoint(3, [], small, at=AT)  # 60 KB of extension lines: still taken
 

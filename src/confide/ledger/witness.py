@@ -208,15 +208,15 @@ class Witness:
     ) -> NoteSignature:
         """Verify and cosign ``checkpoint``; returns the cosignature (one note signature line)."""
         note = parse_note(checkpoint)
+        origin = Checkpoint.from_text(note.text).origin
+        log_key = self.logs.get(origin)
+        if log_key is None:  # tlog-witness: an unknown origin is a 404, whatever else is wrong
+            raise UnknownKeyError(f"unknown log origin {origin!r}")
         if len(note.text) > MAX_CHECKPOINT_TEXT:
             raise ParseError(
                 f"checkpoint of {len(note.text)} characters, expected at most {MAX_CHECKPOINT_TEXT}",
                 structure="add-checkpoint",
             )
-        origin = Checkpoint.from_text(note.text).origin
-        log_key = self.logs.get(origin)
-        if log_key is None:
-            raise UnknownKeyError(f"unknown log origin {origin!r}")
         signed = open_checkpoint(checkpoint, log_key, origin=origin)
         new = signed.checkpoint
         if old_size > new.size:
