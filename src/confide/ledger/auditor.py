@@ -66,6 +66,7 @@ __all__ = [
     "ViewUpdate",
     "atomic_write",
     "audit_view",
+    "distinct_witnesses",
     "log_verifier",
     "parse_bundle",
     "remember_view",
@@ -144,6 +145,7 @@ def verify_checkpoint_update(
     Each of ``witnesses`` must have cosigned the checkpoint (tlog-cosignature): a missing
     cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`.
     """
+    distinct_witnesses(witnesses)
     # 1. Signature by the pinned key (SignatureError / UnknownKeyError / ParseError).
     signed = open_checkpoint(
         new_checkpoint, log_key, origin=origin if origin else (old.origin if old else None)
@@ -170,6 +172,22 @@ def verify_checkpoint_update(
     return signed
 
 
+def distinct_witnesses(witnesses: Sequence[NoteVerifier]) -> None:
+    """A :class:`UsageError` unless each witness key is another public key. tlog-cosignature
+    "Ed25519 signed message": the message "doesn't commit to the cosigner name, so the same
+    public key can't be used across multiple cosigners": one cosignature line, renamed (the key
+    ID recomputed for the other name), verifies under every name of its key, so one witness given
+    under two names would pass as two."""
+    seen: dict[bytes, str] = {}
+    for witness in witnesses:
+        if witness.public_key in seen:
+            raise UsageError(
+                f"--witness: the key of {witness.name!r} is given twice (also as "
+                f"{seen[witness.public_key]!r}): one witness, whose cosignature verifies under both names"
+            )
+        seen[witness.public_key] = witness.name
+
+
 def parse_bundle(data: bytes) -> list[bytes]:
     """Split a tlog-tiles entry bundle (uint16 big-endian length prefixes)."""
     out: list[bytes] = []
@@ -194,6 +212,9 @@ class Auditor:
     log_key: NoteVerifier
     origin: str | None = None
     witnesses: Sequence[NoteVerifier] = ()
+
+    def __post_init__(self) -> None:
+        distinct_witnesses(self.witnesses)  # refused before anything is fetched
 
     def fetch_checkpoint(self) -> bytes:
         raw = self.client.fetch(CHECKPOINT_PATH)

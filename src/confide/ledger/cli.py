@@ -628,8 +628,15 @@ def _make_witness(state: Path, key_file: Path, logs: tuple[str, ...]) -> Witness
         raise UsageError("--key: expected a witness key (signature type 0x04; keygen --witness)")
     if not logs:
         raise UsageError("--log: give at least one log key")
-    log_keys = [NoteVerifier.from_vkey(_read_key_text(v, "--log")) for v in logs]
-    return Witness(signer, state, {k.name: k for k in log_keys})
+    known: dict[str, NoteVerifier] = {}
+    for value in logs:
+        # A log signs its checkpoints with an Ed25519 key (type 0x01, c2sp.org/tlog-checkpoint);
+        # one origin has one key here (a second --log of an origin would silently replace the first).
+        key = log_verifier(_read_key_text(value, "--log"), "--log")
+        if key.name in known:
+            raise UsageError(f"--log: two keys for the origin {key.name!r}, expected one per log")
+        known[key.name] = key
+    return Witness(signer, state, known)
 
 
 _WITNESS_OPTIONS = [
