@@ -80,6 +80,20 @@ MAX_ANSWER = 64 * 1024 * 1024
 release carries the service's injected files, which a policy bounds to the CAS's 16 MiB request
 limit, base64-encoded. A larger answer is a ``ParseError``, read no further."""
 
+MAX_ANSWER_TIME = 600.0
+"""The longest one answer of a CAS may take to arrive, whatever its pace (seconds): the read
+timeout bounds each wait for more bytes only, so a CAS sending a byte just within it would hold
+a client (``confide run`` holding a key, ``ledger history|accesses``, ``ledger verify --full
+--identity``) for as long as :data:`MAX_ANSWER` allows. 600 s asks at least ~110 kB/s of the
+largest answer. Longer is a ``NetworkError``."""
+
+
+def _too_large_or_slow(how: str) -> errors.ConfideError:
+    """``read_body``'s refusal: a slow answer is the network's fault, a large one the CAS's."""
+    if how.startswith("took more than"):
+        return NetworkError(f"the CAS's answer {how}")
+    return errors.ParseError(f"the CAS's answer {how}")
+
 
 @dataclass(frozen=True)
 class _Answer:
@@ -93,7 +107,7 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
     cannot make the client (``confide run`` holding a key) read without bound."""
     try:
         with http.stream(method, path, **kwargs) as response:
-            body = read_body(response, MAX_ANSWER, lambda how: errors.ParseError(f"the CAS's answer {how}"))
+            body = read_body(response, MAX_ANSWER, _too_large_or_slow, within=MAX_ANSWER_TIME)
             return _Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
         refused = _certificate_refusal(exc)
