@@ -150,22 +150,36 @@ def test_launcher_removes_what_makes_libraries_load_the_operators_code(tmp_path:
     (lib / "confide").mkdir(parents=True)
     (lib / "confide" / "__init__.py").write_text("")
     (lib / "confide" / "cli.py").write_text(
-        "import json, os, sys\ndef main():\n"
-        "    print(json.dumps([sorted(os.environ), [m for m in ('ssl', '_ssl', '_hashlib') if m in sys.modules]]))\n"
+        "import json, os, sys, warnings\ndef main():\n"
+        "    loaded = [m for m in ('ssl', '_ssl', '_hashlib', 'evil') if m in sys.modules]\n"
+        "    flags = [sys.flags.inspect, sys.flags.dev_mode, sys.flags.no_user_site, sys.flags.ignore_environment]\n"
+        "    print(json.dumps([sorted(os.environ), loaded, flags, sys.warnoptions, sys.path]))\n"
     )
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("sitecustomize.py", "evil.py", "startup.py"):
+        (evil / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
     hostile = {
         "OPENSSL_CONF": "/x/openssl.cnf", "OPENSSL_MODULES": "/x", "OPENSSL_ENGINES": "/x",
-        "FUSE_LIBRARY_PATH": "/x/libfuse3.so.3", "FUSE_LIBRARY_NAME": "x", "PYTHONPATH": "/x",
+        "FUSE_LIBRARY_PATH": "/x/libfuse3.so.3", "FUSE_LIBRARY_NAME": "x", "PYTHONPATH": str(evil),
+        "PYTHONSTARTUP": str(evil / "startup.py"), "PYTHONINSPECT": "1", "PYTHONDEVMODE": "1",
+        "PYTHONWARNINGS": "error", "PYTHONHOME": "/nonexistent", "PYTHONSAFEPATH": "",
         "GCONV_PATH": "/x", "SSL_CERT_FILE": "/x/ca.pem", "HOSTALIASES": "/x/hosts",
+        "CONFIDE_CAS_SPKI": "00" * 32,
     }  # fmt: skip
     kept = {"CONFIDE_CAS_URL": "https://cas:8081", "LD_LIBRARY_PATH": "/opt/lib", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [str(_launcher(tmp_path, lib))], env={**hostile, **kept}, capture_output=True, text=True, check=True
-    ).stdout
-    names, loaded = json.loads(out)
+        [str(_launcher(tmp_path, lib))], env={**hostile, **kept}, capture_output=True, text=True, check=True,
+        stdin=subprocess.DEVNULL, cwd=evil, timeout=60,
+    ).stdout  # fmt: skip
+    names, loaded, flags, warnoptions, path = json.loads(out)
     assert not set(hostile) & set(names)
     assert set(kept) <= set(names)
     assert loaded == []  # nothing had loaded OpenSSL before the variables were removed
+    assert flags == [0, False, 1, 1] and warnoptions == []  # -I: PYTHON* ignored, no user site
+    assert str(evil) not in path and "" not in path  # nor PYTHONPATH nor the current directory
+    assert not marker.exists()
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the provider library")
