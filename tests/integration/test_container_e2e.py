@@ -308,3 +308,43 @@ def test_the_operators_environment_runs_no_code_of_theirs_in_the_runtime(tmp_pat
         assert left == {}, left
     finally:
         cas.stop()
+
+
+def test_an_image_converted_with_cas_talks_to_that_cas_only(tmp_path: Path) -> None:
+    """Task xcore4: ``sconify --cas`` pins the CAS's key in the launcher. The operator's
+    ``CONFIDE_CAS_CERT`` of another key (a CAS of theirs at ``CONFIDE_CAS_URL``), and their own
+    ``CONFIDE_CAS_SPKI`` for it, are refused (exit 40) before anything is sent; the real CAS's
+    certificate runs the service."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from pki import self_signed_pem
+
+    cas = CasProcess(tmp_path / "cas", None).start()
+    try:
+        env = dict(cas.env)
+        src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
+        _native_image(src)
+        _confide(env, "identity", "create", "--out", str(tmp_path / "owner.id"))
+        _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect", "/app",
+                 "--policy", "app", "--service", "main", "--cas", env["CONFIDE_CAS_URL"],
+                 "--identity", str(tmp_path / "owner.id"), "--no-runtime-check")  # fmt: skip
+        _unpack(env, out, bundle)
+        fake = self_signed_pem(tmp_path / "fake-cas.pem", "not the cas")
+        cfg_path = bundle / "config.json"
+        original = cfg_path.read_text()
+        c = json.loads(original)
+        c["process"]["env"] = [e for e in c["process"]["env"] if not e.startswith("CONFIDE_CAS_CERT=")]
+        c["process"]["env"] += ["CONFIDE_CAS_CERT=/fake/cas.pem", f"CONFIDE_CAS_SPKI={'ab' * 32}"]
+        c["mounts"].append(
+            {"destination": "/fake/cas.pem", "type": "bind", "source": str(fake), "options": ["rbind", "ro"]}
+        )
+        cfg_path.write_text(json.dumps(c))
+        refused = _runc(bundle)
+        assert refused.returncode == errors.NetworkError.exit_code, refused.stdout + refused.stderr
+        assert "not the CAS this runtime is pinned to" in refused.stderr
+        assert "TOP-SECRET-MODEL" not in refused.stdout
+        cfg_path.write_text(original)
+        ran = _runc(bundle)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "model: TOP-SECRET-MODEL" in ran.stdout
+    finally:
+        cas.stop()
