@@ -154,6 +154,7 @@ def test_launcher_removes_what_makes_libraries_load_the_operators_code(tmp_path:
         "    loaded = [m for m in ('ssl', '_ssl', '_hashlib', 'evil') if m in sys.modules]\n"
         "    flags = [sys.flags.inspect, sys.flags.dev_mode, sys.flags.no_user_site, sys.flags.ignore_environment]\n"
         "    print(json.dumps([sorted(os.environ), loaded, flags, sys.warnoptions, sys.path]))\n"
+        "    print(os.environ['CONFIDE_SCONIFY'])\n"
     )
     evil = tmp_path / "evil"
     evil.mkdir()
@@ -166,15 +167,17 @@ def test_launcher_removes_what_makes_libraries_load_the_operators_code(tmp_path:
         "PYTHONSTARTUP": str(evil / "startup.py"), "PYTHONINSPECT": "1", "PYTHONDEVMODE": "1",
         "PYTHONWARNINGS": "error", "PYTHONHOME": "/nonexistent", "PYTHONSAFEPATH": "",
         "GCONV_PATH": "/x", "SSL_CERT_FILE": "/x/ca.pem", "HOSTALIASES": "/x/hosts",
-        "CONFIDE_CAS_SPKI": "00" * 32,
+        "CONFIDE_CAS_SPKI": "00" * 32, "CONFIDE_SCONIFY": "/x/contract.json",
     }  # fmt: skip
     kept = {"CONFIDE_CAS_URL": "https://cas:8081", "LD_LIBRARY_PATH": "/opt/lib", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [str(_launcher(tmp_path, lib))], env={**hostile, **kept}, capture_output=True, text=True, check=True,
         stdin=subprocess.DEVNULL, cwd=evil, timeout=60,
     ).stdout  # fmt: skip
-    names, loaded, flags, warnoptions, path = json.loads(out)
-    assert not set(hostile) & set(names)
+    first, contract = out.splitlines()
+    names, loaded, flags, warnoptions, path = json.loads(first)
+    assert contract == "/confide/sconify.json"  # the image's contract, not the host's
+    assert not (set(hostile) - {"CONFIDE_SCONIFY"}) & set(names)
     assert set(kept) <= set(names)
     assert loaded == []  # nothing had loaded OpenSSL before the variables were removed
     assert flags == [0, False, 1, 1] and warnoptions == []  # -I: PYTHON* ignored, no user site

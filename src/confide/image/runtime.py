@@ -274,11 +274,17 @@ defaults. ``LD_*`` stay: the dynamic loader read them when the interpreter start
 ``LD_LIBRARY_PATH`` in the processes the runtime starts: docs/limitations.md "sconify"."""
 
 
+CONTRACT = "/confide/sconify.json"
+"""The image's contract (``confide.image.sconify.CONTRACT_PATH``), which the launcher names in
+``CONFIDE_SCONIFY`` whatever the host set there: where the protected volumes are bound is the
+image's to say."""
+
+
 def launcher_script(python: str, lib_dir: str = "/" + LIB_DIR, cas_spki: str | None = None) -> bytes:
-    """``/confide/bin/confide``: ``python -I``, the :data:`UNSAFE_ENVIRONMENT` removed, with
-    ``cas_spki`` ``CONFIDE_CAS_SPKI`` set to it (the CAS is pinned by the image:
-    :data:`confide.cas.client.ENV_PIN`), the vendored ``lib_dir`` first on ``sys.path``, then
-    ``confide.cli:main``."""
+    """``/confide/bin/confide``: ``python -I``, the :data:`UNSAFE_ENVIRONMENT` removed,
+    ``CONFIDE_SCONIFY`` set to :data:`CONTRACT`, with ``cas_spki`` ``CONFIDE_CAS_SPKI`` set to it
+    (the CAS is pinned by the image: :data:`confide.cas.client.ENV_PIN`), the vendored ``lib_dir``
+    first on ``sys.path``, then ``confide.cli:main``."""
     if cas_spki is not None and not re.fullmatch(r"[0-9a-f]{64}", cas_spki):
         raise UsageError(f"the CAS's key hash: got {cas_spki[:80]!r}, expected 64 lowercase hex digits")
     pin = f"os.environ['CONFIDE_CAS_SPKI'] = {cas_spki!r}\n" if cas_spki is not None else ""
@@ -290,6 +296,7 @@ def launcher_script(python: str, lib_dir: str = "/" + LIB_DIR, cas_spki: str | N
         "for name in list(os.environ):\n"
         f"    if name.startswith({UNSAFE_ENVIRONMENT_PREFIXES!r}) or name in {UNSAFE_ENVIRONMENT!r}:\n"
         "        del os.environ[name]\n"
+        f"os.environ['CONFIDE_SCONIFY'] = {CONTRACT!r}\n"
         f"{pin}"
         f"sys.path.insert(0, {lib_dir!r})\n"
         "from confide.cli import main\n"

@@ -83,7 +83,7 @@ from confide.volume.store import PENDING_NAME, add_sources, create_volume, seal_
 __all__ = ["CONTRACT_PATH", "VOLUMES_DIR", "PolicySink", "SconifyOptions", "SconifyResult", "sconify"]
 
 VOLUMES_DIR = "confide/volumes"
-CONTRACT_PATH = "confide/sconify.json"
+CONTRACT_PATH = "confide/sconify.json"  # the launcher names it too (runtime.CONTRACT)
 _MEDIA = {NONE: MEDIA_OCI_LAYER, GZIP: MEDIA_OCI_LAYER + "+gzip", ZSTD: MEDIA_OCI_LAYER + "+zstd"}
 _VOLUME_ID_INFO = b"confide sconify volume id\x00"
 
