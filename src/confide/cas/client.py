@@ -11,6 +11,7 @@ times and :data:`MAX_RETRY_AFTER` seconds per wait.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 import ssl
@@ -51,6 +52,12 @@ __all__ = ["CasClient", "policy_submission"]
 
 ENV_URL = "CONFIDE_CAS_URL"
 ENV_CERT = "CONFIDE_CAS_CERT"
+ENV_PIN = "CONFIDE_CAS_SPKI"
+"""The SHA-256 (hex) of the SubjectPublicKeyInfo of the one CAS :meth:`CasClient.from_env` may
+talk to (:func:`confide.cas.documents.spki_sha256`, what ``confide cas attest`` shows): a
+certificate in :data:`ENV_CERT` with another key is refused before anything is sent. The
+launcher of an image converted with ``confide sconify --cas`` sets it (after removing the
+host's value): the image, not the host's environment, names its CAS."""
 RATE_LIMIT_RETRIES = 3
 MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited for this long
 
@@ -270,7 +277,15 @@ class CasClient:
         if not url:
             raise UsageError(f"{ENV_URL} is not set: source the client.env that 'confide cas serve' wrote")
         cert = env.get(ENV_CERT)
-        return cls(url, Path(cert) if cert else None)
+        client = cls(url, Path(cert) if cert else None)
+        pin = (env.get(ENV_PIN) or "").strip().lower().encode()
+        if pin and not hmac.compare_digest((client.cas_spki_sha256 or "").encode(), pin):
+            client.close()
+            raise NetworkError(
+                f"the CAS certificate in {ENV_CERT} is not the CAS this runtime is pinned to ({ENV_PIN}, set "
+                "by the image: 'confide sconify --cas'): its key's SHA-256 differs; nothing was sent"
+            )
+        return client
 
     def close(self) -> None:
         self.http.close()
