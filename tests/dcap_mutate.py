@@ -47,6 +47,7 @@ from typing import Any
 
 import dcap_qvl._dcap_qvl as qvl
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -57,7 +58,7 @@ from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain
 from confide.verify.dcap import DcapVerifier
 from dcap_cases import CASES, Case
-from dcap_forge import ForgedPki, raw_sign
+from dcap_forge import ForgedPki, _name, raw_sign
 
 POLICY_REFUSALS = {
     "Debug mode is enabled": "debug enclave/TD: a claim (debug=true) for the policy",
@@ -471,6 +472,57 @@ def _edit_qe_identity(rng: random.Random, obj: dict[str, Any], at: datetime) -> 
     return f"qe_identity.{kind}"
 
 
+CRL_SCOPES: dict[str, tuple[x509.ExtensionType, bool]] = {
+    "idp-only-user-certs": (
+        x509.IssuingDistributionPoint(
+            full_name=None, relative_name=None, only_contains_user_certs=True, only_contains_ca_certs=False,
+            only_some_reasons=None, indirect_crl=False, only_contains_attribute_certs=False,
+        ),
+        True,
+    ),
+    "idp-only-ca-certs": (
+        x509.IssuingDistributionPoint(
+            full_name=None, relative_name=None, only_contains_user_certs=False, only_contains_ca_certs=True,
+            only_some_reasons=None, indirect_crl=False, only_contains_attribute_certs=False,
+        ),
+        True,
+    ),
+    "delta": (x509.DeltaCRLIndicator(1), True),
+    "delta-not-critical": (x509.DeltaCRLIndicator(1), False),
+    "unknown-critical": (x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), True),
+}  # fmt: skip
+"""CRL extensions that make a CRL other than its issuer's complete CRL, or that nobody processes."""
+
+
+def scoped_crl(
+    pki: ForgedPki,
+    which: str,
+    at: datetime,
+    scope: str | None,
+    *,
+    revoked: tuple[int, ...] = (),
+    entry_extension: x509.ExtensionType | None = None,
+) -> bytes:
+    """A PCK CRL (``which`` "pck") or Root CA CRL ("root") of the test PKI, current at ``at``,
+    with the extension ``CRL_SCOPES[scope]`` and/or a critical ``entry_extension`` on its
+    entries."""
+    issuer, key = (pki.ca_cn, pki.ca_key) if which == "pck" else ("Intel SGX Root CA", pki.root_key)
+    b = (
+        x509.CertificateRevocationListBuilder().issuer_name(_name(issuer))
+        .last_update(at - timedelta(days=1)).next_update(at + timedelta(days=30))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )  # fmt: skip
+    if scope is not None:
+        ext, critical = CRL_SCOPES[scope]
+        b = b.add_extension(ext, critical=critical)
+    for serial in revoked:
+        rb = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at - timedelta(days=2))
+        if entry_extension is not None:
+            rb = rb.add_extension(entry_extension, critical=True)
+        b = b.add_revoked_certificate(rb.build())
+    return b.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
 def _without_policy_refusals(raw: bytes) -> bytes:
     """The quote with what dcap-qvl refuses outright (and confide reports as claims) taken out
     (not debug; a TD with SEPT_VE_DISABLE and no MRSERVICETD), its body re-signed by a fresh
@@ -553,6 +605,7 @@ class Forger:
         info = json.loads(self.real.tcb_info)
         ident = json.loads(self.real.qe_identity)
         names = [qname] if qname else []
+        scoped: tuple[str, bytes] | None = None
         revoked_pck: list[int] = []
         revoked_root: list[int] = []
         pck_window = root_window = None
@@ -564,16 +617,22 @@ class Forger:
                 names.append(_edit_qe_identity(rng, ident, at))
             elif which == "crl":
                 sub = rng.choice(
-                    [
-                        "revoke-leaf",
-                        "revoke-ca",
-                        "revoke-signing",
-                        "revoke-other",
-                        "pck-window",
-                        "root-window",
-                    ]
-                )
-                if sub == "revoke-leaf":
+                    ["revoke-leaf", "revoke-ca", "revoke-signing", "revoke-other", "pck-window", "root-window",
+                     "scope", "critical-entry"]
+                )  # fmt: skip
+                if sub == "scope":
+                    which, scope = rng.choice(["pck", "root"]), rng.choice(sorted(CRL_SCOPES))
+                    scoped = (which, scoped_crl(self.pki, which, at, scope))
+                    sub = f"{which}-{scope}"
+                elif sub == "critical-entry":
+                    which = rng.choice(["pck", "root"])
+                    issuer = x509.CertificateIssuer([x509.DNSName("crl.invalid")])
+                    scoped = (
+                        which,
+                        scoped_crl(self.pki, which, at, None, revoked=(77,), entry_extension=issuer),
+                    )
+                    sub = f"{which}-critical-entry"
+                elif sub == "revoke-leaf":
                     revoked_pck.append(self.leaf_serial)
                 elif sub == "revoke-ca":
                     revoked_root.append(self.pki.ca.serial_number)
@@ -597,6 +656,10 @@ class Forger:
             self.real, revoked_in_pck_crl=revoked_pck, revoked_in_root_crl=revoked_root,
             pck_crl_window=pck_window, root_crl_window=root_window,
         )  # fmt: skip
+        if scoped is not None:
+            coll = dataclasses.replace(
+                coll, **{"pck_crl" if scoped[0] == "pck" else "root_ca_crl": scoped[1]}
+            )
         tcb_text = json.dumps(info, separators=(",", ":")).encode()
         qe_text = json.dumps(ident, separators=(",", ":")).encode()
         coll = dataclasses.replace(

@@ -1,6 +1,7 @@
 """The differential mutation harness (tests/dcap_mutate.py) against dcap-qvl 0.7.0, bounded, and
-what it found: confide matched TCB levels in the TCB Info's listed order, Intel's QVL and
-dcap-qvl highest TCB first."""
+what it found: confide matched TCB levels in the TCB Info's listed order (Intel's QVL and
+dcap-qvl: highest TCB first), and took a delta CRL, a CRL of restricted scope or one with an
+unprocessed critical extension as the issuer's complete CRL (dcap-qvl refuses them)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from confide import errors
 from confide.verify.dcap import DcapVerifier
 from dcap_cases import CASES, Case
 from dcap_forge import raw_sign
-from dcap_mutate import Forger, Outcome, Trial, run, run_confide, run_qvl
+from dcap_mutate import CRL_SCOPES, Forger, Outcome, Trial, run, run_confide, run_qvl, scoped_crl
 
 _SGX_OUT_OF_DATE = CASES[1]  # dcap-rs SGX v3 with the Aug-2025 collateral: OutOfDate, 11 levels
 _TDX_V4 = next(c for c in CASES if c.quote.endswith("cos-113-tdx-quote.dat"))
@@ -74,3 +77,33 @@ def test_tcb_levels_are_matched_highest_first_whatever_their_order(case: Case, e
     theirs = run_qvl(reordered)
     assert ours == as_listed
     assert ours == Outcome(True, theirs.status, theirs.advisories)
+
+
+@pytest.mark.parametrize("which", ["pck", "root"])
+@pytest.mark.parametrize("scope", [*sorted(CRL_SCOPES), "critical-entry"])
+def test_a_crl_other_than_the_complete_crl_is_refused(which: str, scope: str) -> None:
+    """RFC 5280 §5.2/§5.3: a delta CRL, a CRL of restricted scope (issuingDistributionPoint:
+    only user or only CA certificates) or one with a critical extension nobody processes (of
+    the CRL or of an entry: certificateIssuer makes it indirect) must not be used as the
+    issuer's complete CRL. dcap-qvl (webpki) refuses every one; before the fix confide took each
+    as the complete PCK CRL or Root CA CRL, so a partition that does not list a revoked
+    certificate would have cleared it. Found by the harness (``crl.*`` mutations of the forged
+    family). Intel's CRLs carry none of these, so every CRL of tests/assets still verifies."""
+    forger = Forger(_SGX_OUT_OF_DATE)
+    at = _SGX_OUT_OF_DATE.time
+    if scope == "critical-entry":
+        issuer = x509.CertificateIssuer([x509.DNSName("crl.invalid")])
+        crl = scoped_crl(forger.pki, which, at, None, revoked=(77,), entry_extension=issuer)
+    else:
+        crl = scoped_crl(forger.pki, which, at, scope)
+    coll = dataclasses.replace(
+        forger.pki.forge_collateral(forger.real), **{"pck_crl" if which == "pck" else "root_ca_crl": crl}
+    )
+    trial = Trial(scope, forger.case, forger.raw, coll, at, forger.pki.root_der)
+    verifier = DcapVerifier(root_ca_der=forger.pki.root_der)
+    with pytest.raises(errors.CollateralError, match=r"delta CRL|restricted scope|critical extension"):
+        verifier.verify(trial.raw, coll, at=at)
+    assert not run_qvl(trial).ok
+    # what a collateral source checks before it keeps collateral refuses it too
+    assert not verifier.collateral_signed(coll)
+    assert verifier.collateral_signed(forger.pki.forge_collateral(forger.real))
