@@ -53,12 +53,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).parent))
 from confide.errors import ConfideError
-from confide.evidence.dcap import EnclaveReport, Quote, TdReport
+from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, TdReport
 from confide.evidence.dcap_collateral import DcapCollateral
-from confide.evidence.pem import parse_pem_chain
+from confide.evidence.pem import parse_pem_chain, pem_chain
 from confide.verify.dcap import DcapVerifier
 from dcap_cases import CASES, Case
-from dcap_forge import ForgedPki, _name, raw_sign
+from dcap_forge import SGX_OID, ForgedPki, _der, _name, raw_sign
+from pki import issue, key_usage
 
 POLICY_REFUSALS = {
     "Debug mode is enabled": "debug enclave/TD: a claim (debug=true) for the policy",
@@ -599,9 +600,65 @@ class Forger:
             )
         return f"quote.{kind}", self.pki.forge_td_quote(self.base, self.leaf_serial, tee_tcb_svn=bytes(svn))
 
+    CHAIN_KINDS = (
+        "leaf-window", "ca-window", "leaf-is-ca", "ca-not-ca", "ca-no-usage", "leaf-no-usage",
+        "look-alike-ca", "extra-cert", "no-ca", "leaf-by-root", "ca-path-length-0",
+    )  # fmt: skip
+
+    def _chain(self, rng: random.Random) -> tuple[str, bytes]:
+        window = rng.choice([(1, None), (None, -1), (0, None), (None, 0)])
+        return self.chain_quote(rng.choice(self.CHAIN_KINDS), window)
+
+    def chain_quote(
+        self, kind: str, window: tuple[int | None, int | None] = (None, None)
+    ) -> tuple[str, bytes]:
+        """The forged quote with its PCK chain (certification data type 5) re-issued with one
+        property changed (``kind``, :attr:`CHAIN_KINDS`): a certificate's validity (``window``:
+        notBefore, notAfter in seconds from the case's time; ``None``: a year before, ten years
+        after), the CA flag of the leaf or the PCK CA, the key usage, the leaf signed by a
+        look-alike CA, one certificate more or less; the QE report re-signed by the leaf key."""
+        pki, at = self.pki, self.case.time
+        lo, hi = at - timedelta(days=365), at + timedelta(days=3650)
+        dates = (
+            lo if window[0] is None else at + timedelta(seconds=window[0]),
+            hi if window[1] is None else at + timedelta(seconds=window[1]),
+        )
+        q = Quote.from_bytes(self.raw)
+        leaf_der = parse_pem_chain(q.signature_data.qe.certification.data)[0]
+        sgx_ext = x509.load_der_x509_certificate(leaf_der).extensions.get_extension_for_oid(SGX_OID).value
+        ca_key, ca_cert = pki.ca_key, pki.ca
+        if kind in ("ca-window", "ca-not-ca", "ca-no-usage", "ca-path-length-0"):
+            nb, na = dates if kind == "ca-window" else (lo, hi)
+            ca_cert = issue(
+                _name(pki.ca_cn), pki.ca_key.public_key(), issuer=_name("Intel SGX Root CA"), signing_key=pki.root_key,
+                not_before=nb, not_after=na, ca=kind != "ca-not-ca", path_length=0 if kind == "ca-path-length-0" else None,
+                usage=key_usage(cert_sign=kind != "ca-no-usage", digital_signature=False), serial=2,
+                hash_algorithm=hashes.SHA256(),
+            )  # fmt: skip
+        elif kind == "look-alike-ca":
+            ca_key = ec.generate_private_key(ec.SECP256R1())
+        issuer_key = pki.root_key if kind == "leaf-by-root" else ca_key
+        issuer_name = "Intel SGX Root CA" if kind == "leaf-by-root" else pki.ca_cn
+        nb, na = dates if kind == "leaf-window" else (lo, hi)
+        leaf = issue(
+            _name("Intel SGX PCK Certificate"), pki.leaf_key.public_key(), issuer=_name(issuer_name),
+            signing_key=issuer_key, not_before=nb, not_after=na, ca=kind == "leaf-is-ca",
+            usage=key_usage(cert_sign=kind == "leaf-is-ca", digital_signature=kind != "leaf-no-usage"),
+            extensions=[sgx_ext], serial=self.leaf_serial, hash_algorithm=hashes.SHA256(),
+        )  # fmt: skip
+        ders = [_der(leaf), _der(ca_cert), pki.root_der]
+        if kind == "extra-cert":
+            ders.insert(1, _der(ca_cert))
+        elif kind in ("no-ca", "leaf-by-root"):
+            del ders[1]
+        qe = q.signature_data.qe
+        qe = dataclasses.replace(qe, certification=CertificationData(5, pem_chain(ders).encode()))
+        q = dataclasses.replace(q, signature_data=dataclasses.replace(q.signature_data, qe=qe))
+        return f"chain.{kind}", q.to_bytes()
+
     def trial(self, rng: random.Random) -> Trial:
         at = self.case.time
-        qname, raw = self._quote(rng)
+        qname, raw = self._chain(rng) if rng.random() < 0.15 else self._quote(rng)
         info = json.loads(self.real.tcb_info)
         ident = json.loads(self.real.qe_identity)
         names = [qname] if qname else []

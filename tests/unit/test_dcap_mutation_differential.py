@@ -107,3 +107,22 @@ def test_a_crl_other_than_the_complete_crl_is_refused(which: str, scope: str) ->
     # what a collateral source checks before it keeps collateral refuses it too
     assert not verifier.collateral_signed(coll)
     assert verifier.collateral_signed(forger.pki.forge_collateral(forger.real))
+
+
+@pytest.mark.parametrize("kind", Forger.CHAIN_KINDS)
+def test_pck_chain_variants_are_judged_as_dcap_qvl_judges_them(kind: str) -> None:
+    """Each PCK chain variant of the harness (its certificates valid from one second after the
+    time or until one second before it, for the validity kinds): confide never verifies one that
+    dcap-qvl refuses. Before the fix a PCK leaf that is a CA certificate (BasicConstraints cA,
+    keyCertSign) under the PCK CA verified: confide checked that the issuers are CAs, not that
+    the leaf is not; Intel's QVL and dcap-qvl (webpki: CaUsedAsEndEntity) refuse it."""
+    forger = Forger(_SGX_OUT_OF_DATE)
+    verifier = DcapVerifier(root_ca_der=forger.pki.root_der)
+    coll = forger.pki.forge_collateral(forger.real)
+    for window in [(None, None), (1, None), (None, -1)]:
+        _, raw = forger.chain_quote(kind, window)
+        trial = Trial(kind, forger.case, raw, coll, forger.case.time, forger.pki.root_der)
+        ours, theirs = run_confide(trial, verifier), run_qvl(trial)
+        assert theirs.ok or not ours.ok, (window, ours, theirs)
+        if kind == "leaf-is-ca":
+            assert "is a CA certificate, expected an end entity" in ours.error

@@ -4,7 +4,8 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
 ``Checks/TcbLevelCheck``, ``Checks/TdxModuleCheck``) and the Intel PCS API v4 collateral model:
 
 1. parse the quote (``confide.evidence.dcap``);
-2. the PCK certificate chain leads to the pinned Intel SGX Root CA, and is valid at ``at``: the
+2. the PCK certificate chain leads to the pinned Intel SGX Root CA, its leaf an end entity, and
+   is valid at ``at``: the
    chain of certification data type 5, or, for a quote whose certification data only names its
    PCK certificate (types 1-4: PPID or encrypted PPID with the raw CPUSVN, PCESVN and PCE ID, or
    the PCK leaf alone), the certificate and issuer chain given as collateral
@@ -547,6 +548,10 @@ class DcapVerifier:
         else:
             verify_chain_signatures(chain.certificates, self._root, self._root_der, what)
             self._issuing_cas.put(chain.intermediate_der, chain.intermediate)
+        # The PCK certificate is an end entity (Intel: CA false, KeyUsage digitalSignature), as
+        # QVL and dcap-qvl (webpki: CaUsedAsEndEntity) require: a CA certificate under the PCK CA
+        # is not a platform's PCK certificate, whatever SGX extension it carries.
+        check_signing_end_entity(chain.leaf, f"{what}: leaf")
         _check_platform(chain)
         self._chains.put(key, chain)
         return chain
