@@ -312,7 +312,7 @@ def _edges(case: Case, raw: bytes, coll: DcapCollateral) -> list[datetime]:
     for der in ders:
         try:
             c = x509.load_der_x509_certificate(der)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # a mutant's certificate that does not parse
             continue
         out += [c.not_valid_before_utc, c.not_valid_after_utc]
     for der in (coll.pck_crl, coll.root_ca_crl):
@@ -321,7 +321,7 @@ def _edges(case: Case, raw: bytes, coll: DcapCollateral) -> list[datetime]:
             out.append(crl.last_update_utc)
             if crl.next_update_utc:
                 out.append(crl.next_update_utc)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             continue
     for text in (coll.tcb_info, coll.qe_identity):
         try:
