@@ -398,3 +398,26 @@ def test_cli_max_age(tmp_path: Path, log: NoteSigner) -> None:
         assert r.returncode == 2 and "--max-age: got" in r.stderr, r.stderr
     alone = run_confide("ledger", "verify", "--log-db", db, "--key", log.verifier.vkey, "--max-age", "1h")
     assert alone.returncode == 2 and "--max-age goes with --witness" in alone.stderr
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_witness_s_rollback_answer_is_logged_without_a_guard(
+    dev_cas: tuple[Any, NoteSigner], guarded: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without ``--witness-quorum`` nothing else reports a witness's rollback or fork answer (the
+    guard logs ``witness-rollback`` itself): the checkpointer's loop logs it."""
+    cas, signer = dev_cas
+    key = NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1).verifier
+    specs = (("http://127.0.0.1:1", key),)
+    guard = WitnessGuard(WitnessQuorum(specs, 1)) if guarded else None
+    cp = Checkpointer(cas, signer, interval=0.001, witnesses=specs, guard=guard)
+
+    def tick(*, force: bool = False) -> None:
+        cp._stop.set()
+        raise errors.LogRollbackError("witness w.example cosigned size 9, this log holds 5")
+
+    cp.tick = tick  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="confide.cas"):
+        cp._run()
+    logged = [r.getMessage() for r in caplog.records if "checkpoint-failed" in r.getMessage()]
+    assert (logged == []) if guarded else ("LogRollbackError" in logged[0] and "size 9" in logged[0])
