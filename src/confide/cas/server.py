@@ -117,7 +117,14 @@ from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
 from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
-from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
+from confide.cas.witness_quorum import (
+    RECOSIGN_SECONDS,
+    START_ATTEMPTS,
+    START_DELAYS,
+    Round,
+    WitnessGuard,
+    WitnessQuorum,
+)
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
@@ -242,7 +249,10 @@ class Checkpointer:
     With a ``guard`` (``--witness-quorum``, :mod:`confide.cas.witness_quorum`) the witnesses are
     asked through it: :meth:`start` refuses to return until a quorum cosigned the checkpoint of
     the log as it is now (:meth:`start_with_quorum`), and while running a checkpoint not yet
-    cosigned by a quorum is sent again (and with ``--witness-max-lag``, a quiet log's too)."""
+    cosigned by a quorum is sent again. A log that does not grow has its checkpoint cosigned again
+    every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (with ``--witness-max-lag``, half
+    that bound if sooner), with or without a guard: the witnesses' new timestamps keep it fresh for
+    verifiers with ``ledger verify --max-age`` (docs/ledger.md "Freshness")."""
 
     def __init__(
         self,
@@ -253,11 +263,13 @@ class Checkpointer:
         witness_tls: ssl.SSLContext | None = None,
         guard: WitnessGuard | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
         self.witnesses = witnesses if guard is None else guard.config.witnesses
         self.witness_tls = witness_tls  # trust for https:// witnesses (None: the system's CAs)
-        self.guard, self.sleep = guard, sleep
+        self.guard, self.sleep, self.monotonic = guard, sleep, monotonic
+        self.asked_at: float | None = None  # the witnesses' last round without a guard (monotonic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
@@ -306,7 +318,9 @@ class Checkpointer:
 
     def tick(self, *, force: bool = False) -> Round | None:
         """Sign a checkpoint if the log grew, and have it cosigned (with a guard: when
-        :meth:`WitnessGuard.due`, or ``force``). The guard's round, if one ran."""
+        :meth:`WitnessGuard.due`, or ``force``; without: when it grew, or the witnesses were last
+        asked :data:`RECOSIGN_SECONDS` ago, so that a quiet log's cosignatures stay fresh). The
+        guard's round, if one ran."""
         with self.cas.db.read() as conn:
             size = Ledger.size(raw_connection(conn))
         grown = size != self.signed_size
@@ -318,7 +332,10 @@ class Checkpointer:
         if self.guard is not None:
             if force or self.guard.due(self.signed_size):
                 return self._cosign()
-        elif grown and self.witnesses:
+        elif self.witnesses and (
+            grown or self.asked_at is None or self.monotonic() - self.asked_at >= RECOSIGN_SECONDS
+        ):
+            self.asked_at = self.monotonic()  # a failed round is tried again after as long
             self._cosign()
         return None
 
@@ -332,8 +349,14 @@ class Checkpointer:
         try:
             if self.guard is not None:
                 return self.guard.round(conn, self.signed_note, http)
-            for witness_url, key in self.witnesses:
-                request_cosignatures(conn, witness_url, key, client=http)
+            failed: ConfideError | None = None
+            for witness_url, key in self.witnesses:  # each witness asked, whichever fails
+                try:
+                    request_cosignatures(conn, witness_url, key, client=http)
+                except ConfideError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
             return None
         finally:
             conn.close()
@@ -345,9 +368,11 @@ class Checkpointer:
         while not self._stop.wait(self.interval):
             try:
                 outcome = self.tick()
-            except LogRollbackError:  # the guard halted releases and logged it (witness-rollback)
-                continue
             except Exception as exc:  # keep signing; report once per failure
+                if isinstance(exc, LogRollbackError) and self.guard is not None:
+                    continue  # the guard halted releases and logged it (witness-rollback)
+                # (without a guard a witness's rollback or fork answer is reported here: now that a
+                # quiet log is cosigned again every RECOSIGN_SECONDS, once a minute)
                 log.error(
                     json.dumps(
                         {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
