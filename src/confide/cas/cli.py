@@ -1421,6 +1421,7 @@ def run(
 
         provider = AzureVtpmQuoteProvider()
     elif tee == "gce-tpm":
+        from confide.runtime.gce_aia import HttpIssuerFetcher
         from confide.runtime.gce_tpm import GceTpmQuoteProvider
         from confide.runtime.quote import CONFIGFS_TSM_ROOT
         from confide.runtime.tpm import Tpm, transport_from_env
@@ -1429,7 +1430,10 @@ def run(
         if gce_tee == "configfs-tsm" or (gce_tee == "auto" and CONFIGFS_TSM_ROOT.is_dir()):
             tee_report = ConfigfsTsmQuoteProvider()
             configfs_check = tee_report.check  # no configfs-tsm: refused before the CAS is asked
-        provider = GceTpmQuoteProvider(Tpm(transport_from_env()), tee=tee_report)
+        # The AK certificate's issuers from their caIssuers URLs, as go-tpm-tools sends them
+        provider = GceTpmQuoteProvider(
+            Tpm(transport_from_env()), tee=tee_report, issuer_fetcher=HttpIssuerFetcher()
+        )
     elif tee == "aws-nitro":
         from confide.runtime.nitro import DeviceNsmTransport, NitroQuoteProvider
 

@@ -106,7 +106,9 @@ __all__ = [
     "GOOGLE_TPM_EK_ROOT_1_SHA256",
     "GceTeeCollateral",
     "google_roots",
+    "long_names",
     "replay_pcrs",
+    "shipped_intermediates",
     "tee_report_data",
     "verify_gce_attestation",
 ]
@@ -226,7 +228,7 @@ def _verify_tee(
 
 
 @contextmanager
-def _long_names() -> Iterator[None]:
+def long_names() -> Iterator[None]:
     """Google's intermediates have a 79-character CN (X.520 allows 64); ``cryptography`` warns
     when such a name is read. The certificates are genuine, so that warning is silenced here."""
     with warnings.catch_warnings():
@@ -239,12 +241,13 @@ def google_roots() -> tuple[x509.Certificate, ...]:
     return tuple(load_pinned_root(name, sha) for name, sha in _ROOT_FILES)
 
 
-def _shipped_intermediates() -> list[x509.Certificate]:
+def shipped_intermediates() -> list[x509.Certificate]:
+    """Google's vTPM intermediates shipped in ``confide/roots/google_vtpm_intermediates.pem``."""
     return x509.load_pem_x509_certificates(read_root(INTERMEDIATES_FILE))
 
 
 def _name(name: x509.Name) -> str:
-    with _long_names():
+    with long_names():
         return name.rfc4514_string()
 
 
@@ -253,7 +256,7 @@ def _build_chain(
 ) -> tuple[list[x509.Certificate], x509.Certificate]:
     """Leaf → intermediates from ``pool`` (matched by name) → one of ``roots``."""
     chain = [leaf]
-    with _long_names():
+    with long_names():
         while len(chain) <= MAX_CHAIN:
             issuer_name = chain[-1].issuer
             for root in roots:
@@ -280,8 +283,8 @@ def _check_ak_cert(
         load_chain_certificate(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)
     ]
     # (load_chain_certificate reads the names too: a malformed one is the certificate's error.)
-    chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
-    with _long_names():
+    chain, root = _build_chain(leaf, [*pool, *shipped_intermediates()], roots)
+    with long_names():
         verify_pinned_chain(chain, root, at)
         # Google's EK/AK CAs issue EK certificates too (a decryption key's): only a certificate
         # for a signing key vouches for the key that signed the quotes.
