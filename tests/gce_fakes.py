@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -165,6 +166,37 @@ class FakeGoogle:
             hash_algorithm=hashes.SHA256(),
         )  # fmt: skip
         return cert.public_bytes(serialization.Encoding.DER)
+
+    def crl(
+        self,
+        by: str = "intermediate",
+        *,
+        revoked: Sequence[int] = (),
+        this_update: datetime = NOT_BEFORE,
+        next_update: datetime = NOT_AFTER,
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+        extensions: Sequence[x509.ExtensionType] = (),
+        number: int = 1,
+    ) -> x509.CertificateRevocationList:
+        """A CRL of the root's or the intermediate's (``by``), signed by its key or ``key``
+        (another's: a CRL not signed by the certificate's issuer), listing ``revoked``."""
+        issuer, own_key = (
+            (self.root, self.root_key) if by == "root" else (self.intermediate, self.intermediate_key)
+        )
+        b = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(this_update)
+            .next_update(next_update)
+            .add_extension(x509.CRLNumber(number), critical=False)
+        )
+        for extension in extensions:
+            b = b.add_extension(extension, critical=True)
+        for serial in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(this_update).build()
+            )
+        return b.sign(key or own_key, hashes.SHA256())
 
 
 def clear_gce_indices(tpm: Tpm) -> None:

@@ -11,6 +11,11 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    ``digitalSignature``: the same CAs issue EK certificates, whose keys encrypt)
    → :class:`CertificateChainError`. Its public key must be the AK of ``ak_pub``
    → :class:`BindingError`.
+2b. Given CRLs (``crls``), the AK certificate and every intermediate of that chain must be
+   covered by a current CRL signed by its issuer and not listed on it
+   (:mod:`confide.verify.gce_crl`: :class:`RevocationError`, :class:`CollateralMissingError`,
+   :class:`CollateralExpiredError`, :class:`SignatureError`); without ``crls`` revocation is not
+   checked.
 3. Every quote must verify with the AK against its own bank's PCR values
    (``confide.verify.tpm.verify_quote``: signature, TPM_GENERATED magic, pcrDigest, and
    extraData = ``expected_nonce`` when one is given). Its signed ``qualifiedSigner`` must be the
@@ -97,6 +102,7 @@ from confide.verify._pinned_chain import (
     verify_pinned_chain,
 )
 from confide.verify.dcap import DcapVerifier
+from confide.verify.gce_crl import check_chain_revocation
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdChain, SnpVerifier, load_certificates
 from confide.verify.tpm import VerifiedQuote, verify_quote
@@ -564,15 +570,22 @@ def verify_gce_attestation(
     expected_nonce: bytes | None = None,
     roots: Sequence[x509.Certificate] | None = None,
     tee: GceTeeCollateral | None = None,
+    crls: Sequence[x509.CertificateRevocationList] | None = None,
 ) -> VerifiedEvidence:
     """Verify a binary ``attest.Attestation``; see the module docstring for the steps.
     ``tee``: what verifies a Confidential VM's SEV-SNP report or TDX quote (step 7); an
-    attestation that carries one is refused without what verifies it."""
+    attestation that carries one is refused without what verifies it. ``crls``: Google's CRLs
+    (step 2b; ``None``: revocation is not checked, and ``details["revocation"]`` says so)."""
     # 1. parse
     att = parse_gce_attestation(evidence)
     # 2. AK certificate chain and key
     pinned = tuple(roots) if roots is not None else google_roots()
     chain, root = _check_ak_cert(att, at, pinned)
+    # 2b. revocation of the AK certificate and its intermediates
+    revocation: list[ClaimValue] | None = None
+    if crls is not None:
+        with long_names():
+            revocation = check_chain_revocation(chain, crls, at)
     # 3. every quote against its own bank
     verified: list[VerifiedQuote] = [
         verify_quote(q.raw_attest, q.signature, att.ak_pub, {q.hash_alg: q.pcrs}, nonce=expected_nonce)
@@ -644,6 +657,7 @@ def verify_gce_attestation(
         "ak_cert_not_after": leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
         "root_sha256": fingerprint(root),
         "root_overridden": roots is not None,
+        "revocation": revocation,
         "ak_attributes": list(att.ak_pub.attribute_names),
         "events": events,
         "ak_cert_instance": None if cert_instance is None else _instance_claim(cert_instance),
