@@ -127,6 +127,16 @@ def cas() -> None:
     "refuses the attestation.",
 )
 @click.option(
+    "--gce-crl",
+    "gce_crl",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Check the AK certificate and intermediates of every gce-tpm attestation against Google's "
+    "CRLs in FILE (DER or PEM, several; as published at the certificates' CRL Distribution Points). "
+    "Read again when FILE changes (replace it atomically); a certificate without a current CRL of its "
+    "issuer, or revoked, refuses the attestation.",
+)
+@click.option(
     "--seal",
     type=click.Choice(SEAL_PROVIDERS),
     default="file",
@@ -338,6 +348,7 @@ def cas_serve(
     nvidia_ocsp: str | None,
     nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
+    gce_crl: Path | None,
     crl_validity: str | None,
     public_url: str | None,
     public_http_listen: str | None,
@@ -451,6 +462,7 @@ def cas_serve(
         witness_quorum=witness_quorum,
         witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
         replica_min_tcb=min_tcb,
+        gce_crl=gce_crl,
         opaque_refusals=opaque_refusals,
         refusal_delay=refusal_delay,
         metrics_listen=metrics_listen,
