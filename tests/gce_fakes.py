@@ -122,7 +122,7 @@ class FakeGoogle:
     """The AK certificates' issuer (the root itself for a chain without an intermediate)."""
 
     @classmethod
-    def make(cls) -> FakeGoogle:
+    def make(cls, intermediate_extensions: Sequence[x509.ExtensionType] = ()) -> FakeGoogle:
         root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         root = issue(
             _name("Test EK/AK CA Root"), root_key.public_key(), issuer=_name("Test EK/AK CA Root"),
@@ -134,6 +134,7 @@ class FakeGoogle:
             _name("Test EK/AK CA Intermediate"), int_key.public_key(), issuer=root.subject,
             signing_key=root_key, not_before=NOT_BEFORE, not_after=NOT_AFTER, ca=True, path_length=0,
             usage=key_usage(cert_sign=True, digital_signature=False), hash_algorithm=hashes.SHA256(),
+            extensions=intermediate_extensions,
         )  # fmt: skip
         return cls(root, root_key, intermediate, int_key)
 
@@ -149,10 +150,12 @@ class FakeGoogle:
         not_after: datetime = NOT_AFTER,
         ca: bool = False,
         digital_signature: bool = True,
+        extra: Sequence[x509.ExtensionType] = (),
     ) -> bytes:
-        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension;
-        ``ca`` and ``digital_signature`` make it one that is not a signing end entity's."""
-        extensions: list[x509.ExtensionType] = []
+        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension
+        and ``extra`` ones; ``ca`` and ``digital_signature`` make it one that is not a signing
+        end entity's."""
+        extensions: list[x509.ExtensionType] = list(extra)
         if instance is not None:
             extensions.append(
                 x509.UnrecognizedExtension(

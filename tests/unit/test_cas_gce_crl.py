@@ -138,7 +138,7 @@ def test_the_cas_does_not_start_with_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.crl"
     bad.write_bytes(b"-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n")
     with pytest.raises(errors.ParseError, match="not base64"):
-        prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None, gce_crl=bad)
+        prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None, gce_crl=str(bad))
     with pytest.raises(errors.StorageError, match="No such file"):
         prepare(
             tmp_path / "cas2",
@@ -146,5 +146,5 @@ def test_the_cas_does_not_start_with_a_bad_file(tmp_path: Path) -> None:
             dev=False,
             db_url=None,
             collateral=None,
-            gce_crl=tmp_path / "none",
+            gce_crl=str(tmp_path / "none"),
         )

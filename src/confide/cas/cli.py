@@ -129,12 +129,12 @@ def cas() -> None:
 @click.option(
     "--gce-crl",
     "gce_crl",
-    type=click.Path(path_type=Path),
-    metavar="FILE",
+    metavar="FILE|fetch",
     help="Check the AK certificate and intermediates of every gce-tpm attestation against Google's "
-    "CRLs in FILE (DER or PEM, several; as published at the certificates' CRL Distribution Points). "
-    "Read again when FILE changes (replace it atomically); a certificate without a current CRL of its "
-    "issuer, or revoked, refuses the attestation.",
+    "CRLs: those in FILE (DER or PEM, several; read again when FILE changes: replace it atomically), "
+    "or 'fetch': from the CRL Distribution Points the verified certificates name, kept until their "
+    "nextUpdate (a file named so: ./fetch). A certificate without a current CRL of its issuer, or "
+    "revoked, refuses the attestation.",
 )
 @click.option(
     "--seal",
@@ -348,7 +348,7 @@ def cas_serve(
     nvidia_ocsp: str | None,
     nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
-    gce_crl: Path | None,
+    gce_crl: str | None,
     crl_validity: str | None,
     public_url: str | None,
     public_http_listen: str | None,

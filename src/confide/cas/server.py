@@ -84,7 +84,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
-from confide.cas.gce_crl import GceCrlFile
+from confide.cas.gce_crl import GceCrlFile, gce_crl_source
 from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
@@ -597,7 +597,7 @@ def prepare(
     pcs_tcb_eval_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
-    gce_crl: Path | None = None,
+    gce_crl: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -661,10 +661,10 @@ def prepare(
     CAS it is obtained from (:func:`~confide.cas.key_release.appraise_peer`); recorded in the
     ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged.
 
-    ``gce_crl`` (``--gce-crl FILE``): Google's CRLs, against which ``gce-tpm`` evidence's AK
-    certificate and intermediates are checked (:mod:`confide.cas.gce_crl`); read once here (a
-    file that cannot be read or parsed: the CAS does not start), then before every such
-    attestation when it changed."""
+    ``gce_crl`` (``--gce-crl FILE|fetch``): Google's CRLs, against which ``gce-tpm`` evidence's
+    AK certificate and intermediates are checked (:mod:`confide.cas.gce_crl`): a file, read once
+    here (a file that cannot be read or parsed: the CAS does not start), then before every such
+    attestation when it changed; ``fetch``: from the verified chain's distribution points."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
@@ -752,8 +752,9 @@ def prepare(
         kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
     gce_crl_file = None
     if gce_crl is not None:
-        gce_crl_file = GceCrlFile(gce_crl)
-        gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
+        gce_crl_file = gce_crl_source(gce_crl)
+        if isinstance(gce_crl_file, GceCrlFile):
+            gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
     sim_dir = data_dir / "sim"
     sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
     sim_key = sim_platform.public_key if sim_platform is not None else None
@@ -1158,7 +1159,7 @@ def serve(
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
-    gce_crl: Path | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float | None = None,
     metrics_listen: str | None = None,
@@ -1422,7 +1423,7 @@ def _serve(
     pcs_tcb_eval_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
-    gce_crl: Path | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float = 0.0,
     metrics_addr: tuple[str, int] | None = None,

@@ -41,7 +41,7 @@ from confide.verify._pinned_chain import subject_cn
 from confide.verify.result import ClaimValue
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl, load_der_crl, name_of
 
-__all__ = ["MAX_CRLS", "check_chain_revocation", "load_crls"]
+__all__ = ["MAX_CRLS", "check_chain_revocation", "crl_dp_urls", "crl_is_current", "load_crls"]
 
 MAX_CRLS = 64
 """At most this many CRLs in one input (Google's vTPM chains need two or three)."""
@@ -96,6 +96,33 @@ def _split(data: bytes, what: str) -> list[bytes]:
         out.append(data[pos:end])
         pos = end
     return out
+
+
+def crl_dp_urls(cert: x509.Certificate) -> list[str]:
+    """The http(s) URIs of the certificate's CRL Distribution Points (full names of points
+    without reasons or a CRL issuer of their own, RFC 5280 §4.2.1.13), in order; a malformed
+    extension: :class:`ParseError`."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    except CERTIFICATE_ERRORS as exc:
+        raise ParseError(f"malformed extension: {exc}", structure=f"certificate {name_of(cert)}") from None
+    return [
+        name.value
+        for point in points
+        if point.full_name and point.reasons is None and point.crl_issuer is None
+        for name in point.full_name
+        if isinstance(name, x509.UniformResourceIdentifier)
+        and name.value.isascii()
+        and name.value.lower().startswith(("http://", "https://"))
+    ]
+
+
+def crl_is_current(crl: x509.CertificateRevocationList, at: datetime) -> bool:
+    """thisUpdate ≤ ``at`` ≤ nextUpdate (a CRL without nextUpdate never is)."""
+    next_update = crl.next_update_utc
+    return next_update is not None and crl.last_update_utc <= at <= next_update
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

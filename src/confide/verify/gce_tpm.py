@@ -116,6 +116,7 @@ __all__ = [
     "replay_pcrs",
     "shipped_intermediates",
     "tee_report_data",
+    "verified_ak_chain",
     "verify_gce_attestation",
 ]
 
@@ -303,6 +304,16 @@ def _check_ak_cert(
             f" expected the ak_pub key (SHA-256 {hashlib.sha256(ak_key).hexdigest()})"
         )
     return chain, root
+
+
+def verified_ak_chain(
+    evidence: bytes, *, at: datetime, roots: Sequence[x509.Certificate] | None = None
+) -> list[x509.Certificate]:
+    """The AK certificate's chain (leaf first, pinned root last) of an attestation, verified as
+    step 2 verifies it (its errors): what a CAS may ask Google's CRL Distribution Points about."""
+    att = parse_gce_attestation(evidence)
+    chain, _root = _check_ak_cert(att, at, tuple(roots) if roots is not None else google_roots())
+    return chain
 
 
 def replay_pcrs(log: EventLog, bank: int = REPLAY_BANK) -> dict[int, bytes]:
