@@ -211,3 +211,50 @@ def test_end_to_end_on_swtpm(swtpm_tpm: Tpm) -> None:
         verify_gce_attestation(raw.raw, at=now, roots=[GOOGLE.root], crls=revoked)
     with pytest.raises(CollateralExpiredError):
         verify_gce_attestation(raw.raw, at=now + timedelta(days=2), roots=[GOOGLE.root], crls=good)
+
+
+def test_cli_crl_option(swtpm_tpm: Tpm, tmp_path: Path) -> None:
+    """``confide evidence verify --platform gce-tpm --crl FILE`` (with ``--root``, the test PKI's)."""
+    from cli import run_confide
+    from confide.errors import UsageError
+    from confide.evidence.gce_tpm import parse_gce_attestation
+
+    provision_gce_vtpm(swtpm_tpm, GOOGLE)
+    try:
+        provider = GceTpmQuoteProvider(swtpm_tpm, event_log=None, intermediates=[GOOGLE.intermediate_der])
+        raw = provider.get_evidence(REPORT_DATA).raw
+    finally:
+        clear_gce_indices(swtpm_tpm)
+    serial = x509.load_der_x509_certificate(parse_gce_attestation(raw).ak_cert or b"").serial_number
+    evidence, root = tmp_path / "att.pb", tmp_path / "root.pem"
+    evidence.write_bytes(raw)
+    root.write_bytes(GOOGLE.root.public_bytes(serialization.Encoding.PEM))
+    now = datetime.now(UTC)
+    window = {"this_update": now - timedelta(days=1), "next_update": now + timedelta(days=1)}
+
+    def verify_with(*crls: x509.CertificateRevocationList, platform: str = "gce-tpm") -> tuple[int, str]:
+        path = tmp_path / "crls.pem"
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls))
+        args = [
+            "evidence",
+            "verify",
+            evidence,
+            "--platform",
+            platform,
+            "--root",
+            root,
+            "--crl",
+            path,
+            "--json",
+        ]
+        done = run_confide(*args)
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = verify_with(GOOGLE.crl("root", **window), GOOGLE.crl(**window))  # type: ignore[arg-type]
+    assert code == 0 and '"revocation": [' in out, out
+    code, out = verify_with(GOOGLE.crl("root", **window), GOOGLE.crl(revoked=[serial], **window))  # type: ignore[arg-type]
+    assert code == RevocationError.exit_code and "is revoked" in out, out
+    code, out = verify_with(GOOGLE.crl("root", **window))  # type: ignore[arg-type]
+    assert code == CollateralMissingError.exit_code, out
+    code, out = verify_with(GOOGLE.crl(**window), platform="sev-snp")  # type: ignore[arg-type]
+    assert code == UsageError.exit_code and "--crl is only for --platform gce-tpm" in out, out
