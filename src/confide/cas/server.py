@@ -84,6 +84,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
+from confide.cas.gce_crl import GceCrlFile, gce_crl_source
 from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
@@ -621,6 +622,7 @@ def prepare(
     pcs_tcb_eval_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -682,7 +684,12 @@ def prepare(
     ``replica_min_tcb`` (``--replica-min-tcb``, ``tee`` ``sev-snp`` only): the minimum
     ``REPORTED_TCB`` of an SEV-SNP CAS the master key is released to, and, with ``join``, of the
     CAS it is obtained from (:func:`~confide.cas.key_release.appraise_peer`); recorded in the
-    ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged."""
+    ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged.
+
+    ``gce_crl`` (``--gce-crl FILE|fetch``): Google's CRLs, against which ``gce-tpm`` evidence's
+    AK certificate and intermediates are checked (:mod:`confide.cas.gce_crl`): a file, read once
+    here (a file that cannot be read or parsed: the CAS does not start), then before every such
+    attestation when it changed; ``fetch``: from the verified chain's distribution points."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
@@ -768,6 +775,11 @@ def prepare(
         # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
         # checked when the KDS serves one (a mirror may not).
         kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
+    gce_crl_file = None
+    if gce_crl is not None:
+        gce_crl_file = gce_crl_source(gce_crl)
+        if isinstance(gce_crl_file, GceCrlFile):
+            gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
     sim_dir = data_dir / "sim"
     sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
     sim_key = sim_platform.public_key if sim_platform is not None else None
@@ -780,6 +792,7 @@ def prepare(
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
         min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, tcb_floor=tcb_floor,
+        gce_crl=gce_crl_file,
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:
@@ -1171,6 +1184,7 @@ def serve(
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float | None = None,
     metrics_listen: str | None = None,
@@ -1202,7 +1216,7 @@ def serve(
     CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
     :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
     which releases wait (``--witness-max-lag``; ``None``: no bound).
-    ``replica_min_tcb``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
+    ``replica_min_tcb``, ``gce_crl``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
     attestation refusal, and every refused volume tag report, with one fixed message, logging
     the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals"); ``refusal_delay``:
     seconds after its request's arrival before such an answer is sent (``--refusal-delay``;
@@ -1268,7 +1282,7 @@ def serve(
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
                pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
-               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
+               replica_min_tcb=replica_min_tcb, gce_crl=gce_crl, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
                metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
                metrics_allow=metrics_allow)  # fmt: skip
@@ -1434,6 +1448,7 @@ def _serve(
     pcs_tcb_eval_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float = 0.0,
     metrics_addr: tuple[str, int] | None = None,
@@ -1455,7 +1470,7 @@ def _serve(
         successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
         witnesses=quorum.attested() if quorum is not None else None,
-        replica_min_tcb=replica_min_tcb,
+        replica_min_tcb=replica_min_tcb, gce_crl=gce_crl,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     cas.opaque_refusals = opaque_refusals  # docs/cas.md "Opaque refusals"
@@ -1582,6 +1597,7 @@ def _serve(
                 "nvidia_ocsp": nvidia_ocsp is not None,
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
+                "gce_crl": gce_crl is not None,
                 "opaque_refusals": opaque_refusals,
                 "refusal_delay": refusal_delay if opaque_refusals else None,
                 "max_connections": http_limits.max_connections,
