@@ -40,10 +40,11 @@ What go-tpm-tools does for ``gotpm attest`` (``client.GceAttestationKeyRSA`` / `
    the AK certificate's issuing CAs are collected from their AIA caIssuers URLs up to one signed
    by a pinned Google root (:mod:`confide.runtime.gce_aia`: http/https only, bounded in size,
    time and hops, each checked to have signed the one below) and sent in field 7 after
-   ``intermediates``, as go-tpm-tools does. Collected once per AK certificate and kept for the
-   provider's life. A failure is an error, unless the intermediates given and those confide ships
-   (``google_vtpm_intermediates.pem``) already chain the AK certificate to a pinned root: then a
-   warning (logged), the evidence is sent without them, and the next attestation tries again.
+   ``intermediates``, as go-tpm-tools does, unless the intermediates given and those confide
+   ships (``google_vtpm_intermediates.pem``, which the verifier has too) already chain the AK
+   certificate to a pinned root: then nothing is fetched (a VM without a route to pki.goog does
+   not wait on it). Collected once per AK certificate and kept for the provider's life; a
+   failure is an error.
 
 Not done (``docs/limitations.md``, "GCE vTPM"): the unsigned ``instance_info`` from the metadata
 server is not sent, and a Confidential VM's report is collected through configfs-tsm only (not
@@ -61,7 +62,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from confide.errors import BindingError, ConfideError, MeasurementError, ParseError, StorageError, UsageError
+from confide.errors import BindingError, MeasurementError, ParseError, StorageError, UsageError
 from confide.evidence._protobuf import encode_field
 from confide.evidence.ccel import EventLog
 from confide.evidence.gce_tee import encode_sev_snp_attestation, encode_tdx_quote
@@ -254,20 +255,16 @@ class GceTpmQuoteProvider:
         with long_names():
             leaf = load_der_certificate(cert, "AK certificate")  # names read now, not mid-collection
         roots = self._roots if self._roots is not None else google_roots()
-        try:
-            with long_names():  # Google's intermediates' CNs are longer than X.520's 64
-                collected = tuple(collect_issuers(leaf, self._fetcher, roots))
-        except ConfideError as exc:
-            given = [x509.load_der_x509_certificate(c) for c in self._intermediates]
-            with long_names():
-                if not _chains(leaf, [*given, *shipped_intermediates()], roots):
-                    raise
-            log.warning(
-                "the AK certificate's issuers were not fetched (%s); sending none: the intermediates"
-                " confide ships chain it to a pinned Google root",
-                exc.message,
-            )
+        given = [x509.load_der_x509_certificate(c) for c in self._intermediates]
+        with long_names():
+            chained = _chains(leaf, [*given, *shipped_intermediates()], roots)
+        if chained:
+            # The intermediates given and those confide ships (the verifier's too) already chain
+            # it: nothing to fetch (a VM without a route to pki.goog does not wait on it).
+            self._fetched[cert] = ()
             return ()
+        with long_names():  # Google's intermediates' CNs are longer than X.520's 64
+            collected = tuple(collect_issuers(leaf, self._fetcher, roots))
         self._fetched[cert] = collected
         return collected
 
