@@ -54,7 +54,6 @@ the older ``/dev/sev-guest`` / ``/dev/tdx_guest`` ioctls go-tpm-tools uses).
 from __future__ import annotations
 
 import hmac
-import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,7 +92,6 @@ __all__ = [
     "encode_attestation",
 ]
 
-log = logging.getLogger(__name__)
 
 # go-tpm-tools client/handles.go
 AK_CERT_NV_INDEX_RSA = 0x01C10000
