@@ -112,6 +112,8 @@ from confide.cas.rotation import (
 )
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
+from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
+from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
@@ -913,6 +915,11 @@ def prepare(
         heads_bound = bind_policy_rows(conn, sealer)
         if heads_bound is not None:
             cas.events.record(conn, POLICY_ROWS_BOUND, None, heads_bound)
+        # Each secret's current version, for a database from before schema 19: its newest row as
+        # found, once (confide.cas.secret_heads; trust on first migration).
+        secrets_bound = bind_secret_heads(conn, sealer, time.time())
+        if secrets_bound is not None:
+            cas.events.record(conn, SECRET_HEADS_BOUND, None, secrets_bound)
         # The DCAP TCB evaluation floor file checked under the master key and against the
         # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
