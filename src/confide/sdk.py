@@ -1303,7 +1303,7 @@ class Cas:
         ``max_age`` (``--max-age``: a duration as the option takes it, ``"1h"``, or a
         ``timedelta`` in the same range; only with ``witnesses``): each witness's newest
         cosignature of the checkpoint must be at most that old at ``now`` (an aware datetime;
-        default the clock, read once before the audit) and none dated more than 60 s after it,
+        default the clock, read as each checkpoint is fetched) and none dated more than 60 s after it,
         else ``FreshnessError`` (69: the log shows an old checkpoint, e.g. frozen to hide later
         entries).
 
@@ -1341,7 +1341,11 @@ class Cas:
                 )
             if now is not None and now.tzinfo is None:
                 raise UsageError("now: expected an aware datetime")
-            freshness = Freshness(now if now is not None else datetime.now(UTC), age)
+            freshness = (
+                Freshness(now, age)  # a given time: every checkpoint judged at it
+                if now is not None
+                else Freshness(datetime.now(UTC), age, clock=lambda: datetime.now(UTC))
+            )
         names = tuple(policies)
         if (names or identity is not None) and not full:
             raise UsageError("identity and policies go with full=True (whose policies' entries are checked)")

@@ -14,6 +14,7 @@ import base64
 import hmac
 import json
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -277,8 +278,16 @@ class CasClient:
         if not url:
             raise UsageError(f"{ENV_URL} is not set: source the client.env that 'confide cas serve' wrote")
         cert = env.get(ENV_CERT)
+        given = env.get(ENV_PIN) or ""  # unset or empty: no pin
+        pin = given.strip().lower().encode()
+        if given and not re.fullmatch(rb"[0-9a-f]{64}", pin):
+            # A pin that cannot match is refused as such (a blank one would otherwise pin nothing,
+            # a mistyped one be reported as another CAS's certificate).
+            raise UsageError(
+                f"{ENV_PIN}: got {given[:80]!r}, expected the SHA-256 of the CAS's key, 64 hex digits "
+                "('confide cas attest' shows it)"
+            )
         client = cls(url, Path(cert) if cert else None)
-        pin = (env.get(ENV_PIN) or "").strip().lower().encode()
         if pin and not hmac.compare_digest((client.cas_spki_sha256 or "").encode(), pin):
             client.close()
             raise NetworkError(

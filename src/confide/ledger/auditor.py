@@ -252,7 +252,8 @@ class Auditor:
             proof = consistency_proof(nodes, old.size, new.size)
         signed = verify_checkpoint_update(
             old, raw, proof, self.log_key, origin=self.origin, witnesses=self.witnesses,
-            freshness=self.freshness,
+            # judged at the time it was fetched (its clock read now), not the audit's start
+            freshness=None if self.freshness is None else self.freshness.renewed(),
         )  # fmt: skip
         # The tiles must hash to the signed root (else the log serves a tree it did not sign).
         tiles_root = EMPTY_ROOT if new.size == 0 else subtree_hash(nodes, 0, new.size)

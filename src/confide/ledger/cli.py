@@ -181,8 +181,9 @@ def verify(
         if max_age is not None:
             if not witnesses:
                 raise UsageError(NO_WITNESS)
-            # The one clock read of the audit: the verify layer is given it.
-            freshness = Freshness(datetime.now(UTC), parse_max_age(max_age))
+            # The verify layer is given the time: read here, and again as each checkpoint is
+            # fetched (a wait for the state's lock, a long listing: judged when it was read).
+            freshness = Freshness(datetime.now(UTC), parse_max_age(max_age), clock=lambda: datetime.now(UTC))
         # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
         # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
         if key is None:

@@ -19,8 +19,8 @@ again at least every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (docs/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from confide.errors import FreshnessError, UnknownKeyError, UsageError
@@ -50,17 +50,29 @@ MAX_AGE_RANGE = (60, 366 * 86400)
 @dataclass(frozen=True)
 class Freshness:
     """What a cosignature must show: made at most ``max_age`` before ``now`` and at most
-    ``skew`` after it. ``now``: an aware datetime, the verifier's time."""
+    ``skew`` after it. ``now``: an aware datetime, the verifier's time. ``clock`` (the CLI's and
+    the SDK's, when no ``now`` is given): read again for each checkpoint right after it is fetched
+    (:meth:`renewed`, by the auditor's I/O layer), so that a checkpoint is judged at the time it was
+    read, not at the audit's start: a wait for the state file's lock or a long ``--full``
+    listing before the fetch would otherwise make a cosignature made meanwhile look dated in the
+    future (refused), or let a slow log stretch ``max_age`` by its delay."""
 
     now: datetime
     max_age: timedelta
     skew: timedelta = MAX_SKEW
+    clock: Callable[[], datetime] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
             raise ValueError("now: an aware datetime")
         if self.max_age <= timedelta(0) or self.skew < timedelta(0):
             raise ValueError("max_age: positive; skew: not negative")
+
+    def renewed(self) -> Freshness:
+        """This freshness at the time the ``clock`` reads now (itself without a clock)."""
+        if self.clock is None:
+            return self
+        return replace(self, now=self.clock())
 
 
 def cosignature_times(note: Note, witness: NoteVerifier) -> list[int]:

@@ -315,10 +315,11 @@ def request_cosignatures(
 def _store_cosignature(
     conn: Conn, size: int, text: str, witness_key: NoteVerifier, sig: NoteSignature, *, given: bool
 ) -> None:
-    """Add ``sig`` to the stored checkpoint of ``size`` (replacing the witness's earlier one),
-    read again now: other witnesses' cosignatures stored meanwhile are kept. A checkpoint that
-    was given (not read from the store) and is no longer the stored one of its size (another
-    signer's, replacing it) is left alone: the cosignature is not for it."""
+    """Add ``sig`` to the stored checkpoint of ``size`` (replacing the witness's earlier one unless
+    that one's timestamp is as late or later), read again now: other witnesses' cosignatures
+    stored meanwhile are kept. A checkpoint that was given (not read from the store) and is no
+    longer the stored one of its size (another signer's, replacing it) is left alone: the
+    cosignature is not for it."""
     stored = Ledger.checkpoint_note(conn, size)
     if stored is None:
         if given:
@@ -329,7 +330,18 @@ def _store_cosignature(
         if given:
             return
         raise StorageError(f"the stored checkpoint of size {size} changed while it was being cosigned")
-    kept = tuple(
-        s for s in current.signatures if (s.name, s.key_id) != (witness_key.name, witness_key.key_id)
-    )
+    mine = (witness_key.name, witness_key.key_id)
+    kept = tuple(s for s in current.signatures if (s.name, s.key_id) != mine)
+    # The newest of the witness's cosignatures stays: the same checkpoint is cosigned again (a
+    # quiet log, every RECOSIGN_SECONDS), so an earlier answer of the witness verifies again, and
+    # one replayed by whoever is on the path to it (an http:// witness) must not put an older
+    # timestamp in place of a newer one (verifiers with --max-age would find the log stale).
+    stamp = _stamp(sig)
+    if any((s.name, s.key_id) == mine and _stamp(s) >= stamp for s in current.signatures):
+        return
     Ledger.store_checkpoint_note(conn, size, Note(text, (*kept, sig)).to_bytes())
+
+
+def _stamp(sig: NoteSignature) -> int:
+    """The timestamp of a cosignature/v1 line (its first 8 bytes, big-endian)."""
+    return int.from_bytes(sig.signature[:8], "big")
