@@ -546,7 +546,7 @@ _POLICY_EVENTS = frozenset(
     {
         "policy-update-refused", "policy-create-refused", "revocation-refused", "secrets-generated",
         "certificates-renewed", "certificates-revoked", "crl-issued", "revocations-altered",
-        "attestation", "secret-release", "volume-tag",
+        "attestation", "secret-release", "export-release", "volume-tag",
     }
 )  # fmt: skip
 
@@ -2813,6 +2813,11 @@ class Cas:
                                          "entry": base64.b64encode(entry).decode()}  # fmt: skip
                 if index < size:
                     event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
+                    if r.type == "export-release":
+                        # the importer's attestation entry, by index and leaf hash only (its
+                        # content is the importer's): proven in the same checkpoint
+                        at = payload["attestation"]["index"]
+                        event["attestation_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, at, size)]
                 out.append(event)
             # The events rows are an unauthenticated index of the ledger: the policy's latest
             # head entry (read from the ledger itself, confide.cas.head_index) must be among them
@@ -2971,9 +2976,12 @@ class PendingAttestation:
                 outcome.get("measurement"),
                 self.config.get("volumes"),
             )
-            cas.events.record_many(
-                conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
-            )
+            events = [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
+            exports = _export_records(self.policy, release, outcome)
+            if exports:  # imports released: each exporter's record, linked to the attestation entry
+                cas.events.record_linked(conn, events, exports)
+            else:
+                cas.events.record_many(conn, events)
         self.committed = True
 
     @property
@@ -3075,6 +3083,52 @@ def _release_record(
             for v in volumes
         ]
     return release
+
+
+def _export_records(
+    policy: str, release: dict[str, Any], outcome: dict[str, Any]
+) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The ``export-release`` events of a release (``release``: its ``secret-release`` payload)
+    to a service of ``policy``: one filed under each other policy whose secret or volume it
+    holds (a volume's owner, and every re-exporter on its chain), saying what that exporter may
+    know and no more: the importer, its version, the service, the exporter's own secrets and
+    volumes released (names, versions, tags; never the importer's other secrets, its mount
+    names or configuration) and the attestation's platform and measurement. The sink adds the
+    attestation entry's index and leaf hash (``attestation``). None for a release without
+    imports (the common case: one pass over the released names)."""
+    secrets: dict[str, list[dict[str, Any]]] = {}
+    for ref in release["secrets"]:
+        if ref["policy"] != policy:
+            secrets.setdefault(ref["policy"], []).append(ref)
+    if not secrets:
+        return []  # a volume's chain starts at its owner, whose key ref is released: none here
+    volumes: dict[str, list[dict[str, Any]]] = {}
+    for v in release.get("volumes") or ():
+        owner = v.get("owner")
+        if owner is None:
+            continue
+        link = {k: v[k] for k in ("owner", "via", "tag", "generation", "update_policy") if k in v}
+        ref = next(r for r in secrets[owner["policy"]] if r["name"] == f"volume/{owner['volume']}")
+        volumes.setdefault(owner["policy"], []).append(link)
+        for hop in v.get("via") or ():
+            # a re-exporter sees its own volume as released, with the owner's key version
+            if hop["policy"] == policy:
+                continue
+            mine = {"policy": hop["policy"], "name": f"volume/{hop['volume']}", "version": ref["version"]}
+            if mine not in secrets.setdefault(hop["policy"], []):
+                secrets[hop["policy"]].append(mine)
+            volumes.setdefault(hop["policy"], []).append(link)
+    summary = {k: outcome.get(k) for k in ("platform", "measurement", "tcb_status", "simulated")}
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
+    for exporter in sorted(secrets):
+        record: dict[str, Any] = {
+            "importer": policy, "importer_policy_hash": release["policy_hash"],
+            "service": release["service"], "secrets": secrets[exporter], **summary,
+        }  # fmt: skip
+        if exporter in volumes:
+            record["volumes"] = volumes[exporter]
+        out.append(("export-release", exporter, record))
+    return out
 
 
 # What a ledger entry adds to its payload (docs/ledger.md: the members "policy", "time", "type"
