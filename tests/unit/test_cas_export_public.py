@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
+from confide.cas import core
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_connection, raw_execute
 from confide.ledger.encoding import Entry
@@ -236,3 +237,21 @@ def test_a_release_of_an_import_is_recorded_under_the_exporter_linked_to_the_att
     before = len(_events(ipc))
     attest(ipc, "pki")
     assert [t for _, t, _, _ in _events(ipc)[before:]] == ["attestation", "secret-release"]
+
+
+def test_the_export_record_bound_holds_the_entry(ipc: InProcessCas) -> None:
+    """The check that refuses a release too large to record bounds the exporter's record too
+    (one release that fits could otherwise fail its transaction on the exporter's entry)."""
+    ipc.apply(consumer("a", "ca", "$$SCONE::mine:crt$$"))
+    body, _ = ipc.request(policy="a")
+    pending = ipc.cas.attest_begin(body)
+    assert pending.refused is None
+    bound = core._export_records_bound(pending.policy, pending.service, pending.released, pending.config)
+    with ipc.cas.db.write() as conn:
+        pending.commit(conn)
+    assert pending.accepted
+    with ipc.cas.db.read() as conn:
+        seq = raw_execute(conn, "SELECT max(seq) FROM events WHERE type = 'export-release'").fetchone()[0]
+        entry = Ledger.entry(raw_connection(conn), seq - 1)
+    assert entry is not None
+    assert len(entry) <= bound < len(entry) + 600
