@@ -22,6 +22,8 @@ from cas_harness import CasProcess
 from confide import errors
 from confide.cas.audit import verified_events, verify_readable
 from confide.cas.client import CasClient
+from confide.cas.db import Database
+from confide.cas.ledger_sink import LedgerEventSink
 from confide.identity import load_identity
 from confide.ledger.auditor import log_verifier
 from confide.ledger.encoding import Entry
@@ -207,5 +209,29 @@ def test_a_forged_link_to_the_attestation_is_refused(tmp_path: Path) -> None:
         (att,) = [e for e in cas_events(cas, "imp", analyst) if e["index"] == at]
         assert att["type"] == "attestation"
         assert hash_leaf(base64.b64decode(att["entry"])).hex() == record.payload["attestation"]["leaf_hash"]
+
+        # A record whose link is false (written by whoever writes the database, as a replica
+        # appends): its own leaf is right, the leaf it names is not the tree's; --full says so
+        # (63), as the client's proof check does for accesses
+        db = Database(f"sqlite:///{(tmp_path / 'cas' / 'cas.db').resolve()}")
+        try:
+            with db.write() as conn:
+                LedgerEventSink().record(
+                    conn,
+                    "export-release",
+                    "exp1",
+                    {**record.payload, "attestation": {"index": at, "leaf_hash": "00" * 32}},
+                )
+        finally:
+            db.dispose()
+        _settle(cas)
+        with pytest.raises(
+            errors.EntryMismatchError, match=f"the attestation entry it names \\({at}\\) has another"
+        ):
+            full(lambda ev: None)
+        with pytest.raises(
+            errors.EntryMismatchError, match=f"the attestation entry it names \\({at}\\) is not in"
+        ):
+            read(lambda ev: None)
     finally:
         cas.stop()
