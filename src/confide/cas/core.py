@@ -2813,10 +2813,12 @@ class Cas:
                                          "entry": base64.b64encode(entry).decode()}  # fmt: skip
                 if index < size:
                     event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
-                    if r.type == "export-release":
+                    link = payload.get("attestation") if r.type == "export-release" else None
+                    at = link.get("index") if isinstance(link, dict) else None
+                    if type(at) is int and 0 <= at < index:
                         # the importer's attestation entry, by index and leaf hash only (its
-                        # content is the importer's): proven in the same checkpoint
-                        at = payload["attestation"]["index"]
+                        # content is the importer's): proven in the same checkpoint (a record
+                        # without a well-formed link gets none: its readers refuse it)
                         event["attestation_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, at, size)]
                 out.append(event)
             # The events rows are an unauthenticated index of the ledger: the policy's latest
