@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -121,7 +122,7 @@ class FakeGoogle:
     """The AK certificates' issuer (the root itself for a chain without an intermediate)."""
 
     @classmethod
-    def make(cls) -> FakeGoogle:
+    def make(cls, intermediate_extensions: Sequence[x509.ExtensionType] = ()) -> FakeGoogle:
         root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         root = issue(
             _name("Test EK/AK CA Root"), root_key.public_key(), issuer=_name("Test EK/AK CA Root"),
@@ -133,6 +134,7 @@ class FakeGoogle:
             _name("Test EK/AK CA Intermediate"), int_key.public_key(), issuer=root.subject,
             signing_key=root_key, not_before=NOT_BEFORE, not_after=NOT_AFTER, ca=True, path_length=0,
             usage=key_usage(cert_sign=True, digital_signature=False), hash_algorithm=hashes.SHA256(),
+            extensions=intermediate_extensions,
         )  # fmt: skip
         return cls(root, root_key, intermediate, int_key)
 
@@ -148,10 +150,12 @@ class FakeGoogle:
         not_after: datetime = NOT_AFTER,
         ca: bool = False,
         digital_signature: bool = True,
+        extra: Sequence[x509.ExtensionType] = (),
     ) -> bytes:
-        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension;
-        ``ca`` and ``digital_signature`` make it one that is not a signing end entity's."""
-        extensions: list[x509.ExtensionType] = []
+        """An AK certificate (no subject, as Google's) for ``key``, with the instance extension
+        and ``extra`` ones; ``ca`` and ``digital_signature`` make it one that is not a signing
+        end entity's."""
+        extensions: list[x509.ExtensionType] = list(extra)
         if instance is not None:
             extensions.append(
                 x509.UnrecognizedExtension(
@@ -165,6 +169,37 @@ class FakeGoogle:
             hash_algorithm=hashes.SHA256(),
         )  # fmt: skip
         return cert.public_bytes(serialization.Encoding.DER)
+
+    def crl(
+        self,
+        by: str = "intermediate",
+        *,
+        revoked: Sequence[int] = (),
+        this_update: datetime = NOT_BEFORE,
+        next_update: datetime = NOT_AFTER,
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+        extensions: Sequence[x509.ExtensionType] = (),
+        number: int = 1,
+    ) -> x509.CertificateRevocationList:
+        """A CRL of the root's or the intermediate's (``by``), signed by its key or ``key``
+        (another's: a CRL not signed by the certificate's issuer), listing ``revoked``."""
+        issuer, own_key = (
+            (self.root, self.root_key) if by == "root" else (self.intermediate, self.intermediate_key)
+        )
+        b = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(this_update)
+            .next_update(next_update)
+            .add_extension(x509.CRLNumber(number), critical=False)
+        )
+        for extension in extensions:
+            b = b.add_extension(extension, critical=True)
+        for serial in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(this_update).build()
+            )
+        return b.sign(key or own_key, hashes.SHA256())
 
 
 def clear_gce_indices(tpm: Tpm) -> None:

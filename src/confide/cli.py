@@ -169,6 +169,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
+@click.option("--crl", type=_PATH, metavar="FILE",
+              help="GCE vTPM: check the AK certificate and intermediates against Google's CRLs in"
+                   " FILE (DER or PEM); one without a current CRL of its issuer is refused.")  # fmt: skip
 def evidence_verify(
     evidence_file: Path,
     platform: str | None,
@@ -183,6 +186,7 @@ def evidence_verify(
     event_log: Path | None,
     rim_root: Path | None,
     ocsp: str | None,
+    crl: Path | None,
     min_tcb_eval: int | str | None,
     tcb_eval_numbers: Path | None,
     tcb_recovery_grace: int | None,
@@ -205,6 +209,8 @@ def evidence_verify(
                 raise UsageError(f"--nonce: got {nonce!r}, expected hex") from None
         if ocsp is not None and chosen is not Platform.NVIDIA_GPU:
             raise UsageError(f"--ocsp is only for --platform nvidia-gpu, got {chosen.value}")
+        if crl is not None and chosen is not Platform.GCE_TPM:
+            raise UsageError(f"--crl is only for --platform gce-tpm, got {chosen.value}")
         if min_tcb_eval is not None and chosen not in DCAP_PLATFORMS:
             raise UsageError(
                 "--min-tcb-eval-number is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), "
@@ -233,6 +239,7 @@ def evidence_verify(
             event_log=event_log,
             rim_root=rim_root,
             ocsp=ocsp,
+            crl=crl,
             min_tcb_evaluation_data_number=min_tcb_eval if isinstance(min_tcb_eval, int) else None,
             tcb_evaluation_numbers=auto,
             tcb_evaluation_numbers_file=tcb_eval_numbers,

@@ -41,7 +41,10 @@ contain secret values.
     ├── ConsistencyError (61)               a log's tree does not extend the one seen before (fork)
     ├── EntryMismatchError (63)             a log entry does not hash to what the tree commits to
     │   └── EntryMissingError (64)          an entry the tree commits to is absent
-    └── UnknownKeyError (65)                a signed note carries no signature by the pinned key
+    ├── UnknownKeyError (65)                a signed note carries no signature by the pinned key
+    └── FreshnessError (69)                 a log's checkpoint is not shown current: no required
+                                            witness cosigned it within --max-age of now, or one
+                                            dated its cosignature in the future (a frozen log)
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ __all__ = [
     "ConsistencyError",
     "EntryMismatchError",
     "EntryMissingError",
+    "FreshnessError",
     "LogRollbackError",
     "MeasurementError",
     "NetworkError",
@@ -274,3 +278,13 @@ class UnknownKeyError(VerificationError):
     """A signed note (checkpoint) has no signature line by the pinned key: wrong key."""
 
     exit_code = 65
+
+
+class FreshnessError(VerificationError):
+    """A log's checkpoint is authentic and cosigned, but not shown to be current: no valid
+    cosignature of a required witness has a timestamp within the maximum age (``ledger verify
+    --max-age``) of the verifier's time, or one is dated further in the future than the allowed
+    clock skew. A log frozen on an old, already cosigned checkpoint (hiding every later entry)
+    fails so; tlog-cosignature: "as of the specified time", the witness saw no larger tree."""
+
+    exit_code = 69

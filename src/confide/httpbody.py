@@ -8,6 +8,7 @@ caller's own error (its class and wording).
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import monotonic
 
 import httpx2
 
@@ -18,10 +19,22 @@ from confide.errors import ConfideError
 _MAX_LENGTH_DIGITS = 18
 
 
-def read_body(response: httpx2.Response, limit: int, too_large: Callable[[str], ConfideError]) -> bytes:
+def read_body(
+    response: httpx2.Response,
+    limit: int,
+    too_large: Callable[[str], ConfideError],
+    *,
+    within: float | None = None,
+) -> bytes:
     """The body of a streamed ``response`` (after content decoding), at most ``limit`` bytes;
     ``too_large(how)`` is raised before anything is read when its ``Content-Length`` says more,
-    or as soon as more has come (``how``: "declares N bytes, ..." / "is larger than ...")."""
+    or as soon as more has come (``how``: "declares N bytes, ..." / "is larger than ...").
+
+    ``within``: seconds the whole body may take (monotonic clock, checked at each chunk), else
+    ``too_large("took more than N s to arrive")``. A client's read timeout bounds the wait for
+    each chunk only: a server sending a byte just within it would hold the client for as long as
+    the limit in bytes allows (16 MiB at a byte per 30 s: fifteen years)."""
+    start = monotonic()
     declared = response.headers.get("content-length", "")
     if (
         declared.isascii()
@@ -35,5 +48,7 @@ def read_body(response: httpx2.Response, limit: int, too_large: Callable[[str], 
         size += len(chunk)
         if size > limit:
             raise too_large(f"is larger than {limit} bytes")
+        if within is not None and monotonic() - start > within:
+            raise too_large(f"took more than {within:g} s to arrive ({size} bytes by then)")
         chunks.append(chunk)
     return b"".join(chunks)

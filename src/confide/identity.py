@@ -55,7 +55,7 @@ _SMALL_ORDER_Y = frozenset(
 )
 
 
-def _small_order(public_raw: bytes) -> bool:
+def is_small_order(public_raw: bytes) -> bool:
     """Whether ``public_raw`` encodes a point of small order (RFC 8032 §5.1.3 decoding: the low
     255 bits are y, taken mod p here, so encodings with y >= p are caught as well). Such a key
     verifies signatures nobody made: with R of small order and S = 0, [S]B = R + [k]A holds for
@@ -75,7 +75,7 @@ def fingerprint_of_public_key(key: object) -> str:
             "key pairs, confide identity create)"
         )
     raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    if _small_order(raw):
+    if is_small_order(raw):
         raise ValueError("got an Ed25519 key of small order, expected one whose signatures prove something")
     return fingerprint_of(raw)
 
@@ -124,7 +124,7 @@ class PublicIdentity:
         return _b64(self.public_raw)
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        if _small_order(self.public_raw):
+        if is_small_order(self.public_raw):
             # No private key is needed to "sign" for such a key: it signs nothing (a board
             # member named only by its fingerprint could otherwise be anyone's).
             raise SignatureError(

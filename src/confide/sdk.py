@@ -76,7 +76,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeAlias, TypeVar
@@ -1290,6 +1290,8 @@ class Cas:
         full: bool = False,
         identity: Identity | None = None,
         policies: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> LogVerification:
         """Audit the CAS's transparency log as ``confide ledger verify --url URL --state FILE``
         does (the same code, :func:`confide.ledger.auditor.verify_log`, over the CAS's
@@ -1308,6 +1310,12 @@ class Cas:
         policy hashes, one linear chain ending at the current version); ``LogVerification.policies`` and
         ``reader`` say what was. ``full`` without ``identity`` raises ``AccessDeniedError`` (a
         CAS serves no entry bundles: every entry is audited from the log database).
+        ``max_age`` (``--max-age``: a duration as the option takes it, ``"1h"``, or a
+        ``timedelta`` in the same range; only with ``witnesses``): each witness's newest
+        cosignature of the checkpoint must be at most that old at ``now`` (an aware datetime;
+        default the clock, read once before the audit) and none dated more than 60 s after it,
+        else ``FreshnessError`` (69: the log shows an old checkpoint, e.g. frozen to hide later
+        entries).
 
         Raises ``RollbackError`` (60: a log smaller than the one remembered),
         ``ConsistencyError`` (61: another tree, a fork), ``UnknownKeyError`` (65: a checkpoint
@@ -1319,10 +1327,31 @@ class Cas:
         entry of a policy's chain, or one returned before), ``AccessDeniedError`` (no
         ``identity``, or a policy of ``policies`` it may not read)."""
         from confide.ledger.auditor import log_verifier, verify_log, witness_verifier  # noqa: PLC0415
+        from confide.ledger.freshness import MAX_AGE_RANGE, Freshness, parse_max_age  # noqa: PLC0415
         from confide.ledger.http import HttpLogClient  # noqa: PLC0415
 
         verifier = log_verifier(self._log_verifier(log_key).vkey, "log_key")
         cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
+        freshness = None
+        if max_age is not None:
+            if not cosigners:
+                raise UsageError("max_age goes with witnesses: only a witness's cosignature carries a time")
+            if isinstance(max_age, timedelta):
+                low, high = MAX_AGE_RANGE
+                if not low <= max_age.total_seconds() <= high:
+                    raise UsageError(
+                        f"max_age: got {max_age}, expected {low} seconds to {high // 86400} days"
+                    )
+                age = max_age
+            elif isinstance(max_age, str):
+                age = parse_max_age(max_age, "max_age")
+            else:
+                raise UsageError(
+                    f"max_age: got {type(max_age).__name__}, expected a duration string or timedelta"
+                )
+            if now is not None and now.tzinfo is None:
+                raise UsageError("now: expected an aware datetime")
+            freshness = Freshness(now if now is not None else datetime.now(UTC), age)
         names = tuple(policies)
         if (names or identity is not None) and not full:
             raise UsageError("identity and policies go with full=True (whose policies' entries are checked)")
@@ -1334,9 +1363,10 @@ class Cas:
                 from confide.cas.audit import verify_readable  # noqa: PLC0415
 
                 return verify_readable(
-                    self._client, tiles, verifier, identity, names, path, witnesses=cosigners
-                )
-            return verify_log(tiles, verifier, path, full=full, witnesses=cosigners)
+                    self._client, tiles, verifier, identity, names, path, witnesses=cosigners,
+                    freshness=freshness,
+                )  # fmt: skip
+            return verify_log(tiles, verifier, path, full=full, witnesses=cosigners, freshness=freshness)
 
     # -- the successor board ------------------------------------------------------------------
 
@@ -2149,9 +2179,14 @@ class AsyncCas:
         state: str | os.PathLike[str] | None = None,
         log_key: str | None = None,
         witnesses: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> LogVerification:
         """:meth:`Cas.verify_log`."""
-        return await self._run(self._cas.verify_log, state=state, log_key=log_key, witnesses=tuple(witnesses))
+        return await self._run(
+            self._cas.verify_log, state=state, log_key=log_key, witnesses=tuple(witnesses), max_age=max_age,
+            now=now,
+        )  # fmt: skip
 
     # -- the successor board ------------------------------------------------------------------
 

@@ -1225,6 +1225,10 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> No
             _time.sleep(0.3)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert json.loads(ok.stdout)["witnesses"] == [wkey]
+        fresh = confide(cas, *args, "--witness", wkey, "--max-age", "5 minutes")  # cosigned seconds ago
+        assert fresh.returncode == 0 and json.loads(fresh.stdout)["max_age"] == 300, (
+            fresh.stdout + fresh.stderr
+        )
         other = subprocess.run([sys.executable, "-m", "confide", "ledger", "keygen", "--name", "other.example/w2",
                                 "--witness", "--out", str(tmp_path / "w2.key")], capture_output=True, text=True,
                                env=env, check=True).stdout.strip()  # fmt: skip

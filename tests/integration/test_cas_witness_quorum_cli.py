@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
@@ -24,6 +25,7 @@ from test_cas_e2e import apply, confide, identity, policy_yaml
 from cas_harness import ROOT, CasProcess, log_size, wait_for_log
 from confide import errors
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, NoteVerifier
+from confide.sdk import Cas
 from witness_servers import Witnesses
 
 
@@ -262,6 +264,18 @@ def test_every_witness_cosignature_is_stored(
         both = [a for _, key in witnesses.specs for a in ("--witness", key.vkey)]
         _wait(lambda: confide(cas, *args, *both).returncode == 0, "both cosignatures served")
         assert sorted(json.loads(confide(cas, *args, *both).stdout)["witnesses"]) == sorted(both[1::2])
+        # --max-age: both cosignatures are seconds old (each checkpoint is cosigned as it is made)
+        fresh = confide(cas, *args, *both, "--max-age", "5 minutes")
+        assert fresh.returncode == 0 and json.loads(fresh.stdout)["max_age"] == 300, fresh.stdout
+        # the SDK, the same check with the time given: two hours on, the log looks frozen
+        with Cas.from_env(cas.env) as sdk:
+            keys = both[1::2]
+            assert sdk.verify_log(witnesses=keys, max_age="5 minutes").max_age == 300
+            later = datetime.now(UTC) + timedelta(hours=2)
+            with pytest.raises(errors.FreshnessError, match="frozen"):
+                sdk.verify_log(witnesses=keys, max_age=timedelta(hours=1), now=later)
+            with pytest.raises(errors.UsageError, match="max_age goes with witnesses"):
+                sdk.verify_log(max_age="1h")
     finally:
         cas.stop()
         witnesses.close()

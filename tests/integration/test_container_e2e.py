@@ -234,3 +234,117 @@ def test_a_script_inside_a_protected_directory_runs_with_runc(tmp_path: Path) ->
         assert "/app/run.sh does not exist yet: measured as absent" in first.stderr
     finally:
         cas.stop()
+
+
+def _evil_kit(kit: Path) -> None:
+    """What a host operator puts into the container (bound at /evil) for the runtime to run: a
+    ``sitecustomize`` for ``PYTHONPATH``, programs named like the helpers and compilers the
+    runtime might look up on ``PATH`` (each copies what the protected mount shows to /leak), and,
+    with a C compiler, an OpenSSL provider library for ``OPENSSL_CONF``."""
+    (kit / "py").mkdir(parents=True)
+    (kit / "py" / "sitecustomize.py").write_text(
+        "import os\nopen('/leak/python-%d' % os.getpid(), 'w').write('sitecustomize ran')\n"
+    )
+    (kit / "bin").mkdir()
+    for name in ("fusermount3", "fusermount", "umount", "gcc", "cc", "ld", "objdump"):
+        prog = kit / "bin" / name
+        prog.write_text(
+            f'#!/bin/sh\necho "{name} $*" >> /leak/helpers\ncat /app/model.txt >> /leak/helpers 2>/dev/null\n'
+            f'for d in /usr/bin /bin; do [ -x "$d/{name}" ] && exec "$d/{name}" "$@"; done\nexit 1\n'
+        )
+        prog.chmod(0o755)
+    if shutil.which("cc"):
+        (kit / "evil.c").write_text(
+            "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) {\n"
+            '  FILE *f = fopen("/leak/openssl", "a"); if (f) { fputs("provider loaded\\n", f); fclose(f); }\n}\n'
+        )
+        subprocess.run(
+            ["cc", "-shared", "-fPIC", "-o", str(kit / "evil.so"), str(kit / "evil.c")], check=True
+        )
+        (kit / "openssl.cnf").write_text(
+            "openssl_conf = init\n[init]\nproviders = providers\n[providers]\nevil = evil\n"
+            "[evil]\nmodule = /evil/evil.so\nactivate = 1\n"
+        )
+
+
+def test_the_operators_environment_runs_no_code_of_theirs_in_the_runtime(tmp_path: Path) -> None:
+    """Task xcore4, for real: the host's operator starts the converted container with
+    ``PYTHONPATH`` (a ``sitecustomize``), ``PATH`` (their ``fusermount3``, ``umount``, ``gcc``...)
+    and ``OPENSSL_CONF`` (a provider library) of their own, their files bound in. The service runs
+    as before, and none of it ran in the runtime, the FUSE server or the unmount (before: the
+    FUSE server imported the sitecustomize, the unmount ran their ``fusermount3`` while the
+    protected files were mounted, OpenSSL loaded their library into ``confide run``)."""
+    cas = CasProcess(tmp_path / "cas", None).start()
+    try:
+        env = dict(cas.env)
+        src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
+        _native_image(src)
+        _sconify(env, src, out, tmp_path, "/app", "/data")
+        _unpack(env, out, bundle)
+        _confide(env, "identity", "create", "--out", str(tmp_path / "owner.id"))
+        _confide(
+            env, "policy", "apply", str(tmp_path / "policy.yaml"), "--identity", str(tmp_path / "owner.id")
+        )
+        kit, leak = tmp_path / "kit", tmp_path / "leak"
+        _evil_kit(kit)
+        leak.mkdir()
+        cfg_path = bundle / "config.json"
+        c = json.loads(cfg_path.read_text())
+        hostile = {
+            "PATH": "/evil/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONPATH": "/evil/py", "OPENSSL_CONF": "/evil/openssl.cnf",
+        }  # fmt: skip
+        c["process"]["env"] = [e for e in c["process"]["env"] if e.split("=", 1)[0] not in hostile]
+        c["process"]["env"] += [f"{k}={v}" for k, v in hostile.items()]
+        c["mounts"] += [
+            {"destination": "/evil", "type": "bind", "source": str(kit), "options": ["rbind", "ro"]},
+            {"destination": "/leak", "type": "bind", "source": str(leak), "options": ["rbind", "rw"]},
+        ]
+        cfg_path.write_text(json.dumps(c))
+        ran = _runc(bundle)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "model: TOP-SECRET-MODEL" in ran.stdout  # the service itself is unaffected
+        left = {p.name: p.read_text() for p in leak.iterdir()}
+        assert left == {}, left
+    finally:
+        cas.stop()
+
+
+def test_an_image_converted_with_cas_talks_to_that_cas_only(tmp_path: Path) -> None:
+    """Task xcore4: ``sconify --cas`` pins the CAS's key in the launcher. The operator's
+    ``CONFIDE_CAS_CERT`` of another key (a CAS of theirs at ``CONFIDE_CAS_URL``), and their own
+    ``CONFIDE_CAS_SPKI`` for it, are refused (exit 40) before anything is sent; the real CAS's
+    certificate runs the service."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from pki import self_signed_pem
+
+    cas = CasProcess(tmp_path / "cas", None).start()
+    try:
+        env = dict(cas.env)
+        src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
+        _native_image(src)
+        _confide(env, "identity", "create", "--out", str(tmp_path / "owner.id"))
+        _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect", "/app",
+                 "--policy", "app", "--service", "main", "--cas", env["CONFIDE_CAS_URL"],
+                 "--identity", str(tmp_path / "owner.id"), "--no-runtime-check")  # fmt: skip
+        _unpack(env, out, bundle)
+        fake = self_signed_pem(tmp_path / "fake-cas.pem", "not the cas")
+        cfg_path = bundle / "config.json"
+        original = cfg_path.read_text()
+        c = json.loads(original)
+        c["process"]["env"] = [e for e in c["process"]["env"] if not e.startswith("CONFIDE_CAS_CERT=")]
+        c["process"]["env"] += ["CONFIDE_CAS_CERT=/fake/cas.pem", f"CONFIDE_CAS_SPKI={'ab' * 32}"]
+        c["mounts"].append(
+            {"destination": "/fake/cas.pem", "type": "bind", "source": str(fake), "options": ["rbind", "ro"]}
+        )
+        cfg_path.write_text(json.dumps(c))
+        refused = _runc(bundle)
+        assert refused.returncode == errors.NetworkError.exit_code, refused.stdout + refused.stderr
+        assert "not the CAS this runtime is pinned to" in refused.stderr
+        assert "TOP-SECRET-MODEL" not in refused.stdout
+        cfg_path.write_text(original)
+        ran = _runc(bundle)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "model: TOP-SECRET-MODEL" in ran.stdout
+    finally:
+        cas.stop()

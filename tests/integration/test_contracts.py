@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_harness import ROOT, CasProcess, free_port, wait_for_log
 from confide import errors
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner
+from confide.ledger.store import Ledger, connect, write_transaction
+from confide.ledger.witness import Witness
 from dcap_cases import ASSETS
 from image_builder import PYTHON_BASE, Image, M
 
@@ -209,6 +213,42 @@ def test_ledger_contract_as_issue_5_writes_it(cas: Path, tmp_path: Path) -> None
     witness = ok(sh("confide ledger keygen --name w.example/w1 --witness --out w.key", tmp_path, cas)).strip()
     r = sh(f"confide ledger verify --state audit.json --witness {witness}", tmp_path, cas)
     assert r.returncode == errors.UnknownKeyError.exit_code, r.stderr
+
+
+def test_ledger_verify_max_age_contract(tmp_path: Path) -> None:
+    """`confide ledger verify --witness VKEY --max-age DURATION`: a checkpoint whose witness
+    cosigned it longer ago than DURATION (or dated its cosignature ahead) is a FreshnessError,
+    exit 69, one line (and in the JSON); the option needs --witness and a duration (exit 2)."""
+    log = NoteSigner.generate("contract.example/log")
+    conn = connect(tmp_path / "log.db")
+    Ledger.init_schema(conn)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [b"a", b"b"])
+    note = Ledger().sign_checkpoint(conn, log)
+    signer = NoteSigner.generate("w.example/w1", SIG_TYPE_COSIGNATURE_V1)
+    witness = Witness(signer, tmp_path / "w.json", {log.name: log.verifier})
+    now = datetime.now(UTC)  # the CLI reads the clock: ages hours from every boundary
+    cosigned = note + witness.add_checkpoint(0, [], note, at=now - timedelta(hours=2)).line().encode()
+    with write_transaction(conn):
+        Ledger.store_checkpoint_note(conn, 2, cosigned)
+    conn.close()
+    verify = (
+        f"confide ledger verify --log-db log.db --key {log.verifier.vkey} --witness {signer.verifier.vkey}"
+    )
+    stale = sh(f"{verify} --max-age 1h", tmp_path)
+    assert stale.returncode == errors.FreshnessError.exit_code == 69, stale.stderr
+    assert len(stale.stderr.splitlines()) == 1 and "FreshnessError" in stale.stderr
+    out = json.loads(sh(f"{verify} --max-age=1h --json", tmp_path).stdout)
+    assert out["verified"] is False and out["error"]["class"] == "FreshnessError"
+    assert out["error"]["exit_code"] == 69
+    fresh = json.loads(ok(sh(f"{verify} --max-age '3 hours' --json", tmp_path)))
+    assert fresh["verified"] is True and fresh["max_age"] == 10800
+    assert "max_age" not in json.loads(ok(sh(f"{verify} --json", tmp_path)))  # without it: as before
+    for bad in ("--max-age soon", "--max-age 30s"):
+        r = sh(f"{verify} {bad}", tmp_path)
+        assert r.returncode == errors.UsageError.exit_code and "--max-age: got" in r.stderr, r.stderr
+    alone = sh(f"confide ledger verify --log-db log.db --key {log.verifier.vkey} --max-age 1h", tmp_path)
+    assert alone.returncode == 2 and "--max-age goes with --witness" in alone.stderr
 
 
 def test_sconify_contract_as_issue_6_writes_it(cas: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
+from confide import httpbody
 from confide.cas import client as client_module
 from confide.cas.client import CasClient
 from confide.errors import NetworkError, ParseError
@@ -91,3 +92,24 @@ def test_an_error_answer_still_raises_its_class_and_a_transport_failure_is_a_net
 
     with pytest.raises(NetworkError, match="cannot reach the CAS"):
         _client(httpx2.MockTransport(fail))._call("GET", "/v1/anything")
+
+
+def test_an_answer_trickling_in_past_the_time_limit_is_a_network_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk comes within the read timeout, but the whole answer takes longer than
+    ``MAX_ANSWER_TIME``: the client stops reading (a CAS must not hold ``confide run`` for as
+    long as the size limit allows at a byte per read timeout)."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 7.0  # each look at the clock: 7 s later (a chunk per read timeout, or so)
+        return now[0]
+
+    monkeypatch.setattr(httpbody, "monotonic", clock)
+    monkeypatch.setattr(client_module, "MAX_ANSWER_TIME", 30.0)
+    stream = _Endless()
+    client = _client(httpx2.MockTransport(lambda request: httpx2.Response(200, stream=stream)))
+    with pytest.raises(NetworkError, match="took more than 30 s to arrive"):
+        client._call("POST", "/v1/attest", json={})
+    assert stream.read < LIMIT // 100  # stopped by the clock, not by the size

@@ -211,11 +211,6 @@ def _release_file(cas: InProcessCas, policy: str, path: str) -> bytes:
     return base64.b64decode(release["files"][path])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (docs/limitations.md 'CAS', a secret's newest row deleted): the operator can "
-    "roll one secret back to its previous version; nothing MAC'd names a secret's current version",
-)
 def test_the_operator_cannot_roll_one_secret_back_by_deleting_its_newest_row(cas: InProcessCas) -> None:
     """The operator (database, no master key) deletes the row of a secret's newest version, made
     by an update that changed its declaration (a password rotated after a leak): the next

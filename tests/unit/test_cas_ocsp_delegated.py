@@ -504,7 +504,8 @@ def test_a_responder_row_with_a_later_not_after_does_not_extend_its_certificate(
 def test_a_deleted_responder_row_is_not_signed_with_again(env: Env) -> None:
     """An operator who deletes the responder rows (say, the key is thought leaked) gets a new
     responder at the next request: the running CAS does not keep signing with the deleted key
-    it had loaded, though the new row has the same version number."""
+    it had loaded. The new row continues the versions (the deleted one's number is not reused:
+    the secret's authenticated head, confide.cas.secret_heads, named version 1)."""
     ca, leaf = env.ca_cert(), env.certificate()
     first = responder_of(ask(env, request(leaf, ca, nonce=b"a" * 8)), ca)
     with env.cas.db.write() as conn:
@@ -513,13 +514,13 @@ def test_a_deleted_responder_row_is_not_signed_with_again(env: Env) -> None:
     assert response is not None
     second = responder_of(response, ca)
     [(version, public)] = env.versions(responder_name("ca"))
-    assert version == 1 and public["serial"] == format(second.serial_number, "x")
+    assert version == 2 and public["serial"] == format(second.serial_number, "x")
     assert second.public_key() != first.public_key()
 
 
 def test_a_deleted_responder_row_after_a_ca_key_change_is_reissued(env: Env) -> None:
-    """Deleted rows and a new CA key: the responder is re-issued under the new key (version 1
-    again), not refused for ever because version 1 was once issued under the old key."""
+    """Deleted rows and a new CA key: the responder is re-issued under the new key, not refused
+    for ever because version 1 was once issued under the old key, nor for its deleted rows."""
     ask(env, request(env.certificate(), env.ca_cert(), nonce=b"a" * 8))
     with env.cas.db.write() as conn:
         raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ?", (responder_name("ca"),))

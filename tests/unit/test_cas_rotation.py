@@ -287,7 +287,7 @@ def test_the_ledger_records_the_rotation_with_ids_only(tmp_path: Path) -> None:
     assert entry.type == "key.rotated" and entry.payload == json.loads(payload)
     assert entry.payload == {
         "old_key_id": result.old_key_id, "new_key_id": result.new_key_id, "secrets": 6, "policy_versions": 1,
-        "policy_rows_authenticated": 2,
+        "policy_rows_authenticated": 2, "secret_heads_authenticated": 6,
         "sealing": {"from": "plain file", "to": "plain file"}, "tls_key": "plain", "log_key": "plain",
     }  # fmt: skip
     new_key = (s.data / PLAIN_NAME).read_bytes()

@@ -1017,3 +1017,26 @@ def test_names_the_file_system_refuses_are_clear_errors(tmp_path: Path) -> None:
     # benign twin: a 255-byte name converts
     img = Image([[*members, M("app/" + "n" * 255, data=b"x")]], entrypoint=["/app/run.sh"])
     assert run(tmp_path / "c", img, protect=["/app"]).files == 2
+
+
+def test_runtime_layer_launcher_pins_the_cas_given(tmp_path: Path) -> None:
+    """Task xcore4: with the CAS's key hash (``sconify --cas``), the launcher sets
+    ``CONFIDE_CAS_SPKI`` after removing the host's, so the image names its CAS; another key
+    hash gives another runtime layer (not the cached one of the first)."""
+    import io
+
+    pin = "ab" * 32
+    run(tmp_path, base_image(), out="pinned", cas_spki=pin)
+    run(tmp_path, base_image(), out="plain")
+    launchers = []
+    for out in ("pinned", "plain"):
+        _, _, layers = read_layout(tmp_path / out)
+        with tarfile.open(fileobj=io.BytesIO(layers[2])) as tf:
+            launchers.append(tf.extractfile("confide/bin/confide").read())  # type: ignore[union-attr]
+    pinned, plain = launchers
+    assert f"os.environ['CONFIDE_CAS_SPKI'] = '{pin}'".encode() in pinned
+    assert b"CONFIDE_CAS_SPKI'] =" not in plain
+    # the host's value goes first (prefix list), then the image's is set
+    assert pinned.index(b"del os.environ[name]") < pinned.index(b"os.environ['CONFIDE_CAS_SPKI']")
+    with pytest.raises(UsageError, match="64 lowercase hex"):
+        run(tmp_path, base_image(), out="bad", cas_spki="AB" * 32)

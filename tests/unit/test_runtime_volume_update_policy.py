@@ -416,3 +416,51 @@ def test_injected_files_are_removed_when_closing_the_volumes_fails_too(
     finally:
         secret.unlink(missing_ok=True)
         secret.parent.rmdir()
+
+
+class _Sealing:
+    """Mounted volumes that close (seal) without a change and report no failure."""
+
+    environment: dict[str, str] = {}  # noqa: RUF012 - read only
+
+    def regions(self) -> list[object]:
+        return []
+
+    def integrity_failure(self) -> None:
+        return None
+
+    def lost_mount(self) -> None:
+        return None
+
+
+def test_injected_files_are_removed_when_the_supervised_program_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task xcore4: a supervised run's injected files on a memory file system (/dev/shm, which
+    `--ipc=host` makes the host's) are removed once the program has ended; before, the secrets
+    stayed there after the run, for whoever reads that tmpfs next."""
+    import uuid
+
+    from confide.runtime import run as run_module
+    from confide.runtime.run import Launch, supervise
+
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes, _locks=None: _Sealing())
+    sealed: list[str] = []
+    monkeypatch.setattr(
+        run_module, "seal_and_report", lambda _m, _c, policy, *_a, **_k: sealed.append(policy)
+    )
+    secret = Path("/dev/shm") / f"confide-xcore4-{uuid.uuid4().hex}" / "secret.txt"
+    gone = secret.parent / "removed-by-the-program"
+    seen = tmp_path / "seen"
+    script = f"cat {secret} > {seen}; rm {gone}"
+    files = {str(secret): b"s3cret", str(gone): b"other"}
+    plan = Launch(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, files, None, "pol", (), "s", None)
+    try:
+        assert supervise(plan, _Client()) == 0  # type: ignore[arg-type]
+        assert seen.read_bytes() == b"s3cret"  # the program had it
+        assert sealed == ["pol"]
+        assert not secret.exists() and not gone.exists()
+    finally:
+        secret.unlink(missing_ok=True)
+        gone.unlink(missing_ok=True)
+        secret.parent.rmdir()

@@ -289,7 +289,7 @@ def test_a_malformed_name_in_the_ak_certificate_is_a_chain_error(byte: int, rais
     only when read (found by the mutation test below). It must be the certificate's error."""
     cert = parse_gce_attestation(NONCE9009).ak_cert
     assert cert is not None
-    with gce_tpm._long_names():  # Google's intermediate CN is 79 characters (cryptography warns)
+    with gce_tpm.long_names():  # Google's intermediate CN is 79 characters (cryptography warns)
         issuer = x509.load_der_x509_certificate(cert).issuer.public_bytes()
     at = NONCE9009.index(cert) + cert.index(issuer) + 12  # inside the issuer's first attribute
     data = bytearray(NONCE9009)

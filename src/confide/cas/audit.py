@@ -28,6 +28,7 @@ from confide.errors import AccessDeniedError, ConfideError, EntryMismatchError, 
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
 from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.freshness import Freshness
 from confide.ledger.merkle import hash_leaf, verify_inclusion
 from confide.ledger.note import NoteVerifier
 from confide.policy import loads_policy, policy_hash
@@ -390,27 +391,30 @@ def verify_readable(
     state_file: Path | None,
     *,
     witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> LogVerification:
     """``confide ledger verify --full --identity FILE [--policy NAME]...`` at a CAS (and
     :meth:`confide.sdk.Cas.verify_log` with ``full=True`` and an identity): one stakeholder's
     full audit, of the whole tree and of the entries it may read.
 
     The latest checkpoint (``tiles``: the CAS's public ``/v1/log``) must be signed by
-    ``log_key``, cosigned by ``witnesses``, extend the one ``state_file`` remembers, and its
-    level-0 tiles hash to its root (every leaf hash is public). The entries read are those of
-    ``policies`` (default: every policy the CAS says ``identity`` may read, a signed read, and
-    every policy ``state_file`` remembers entries of): each policy's events, whose checkpoint
-    must be one of the same tree (consistency proven from the tiles), and which must report the
-    policy's current version (``head``, else :class:`ParseError`). Every entry returned must be
-    in the tree: one past the latest checkpoint (appended within the last second) is waited for,
-    the checkpoint fetched again up to :data:`NEWER_WAIT` times a second apart (``client.sleep``),
-    and is an :class:`EntryMismatchError` if no checkpoint holds it then. Each entry must hash to
-    the leaf hash at its index (:class:`EntryMismatchError` naming the policy and the entry), be
-    a canonical entry of that policy saying what the CAS's summary says, and each policy's
-    documents must verify and form one linear chain (:class:`PolicyChainChecker` over the view:
-    a gap in the chain is an :class:`EntryMissingError` naming the entry), ending at the current
-    version the CAS reports (else :class:`EntryMissingError` naming the policy). With
-    ``state_file``, every entry of a policy remembered there must be returned again
+    ``log_key``, cosigned by ``witnesses`` (with ``freshness``, ``--max-age``: each cosignature
+    within it, :class:`~confide.errors.FreshnessError` otherwise), extend the one ``state_file``
+    remembers, and its level-0 tiles hash to its root (every leaf hash is public). The entries
+    read are those of ``policies`` (default: every policy the CAS says ``identity`` may read, a
+    signed read, and every policy ``state_file`` remembers entries of): each policy's events,
+    whose checkpoint must be one of the same tree (consistency proven from the tiles), and which
+    must report the policy's current version (``head``, else :class:`ParseError`). Every entry
+    returned must be in the tree: one past the latest checkpoint (appended within the last
+    second) is waited for, the checkpoint fetched again up to :data:`NEWER_WAIT` times a second
+    apart (``client.sleep``), and is an :class:`EntryMismatchError` if no checkpoint holds it
+    then. Each entry must hash to the leaf hash at its index (:class:`EntryMismatchError` naming
+    the policy and the entry), be a canonical entry of that policy saying what the CAS's summary
+    says, and each policy's documents must verify and form one linear chain
+    (:class:`PolicyChainChecker` over the view: a gap in the chain is an
+    :class:`EntryMissingError` naming the entry), ending at the current version the CAS reports
+    (else :class:`EntryMissingError` naming the policy). With ``state_file``, every entry of a
+    policy remembered there must be returned again
     (:func:`~confide.ledger.auditor.remember_view`; a remembered policy the CAS no longer lets
     ``identity`` read is an :class:`EntryMissingError` naming it, unless ``policies`` names the
     policies to check), and the file then remembers the checkpoint and the entries proven,
@@ -456,7 +460,7 @@ def verify_readable(
                     structure=f"{name[:128]}: events",
                 )
             answers.append((name, signed_by, head, listed))
-        auditor = Auditor(tiles, log_key, witnesses=witnesses)
+        auditor = Auditor(tiles, log_key, witnesses=witnesses, freshness=freshness)
         signed = auditor.update(old)
         # Each answer's checkpoint is of the same tree: the largest (the latest, unless an answer
         # came with a newer one) extends the others, proven from the tiles.
@@ -536,6 +540,7 @@ def verify_readable(
     return LogVerification(
         cp.origin, cp.size, cp.root.hex(), None if old is None else old.size,
         sum(p.entries for p in checked), tuple(w.vkey for w in witnesses),
+        max_age=None if freshness is None else int(freshness.max_age.total_seconds()),
         reader=identity.fingerprint, policies=tuple(checked),
     )  # fmt: skip
 

@@ -127,6 +127,16 @@ def cas() -> None:
     "refuses the attestation.",
 )
 @click.option(
+    "--gce-crl",
+    "gce_crl",
+    metavar="FILE|fetch",
+    help="Check the AK certificate and intermediates of every gce-tpm attestation against Google's "
+    "CRLs: those in FILE (DER or PEM, several; read again when FILE changes: replace it atomically), "
+    "or 'fetch': from the CRL Distribution Points the verified certificates name, kept until their "
+    "nextUpdate (a file named so: ./fetch). A certificate without a current CRL of its issuer, or "
+    "revoked, refuses the attestation.",
+)
+@click.option(
     "--seal",
     type=click.Choice(SEAL_PROVIDERS),
     default="file",
@@ -338,6 +348,7 @@ def cas_serve(
     nvidia_ocsp: str | None,
     nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
+    gce_crl: str | None,
     crl_validity: str | None,
     public_url: str | None,
     public_http_listen: str | None,
@@ -451,6 +462,7 @@ def cas_serve(
         witness_quorum=witness_quorum,
         witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
         replica_min_tcb=min_tcb,
+        gce_crl=gce_crl,
         opaque_refusals=opaque_refusals,
         refusal_delay=refusal_delay,
         metrics_listen=metrics_listen,
@@ -1421,6 +1433,7 @@ def run(
 
         provider = AzureVtpmQuoteProvider()
     elif tee == "gce-tpm":
+        from confide.runtime.gce_aia import HttpIssuerFetcher
         from confide.runtime.gce_tpm import GceTpmQuoteProvider
         from confide.runtime.quote import CONFIGFS_TSM_ROOT
         from confide.runtime.tpm import Tpm, transport_from_env
@@ -1429,7 +1442,10 @@ def run(
         if gce_tee == "configfs-tsm" or (gce_tee == "auto" and CONFIGFS_TSM_ROOT.is_dir()):
             tee_report = ConfigfsTsmQuoteProvider()
             configfs_check = tee_report.check  # no configfs-tsm: refused before the CAS is asked
-        provider = GceTpmQuoteProvider(Tpm(transport_from_env()), tee=tee_report)
+        # The AK certificate's issuers from their caIssuers URLs, as go-tpm-tools sends them
+        provider = GceTpmQuoteProvider(
+            Tpm(transport_from_env()), tee=tee_report, issuer_fetcher=HttpIssuerFetcher()
+        )
     elif tee == "aws-nitro":
         from confide.runtime.nitro import DeviceNsmTransport, NitroQuoteProvider
 

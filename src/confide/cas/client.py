@@ -11,6 +11,7 @@ times and :data:`MAX_RETRY_AFTER` seconds per wait.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 import ssl
@@ -51,6 +52,12 @@ __all__ = ["CasClient", "policy_submission"]
 
 ENV_URL = "CONFIDE_CAS_URL"
 ENV_CERT = "CONFIDE_CAS_CERT"
+ENV_PIN = "CONFIDE_CAS_SPKI"
+"""The SHA-256 (hex) of the SubjectPublicKeyInfo of the one CAS :meth:`CasClient.from_env` may
+talk to (:func:`confide.cas.documents.spki_sha256`, what ``confide cas attest`` shows): a
+certificate in :data:`ENV_CERT` with another key is refused before anything is sent. The
+launcher of an image converted with ``confide sconify --cas`` sets it (after removing the
+host's value): the image, not the host's environment, names its CAS."""
 RATE_LIMIT_RETRIES = 3
 MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited for this long
 
@@ -80,6 +87,20 @@ MAX_ANSWER = 64 * 1024 * 1024
 release carries the service's injected files, which a policy bounds to the CAS's 16 MiB request
 limit, base64-encoded. A larger answer is a ``ParseError``, read no further."""
 
+MAX_ANSWER_TIME = 600.0
+"""The longest one answer of a CAS may take to arrive, whatever its pace (seconds): the read
+timeout bounds each wait for more bytes only, so a CAS sending a byte just within it would hold
+a client (``confide run`` holding a key, ``ledger history|accesses``, ``ledger verify --full
+--identity``) for as long as :data:`MAX_ANSWER` allows. 600 s asks at least ~110 kB/s of the
+largest answer. Longer is a ``NetworkError``."""
+
+
+def _too_large_or_slow(how: str) -> errors.ConfideError:
+    """``read_body``'s refusal: a slow answer is the network's fault, a large one the CAS's."""
+    if how.startswith("took more than"):
+        return NetworkError(f"the CAS's answer {how}")
+    return errors.ParseError(f"the CAS's answer {how}")
+
 
 @dataclass(frozen=True)
 class _Answer:
@@ -93,7 +114,7 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
     cannot make the client (``confide run`` holding a key) read without bound."""
     try:
         with http.stream(method, path, **kwargs) as response:
-            body = read_body(response, MAX_ANSWER, lambda how: errors.ParseError(f"the CAS's answer {how}"))
+            body = read_body(response, MAX_ANSWER, _too_large_or_slow, within=MAX_ANSWER_TIME)
             return _Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
         refused = _certificate_refusal(exc)
@@ -256,7 +277,15 @@ class CasClient:
         if not url:
             raise UsageError(f"{ENV_URL} is not set: source the client.env that 'confide cas serve' wrote")
         cert = env.get(ENV_CERT)
-        return cls(url, Path(cert) if cert else None)
+        client = cls(url, Path(cert) if cert else None)
+        pin = (env.get(ENV_PIN) or "").strip().lower().encode()
+        if pin and not hmac.compare_digest((client.cas_spki_sha256 or "").encode(), pin):
+            client.close()
+            raise NetworkError(
+                f"the CAS certificate in {ENV_CERT} is not the CAS this runtime is pinned to ({ENV_PIN}, set "
+                "by the image: 'confide sconify --cas'): its key's SHA-256 differs; nothing was sent"
+            )
+        return client
 
     def close(self) -> None:
         self.http.close()

@@ -101,6 +101,7 @@ from confide.cas.release_crypto import (
     decrypt_release,
 )
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
+from confide.cas.secret_heads import SecretHeads
 from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
@@ -622,6 +623,8 @@ class Cas:
         self._read_rules: Lru[tuple[str, str], tuple[Any, ...]] = Lru(READ_RULES_CACHE)
         # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
         self.policy_auth = PolicyAuth(sealer, db=database)
+        # Each secret's current version, MAC'd under the master key (confide.cas.secret_heads).
+        self.secret_heads = SecretHeads(sealer)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
@@ -1182,6 +1185,7 @@ class Cas:
                         public=json.dumps(meta), created_at=self.clock(),
                     )
                 )  # fmt: skip
+                self._put_secret_head(conn, policy.name, key_name, version)
             current = conn.execute(
                 select(t.volume_tags).where(
                     and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name)
@@ -1522,13 +1526,25 @@ class Cas:
         return value
 
     def _latest_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
+        """A secret's current version: its newest row, only when it is the version the
+        secret's authenticated head names (confide.cas.secret_heads; SecretRowsAltered
+        otherwise). ``None``: neither a row nor a head (not generated yet)."""
         row = raw_execute(
             conn,
-            "SELECT policy, name, version, kind, sealed, public FROM secrets "
-            "WHERE policy = ? AND name = ? ORDER BY version DESC LIMIT 1",
+            "SELECT s.policy, s.name, s.version, s.kind, s.sealed, s.public, h.version, h.key_id, h.mac "
+            "FROM secrets s LEFT JOIN secret_heads h ON h.policy = s.policy AND h.name = s.name "
+            "WHERE s.policy = ? AND s.name = ? ORDER BY s.version DESC LIMIT 1",
             (policy, name),
         ).fetchone()
-        return None if row is None else SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
+        if row is None:  # no row: refused if a head names a version (its rows were deleted)
+            self.secret_heads.checked(policy, name, None, self.secret_heads.head(conn, policy, name))
+            return None
+        self.secret_heads.checked(policy, name, row[2], None if row[6] is None else (row[6], row[7], row[8]))
+        return SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
+
+    def _put_secret_head(self, conn: Connection, policy: str, name: str, version: int) -> None:
+        """Make ``version`` (its row just inserted in ``conn``) the secret's current version."""
+        self.secret_heads.put(conn, policy, name, version, self.clock())
 
     def _generate_secrets(
         self,
@@ -1645,6 +1661,7 @@ class Cas:
                     public=json.dumps(public), created_at=self.clock(),
                 )
             )  # fmt: skip
+            self._put_secret_head(conn, policy.name, spec.name, version)
             created.append({"name": spec.name, "version": version, "kind": value.kind})
             created_names.add(spec.name)
         if previous is not None:

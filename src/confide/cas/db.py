@@ -135,6 +135,21 @@ secrets = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("policy", "name", "version"),
 )
+# Schema 19 (confide.cas.secret_heads, docs/cas.md "What a secret's current version rests on"):
+# each secret's current version, written with every new version's row, HMAC-SHA256 of the key
+# id, policy, name and version under the master key ``key_id`` names. A release refuses a
+# secret whose newest row is not this version.
+secret_heads = Table(
+    "secret_heads",
+    metadata,
+    Column("policy", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("mac", String(64), nullable=False),
+    PrimaryKeyConstraint("policy", "name"),
+)
 nonces = Table(
     "nonces",
     metadata,
@@ -390,10 +405,13 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 # meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
 # confide.cas.policy_auth.bind_unbound)
 POLICY_ROWS_BOUND_META = "policy_rows_bound"
+# meta key: the secrets' heads of a database from before schema 19 were written (once;
+# confide.cas.secret_heads.bind_unbound)
+SECRET_HEADS_BOUND_META = "secret_heads_bound"  # noqa: S105 - a meta key name, not a secret
 
 T = TypeVar("T")
 
@@ -610,9 +628,19 @@ def _v18(conn: Connection) -> None:
     raw_execute(conn, "DELETE FROM policy_head_anchor")
 
 
+def _v19(conn: Connection) -> None:
+    """Each secret's current version authenticated (confide.cas.secret_heads, docs/cas.md "What
+    a secret's current version rests on"): the ``secret_heads`` table. The migration runs
+    without the master key and leaves it empty: the next start writes each secret's head for
+    the newest row present then (``secret_heads.bind_unbound``, in the start's write
+    transaction, once; trust on first migration). Code from before schema 19 refuses the
+    database, so it cannot write a secret version without its head."""
+    secret_heads.create(conn, checkfirst=True)
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18,
+    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19,
 }  # fmt: skip
 
 
@@ -800,6 +828,7 @@ class Database:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 # A new database has no row to bind (confide.cas.policy_auth.bind_unbound).
                 conn.execute(insert(meta).values(key=POLICY_ROWS_BOUND_META, value="1"))
+                conn.execute(insert(meta).values(key=SECRET_HEADS_BOUND_META, value="1"))
                 if self.is_sqlite:
                     conn.execute(insert(cas_lock).values(id=1))
             elif version != SCHEMA_VERSION:

@@ -43,6 +43,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "revocations-altered": EntryType.REVOCATIONS_ALTERED,
     "revocations-bound": EntryType.REVOCATIONS_BOUND,
     "policy-rows-bound": EntryType.POLICY_ROWS_BOUND,
+    "secret-heads-bound": EntryType.SECRET_HEADS_BOUND,
     "dcap-tcb-evaluation-floor-raised": EntryType.TCB_FLOOR_RAISED,
     "dcap-tcb-evaluation-floor-altered": EntryType.TCB_FLOOR_ALTERED,
     "dcap-tcb-evaluation-floor-bound": EntryType.TCB_FLOOR_BOUND,

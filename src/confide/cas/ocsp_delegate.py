@@ -58,11 +58,12 @@ from sqlalchemy import Connection, insert
 from confide.cas import db as t
 from confide.cas.crl import generated_ca
 from confide.cas.db import raw_execute
+from confide.cas.secret_heads import SecretRowsAltered
 from confide.cas.secrets import SecretValue
 from confide.policy.secret import OcspSigner
 
 if TYPE_CHECKING:
-    from confide.cas.core import Cas
+    from confide.cas.core import Cas, SecretRow
     from confide.policy.model import Policy
 
 __all__ = [
@@ -92,6 +93,21 @@ _CN_MAX = 64  # RFC 5280 Appendix A: ub-common-name
 def responder_name(ca: str) -> str:
     """The ``secrets`` row name of CA ``ca``'s responder (no declared secret has a ``/``)."""
     return ca + _SUFFIX
+
+
+def latest_responder(cas: Cas, conn: Connection, policy: str, name: str) -> tuple[SecretRow | None, int]:
+    """Responder row ``name``'s current version (``None``: none) and the version a new one is
+    stored as. A responder is the CAS's own OCSP signing key, never released: when its current
+    version's row was deleted (:class:`~confide.cas.secret_heads.SecretRowsAltered` for deleted
+    rows) a new one is issued after the version its authenticated head names, never an older
+    row signing again nor a version number reused; any other refusal stands."""
+    try:
+        row = cas._latest_secret(conn, policy, name)
+    except SecretRowsAltered as exc:
+        if exc.deleted_after is None:
+            raise
+        return None, exc.deleted_after + 1
+    return row, 1 if row is None else row.version + 1
 
 
 def responder_state(public: str) -> tuple[str, float] | None:
@@ -206,11 +222,10 @@ def issue_responders(
         if ca.certificate is None:
             continue
         ski = _ski(ca.certificate)
-        row = cas._latest_secret(conn, name, responder_name(spec.name))
+        row, version = latest_responder(cas, conn, name, responder_name(spec.name))
         reason = responder_due(ski, None if row is None else row.public, now)
         if reason is None:
             continue
-        version = 1 if row is None else row.version + 1
         record = _store(cas, conn, name, spec.name, ca_row.version, ca, version, now)
         out.append({**record, "previous_version": None if row is None else row.version, "reason": reason})
     return out
@@ -240,6 +255,7 @@ def _store(
             public=json.dumps(public), created_at=now,
         )
     )  # fmt: skip
+    cas.secret_heads.put(conn, policy, name, version, now)  # confide.cas.secret_heads
     assert value.certificate is not None
     cert = x509.load_der_x509_certificate(value.certificate)
     return {
@@ -272,7 +288,7 @@ def replace_responder(
     if not generated_ca(spec) or spec.ocsp_signer is not OcspSigner.DELEGATED:
         return None
     name = responder_name(ca_name)
-    row = cas._latest_secret(conn, policy, name)
+    row, _ = latest_responder(cas, conn, policy, name)
     ca_row = cas._latest_secret(conn, policy, ca_name)
     if row is None or (row.version, row.public) != refused or ca_row is None:
         return None

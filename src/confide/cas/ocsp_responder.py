@@ -93,6 +93,7 @@ from confide.cas.db import raw_execute
 from confide.cas.ocsp_delegate import (
     RESPONDER_KIND,
     due_reason,
+    latest_responder,
     replace_responder,
     responder_name,
     responder_state,
@@ -403,13 +404,9 @@ class OcspResponder:
         name = responder_name(ca.name)
         renewed = replaced = False
         while True:  # at most one renewal and one replacement
-            with self.cas.db.read() as conn:
-                row = raw_execute(
-                    conn,
-                    "SELECT version, public FROM secrets WHERE policy = ? AND name = ? "
-                    "ORDER BY version DESC LIMIT 1",
-                    (ca.policy, name),
-                ).fetchone()
+            with self.cas.db.read() as conn:  # its authenticated current version (confide.cas.secret_heads)
+                latest, _ = latest_responder(self.cas, conn, ca.policy, name)
+            row = None if latest is None else (latest.version, latest.public)
             state = None if row is None else self._responder_state(ca.policy, name, int(row[0]), row[1])
             if row is not None and due_reason(bytes.fromhex(ca.key_id), state, self.cas.clock()) is None:
                 assert state is not None  # due_reason says "new" for none

@@ -84,6 +84,7 @@ from confide.cas.rotation import (
 )
 from confide.cas.runlock import RunLock
 from confide.cas.sealing import SealingKeyProvider
+from confide.cas.secret_heads import reauthenticate_heads as reauthenticate_secret_heads
 from confide.cas.secrets import Sealer, row_key_id
 from confide.cas.successor_board import reauthenticate_board
 from confide.cas.tcb_floor import TcbEvaluationFloor
@@ -406,6 +407,8 @@ class OnlineRotation:
             # under the new one (confide.cas.policy_auth).
             old, new = self.sealer.only(old_id), self.sealer.only(new_id)
             heads = reauthenticate_policy_rows(conn, old, new, new_id)
+            # Each secret's current version, likewise (confide.cas.secret_heads).
+            secret_heads = reauthenticate_secret_heads(conn, old, new, new_id)
             _write_id(conn, new_id, KEY_ID_META)
             _write_id(conn, None, NEXT_KEY_META)
             tls = (self.data_dir / (TLS_KEY_NAME + PENDING_SUFFIX)).exists()
@@ -413,6 +416,7 @@ class OnlineRotation:
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": status.resealed,
                 "policy_versions": status.policy_versions, "policy_rows_authenticated": heads,
+                "secret_heads_authenticated": secret_heads,
                 "sealing": {"from": describe(self.provider), "to": describe(self.provider)},
                 "tls_key": "re-protected" if tls else "plain", "log_key": "re-sealed" if log else "plain",
                 "online": True, "batches": status.batches,

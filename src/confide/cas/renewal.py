@@ -56,7 +56,7 @@ from confide.cas import db as t
 from confide.cas.crl import crl_due, generated_ca, issue_crls
 from confide.cas.db import raw_execute
 from confide.cas.declaration import fingerprints
-from confide.cas.ocsp_delegate import issue_responders, responder_due, responder_name
+from confide.cas.ocsp_delegate import issue_responders, latest_responder, responder_due, responder_name
 from confide.cas.periodic import PeriodicTask
 from confide.cas.policy_auth import PolicyRowsAltered
 from confide.cas.secrets import (
@@ -194,6 +194,7 @@ def renew_policy(
                 public=json.dumps(public), created_at=now,
             )
         )  # fmt: skip
+        cas.secret_heads.put(conn, name, spec.name, version, now)  # confide.cas.secret_heads
         fresh[spec.name] = value
         assert value.certificate is not None
         cert = x509.load_der_x509_certificate(value.certificate)
@@ -292,7 +293,7 @@ def _responder_due(cas: Cas, conn: Connection, policy: str, ca: str, ca_public: 
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except (KeyError, TypeError, ValueError, x509.ExtensionNotFound):
         return False  # no certificate to issue under
-    row = cas._latest_secret(conn, policy, responder_name(ca))
+    row, _ = latest_responder(cas, conn, policy, responder_name(ca))
     return responder_due(ski, None if row is None else row.public, now) is not None
 
 

@@ -53,6 +53,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,9 @@ from confide.cas.policy_auth import reauthenticate_rows as reauthenticate_policy
 from confide.cas.policy_rows import all_rows, reseal_rows, seal_clear_rows
 from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.sealing import SealingKeyProvider
+from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
+from confide.cas.secret_heads import bind_unbound as bind_secret_heads
+from confide.cas.secret_heads import reauthenticate_heads as reauthenticate_secret_heads
 from confide.cas.secrets import Sealer, key_id
 from confide.cas.successor_board import reauthenticate_board
 from confide.cas.tcb_floor import rebind_floor_file
@@ -585,6 +589,13 @@ def rotate_master_key(
             if heads_bound is not None:
                 events.record(conn, POLICY_ROWS_BOUND, None, heads_bound)
             heads = reauthenticate_policy_rows(conn, old, new, new_id)
+            # Each secret's current version (confide.cas.secret_heads): bound first under K0 for a
+            # database migrated but not started since, as a start would; then checked under K0
+            # and MAC'd under K1.
+            secrets_bound = bind_secret_heads(conn, old, time.time())
+            if secrets_bound is not None:
+                events.record(conn, SECRET_HEADS_BOUND, None, secrets_bound)
+            secret_heads = reauthenticate_secret_heads(conn, old, new, new_id)
             # The successor board, checked under K0 and authenticated under K1 (confide.cas.successor).
             board = reauthenticate_board(conn, old, new, new_id)
             # The revocation records, checked under K0 and MAC'd under K1 (confide.cas.revocation_auth).
@@ -593,6 +604,7 @@ def rotate_master_key(
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
                 "policy_versions": policy_rows, "policy_rows_authenticated": heads,
+                "secret_heads_authenticated": secret_heads,
                 **({"successor_board": "re-authenticated"} if board else {}),
                 **({"revocations": revocations} if revocations else {}),
                 **({"tcb_floor": tcb_floor} if tcb_floor else {}),

@@ -84,6 +84,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
+from confide.cas.gce_crl import GceCrlFile, gce_crl_source
 from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
@@ -111,13 +112,22 @@ from confide.cas.rotation import (
 )
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
+from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
+from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
 from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
-from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
+from confide.cas.witness_quorum import (
+    RECOSIGN_SECONDS,
+    START_ATTEMPTS,
+    START_DELAYS,
+    Round,
+    WitnessGuard,
+    WitnessQuorum,
+)
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
@@ -242,7 +252,10 @@ class Checkpointer:
     With a ``guard`` (``--witness-quorum``, :mod:`confide.cas.witness_quorum`) the witnesses are
     asked through it: :meth:`start` refuses to return until a quorum cosigned the checkpoint of
     the log as it is now (:meth:`start_with_quorum`), and while running a checkpoint not yet
-    cosigned by a quorum is sent again (and with ``--witness-max-lag``, a quiet log's too)."""
+    cosigned by a quorum is sent again. A log that does not grow has its checkpoint cosigned again
+    every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (with ``--witness-max-lag``, half
+    that bound if sooner), with or without a guard: the witnesses' new timestamps keep it fresh for
+    verifiers with ``ledger verify --max-age`` (docs/ledger.md "Freshness")."""
 
     def __init__(
         self,
@@ -253,11 +266,13 @@ class Checkpointer:
         witness_tls: ssl.SSLContext | None = None,
         guard: WitnessGuard | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
         self.witnesses = witnesses if guard is None else guard.config.witnesses
         self.witness_tls = witness_tls  # trust for https:// witnesses (None: the system's CAs)
-        self.guard, self.sleep = guard, sleep
+        self.guard, self.sleep, self.monotonic = guard, sleep, monotonic
+        self.asked_at: float | None = None  # the witnesses' last round without a guard (monotonic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
@@ -306,7 +321,9 @@ class Checkpointer:
 
     def tick(self, *, force: bool = False) -> Round | None:
         """Sign a checkpoint if the log grew, and have it cosigned (with a guard: when
-        :meth:`WitnessGuard.due`, or ``force``). The guard's round, if one ran."""
+        :meth:`WitnessGuard.due`, or ``force``; without: when it grew, or the witnesses were last
+        asked :data:`RECOSIGN_SECONDS` ago, so that a quiet log's cosignatures stay fresh). The
+        guard's round, if one ran."""
         with self.cas.db.read() as conn:
             size = Ledger.size(raw_connection(conn))
         grown = size != self.signed_size
@@ -318,7 +335,10 @@ class Checkpointer:
         if self.guard is not None:
             if force or self.guard.due(self.signed_size):
                 return self._cosign()
-        elif grown and self.witnesses:
+        elif self.witnesses and (
+            grown or self.asked_at is None or self.monotonic() - self.asked_at >= RECOSIGN_SECONDS
+        ):
+            self.asked_at = self.monotonic()  # a failed round is tried again after as long
             self._cosign()
         return None
 
@@ -332,8 +352,14 @@ class Checkpointer:
         try:
             if self.guard is not None:
                 return self.guard.round(conn, self.signed_note, http)
-            for witness_url, key in self.witnesses:
-                request_cosignatures(conn, witness_url, key, client=http)
+            failed: ConfideError | None = None
+            for witness_url, key in self.witnesses:  # each witness asked, whichever fails
+                try:
+                    request_cosignatures(conn, witness_url, key, client=http)
+                except ConfideError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
             return None
         finally:
             conn.close()
@@ -345,9 +371,11 @@ class Checkpointer:
         while not self._stop.wait(self.interval):
             try:
                 outcome = self.tick()
-            except LogRollbackError:  # the guard halted releases and logged it (witness-rollback)
-                continue
             except Exception as exc:  # keep signing; report once per failure
+                if isinstance(exc, LogRollbackError) and self.guard is not None:
+                    continue  # the guard halted releases and logged it (witness-rollback)
+                # (without a guard a witness's rollback or fork answer is reported here: now that a
+                # quiet log is cosigned again every RECOSIGN_SECONDS, once a minute)
                 log.error(
                     json.dumps(
                         {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
@@ -596,6 +624,7 @@ def prepare(
     pcs_tcb_eval_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -657,7 +686,12 @@ def prepare(
     ``replica_min_tcb`` (``--replica-min-tcb``, ``tee`` ``sev-snp`` only): the minimum
     ``REPORTED_TCB`` of an SEV-SNP CAS the master key is released to, and, with ``join``, of the
     CAS it is obtained from (:func:`~confide.cas.key_release.appraise_peer`); recorded in the
-    ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged."""
+    ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged.
+
+    ``gce_crl`` (``--gce-crl FILE|fetch``): Google's CRLs, against which ``gce-tpm`` evidence's
+    AK certificate and intermediates are checked (:mod:`confide.cas.gce_crl`): a file, read once
+    here (a file that cannot be read or parsed: the CAS does not start), then before every such
+    attestation when it changed; ``fetch``: from the verified chain's distribution points."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
@@ -743,6 +777,11 @@ def prepare(
         # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
         # checked when the KDS serves one (a mirror may not).
         kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
+    gce_crl_file = None
+    if gce_crl is not None:
+        gce_crl_file = gce_crl_source(gce_crl)
+        if isinstance(gce_crl_file, GceCrlFile):
+            gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
     sim_dir = data_dir / "sim"
     sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
     sim_key = sim_platform.public_key if sim_platform is not None else None
@@ -755,6 +794,7 @@ def prepare(
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
         min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, tcb_floor=tcb_floor,
+        gce_crl=gce_crl_file,
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:
@@ -875,6 +915,11 @@ def prepare(
         heads_bound = bind_policy_rows(conn, sealer)
         if heads_bound is not None:
             cas.events.record(conn, POLICY_ROWS_BOUND, None, heads_bound)
+        # Each secret's current version, for a database from before schema 19: its newest row as
+        # found, once (confide.cas.secret_heads; trust on first migration).
+        secrets_bound = bind_secret_heads(conn, sealer, time.time())
+        if secrets_bound is not None:
+            cas.events.record(conn, SECRET_HEADS_BOUND, None, secrets_bound)
         # The DCAP TCB evaluation floor file checked under the master key and against the
         # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
@@ -1146,6 +1191,7 @@ def serve(
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float | None = None,
     metrics_listen: str | None = None,
@@ -1177,7 +1223,7 @@ def serve(
     CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
     :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
     which releases wait (``--witness-max-lag``; ``None``: no bound).
-    ``replica_min_tcb``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
+    ``replica_min_tcb``, ``gce_crl``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
     attestation refusal, and every refused volume tag report, with one fixed message, logging
     the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals"); ``refusal_delay``:
     seconds after its request's arrival before such an answer is sent (``--refusal-delay``;
@@ -1243,7 +1289,7 @@ def serve(
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
                pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
-               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
+               replica_min_tcb=replica_min_tcb, gce_crl=gce_crl, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
                metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
                metrics_allow=metrics_allow)  # fmt: skip
@@ -1409,6 +1455,7 @@ def _serve(
     pcs_tcb_eval_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    gce_crl: str | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float = 0.0,
     metrics_addr: tuple[str, int] | None = None,
@@ -1430,7 +1477,7 @@ def _serve(
         successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         pcs_update=pcs_update, pcs_tcb_eval_number=pcs_tcb_eval_number,
         witnesses=quorum.attested() if quorum is not None else None,
-        replica_min_tcb=replica_min_tcb,
+        replica_min_tcb=replica_min_tcb, gce_crl=gce_crl,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     cas.opaque_refusals = opaque_refusals  # docs/cas.md "Opaque refusals"
@@ -1557,6 +1604,7 @@ def _serve(
                 "nvidia_ocsp": nvidia_ocsp is not None,
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
+                "gce_crl": gce_crl is not None,
                 "opaque_refusals": opaque_refusals,
                 "refusal_delay": refusal_delay if opaque_refusals else None,
                 "max_connections": http_limits.max_connections,

@@ -33,7 +33,11 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   report (field 8) or TDX quote (field 9) is verified as ``sev-snp`` / ``tdx`` evidence is: the
   VCEK/VLEK of its certificate chain, else AMD KDS's (``--kds``), under the same AMD roots; the
   TDX quote with ``aux["collateral"]`` (only then allowed) or the CAS's DCAP source, prefetched
-  alike. No other aux blobs.
+  alike. No other aux blobs. With ``cas serve --gce-crl FILE|fetch`` (``gce_crl``) the AK
+  certificate and its intermediates are checked against Google's CRLs in that file, or fetched
+  from their distribution points once the chain verified (kept until their nextUpdate), read or
+  fetched before phase 1 (:mod:`confide.cas.gce_crl`; fail closed: a certificate without a
+  current CRL of its issuer is refused).
 
 Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
 ``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
@@ -117,6 +121,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from confide.cas.fetch_stats import FetchStats
+from confide.cas.gce_crl import GceCrlFetcher, GceCrlFile
 from confide.cas.kds import FetchedVek, KdsVcekCache, vek_key, vek_request
 from confide.cas.pcs import DcapCollateralCache, DcapKey
 from confide.cas.revocation import OcspCache, ocsp_key
@@ -158,7 +163,7 @@ from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier, missing_pck_error
-from confide.verify.gce_tpm import GceTeeCollateral, verify_gce_attestation
+from confide.verify.gce_tpm import GceTeeCollateral, verified_ak_chain, verify_gce_attestation
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
@@ -221,6 +226,8 @@ class Prefetched:
     tcb_eval: Mapping[TeeType, TcbEvaluationNumbersResponse | ConfideError] = field(default_factory=_frozen)
     """Intel's TCB evaluation data numbers (response, issuer chain) by TEE type, for a request's
     own collateral bundle under ``--min-tcb-eval-number auto`` (:meth:`PlatformVerifier._with_list`)."""
+    gce_crls: tuple[x509.CertificateRevocationList, ...] | ConfideError | None = None
+    """Google's CRLs as ``cas serve --gce-crl`` read them for this attestation (``None``: not read)."""
 
     def merged(self, other: Prefetched) -> Prefetched:
         """Both; ``other``'s outcome where both have one (it is the later)."""
@@ -231,6 +238,7 @@ class Prefetched:
             _frozen({**self.rims, **other.rims}),
             _frozen({**self.pck, **other.pck}),
             _frozen({**self.tcb_eval, **other.tcb_eval}),
+            gce_crls=other.gce_crls if other.gce_crls is not None else self.gce_crls,
         )
 
 
@@ -348,7 +356,11 @@ class PlatformVerifier:
     by a :class:`~confide.cas.rims.RimCache`, in memory and in ``nvidia_rim_cache`` (a
     directory; ``None``: memory only); without a source such reports are not compared with
     RIMs. ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root``, ``amd_roots`` and ``gce_roots``
-    (the Google vTPM AK roots) replace the embedded pinned roots: for test PKIs only."""
+    (the Google vTPM AK roots) replace the embedded pinned roots: for test PKIs only.
+    ``gce_crl``: Google's CRLs (``cas serve --gce-crl FILE|fetch``, :mod:`confide.cas.gce_crl`),
+    read or fetched before phase 1 of every ``gce-tpm`` attestation; with it the AK certificate
+    and its intermediates are checked for revocation (:mod:`confide.verify.gce_crl`, fail
+    closed), without it they are not."""
 
     def __init__(
         self,
@@ -372,6 +384,7 @@ class PlatformVerifier:
         min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
         tcb_floor: TcbEvaluationFloor | None = None,
         gce_roots: tuple[x509.Certificate, ...] | None = None,
+        gce_crl: GceCrlFile | GceCrlFetcher | None = None,
     ) -> None:
         if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
             raise ValueError("nvidia_ocsp_stapled_only takes no nvidia_ocsp source")
@@ -415,6 +428,7 @@ class PlatformVerifier:
         )
         self.nitro_root = nitro_root
         self.gce_roots = gce_roots
+        self.gce_crl = gce_crl
         self.dcap = DcapVerifier()
         # --min-tcb-eval-number auto, a request's own bundle: the source's TCB evaluation data
         # numbers per TEE type, kept once their signature leads to the pinned root, until their
@@ -442,6 +456,7 @@ class PlatformVerifier:
                 self._kds_job(platform, evidence, aux, at),
                 self._rim_job(platform, evidence, aux, at),
                 self._ocsp_job(platform, evidence, aux, at),
+                self._gce_crl_job(platform, evidence, at),
             )
             if job is not None
         ]
@@ -463,6 +478,63 @@ class PlatformVerifier:
             return fetched
 
         return CollateralJob(found, fetch_all)
+
+    def _gce_crl_job(self, platform: Platform, evidence: bytes, at: datetime) -> CollateralJob | None:
+        """Google's CRLs for ``gce-tpm`` evidence: the ``--gce-crl`` file read (disk I/O, before
+        phase 1 as a local DCAP source's), or the CRLs of the AK chain's distribution points
+        (``fetch``: in memory now, else fetched by the job). Nothing is asked about a chain that
+        does not verify: phase 1 refuses it without asking."""
+        source = self.gce_crl
+        if platform is not Platform.GCE_TPM or source is None:
+            return None
+        if isinstance(source, GceCrlFile):
+            file = source
+
+            def read() -> Prefetched:
+                try:
+                    return Prefetched(gce_crls=file.load())
+                except ConfideError as exc:
+                    return Prefetched(gce_crls=exc)
+
+            return CollateralJob(Prefetched(), read)
+        fetcher = source
+        try:
+            chain = verified_ak_chain(evidence, at=at, roots=self.gce_roots)
+        except ConfideError:
+            return None
+        hit = fetcher.cached(chain, at)
+        if hit is not None:
+            return CollateralJob(Prefetched(gce_crls=hit))
+
+        def fetch() -> Prefetched:
+            try:
+                return Prefetched(gce_crls=fetcher.crls(chain, at))
+            except ConfideError as exc:
+                return Prefetched(gce_crls=exc)
+
+        return CollateralJob(Prefetched(), fetch)
+
+    def _gce_crls(
+        self, evidence: bytes, at: datetime, prefetched: Prefetched | None
+    ) -> tuple[x509.CertificateRevocationList, ...] | None:
+        """Google's CRLs for this attestation (``None``: revocation is not checked)."""
+        source = self.gce_crl
+        if source is None:
+            return None
+        if prefetched is not None and prefetched.gce_crls is not None:
+            return _outcome(prefetched.gce_crls)
+        if isinstance(source, GceCrlFile):
+            if prefetched is None:  # an in-process caller that ran no prefetch: read now
+                return source.load()
+            raise _not_read("Google's CRLs (--gce-crl)")
+        # fetch: the chain's own refusal first (no prefetch was made for a chain that fails)
+        chain = verified_ak_chain(evidence, at=at, roots=self.gce_roots)
+        if prefetched is None:
+            return source.crls(chain, at)
+        hit = source.cached(chain, at)
+        if hit is None:
+            raise _not_prefetched("Google's CRLs (--gce-crl fetch)")
+        return hit
 
     def _dcap_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
@@ -880,7 +952,8 @@ class PlatformVerifier:
             elif isinstance(tee, GceTdxAttestation):
                 collateral, pck = self._dcap_collateral(tee.parsed, aux, at, prefetched)
                 ctx = GceTeeCollateral(dcap=self.dcap, tdx_collateral=collateral, tdx_pck=pck)
-            verified = verify_gce_attestation(evidence, at=at, roots=self.gce_roots, tee=ctx)
+            crls = self._gce_crls(evidence, at, prefetched)
+            verified = verify_gce_attestation(evidence, at=at, roots=self.gce_roots, tee=ctx, crls=crls)
             if vcek_source is not None:
                 verified = dataclasses.replace(
                     verified, details={**verified.details, "tee_vcek_source": vcek_source}

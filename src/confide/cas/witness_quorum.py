@@ -40,6 +40,7 @@ from confide.ledger.witness_http import request_cosignatures
 
 __all__ = [
     "MAX_LAG_RANGE",
+    "RECOSIGN_SECONDS",
     "RETRY_SECONDS",
     "START_ATTEMPTS",
     "START_DELAYS",
@@ -54,6 +55,12 @@ START_ATTEMPTS = 3
 START_DELAYS = (1.0, 2.0)
 RETRY_SECONDS = 5.0
 """While running, a checkpoint not yet cosigned by a quorum is sent again after this long."""
+RECOSIGN_SECONDS = 60.0
+"""A log that does not grow has its checkpoint cosigned again after this long (with
+``--witness-max-lag``, after half the bound if that is sooner): a tlog-cosignature's timestamp
+says the witness saw no larger tree as of then, and verifiers with ``ledger verify --max-age``
+refuse a checkpoint whose cosignatures are old (a frozen log looks so). tlog-witness: a witness
+cosigns a checkpoint of the size and root it cosigned last again, with a new timestamp."""
 MAX_LAG_RANGE = (10, 30 * 86400)
 """``--witness-max-lag``: whole seconds, at least 10 (twenty checkpoint intervals and a few
 witness round trips), at most 30 days."""
@@ -182,8 +189,9 @@ class WitnessGuard:
 
     def due(self, size: int) -> bool:
         """Whether a round is due for the current checkpoint of ``size``: one not yet cosigned by
-        a quorum (at once for a size not yet sent, else every :data:`RETRY_SECONDS`), or with
-        ``max_lag``, when the newest quorum is half that old (a quiet log is cosigned again)."""
+        a quorum (at once for a size not yet sent, else every :data:`RETRY_SECONDS`), or, for a
+        quiet log, when the newest quorum is :data:`RECOSIGN_SECONDS` old (with ``max_lag``, half
+        that bound if sooner): its checkpoint is cosigned again, with new timestamps."""
         if self.halted is not None:
             return False
         now = self.monotonic()
@@ -191,7 +199,8 @@ class WitnessGuard:
         if size > self.quorum_size:
             return retry or self.attempted_size < size
         lag = self.config.max_lag
-        return lag is not None and self.quorum_at is not None and now - self.quorum_at >= lag / 2 and retry
+        every = RECOSIGN_SECONDS if lag is None else min(lag / 2, RECOSIGN_SECONDS)
+        return self.quorum_at is not None and now - self.quorum_at >= every and retry
 
     def round(self, conn: Conn, note: bytes, client: httpx2.Client | None = None) -> Round:
         """Send the signed checkpoint ``note`` to every witness; a quorum of cosignatures makes it

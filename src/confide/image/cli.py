@@ -264,6 +264,8 @@ def sconify_cmd(
             tls_verify=tls_verify,
             tee=tee,
             measurement=measurement,
+            # the image's runtime talks to this CAS only (docs/sconify.md "Contract with confide run")
+            cas_spki=client.cas_spki_sha256 if client is not None else None,
         )
         if sys.stderr.isatty():
             with _RichProgress() as bar:

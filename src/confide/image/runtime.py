@@ -250,12 +250,55 @@ def check_image(idx: FsIndex, architecture: str) -> ImagePython:
     return py
 
 
-def launcher_script(python: str) -> bytes:
+UNSAFE_ENVIRONMENT_PREFIXES = ("OPENSSL_", "PYTHON", "FUSE_LIBRARY_", "CONFIDE_CAS_SPKI")
+"""Variables the launcher removes from its environment (see :data:`UNSAFE_ENVIRONMENT`)."""
+
+UNSAFE_ENVIRONMENT = (
+    "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH",
+    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "SSL_CERT_DIR", "SSL_CERT_FILE", "TMPDIR", "TZDIR",
+)  # fmt: skip
+"""Variables that make a library load code or files the caller chose, which the launcher of a
+converted image removes before anything else is imported: the image's environment comes from
+the host's operator, and ``-I`` covers only Python's own ``PYTHON*`` variables.
+``OPENSSL_CONF`` (with ``OPENSSL_MODULES``, ``OPENSSL_ENGINES``) names a configuration whose
+``providers`` section makes OpenSSL (``ssl``, ``hashlib``, ``cryptography``) load a shared
+library the operator chose into the process that then gets the release; ``FUSE_LIBRARY_PATH``
+(``FUSE_LIBRARY_NAME``) names the library the FUSE server, holding a volume key, loads;
+``PYTHON*`` would reach no process (every Python the runtime starts runs ``-I``; the program
+gets the released environment only): removed all the same. The rest are the variables glibc
+ignores in a setuid program (its ``unsecvars``) that it reads when first needed (``GCONV_PATH``:
+iconv modules, shared libraries; the resolver's), and the certificate stores of OpenSSL's
+defaults. ``LD_*`` stay: the dynamic loader read them when the interpreter started (an
+``LD_PRELOAD`` library already runs, ``LD_LIBRARY_PATH`` already chose the libraries
+``dlopen`` finds), so removing them protects nothing and would break an interpreter that needs
+``LD_LIBRARY_PATH`` in the processes the runtime starts: docs/limitations.md "sconify"."""
+
+
+CONTRACT = "/confide/sconify.json"
+"""The image's contract (``confide.image.sconify.CONTRACT_PATH``), which the launcher names in
+``CONFIDE_SCONIFY`` whatever the host set there: where the protected volumes are bound is the
+image's to say."""
+
+
+def launcher_script(python: str, lib_dir: str = "/" + LIB_DIR, cas_spki: str | None = None) -> bytes:
+    """``/confide/bin/confide``: ``python -I``, the :data:`UNSAFE_ENVIRONMENT` removed,
+    ``CONFIDE_SCONIFY`` set to :data:`CONTRACT`, with ``cas_spki`` ``CONFIDE_CAS_SPKI`` set to it
+    (the CAS is pinned by the image: :data:`confide.cas.client.ENV_PIN`), the vendored ``lib_dir``
+    first on ``sys.path``, then ``confide.cli:main``."""
+    if cas_spki is not None and not re.fullmatch(r"[0-9a-f]{64}", cas_spki):
+        raise UsageError(f"the CAS's key hash: got {cas_spki[:80]!r}, expected 64 lowercase hex digits")
+    pin = f"os.environ['CONFIDE_CAS_SPKI'] = {cas_spki!r}\n" if cas_spki is not None else ""
     return (
         f"#!{python} -I\n"
         '"""confide runtime launcher (written by confide sconify)."""\n'
+        "import os\n"
         "import sys\n"
-        f"sys.path.insert(0, '/{LIB_DIR}')\n"
+        "for name in list(os.environ):\n"
+        f"    if name.startswith({UNSAFE_ENVIRONMENT_PREFIXES!r}) or name in {UNSAFE_ENVIRONMENT!r}:\n"
+        "        del os.environ[name]\n"
+        f"os.environ['CONFIDE_SCONIFY'] = {CONTRACT!r}\n"
+        f"{pin}"
+        f"sys.path.insert(0, {lib_dir!r})\n"
         "from confide.cli import main\n"
         "main()\n"
     ).encode()

@@ -83,7 +83,7 @@ from confide.volume.store import PENDING_NAME, add_sources, create_volume, seal_
 __all__ = ["CONTRACT_PATH", "VOLUMES_DIR", "PolicySink", "SconifyOptions", "SconifyResult", "sconify"]
 
 VOLUMES_DIR = "confide/volumes"
-CONTRACT_PATH = "confide/sconify.json"
+CONTRACT_PATH = "confide/sconify.json"  # the launcher names it too (runtime.CONTRACT)
 _MEDIA = {NONE: MEDIA_OCI_LAYER, GZIP: MEDIA_OCI_LAYER + "+gzip", ZSTD: MEDIA_OCI_LAYER + "+zstd"}
 _VOLUME_ID_INFO = b"confide sconify volume id\x00"
 
@@ -114,6 +114,9 @@ class SconifyOptions:
     tee: str = "sim"
     measurement: str | None = None
     """Written into the template as it is (96 hex digits); None: computed for ``tee == "sim"``."""
+    cas_spki: str | None = None
+    """The SHA-256 (hex) of the CAS's key (its certificate's SubjectPublicKeyInfo): the launcher
+    pins the runtime to that CAS (``CONFIDE_CAS_SPKI``); None: the host's environment names it."""
 
 
 @dataclass(frozen=True)
@@ -343,19 +346,22 @@ def _cache_dir() -> Path:
     return Path(base) / "confide" / "runtime-layers"
 
 
-def _runtime_key(python: ImagePython, compression: str) -> str:
+def _runtime_key(python: ImagePython, compression: str, cas_spki: str | None) -> str:
     h = hashlib.sha256(f"v2\0{python.path}\0{compression}\0".encode())
+    h.update(launcher_script(python.path, cas_spki=cas_spki))
     for rel, src in _vendored():
         st = src.stat()
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 
-def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
+def _runtime_layer(
+    store: BlobStore, python: ImagePython, compression: str, cas_spki: str | None = None
+) -> tuple[Descriptor, str]:
     """The runtime layer. It is deterministic, so it is cached (user cache directory, keyed by
     the interpreter path, the compression and every vendored file's name, size and mtime); a
     cached blob is used only if its SHA-256 still matches its name."""
-    cache = _cache_dir() / f"{_runtime_key(python, compression)}.json"
+    cache = _cache_dir() / f"{_runtime_key(python, compression, cas_spki)}.json"
     try:
         meta = jsonstrict.loads(cache.read_bytes(), structure="runtime layer cache")
         data = (cache.parent / meta["digest"][7:]).read_bytes()
@@ -364,7 +370,7 @@ def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> t
             return Descriptor(_MEDIA[compression], desc.digest, desc.size), meta["diff_id"]
     except (OSError, ValueError, KeyError, TypeError, ParseError):
         pass
-    desc, diff_id = _build_runtime_layer(store, python, compression)
+    desc, diff_id = _build_runtime_layer(store, python, compression, cas_spki)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         blob = cache.parent / desc.digest[7:]
@@ -376,13 +382,15 @@ def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> t
     return desc, diff_id
 
 
-def _build_runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
+def _build_runtime_layer(
+    store: BlobStore, python: ImagePython, compression: str, cas_spki: str | None = None
+) -> tuple[Descriptor, str]:
     files = _vendored()
     # each directory once: containers/storage (podman, buildah, CRI-O) refuses to apply a layer
     # that names a path twice ("duplicates of file paths not supported"), as the runtime layer
     # did with "confide/" (from both directory chains) until podman was made to pull an output
     entries = list({e.path: e for e in _dirs("confide/bin") + _dirs(LIB_DIR)}.values())
-    entries.append(_Entry(LAUNCHER, FILE, 0o755, data=launcher_script(python.path)))
+    entries.append(_Entry(LAUNCHER, FILE, 0o755, data=launcher_script(python.path, cas_spki=cas_spki)))
     entries += [_Entry(f"{LIB_DIR}/{d}", DIR, 0o755) for d in iter_lib_dirs(files)]
     entries += [_Entry(f"{LIB_DIR}/{rel}", FILE, 0o644, source=src) for rel, src in files]
     return _write_layer(store, entries, compression)
@@ -543,7 +551,7 @@ def sconify(
             ],
         }
         for desc, diff_id in (
-            _runtime_layer(store, python, opts.compression),
+            _runtime_layer(store, python, opts.compression, opts.cas_spki),
             _volume_layer(
                 store, vol, opts.volume_name, idx, outer, contract, NONE
             ),  # ciphertext: incompressible

@@ -43,6 +43,7 @@ from confide.errors import (
 from confide.fsutil import lock_beside, read_bounded, write_atomic
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from confide.ledger.db import DB_ERRORS, Conn
+from confide.ledger.freshness import NO_WITNESS, Freshness, check_fresh
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -52,7 +53,7 @@ from confide.ledger.merkle import (
     subtree_hash,
     verify_consistency,
 )
-from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteVerifier, open_note
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteVerifier, open_note, parse_note
 from confide.ledger.serve import CHECKPOINT_PATH, serve
 from confide.ledger.tiles import TILE_WIDTH, TiledNodes, TileId, format_tile_path, tile_width
 
@@ -66,6 +67,7 @@ __all__ = [
     "ViewUpdate",
     "atomic_write",
     "audit_view",
+    "distinct_witnesses",
     "log_verifier",
     "parse_bundle",
     "remember_view",
@@ -138,36 +140,61 @@ def verify_checkpoint_update(
     *,
     origin: str | None = None,
     witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> SignedCheckpoint:
     """Verify a new signed checkpoint and that it extends ``old`` (pure; no I/O).
 
     Each of ``witnesses`` must have cosigned the checkpoint (tlog-cosignature): a missing
-    cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`.
+    cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`. With
+    ``freshness`` (``--max-age``; its ``now`` given, never read here), each one's newest
+    cosignature must be within it (:func:`~confide.ledger.freshness.check_fresh`), else a
+    :class:`~confide.errors.FreshnessError`, checked last: a rollback or a fork is named first.
     """
+    distinct_witnesses(witnesses)
     # 1. Signature by the pinned key (SignatureError / UnknownKeyError / ParseError).
     signed = open_checkpoint(
         new_checkpoint, log_key, origin=origin if origin else (old.origin if old else None)
     )
     new = signed.checkpoint
     # 2. Cosignatures by every required witness.
+    note = None
     for witness in witnesses:
         try:
-            open_note(new_checkpoint, [witness])
+            note, _ = open_note(new_checkpoint, [witness])
         except UnknownKeyError:
             raise UnknownKeyError(
                 f"checkpoint {new.size} has no cosignature by witness {witness.vkey}"
             ) from None
-    if old is None:
-        return signed
-    # 3. The tree must not shrink.
-    if new.size < old.size:
-        raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
-    # 4. The new tree must extend the old one (RFC 9162 §2.1.4.2).
-    try:
-        verify_consistency(old.size, new.size, old.root, new.root, proof)
-    except ConsistencyError as exc:
-        raise ConsistencyError(f"fork: {exc.message}") from None
+    if old is not None:
+        # 3. The tree must not shrink.
+        if new.size < old.size:
+            raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
+        # 4. The new tree must extend the old one (RFC 9162 §2.1.4.2).
+        try:
+            verify_consistency(old.size, new.size, old.root, new.root, proof)
+        except ConsistencyError as exc:
+            raise ConsistencyError(f"fork: {exc.message}") from None
+    # 5. Fresh: a required witness cosigned it within --max-age of now (a log frozen on an old
+    # checkpoint, with its old cosignatures, would hide every later entry without forking).
+    if freshness is not None:  # (without witnesses a UsageError)
+        check_fresh(note if note is not None else parse_note(new_checkpoint), new.size, witnesses, freshness)
     return signed
+
+
+def distinct_witnesses(witnesses: Sequence[NoteVerifier]) -> None:
+    """A :class:`UsageError` unless each witness key is another public key. tlog-cosignature
+    "Ed25519 signed message": the message "doesn't commit to the cosigner name, so the same
+    public key can't be used across multiple cosigners": one cosignature line, renamed (the key
+    ID recomputed for the other name), verifies under every name of its key, so one witness given
+    under two names would pass as two."""
+    seen: dict[bytes, str] = {}
+    for witness in witnesses:
+        if witness.public_key in seen:
+            raise UsageError(
+                f"--witness: the key of {witness.name!r} is given twice (also as "
+                f"{seen[witness.public_key]!r}): one witness, whose cosignature verifies under both names"
+            )
+        seen[witness.public_key] = witness.name
 
 
 def parse_bundle(data: bytes) -> list[bytes]:
@@ -194,6 +221,14 @@ class Auditor:
     log_key: NoteVerifier
     origin: str | None = None
     witnesses: Sequence[NoteVerifier] = ()
+    freshness: Freshness | None = None
+    """``--max-age``: each checkpoint verified must have a cosignature of each of ``witnesses``
+    within it."""
+
+    def __post_init__(self) -> None:
+        distinct_witnesses(self.witnesses)  # refused before anything is fetched
+        if self.freshness is not None and not self.witnesses:
+            raise UsageError(NO_WITNESS)
 
     def fetch_checkpoint(self) -> bytes:
         raw = self.client.fetch(CHECKPOINT_PATH)
@@ -216,8 +251,9 @@ class Auditor:
         if old is not None and old.size <= new.size:
             proof = consistency_proof(nodes, old.size, new.size)
         signed = verify_checkpoint_update(
-            old, raw, proof, self.log_key, origin=self.origin, witnesses=self.witnesses
-        )
+            old, raw, proof, self.log_key, origin=self.origin, witnesses=self.witnesses,
+            freshness=self.freshness,
+        )  # fmt: skip
         # The tiles must hash to the signed root (else the log serves a tree it did not sign).
         tiles_root = EMPTY_ROOT if new.size == 0 else subtree_hash(nodes, 0, new.size)
         if tiles_root != new.root:
@@ -524,10 +560,12 @@ def audit_once(
     full: bool = False,
     entry_check: EntryCheck | None = None,
     witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> tuple[Checkpoint | None, SignedCheckpoint]:
-    """One audit round: verify the latest checkpoint against the state, optionally all
-    entries, then remember it. Returns (previous, new)."""
-    auditor = Auditor(client, log_key, witnesses=witnesses)
+    """One audit round: verify the latest checkpoint against the state (and, with
+    ``freshness``, that its witnesses cosigned it recently), optionally all entries, then
+    remember it. Returns (previous, new)."""
+    auditor = Auditor(client, log_key, witnesses=witnesses, freshness=freshness)
     with state.locked() if state is not None else contextlib.nullcontext():
         old = state.load(log_key) if state is not None else None
         signed = auditor.update(old)
@@ -568,6 +606,8 @@ class LogVerification:
     previous_size: int | None
     entries_checked: int
     witnesses: tuple[str, ...] = ()
+    max_age: int | None = None
+    """``--max-age`` (seconds): each witness's newest cosignature was at most this old."""
     reader: str | None = None
     """``--full --identity``: the fingerprint of the identity whose policies' entries were checked
     (``None``: every entry was, from the log database)."""
@@ -581,6 +621,8 @@ class LogVerification:
             "previous_size": self.previous_size, "entries_checked": self.entries_checked,
             "witnesses": list(self.witnesses),
         }  # fmt: skip
+        if self.max_age is not None:
+            doc["max_age"] = self.max_age
         if self.reader is not None:
             doc["reader"] = self.reader
             doc["policies"] = [p.to_json() for p in self.policies]
@@ -608,10 +650,12 @@ def verify_log(
     *,
     full: bool = False,
     witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> LogVerification:
     """One audit of the log ``client`` reads (``confide ledger verify``, and
     :meth:`confide.sdk.Cas.verify_log`): its latest checkpoint signed by ``log_key`` and
-    cosigned by ``witnesses``; with ``state_file``, consistent with the checkpoint remembered
+    cosigned by ``witnesses`` (with ``freshness``, ``--max-age``: each within it, else a
+    :class:`~confide.errors.FreshnessError`); with ``state_file``, consistent with the checkpoint remembered
     there (a smaller one is a ``RollbackError``, another tree a ``ConsistencyError``), which the
     file then remembers; with ``full``, every entry downloaded, the tree recomputed and each
     policy entry checked (:class:`confide.cas.audit.PolicyChainChecker`). Nothing is written on an error."""
@@ -627,9 +671,11 @@ def verify_log(
         full=full,
         entry_check=entry_check,
         witnesses=witnesses,
+        freshness=freshness,
     )
     cp = signed.checkpoint
     return LogVerification(
         cp.origin, cp.size, cp.root.hex(), None if old is None else old.size, cp.size if full else 0,
         tuple(w.vkey for w in witnesses),
+        max_age=None if freshness is None else int(freshness.max_age.total_seconds()),
     )  # fmt: skip

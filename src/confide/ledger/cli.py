@@ -44,6 +44,7 @@ from confide.ledger.auditor import (
     verify_log,
     witness_verifier,
 )
+from confide.ledger.freshness import NO_WITNESS, Freshness, parse_max_age
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
     TILES_RATE,
@@ -134,6 +135,13 @@ def ledger() -> None:
 @click.option(
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
 )
+@click.option(
+    "--max-age",
+    "max_age",
+    metavar="DURATION",
+    help="With --witness: each witness's cosignature must be at most this old (e.g. '1h', '30 minutes';"
+    " 1 minute to 366 days), and none dated more than 60 s ahead: else exit 69 (a frozen log).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--cacert", type=_PATH, help="Trust only this certificate for --url (default: $CONFIDE_CAS_CERT)."
@@ -147,6 +155,7 @@ def verify(
     identity_file: Path | None,
     policy_names: tuple[str, ...],
     witness_keys: tuple[str, ...],
+    max_age: str | None,
     as_json: bool,
     cacert: Path | None,
 ) -> None:
@@ -156,6 +165,7 @@ def verify(
     After `source DIR/client.env` (CONFIDE_LOG_URL, CONFIDE_LOG_KEY, CONFIDE_CAS_CERT):
       confide ledger verify --state auditor.json
       confide ledger verify --full --identity me.id --state auditor.json
+      confide ledger verify --state auditor.json --witness W_VKEY --max-age 1h
     """
     try:
         if policy_names and identity_file is None:
@@ -167,6 +177,12 @@ def verify(
                 else "--identity goes with --full (it names whose policies' entries are checked)"
             )
         witnesses = [_witness_key(w) for w in witness_keys]
+        freshness = None
+        if max_age is not None:
+            if not witnesses:
+                raise UsageError(NO_WITNESS)
+            # The one clock read of the audit: the verify layer is given it.
+            freshness = Freshness(datetime.now(UTC), parse_max_age(max_age))
         # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
         # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
         if key is None:
@@ -185,9 +201,11 @@ def verify(
             )
         if identity_file is not None:
             assert url is not None
-            checked = _verify_readable(url, cacert, log_key, identity_file, policy_names, state, witnesses)
+            checked = _verify_readable(
+                url, cacert, log_key, identity_file, policy_names, state, witnesses, freshness
+            )
         else:
-            checked = _verify(log_db, url, cacert, log_key, state, full, witnesses)
+            checked = _verify(log_db, url, cacert, log_key, state, full, witnesses, freshness)
     except ConfideError as exc:
         if as_json:
             error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
@@ -217,6 +235,8 @@ def verify(
             )
     for w in witnesses:
         click.echo(printable(f"  cosigned by witness {w.name}"))
+    if checked.max_age is not None:
+        click.echo(f"  each witness's newest cosignature is at most {checked.max_age} s old (--max-age)")
 
 
 def _verify(
@@ -227,6 +247,7 @@ def _verify(
     state: Path | None,
     full: bool,
     witnesses: list[NoteVerifier],
+    freshness: Freshness | None = None,
 ) -> LogVerification:
     """``ledger verify`` of the log database ``log_db`` or of the tlog-tiles at ``url``."""
     with contextlib.ExitStack() as stack:
@@ -246,7 +267,7 @@ def _verify(
                 ctx = client_tls_context(ca)
                 http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
             client = stack.enter_context(HttpLogClient(url, client=http))
-        return verify_log(client, log_key, state, full=full, witnesses=witnesses)
+        return verify_log(client, log_key, state, full=full, witnesses=witnesses, freshness=freshness)
 
 
 def _verify_readable(
@@ -257,6 +278,7 @@ def _verify_readable(
     policies: tuple[str, ...],
     state: Path | None,
     witnesses: list[NoteVerifier],
+    freshness: Freshness | None = None,
 ) -> LogVerification:
     """``ledger verify --full --identity``: the CAS of client.env (``CONFIDE_CAS_URL``, trusting
     ``--cacert`` or ``CONFIDE_CAS_CERT``), whose log must be ``url``; its tiles read on the same
@@ -281,7 +303,9 @@ def _verify_readable(
         CasClient(cas_url, cacert or _env_cert()) as client,
         HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles,
     ):
-        return verify_readable(client, tiles, log_key, identity, policies, state, witnesses=witnesses)
+        return verify_readable(
+            client, tiles, log_key, identity, policies, state, witnesses=witnesses, freshness=freshness
+        )
 
 
 def _env_cert() -> Path | None:
@@ -628,8 +652,15 @@ def _make_witness(state: Path, key_file: Path, logs: tuple[str, ...]) -> Witness
         raise UsageError("--key: expected a witness key (signature type 0x04; keygen --witness)")
     if not logs:
         raise UsageError("--log: give at least one log key")
-    log_keys = [NoteVerifier.from_vkey(_read_key_text(v, "--log")) for v in logs]
-    return Witness(signer, state, {k.name: k for k in log_keys})
+    known: dict[str, NoteVerifier] = {}
+    for value in logs:
+        # A log signs its checkpoints with an Ed25519 key (type 0x01, c2sp.org/tlog-checkpoint);
+        # one origin has one key here (a second --log of an origin would silently replace the first).
+        key = log_verifier(_read_key_text(value, "--log"), "--log")
+        if key.name in known:
+            raise UsageError(f"--log: two keys for the origin {key.name!r}, expected one per log")
+        known[key.name] = key
+    return Witness(signer, state, known)
 
 
 _WITNESS_OPTIONS = [

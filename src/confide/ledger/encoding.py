@@ -101,6 +101,7 @@ class EntryType(StrEnum):
     REVOCATIONS_ALTERED = "revocations.altered"  # a CA's revocation records failed their MACs
     REVOCATIONS_BOUND = "revocations.bound"  # rows from before schema 13 MAC'd at a start
     POLICY_ROWS_BOUND = "policy.rows-bound"  # heads and versions from before schema 15 MAC'd at a start
+    SECRET_HEADS_BOUND = "secrets.heads-bound"  # noqa: S105 - secrets' heads from before schema 19, at a start
     TCB_FLOOR_RAISED = "dcap.tcb-floor.raised"  # the CAS's DCAP TCB evaluation floor grew
     TCB_FLOOR_ALTERED = "dcap.tcb-floor.altered"  # its file failed its MAC or lay behind the ledger
     TCB_FLOOR_BOUND = "dcap.tcb-floor.bound"  # a file from before the MAC, MAC'd at a start

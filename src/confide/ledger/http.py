@@ -60,6 +60,7 @@ from confide.ledger.store import connect
 
 __all__ = [
     "LEDGER_BODY_TIMEOUT",
+    "MAX_ANSWER_TIME",
     "MAX_RESOURCE",
     "TILES_RATE",
     "WITNESS_RATE",
@@ -76,6 +77,10 @@ __all__ = [
 ]
 
 MAX_RESOURCE = 1 << 24  # a full entry bundle is at most 256 * 65,537 bytes
+# The longest one answer may take to arrive, whatever its pace (the read timeout bounds each
+# wait for more only): a log sending a byte every 29 s would hold its auditor for years. 120 s
+# asks at least 140 kB/s of the largest resource (a full entry bundle); a tile is 8 KiB.
+MAX_ANSWER_TIME = 120.0
 # A 429's Retry-After the auditor's client waits out (RFC 9110 §10.2.3), at most this long
 # each time and this many times per resource; longer, or more often, is a failure.
 MAX_RETRY_WAIT = 10.0
@@ -110,13 +115,18 @@ class Answer:
         return self.content.decode("utf-8", "replace")
 
 
-def read_bounded(client: httpx2.Client, method: str, url: str, limit: int, **kwargs: Any) -> Answer:
+def read_bounded(
+    client: httpx2.Client, method: str, url: str, limit: int, *, within: float | None = None, **kwargs: Any
+) -> Answer:
     """One request whose answer is read up to ``limit`` bytes (after any content decoding): a
     larger one, declared (``Content-Length``) or sent, is a :class:`NetworkError` and read no
-    further, so a hostile log or witness cannot make its client read without bound."""
+    further, so a hostile log or witness cannot make its client read without bound; with
+    ``within``, so is a body still arriving after that many seconds (nor wait without bound)."""
     try:
         with client.stream(method, url, **kwargs) as response:
-            body = read_body(response, limit, lambda how: NetworkError(f"{method} {url}: the answer {how}"))
+            body = read_body(
+                response, limit, lambda how: NetworkError(f"{method} {url}: the answer {how}"), within=within
+            )
             return Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
@@ -147,7 +157,7 @@ class HttpLogClient:
         url = f"{self.base_url}/{path}"
         for attempt in range(MAX_RETRIES + 1):
             # Read no more than the largest resource a log serves (an entry bundle).
-            resp = read_bounded(self._client, "GET", url, MAX_RESOURCE)
+            resp = read_bounded(self._client, "GET", url, MAX_RESOURCE, within=MAX_ANSWER_TIME)
             if resp.status_code != 429 or attempt == MAX_RETRIES:
                 break
             wait = resp.headers.get("retry-after", "")

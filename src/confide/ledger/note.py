@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from confide.errors import ParseError, SignatureError, UnknownKeyError
+from confide.identity import is_small_order
 
 __all__ = [
     "MAX_NOTE_SIZE",
@@ -179,6 +180,18 @@ class NoteVerifier:
         if len(self.public_key) != ED25519_KEY_SIZE:
             raise ParseError(
                 f"public key is {len(self.public_key)} bytes, expected {ED25519_KEY_SIZE}",
+                structure="verifier key",
+            )
+        # RFC 8032 §5.1.7 (cofactorless, as OpenSSL verifies): with a public key A of small
+        # order, R of small order and S = 0 satisfy [S]B = R + [k]A for one message in eight or
+        # more (every message for the identity point): "signatures" nobody made. A log key like
+        # that would let anyone forge its checkpoints (and make a fork it signed deniable), a
+        # witness key like that any cosignature; no seed gives one (RFC 8032 §5.1.5 clamps the
+        # scalar to a multiple of 8), so such a key is refused wherever it is given.
+        if is_small_order(self.public_key):
+            raise ParseError(
+                "an Ed25519 public key of small order, whose signatures anyone can make without a "
+                "private key",
                 structure="verifier key",
             )
 

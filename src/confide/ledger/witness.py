@@ -40,6 +40,7 @@ from confide.ledger.checkpoint import Checkpoint, open_checkpoint
 from confide.ledger.merkle import EMPTY_ROOT, verify_consistency
 from confide.ledger.note import (
     SIG_TYPE_COSIGNATURE_V1,
+    Note,
     NoteSignature,
     NoteSigner,
     NoteVerifier,
@@ -47,12 +48,25 @@ from confide.ledger.note import (
     parse_note,
 )
 
-__all__ = ["MAX_PROOF_LINES", "Witness", "WitnessConflictError", "http_status", "parse_add_checkpoint"]
+__all__ = [
+    "MAX_CHECKPOINT_TEXT",
+    "MAX_PROOF_LINES",
+    "Witness",
+    "WitnessConflictError",
+    "http_status",
+    "parse_add_checkpoint",
+]
 
 MAX_PROOF_LINES = 63
 MAX_REQUEST_SIZE = 1 << 20
-# The state file holds one line per witnessed log (its origin, size and root hash): far below this.
+# The state file holds per witnessed log the checkpoint it cosigned last with the log's signature
+# (not the other lines of the request's note), each at most MAX_CHECKPOINT_TEXT: far below this
+# for up to a few hundred logs.
 MAX_STATE_SIZE = 16 << 20
+# A checkpoint is three short lines (c2sp.org/tlog-checkpoint) and rarely has extension lines;
+# one of a log's checkpoints is kept in the state, shared by every log: a log whose checkpoints
+# filled a request (1 MiB) would make a few of them fill the state, and the witness refuse all.
+MAX_CHECKPOINT_TEXT = 64 << 10
 
 
 class WitnessConflictError(ConsistencyError):
@@ -154,6 +168,27 @@ class Witness:
             raise StorageError(f"witness state {str(self.state_path)!r}: unexpected content")
         return {str(k): str(v) for k, v in logs.items()}
 
+    def _known(self, logs: dict[str, str], origin: str) -> Checkpoint | None:
+        """The checkpoint of ``origin`` in the state ``logs``: one of the witness's own file that
+        is no checkpoint of that origin is a :class:`StorageError` (a 500, not a 400 blaming the
+        request, as a ParseError of it would be)."""
+        note = logs.get(origin)
+        if note is None:
+            return None
+        try:
+            known = Checkpoint.from_text(parse_note(note.encode("utf-8")).text)
+        except ParseError as exc:
+            raise StorageError(
+                f"witness state {str(self.state_path)!r}: the checkpoint of {origin!r} is unreadable: "
+                f"{exc.message}"
+            ) from None
+        if known.origin != origin:
+            raise StorageError(
+                f"witness state {str(self.state_path)!r}: the checkpoint kept for {origin!r} is one of "
+                f"{known.origin!r}"
+            )
+        return known
+
     def _save(self, logs: dict[str, str]) -> None:
         data = json.dumps({"version": 1, "logs": logs}, indent=2, sort_keys=True) + "\n"
         try:
@@ -166,8 +201,7 @@ class Witness:
     def latest(self, origin: str) -> Checkpoint | None:
         """The latest checkpoint cosigned for ``origin``."""
         with self._locked():
-            note = self._load().get(origin)
-        return None if note is None else Checkpoint.from_text(parse_note(note.encode("utf-8")).text)
+            return self._known(self._load(), origin)
 
     def add_checkpoint(
         self, old_size: int, proof: list[bytes], checkpoint: bytes, *, at: datetime
@@ -176,16 +210,20 @@ class Witness:
         note = parse_note(checkpoint)
         origin = Checkpoint.from_text(note.text).origin
         log_key = self.logs.get(origin)
-        if log_key is None:
+        if log_key is None:  # tlog-witness: an unknown origin is a 404, whatever else is wrong
             raise UnknownKeyError(f"unknown log origin {origin!r}")
+        if len(note.text) > MAX_CHECKPOINT_TEXT:
+            raise ParseError(
+                f"checkpoint of {len(note.text)} characters, expected at most {MAX_CHECKPOINT_TEXT}",
+                structure="add-checkpoint",
+            )
         signed = open_checkpoint(checkpoint, log_key, origin=origin)
         new = signed.checkpoint
         if old_size > new.size:
             raise RollbackError(f"old size {old_size} is above the checkpoint size {new.size}")
         with self._locked():
             logs = self._load()
-            known_note = logs.get(origin)
-            known = None if known_note is None else Checkpoint.from_text(parse_note(known_note.encode()).text)
+            known = self._known(logs, origin)
             known_size = 0 if known is None else known.size
             if old_size != known_size:
                 raise WitnessConflictError(
@@ -213,6 +251,8 @@ class Witness:
             else:
                 verify_consistency(known.size, new.size, known.root, new.root, proof)
             cosignature = self.signer.sign(note.text, timestamp=int(at.timestamp()))
-            logs[origin] = signed.raw.decode("utf-8")
+            # Only the log's own signature is kept with the text: the request's other lines
+            # (unknown keys, up to the 1 MiB of a request) are not the witness's to store.
+            logs[origin] = Note(note.text, signed.verified).to_bytes().decode("utf-8")
             self._save(logs)  # persisted before the cosignature is returned
         return cosignature

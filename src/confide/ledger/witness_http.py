@@ -29,6 +29,7 @@ from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.http import (
+    MAX_ANSWER_TIME,
     WITNESS_RATE,
     LedgerHTTPServer,
     ledger_limits,
@@ -253,7 +254,10 @@ def request_cosignatures(
             try:
                 # A witness answers signature lines, a size or a short error: read no more than a
                 # whole note may be (MAX_NOTE_SIZE, which parse_note refuses past anyway).
-                resp = read_bounded(http, "POST", url, MAX_NOTE_SIZE, content=_body(old, proof, bare))
+                # and in no more time than a log's answer (a witness dripping it would hold the log).
+                resp = read_bounded(
+                    http, "POST", url, MAX_NOTE_SIZE, within=MAX_ANSWER_TIME, content=_body(old, proof, bare)
+                )
             except NetworkError as exc:
                 raise NetworkError(f"witness {witness_url}: {exc.message}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):

@@ -68,6 +68,8 @@ class VerifyRequest:
     rim_root: Path | None = None
     ocsp: str | None = None
     """NVIDIA: ``--ocsp`` (an OCSP responder URL or a directory of stored responses)."""
+    crl: Path | None = None
+    """GCE vTPM: ``--crl FILE``, Google's CRLs (DER or PEM) for the AK chain's revocation."""
     min_tcb_evaluation_data_number: int | None = None
     """Intel DCAP: ``--min-tcb-eval-number N`` (:func:`require_tcb_evaluation`)."""
     tcb_evaluation_numbers: bool = False

@@ -9,6 +9,9 @@ A Confidential VM's attestation also carries its SEV-SNP report (field 8) or TDX
 VCEK/VLEK of the attestation's certificate chain, or ``--vcek FILE`` (the VEK, or VEK, ASK/ASVK
 and ARK) and ``--chain FILE`` (ASK/ASVK and ARK, and an ARK-signed CRL); the TDX quote with
 ``--collateral DIR|FILE|URL`` (else ``$CONFIDE_DCAP_COLLATERAL``) and the DCAP options.
+
+``--crl FILE``: Google's CRLs (DER or PEM, several, at most 16 MiB); the AK certificate and its
+intermediates are then checked for revocation at ``--at`` (:mod:`confide.verify.gce_crl`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from confide.platforms._root import load_root_certificate
 from confide.platforms.dcap import request_collateral
 from confide.platforms.sev_snp import embedded_verifier, load_crl
 from confide.verify.dcap import DcapVerifier
+from confide.verify.gce_crl import load_crls
 from confide.verify.gce_tpm import GceTeeCollateral, verify_gce_attestation
 from confide.verify.result import VerifiedEvidence
 from confide.verify.sev_snp import AmdChain, load_certificates
@@ -30,6 +34,7 @@ from confide.verify.sev_snp import AmdChain, load_certificates
 __all__ = ["verify_request"]
 
 _MAX_CERTS = 256 * 1024
+MAX_CRL_FILE = 16 * 1024 * 1024
 _PEM_CRL = b"-----BEGIN X509 CRL-----"
 _DCAP = DcapVerifier()
 
@@ -97,4 +102,9 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     elif isinstance(tee, GceTdxAttestation):
         collateral, pck = request_collateral(_DCAP, tee.parsed, req)
         ctx = GceTeeCollateral(dcap=_DCAP, tdx_collateral=collateral, tdx_pck=pck)
-    return verify_gce_attestation(req.evidence, at=req.at, expected_nonce=req.nonce, roots=roots, tee=ctx)
+    crls = None
+    if req.crl is not None:
+        crls = load_crls(read_input_file(req.crl, "--crl", MAX_CRL_FILE, "CRLs (DER or PEM)"), "--crl")
+    return verify_gce_attestation(
+        req.evidence, at=req.at, expected_nonce=req.nonce, roots=roots, tee=ctx, crls=crls
+    )

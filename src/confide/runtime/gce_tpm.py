@@ -36,9 +36,17 @@ What go-tpm-tools does for ``gotpm attest`` (``client.GceAttestationKeyRSA`` / `
    protobuf cannot carry byte for byte (non-zero reserved bytes), or that configfs-tsm fails to
    give, is an error: the evidence is not sent without it.
 
-Not done (``docs/limitations.md``, "GCE vTPM"): the AK certificate's issuing intermediate is
-not fetched from its AIA URL as go-tpm-tools does (the verifier ships Google's known
-intermediates; ``intermediates`` adds others), the unsigned ``instance_info`` from the metadata
+7. With an ``issuer_fetcher`` (``confide run`` gives :class:`~confide.runtime.gce_aia.HttpIssuerFetcher`):
+   the AK certificate's issuing CAs are collected from their AIA caIssuers URLs up to one signed
+   by a pinned Google root (:mod:`confide.runtime.gce_aia`: http/https only, bounded in size,
+   time and hops, each checked to have signed the one below) and sent in field 7 after
+   ``intermediates``, as go-tpm-tools does, unless the intermediates given and those confide
+   ships (``google_vtpm_intermediates.pem``, which the verifier has too) already chain the AK
+   certificate to a pinned root: then nothing is fetched (a VM without a route to pki.goog does
+   not wait on it). Collected once per AK certificate and kept for the provider's life; a
+   failure is an error.
+
+Not done (``docs/limitations.md``, "GCE vTPM"): the unsigned ``instance_info`` from the metadata
 server is not sent, and a Confidential VM's report is collected through configfs-tsm only (not
 the older ``/dev/sev-guest`` / ``/dev/tdx_guest`` ioctls go-tpm-tools uses).
 """
@@ -60,6 +68,7 @@ from confide.evidence.gce_tee import encode_sev_snp_attestation, encode_tdx_quot
 from confide.evidence.gce_tpm import MAX_ATTESTATION_SIZE, parse_gce_attestation
 from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.evidence.tpm import TPM_ALG_SHA256, TpmPublic, parse_attest
+from confide.runtime.gce_aia import MAX_HOPS, IssuerFetcher, collect_issuers, signed_by_one_of
 from confide.runtime.quote import ConfigfsTsmQuoteProvider, Evidence, check_report_data
 from confide.runtime.tpm import (
     PCR_COUNT,
@@ -68,9 +77,10 @@ from confide.runtime.tpm import (
     Tpm,
     TpmCommandError,
 )
-from confide.verify.gce_tpm import replay_pcrs
+from confide.verify.gce_tpm import google_roots, long_names, replay_pcrs, shipped_intermediates
 from confide.verify.result import Platform
 from confide.verify.tpm import verify_quote
+from confide.verify.x509util import load_der_certificate
 
 __all__ = [
     "AK_CERT_NV_INDEX_ECC",
@@ -81,6 +91,7 @@ __all__ = [
     "GceTpmQuoteProvider",
     "encode_attestation",
 ]
+
 
 # go-tpm-tools client/handles.go
 AK_CERT_NV_INDEX_RSA = 0x01C10000
@@ -167,7 +178,10 @@ class GceTpmQuoteProvider:
     ``/dev/tpmrm0``); ``event_log``: the firmware event log's path (``None``: send none);
     ``intermediates``: DER certificates sent with the AK certificate (its issuing intermediate
     when the verifier does not ship it); ``tee``: a Confidential VM's configfs-tsm, whose SEV-SNP
-    report or TDX quote goes into field 8 or 9 (step 6; ``None``: the vTPM quote alone)."""
+    report or TDX quote goes into field 8 or 9 (step 6; ``None``: the vTPM quote alone);
+    ``issuer_fetcher``: what fetches the AK certificate's issuers from their caIssuers URLs (step
+    7; ``None``: none is fetched); ``roots``: where that collection stops (default: the pinned
+    Google roots the verifier uses)."""
 
     def __init__(
         self,
@@ -176,11 +190,16 @@ class GceTpmQuoteProvider:
         event_log: Path | None = DEFAULT_EVENT_LOG,
         intermediates: Sequence[bytes] = (),
         tee: ConfigfsTsmQuoteProvider | None = None,
+        issuer_fetcher: IssuerFetcher | None = None,
+        roots: Sequence[x509.Certificate] | None = None,
     ) -> None:
         self._tpm = tpm
         self._event_log = event_log
         self._intermediates = tuple(intermediates)
         self._tee = tee
+        self._fetcher = issuer_fetcher
+        self._roots = tuple(roots) if roots is not None else None
+        self._fetched: dict[bytes, tuple[bytes, ...]] = {}
         # One request at a time: a quote and its PCR read must not interleave with another's.
         self._lock = threading.Lock()
 
@@ -205,6 +224,8 @@ class GceTpmQuoteProvider:
                 quote, signature, pcrs, log = self._quote(tpm, handle, ak, report_data)
             finally:
                 tpm.flush_context(handle)
+        intermediates = self._intermediates
+        intermediates += tuple(c for c in self._issuers(cert) if c not in intermediates)
         raw = encode_attestation(
             ak_pub=ak.raw,
             quote=quote,
@@ -212,7 +233,7 @@ class GceTpmQuoteProvider:
             pcrs=pcrs,
             event_log=log,
             ak_cert=cert,
-            intermediates=self._intermediates,
+            intermediates=intermediates,
         )
         provider = f"gce-tpm/{kind}"
         if self._tee is not None:
@@ -221,6 +242,29 @@ class GceTpmQuoteProvider:
             provider += f"+{tee_provider}"
         parse_gce_attestation(raw)  # the verifier's parser: what is sent is well-formed
         return Evidence(platform=Platform.GCE_TPM, raw=raw, provider=provider)
+
+    def _issuers(self, cert: bytes) -> tuple[bytes, ...]:
+        """Step 7: the AK certificate's issuers from its caIssuers URLs (kept once collected)."""
+        if self._fetcher is None:
+            return ()
+        kept = self._fetched.get(cert)
+        if kept is not None:
+            return kept
+        with long_names():
+            leaf = load_der_certificate(cert, "AK certificate")  # names read now, not mid-collection
+        roots = self._roots if self._roots is not None else google_roots()
+        given = [x509.load_der_x509_certificate(c) for c in self._intermediates]
+        with long_names():
+            chained = _chains(leaf, [*given, *shipped_intermediates()], roots)
+        if chained:
+            # The intermediates given and those confide ships (the verifier's too) already chain
+            # it: nothing to fetch (a VM without a route to pki.goog does not wait on it).
+            self._fetched[cert] = ()
+            return ()
+        with long_names():  # Google's intermediates' CNs are longer than X.520's 64
+            collected = tuple(collect_issuers(leaf, self._fetcher, roots))
+        self._fetched[cert] = collected
+        return collected
 
     @staticmethod
     def _tee_field(tee: ConfigfsTsmQuoteProvider, report_data: bytes) -> tuple[bytes, str]:
@@ -322,6 +366,22 @@ def _replay_mismatch(log: bytes, quoted: dict[int, bytes]) -> str | None:
                 f" {want.hex()}: the verifier would refuse this log"
             )
     return None
+
+
+def _chains(
+    leaf: x509.Certificate, pool: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> bool:
+    """Whether ``pool`` links ``leaf`` to one of ``roots`` (names and signatures only: the
+    verifier checks the rest)."""
+    current = leaf
+    for _ in range(MAX_HOPS + 1):
+        if signed_by_one_of(current, roots):
+            return True
+        issuers = [c for c in pool if signed_by_one_of(current, [c])]
+        if not issuers:
+            return False
+        current = issuers[0]
+    return False
 
 
 def _der_key_of(cert: bytes) -> bytes:

@@ -493,13 +493,15 @@ def _remove_at(path: Path, dir_fd: int) -> None:
         log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
-def _remove(paths: Sequence[Path]) -> None:
-    """Remove injected files written in place (a failure before the program started)."""
+def _remove(paths: Sequence[Path], *, missing_ok: bool = False) -> None:
+    """Remove injected files written in place (a failure before the program started, or the
+    supervised program's end: ``missing_ok``, the program may have removed them itself)."""
     for path in paths:
         try:
             os.unlink(path)
         except OSError as exc:
-            log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
+            if not (missing_ok and exc.errno == errno.ENOENT):
+                log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
 def _mount_point_for(path: Path) -> int:
@@ -706,14 +708,15 @@ def _run_supervised(
     volume_wait: float | None,
     reattest: Callable[[], Launch] | None,
     announce: Callable[[Launch], None] | None = None,
-) -> tuple[int, str | None, str | None, MountedVolumes, Launch]:
+) -> tuple[int, str | None, str | None, MountedVolumes, Launch, list[Path]]:
     """:func:`supervise` up to the program's exit (the signals are already forwarded): lock the
     volumes (waiting up to ``volume_wait`` seconds; a stop signal among the ``pending`` ones
     ends the wait, and one that came during the wait or the new attestation ends the run there),
     attest again if one changed meanwhile (``reattest``), inject, mount, ``before_exec`` and
     ``announce`` the plan used, start the program, pass on the ``pending`` signals, wait.
     Returns (exit code, failing ``volume:path`` or None, lost ``volume at mountpoint`` or None,
-    the mounted volumes, still to be sealed, and the plan they were mounted under)."""
+    the mounted volumes, still to be sealed, the plan they were mounted under, and the injected
+    files written in place, still to be removed)."""
 
     def stop() -> int | None:
         return next((sig for sig in pending if sig in STOP_SIGNALS), None)
@@ -775,7 +778,7 @@ def _run_supervised(
     for sig in pending:
         proc.send_signal(sig)
     code, tampered, lost = _wait(proc, mounted)
-    return code, tampered, lost, mounted, plan
+    return code, tampered, lost, mounted, plan, injected
 
 
 def _unwind(mounted: MountedVolumes, injected: Sequence[Path]) -> None:
@@ -877,9 +880,13 @@ def supervise(
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        code, tampered, lost, mounted, plan = _run_supervised(
+        code, tampered, lost, mounted, plan, injected = _run_supervised(
             plan, before_exec, started, pending, volume_wait, reattest, announce
         )
+        # The program has ended: its injected files written in place (a tmpfs such as /dev/shm,
+        # which may be the host's, --ipc=host) go now, whatever the seal does; they stayed there
+        # after the run before (as they must with exec, where nothing is left to remove them).
+        _remove(injected, missing_ok=True)
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
         # mount was lost (its FUSE server died, or it was unmounted from outside): the program's

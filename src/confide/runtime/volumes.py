@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -136,7 +135,7 @@ def _contract_mounts(name: str) -> list[tuple[str, str]] | None:
 
 def bind_mount(source: Path, target: Path) -> None:
     """Bind ``source`` at ``target`` (both must exist and be of the same kind); root only."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # ours: find_library may run PATH programs
     if libc.mount(str(source).encode(), str(target).encode(), None, _MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise StorageError(
@@ -145,7 +144,7 @@ def bind_mount(source: Path, target: Path) -> None:
 
 
 def _detach(target: Path) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # ours: find_library may run PATH programs
     libc.umount2(str(target).encode(), _MNT_DETACH)
 
 

@@ -4,7 +4,8 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
 ``Checks/TcbLevelCheck``, ``Checks/TdxModuleCheck``) and the Intel PCS API v4 collateral model:
 
 1. parse the quote (``confide.evidence.dcap``);
-2. the PCK certificate chain leads to the pinned Intel SGX Root CA, and is valid at ``at``: the
+2. the PCK certificate chain leads to the pinned Intel SGX Root CA, its leaf an end entity, and
+   is valid at ``at``: the
    chain of certification data type 5, or, for a quote whose certification data only names its
    PCK certificate (types 1-4: PPID or encrypted PPID with the raw CPUSVN, PCESVN and PCE ID, or
    the PCK leaf alone), the certificate and issuer chain given as collateral
@@ -27,7 +28,8 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
    PCK leaf against the PCK CRL;
 7. TCB Info matches the platform (FMSPC, PCE-ID, SGX vs TDX), QE Identity matches the QE
    (MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES) and gives the QE TCB status;
-8. TCB level matching (QVL ``matchTcbLevels``): the first level whose SGX components and PCESVN
+8. TCB level matching (QVL ``matchTcbLevels``, levels highest TCB first as QVL orders them,
+   whatever the TCB Info's order): the first level whose SGX components and PCESVN
    are at most the PCK certificate's; for TDX the first such level whose TDX components are at
    most the TEE TCB SVN (skipping the first two when the TDX module version is non-zero); the
    TDX module identity ``TDX_<version>`` checks MRSIGNER_SEAM and SEAM_ATTRIBUTES and gives
@@ -327,13 +329,28 @@ def _identity_level(levels: tuple[IdentityTcbLevel, ...], isv_svn: int) -> Ident
     return None
 
 
+def _level_order(level: TcbLevel) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+    """QVL's order of TCB levels (``TcbLevel::operator>``: SGX components, then PCESVN, then for
+    TDX the TDX components, each compared lexicographically)."""
+    return level.sgx_components, level.pce_svn, level.tdx_components or ()
+
+
+def _matching_order(info: TcbInfo) -> list[TcbLevel]:
+    """The TCB levels in the order QVL matches them: highest TCB first, whatever order the TCB
+    Info lists them in (QVL keeps them in a ``std::set<TcbLevel, std::greater<TcbLevel>>``;
+    dcap-qvl sorts them too). Intel lists them so; the sort is stable, so levels that compare
+    equal keep their listed order (the first of them matches, as QVL keeps the first)."""
+    return sorted(info.tcb_levels, key=_level_order, reverse=True)
+
+
 def _match_levels(
     info: TcbInfo, pck: PckExtension, tee_tcb_svn: bytes | None
 ) -> tuple[TcbLevel | None, TcbLevel | None]:
-    """QVL ``matchTcbLevels``: the SGX level and (for TDX) the TDX level."""
+    """QVL ``matchTcbLevels``: the SGX level and (for TDX) the TDX level, trying the levels
+    highest TCB first (:func:`_matching_order`)."""
     sgx_level: TcbLevel | None = None
     start = 2 if tee_tcb_svn is not None and tee_tcb_svn[1] > 0 else 0
-    for level in info.tcb_levels:
+    for level in _matching_order(info):
         if pck.pce_svn < level.pce_svn:
             continue
         if any(p < t for p, t in zip(pck.tcb_components, level.sgx_components, strict=True)):
@@ -531,6 +548,10 @@ class DcapVerifier:
         else:
             verify_chain_signatures(chain.certificates, self._root, self._root_der, what)
             self._issuing_cas.put(chain.intermediate_der, chain.intermediate)
+        # The PCK certificate is an end entity (Intel: CA false, KeyUsage digitalSignature), as
+        # QVL and dcap-qvl (webpki: CaUsedAsEndEntity) require: a CA certificate under the PCK CA
+        # is not a platform's PCK certificate, whatever SGX extension it carries.
+        check_signing_end_entity(chain.leaf, f"{what}: leaf")
         _check_platform(chain)
         self._chains.put(key, chain)
         return chain

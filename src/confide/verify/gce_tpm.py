@@ -11,6 +11,11 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    ``digitalSignature``: the same CAs issue EK certificates, whose keys encrypt)
    → :class:`CertificateChainError`. Its public key must be the AK of ``ak_pub``
    → :class:`BindingError`.
+2b. Given CRLs (``crls``), the AK certificate and every intermediate of that chain must be
+   covered by a current CRL signed by its issuer and not listed on it
+   (:mod:`confide.verify.gce_crl`: :class:`RevocationError`, :class:`CollateralMissingError`,
+   :class:`CollateralExpiredError`, :class:`SignatureError`); without ``crls`` revocation is not
+   checked.
 3. Every quote must verify with the AK against its own bank's PCR values
    (``confide.verify.tpm.verify_quote``: signature, TPM_GENERATED magic, pcrDigest, and
    extraData = ``expected_nonce`` when one is given). Its signed ``qualifiedSigner`` must be the
@@ -97,6 +102,7 @@ from confide.verify._pinned_chain import (
     verify_pinned_chain,
 )
 from confide.verify.dcap import DcapVerifier
+from confide.verify.gce_crl import check_chain_revocation
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdChain, SnpVerifier, load_certificates
 from confide.verify.tpm import VerifiedQuote, verify_quote
@@ -106,8 +112,11 @@ __all__ = [
     "GOOGLE_TPM_EK_ROOT_1_SHA256",
     "GceTeeCollateral",
     "google_roots",
+    "long_names",
     "replay_pcrs",
+    "shipped_intermediates",
     "tee_report_data",
+    "verified_ak_chain",
     "verify_gce_attestation",
 ]
 
@@ -226,7 +235,7 @@ def _verify_tee(
 
 
 @contextmanager
-def _long_names() -> Iterator[None]:
+def long_names() -> Iterator[None]:
     """Google's intermediates have a 79-character CN (X.520 allows 64); ``cryptography`` warns
     when such a name is read. The certificates are genuine, so that warning is silenced here."""
     with warnings.catch_warnings():
@@ -239,12 +248,13 @@ def google_roots() -> tuple[x509.Certificate, ...]:
     return tuple(load_pinned_root(name, sha) for name, sha in _ROOT_FILES)
 
 
-def _shipped_intermediates() -> list[x509.Certificate]:
+def shipped_intermediates() -> list[x509.Certificate]:
+    """Google's vTPM intermediates shipped in ``confide/roots/google_vtpm_intermediates.pem``."""
     return x509.load_pem_x509_certificates(read_root(INTERMEDIATES_FILE))
 
 
 def _name(name: x509.Name) -> str:
-    with _long_names():
+    with long_names():
         return name.rfc4514_string()
 
 
@@ -253,7 +263,7 @@ def _build_chain(
 ) -> tuple[list[x509.Certificate], x509.Certificate]:
     """Leaf → intermediates from ``pool`` (matched by name) → one of ``roots``."""
     chain = [leaf]
-    with _long_names():
+    with long_names():
         while len(chain) <= MAX_CHAIN:
             issuer_name = chain[-1].issuer
             for root in roots:
@@ -280,8 +290,8 @@ def _check_ak_cert(
         load_chain_certificate(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)
     ]
     # (load_chain_certificate reads the names too: a malformed one is the certificate's error.)
-    chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
-    with _long_names():
+    chain, root = _build_chain(leaf, [*pool, *shipped_intermediates()], roots)
+    with long_names():
         verify_pinned_chain(chain, root, at)
         # Google's EK/AK CAs issue EK certificates too (a decryption key's): only a certificate
         # for a signing key vouches for the key that signed the quotes.
@@ -294,6 +304,16 @@ def _check_ak_cert(
             f" expected the ak_pub key (SHA-256 {hashlib.sha256(ak_key).hexdigest()})"
         )
     return chain, root
+
+
+def verified_ak_chain(
+    evidence: bytes, *, at: datetime, roots: Sequence[x509.Certificate] | None = None
+) -> list[x509.Certificate]:
+    """The AK certificate's chain (leaf first, pinned root last) of an attestation, verified as
+    step 2 verifies it (its errors): what a CAS may ask Google's CRL Distribution Points about."""
+    att = parse_gce_attestation(evidence)
+    chain, _root = _check_ak_cert(att, at, tuple(roots) if roots is not None else google_roots())
+    return chain
 
 
 def replay_pcrs(log: EventLog, bank: int = REPLAY_BANK) -> dict[int, bytes]:
@@ -561,15 +581,22 @@ def verify_gce_attestation(
     expected_nonce: bytes | None = None,
     roots: Sequence[x509.Certificate] | None = None,
     tee: GceTeeCollateral | None = None,
+    crls: Sequence[x509.CertificateRevocationList] | None = None,
 ) -> VerifiedEvidence:
     """Verify a binary ``attest.Attestation``; see the module docstring for the steps.
     ``tee``: what verifies a Confidential VM's SEV-SNP report or TDX quote (step 7); an
-    attestation that carries one is refused without what verifies it."""
+    attestation that carries one is refused without what verifies it. ``crls``: Google's CRLs
+    (step 2b; ``None``: revocation is not checked, and ``details["revocation"]`` says so)."""
     # 1. parse
     att = parse_gce_attestation(evidence)
     # 2. AK certificate chain and key
     pinned = tuple(roots) if roots is not None else google_roots()
     chain, root = _check_ak_cert(att, at, pinned)
+    # 2b. revocation of the AK certificate and its intermediates
+    revocation: list[ClaimValue] | None = None
+    if crls is not None:
+        with long_names():
+            revocation = check_chain_revocation(chain, crls, at)
     # 3. every quote against its own bank
     verified: list[VerifiedQuote] = [
         verify_quote(q.raw_attest, q.signature, att.ak_pub, {q.hash_alg: q.pcrs}, nonce=expected_nonce)
@@ -641,6 +668,7 @@ def verify_gce_attestation(
         "ak_cert_not_after": leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
         "root_sha256": fingerprint(root),
         "root_overridden": roots is not None,
+        "revocation": revocation,
         "ak_attributes": list(att.ak_pub.attribute_names),
         "events": events,
         "ak_cert_instance": None if cert_instance is None else _instance_claim(cert_instance),

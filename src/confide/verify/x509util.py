@@ -19,6 +19,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtensionOID
 
 from confide.errors import (
     CertificateChainError,
@@ -331,8 +332,23 @@ def _named(what: str, cert: x509.Certificate) -> str:
     return f"{what}: {name_of(cert)}"
 
 
+_CRL_SCOPE_EXTENSIONS = {
+    ExtensionOID.DELTA_CRL_INDICATOR: "a delta CRL (deltaCRLIndicator)",
+    ExtensionOID.ISSUING_DISTRIBUTION_POINT: "a CRL of restricted scope (issuingDistributionPoint)",
+}
+"""CRL extensions that make a CRL other than the complete CRL of its issuer (RFC 5280 §5.2.4
+delta CRL, §5.2.5 partitioned or indirect CRL): refused whether or not they are marked critical
+(RFC 5280 requires both to be critical)."""
+
+
 def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
-    """The CRL must be issued and signed by ``issuer`` (its dates are checked by the caller)."""
+    """The CRL must be issued and signed by ``issuer`` (its dates are checked by the caller), and
+    be the complete CRL of that issuer: no delta CRL, no CRL of restricted scope, no critical
+    extension (of the CRL or of an entry) that is not processed here. RFC 5280 §5.2 and §5.3: a
+    CRL with an unprocessed critical extension must not be used to determine revocation status;
+    a delta or partitioned CRL taken as complete would miss revocations it does not cover.
+    Intel's CRLs carry only the non-critical cRLNumber and authorityKeyIdentifier, and entries
+    with non-critical reason codes."""
     try:
         same = crl.issuer == issuer.subject
     except ValueError:
@@ -345,3 +361,27 @@ def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, wha
         ok = False
     if not ok:
         raise SignatureError(f"{what}: signature does not verify with {name_of(issuer)}")
+    try:
+        _check_crl_scope(crl, what)
+    except ValueError as exc:
+        raise ParseError(str(exc), structure=what) from None
+
+
+def _check_crl_scope(crl: x509.CertificateRevocationList, what: str) -> None:
+    with _lazily_parsed("extension"):
+        for ext in crl.extensions:
+            kind = _CRL_SCOPE_EXTENSIONS.get(ext.oid)
+            if kind is not None:
+                raise CollateralError(f"{what} is {kind}, expected the issuer's complete CRL")
+            if ext.critical:
+                raise CollateralError(
+                    f"{what} has the critical extension {ext.oid.dotted_string}, which is not processed "
+                    "(RFC 5280 §5.2: such a CRL must not be used)"
+                )
+        for entry in crl:
+            for ext in entry.extensions:
+                if ext.critical:
+                    raise CollateralError(
+                        f"{what}: the entry of serial {entry.serial_number:x} has the critical extension "
+                        f"{ext.oid.dotted_string}, which is not processed (RFC 5280 §5.3)"
+                    )

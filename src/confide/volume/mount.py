@@ -33,8 +33,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import errno
+import importlib.util
 import json
 import logging
 import os
@@ -45,6 +45,7 @@ import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Sequence
@@ -155,14 +156,79 @@ def _error_for(code: int, message: str) -> ConfideError:
     return StorageError(message)
 
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""Where the helper programs a mount runs (``fusermount3``, ``fusermount``, ``umount``) are
+looked up: the container engines' default ``PATH``, never the caller's. ``confide run`` gets its
+environment from the host's operator; a ``PATH`` of theirs must not choose a program that runs
+as root in the runtime's mount namespace while a volume's decrypted files are mounted there."""
+
+_LDCONFIG = "/sbin/ldconfig"
+_LIBRARY_DIRS = ("/usr/local/lib", "/lib", "/usr/lib", "/lib64", "/usr/lib64")
+
+
+def _helper(name: str) -> str | None:
+    """The absolute path of the helper program ``name`` in :data:`SYSTEM_PATH`, or None."""
+    return shutil.which(name, path=SYSTEM_PATH)
+
+
+def find_shared_library(name: str) -> str | None:
+    """The shared library ``lib<name>.so*`` as :func:`ctypes.util.find_library` finds it on Linux
+    (a name from ``/sbin/ldconfig -p``, which ``dlopen`` resolves), else a ``lib<name>.so.*`` file
+    in the usual library directories; None if neither has one. Unlike ``find_library`` it never
+    runs ``gcc``, ``cc``, ``ld`` or ``objdump``, which that falls back to (found on ``PATH``, with
+    the caller's ``LD_LIBRARY_PATH``) when ldconfig lists no such library: in ``confide run``
+    those would be the host operator's programs, run by the process that holds the release."""
+    machine = os.uname().machine
+    abi = {"x86_64": "libc6,x86-64", "ppc64": "libc6,64bit", "s390x": "libc6,64bit"}.get(machine, "libc6")
+    try:
+        listing = subprocess.run(  # noqa: S603 - an absolute path, a fixed environment
+            [_LDCONFIG, "-p"], stdin=subprocess.DEVNULL, capture_output=True, check=False,
+            env={"LC_ALL": "C", "LANG": "C"}, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        listing = b""
+    pattern = rb"\s+(lib%s\.[^\s]+)\s+\(%s" % (re.escape(name.encode()), re.escape(abi.encode()))
+    found = re.search(pattern, listing)
+    if found:
+        return os.fsdecode(found.group(1))
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    dirs = [*_LIBRARY_DIRS, *([f"/lib/{multiarch}", f"/usr/lib/{multiarch}"] if multiarch else [])]
+    for directory in dirs:
+        with contextlib.suppress(OSError):
+            names = sorted(n for n in os.listdir(directory) if n.startswith(f"lib{name}.so."))
+            if names:
+                return os.path.join(directory, names[0])
+    return None
+
+
 def fuse3_library() -> dict[str, str]:
     """Environment that makes mfusepy load libfuse 3 (it picks libfuse 2 first when both are
-    installed). libfuse 2 negotiates FUSE protocol 7.19: 128 KiB requests at most; libfuse 3
-    up to 1 MiB. Empty if the caller already chose, or libfuse 3 is not installed."""
+    installed; libfuse 2 when there is no libfuse 3). libfuse 2 negotiates FUSE protocol 7.19:
+    128 KiB requests at most; libfuse 3 up to 1 MiB. Empty if the caller already chose. The
+    library is always named here (:func:`find_shared_library`), so that mfusepy does not look
+    for it with ``ctypes.util.find_library`` (programs on ``PATH``); without either the name
+    ``libfuse3.so.3`` is given, which ``dlopen`` then fails to load."""
     if "FUSE_LIBRARY_PATH" in os.environ or "FUSE_LIBRARY_NAME" in os.environ:
         return {}
-    path = ctypes.util.find_library("fuse3")
-    return {"FUSE_LIBRARY_PATH": path} if path else {}
+    library = find_shared_library("fuse3") or find_shared_library("fuse")
+    return {"FUSE_LIBRARY_PATH": library or "libfuse3.so.3"}
+
+
+def _isolated_python(paths: Sequence[str], then: str) -> list[str]:
+    """The argv of this interpreter in isolated mode (``-I``: ``PYTHON*`` variables, the user
+    site and the current directory ignored: ``PYTHONPATH``'s or ``~/.local``'s ``sitecustomize``,
+    ``PYTHONSTARTUP``, ``PYTHONINSPECT`` would otherwise run in a process that gets a volume key)
+    with ``paths`` first on ``sys.path``, running the statements ``then``."""
+    return [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = {list(paths)!r}\n{then}"]
+
+
+def _server_paths() -> list[str]:
+    """Where the FUSE server finds confide and mfusepy: this process's own copies."""
+    paths = [_package_path()]
+    spec = importlib.util.find_spec("mfusepy")
+    if spec is not None and spec.origin:
+        paths.append(str(Path(spec.origin).resolve().parent))
+    return list(dict.fromkeys(paths))
 
 
 def fuse_usable() -> str | None:
@@ -176,8 +242,8 @@ def fuse_usable() -> str | None:
     # In a session of its own, as the FUSE server: a terminal's ^C (or `timeout -s INT`) sent to
     # the caller's process group while it runs must not kill the probe, which read as "libfuse
     # cannot be loaded" and failed the mount that `volume mount` holds such a signal for.
-    probe = subprocess.run(
-        [sys.executable, "-c", "import mfusepy"],
+    probe = subprocess.run(  # noqa: S603 - this interpreter, isolated
+        _isolated_python(_server_paths(), "import mfusepy"),
         env=env,
         capture_output=True,
         text=True,
@@ -189,7 +255,7 @@ def fuse_usable() -> str | None:
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return f"libfuse cannot be loaded (apt-get install fuse3 libfuse3-3): {last}"
-    if os.geteuid() != 0 and shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
+    if os.geteuid() != 0 and _helper("fusermount3") is None and _helper("fusermount") is None:
         return "not root and no fusermount3 (apt-get install fuse3)"
     return None
 
@@ -271,10 +337,12 @@ def _raise_readahead(mountpoint: Path) -> None:
 
 
 def _unmount_cmd(mountpoint: Path, lazy: bool) -> list[str]:
-    exe = shutil.which("fusermount3") or shutil.which("fusermount")
+    """The command that unmounts the FUSE mount at ``mountpoint``: a helper from :data:`SYSTEM_PATH`
+    (never the caller's ``PATH``)."""
+    exe = _helper("fusermount3") or _helper("fusermount")
     if exe is not None:
         return [exe, "-u", *(["-z"] if lazy else []), str(mountpoint)]
-    return ["umount", *(["-l"] if lazy else []), str(mountpoint)]
+    return [_helper("umount") or "/bin/umount", *(["-l"] if lazy else []), str(mountpoint)]
 
 
 def _listed_mount(path: Path) -> bool:
@@ -328,9 +396,10 @@ class _FuseMount(MountHandle):
         self._lock: int | None = None
         r, w = os.pipe()
         env = {**os.environ, **fuse3_library()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_path(), env.get("PYTHONPATH")]))
+        # isolated (see _isolated_python): confide and mfusepy from this process's own copies
+        run = "import runpy; runpy.run_module('confide.volume._fusefs', run_name='__main__', alter_sys=True)"
         argv = [
-            sys.executable, "-m", "confide.volume._fusefs", str(volume_dir), str(mountpoint), tag,
+            *_isolated_python(_server_paths(), run), str(volume_dir), str(mountpoint), tag,
             str(os.getpid()), str(w), "eph" if ephemeral else "rw" if writable else "ro", on_parent_exit,
             "-" if self.memory_limit is None else str(self.memory_limit), "-" if lock is None else str(lock),
         ]  # fmt: skip

@@ -1,0 +1,182 @@
+"""Google's CRLs for ``gce-tpm`` evidence: ``cas serve --gce-crl FILE|fetch`` (docs/gce-tpm.md,
+"Revocation (CRLs)"). ``fetch``: :class:`GceCrlFetcher` (below); a file: :class:`GceCrlFile`.
+
+The file holds the CRLs of the CAs above GCE AK certificates (DER, concatenated, or PEM ``X509
+CRL`` blocks; at most :data:`MAX_FILE_SIZE` bytes and
+:data:`~confide.verify.gce_crl.MAX_CRLS` CRLs), as Google publishes them at the CRL
+Distribution Points its certificates name. It is read before phase 1 of every ``gce-tpm``
+attestation (:meth:`confide.cas.verifier.PlatformVerifier.collateral_job`), parsed again only
+when it changed (device, inode, size or modification time), so an operator replaces it
+atomically (write, then rename) while the CAS runs. What it holds is verified at every use
+(:mod:`confide.verify.gce_crl`: signed by the certificate's issuer, current at the attestation's
+time, fail closed when a certificate's CRL is missing); a file that cannot be read or parsed
+refuses every ``gce-tpm`` attestation with its error until it is fixed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import httpx2
+from cryptography import x509
+
+from confide.errors import CollateralMissingError, ConfideError, NetworkError, ParseError, StorageError
+from confide.httpbody import read_body
+from confide.lru import Lru
+from confide.verify.gce_crl import crl_dp_urls, crl_is_current, load_crls
+from confide.verify.x509util import check_crl, name_of
+
+__all__ = ["CACHE_ENTRIES", "MAX_CRL_SIZE", "MAX_FILE_SIZE", "GceCrlFetcher", "GceCrlFile", "gce_crl_source"]
+
+MAX_FILE_SIZE = 16 * 1024 * 1024
+"""The largest ``--gce-crl`` file read (bytes)."""
+
+
+class GceCrlFile:
+    """The CRLs of ``path`` (module docstring), kept parsed while the file does not change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._kept: tuple[tuple[int, int, int, int], tuple[x509.CertificateRevocationList, ...]] | None = None
+
+    def load(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """The CRLs now in the file: :class:`StorageError` when it cannot be read,
+        :class:`ParseError` when it is too large or not CRLs."""
+        what = f"--gce-crl {str(self.path)!r}"
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                with self._lock:
+                    kept = self._kept
+                if kept is not None and kept[0] == stamp:
+                    return kept[1]
+                data = f.read(MAX_FILE_SIZE + 1)
+        except OSError as exc:
+            raise StorageError(f"{what}: {exc.strerror or exc}") from None
+        if len(data) > MAX_FILE_SIZE:
+            raise ParseError(f"more than {MAX_FILE_SIZE} bytes", structure=what)
+        crls = load_crls(data, what)
+        with self._lock:
+            self._kept = (stamp, crls)
+        return crls
+
+
+MAX_CRL_SIZE = 1024 * 1024
+"""The largest CRL fetched from a distribution point (bytes)."""
+MAX_POINTS = 3
+"""At most this many distribution point URLs of one certificate are asked."""
+FETCH_TIME = 30.0
+"""Seconds one CRL's answer may take in all."""
+CACHE_ENTRIES = 64
+"""CRLs kept in memory (by URL), each until its nextUpdate."""
+
+
+class GceCrlFetcher:
+    """``cas serve --gce-crl fetch``: the CRLs at the http(s) CRL Distribution Points of a
+    *verified* AK chain's certificates (:func:`confide.verify.gce_tpm.verified_ak_chain`: the
+    CAS asks nothing about certificates a request made up), fetched over ``httpx2``
+    (``transport``: any ``httpx2.BaseTransport``, for tests; no redirects; at most
+    :data:`MAX_CRL_SIZE` bytes within :data:`FETCH_TIME` seconds). A fetched CRL is kept (by
+    URL, at most :data:`CACHE_ENTRIES`) only when it is issued and signed by the certificate's
+    issuer, and used while it is current (thisUpdate ≤ at ≤ nextUpdate): its nextUpdate bounds
+    the cache. For each certificate the first point giving such a CRL wins; none: the last
+    point's error (the reasons of all), a certificate naming no http(s) point:
+    :class:`CollateralMissingError`. The verifier checks what it returns again."""
+
+    def __init__(self, *, transport: httpx2.BaseTransport | None = None, timeout: float = 10.0) -> None:
+        self._client = httpx2.Client(transport=transport, timeout=timeout, follow_redirects=False)
+        self._cache: Lru[str, x509.CertificateRevocationList] = Lru(CACHE_ENTRIES)
+        self._lock = threading.Lock()
+        self.requests_made = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def cached(
+        self, chain: Sequence[x509.Certificate], at: datetime
+    ) -> tuple[x509.CertificateRevocationList, ...] | None:
+        """The current CRLs for every certificate of ``chain`` below its root, from memory
+        alone (no I/O); ``None`` when one is missing."""
+        out = []
+        for cert in chain[:-1]:
+            crl = self._kept(crl_dp_urls(cert)[:MAX_POINTS], at)
+            if crl is None:
+                return None
+            out.append(crl)
+        return tuple(out)
+
+    def crls(
+        self, chain: Sequence[x509.Certificate], at: datetime
+    ) -> tuple[x509.CertificateRevocationList, ...]:
+        """The current CRLs for every certificate of ``chain`` (verified, leaf first, root
+        last) below its root, fetching what memory does not hold (blocking)."""
+        return tuple(self._crl_for(cert, issuer, at) for cert, issuer in itertools.pairwise(chain))
+
+    def _kept(self, urls: Sequence[str], at: datetime) -> x509.CertificateRevocationList | None:
+        with self._lock:
+            for url in urls:
+                crl = self._cache.get(url)
+                if crl is not None and crl_is_current(crl, at):
+                    return crl
+        return None
+
+    def _crl_for(
+        self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
+    ) -> x509.CertificateRevocationList:
+        urls = crl_dp_urls(cert)[:MAX_POINTS]
+        if not urls:
+            raise CollateralMissingError(
+                f"certificate {name_of(cert)!r} names no http(s) CRL Distribution Point: its revocation"
+                " cannot be checked (--gce-crl fetch)"
+            )
+        kept = self._kept(urls, at)
+        if kept is not None:
+            return kept
+        failures: list[ConfideError] = []
+        for url in urls:
+            try:
+                crl = self._fetch(url, issuer)
+            except ConfideError as exc:
+                failures.append(exc)
+                continue
+            with self._lock:
+                self._cache.put(url, crl)
+            return crl
+        last = failures[-1]
+        message = f"Google's CRL for {name_of(cert)!r}: " + "; ".join(f.message for f in failures)
+        if isinstance(last, ParseError):
+            raise ParseError(message)
+        raise type(last)(message)
+
+    def _fetch(self, url: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+        what = f"CRL at {url}"
+        self.requests_made += 1
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
+                data = read_body(
+                    response, MAX_CRL_SIZE, lambda how: ParseError(f"the answer {how}", structure=what),
+                    within=FETCH_TIME,
+                )  # fmt: skip
+        except httpx2.HTTPError as exc:
+            raise NetworkError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        crls = load_crls(data, what)
+        if len(crls) != 1:
+            raise ParseError(f"got {len(crls)} CRLs, expected 1", structure=what)
+        check_crl(crls[0], issuer, what)  # not kept unless its issuer made it
+        return crls[0]
+
+
+def gce_crl_source(value: str) -> GceCrlFile | GceCrlFetcher:
+    """``--gce-crl``'s value: ``fetch``, else a file (``./fetch`` for a file of that name)."""
+    if value == "fetch":
+        return GceCrlFetcher()
+    return GceCrlFile(Path(value))

@@ -1,0 +1,141 @@
+"""Freshness of a cosigned checkpoint: ``ledger verify --witness VKEY --max-age DURATION``.
+
+A tlog-cosignature ``cosignature/v1`` signs a timestamp with the checkpoint: "as of the
+specified time, the consistent tree head with the largest size the cosigner has observed for the
+log [...] has the specified root hash" (c2sp.org/tlog-cosignature). A verifier that does not
+compare that time with its own clock can be kept on an old checkpoint with its old cosignatures
+forever: the log hides every later entry without forking (a frozen view). :func:`check_fresh`
+requires, of each required witness, a cosignature at most ``max_age`` old at ``now``, and refuses
+one dated more than ``skew`` after ``now`` (tlog-cosignature: "verifiers MAY reject cosignatures
+with timestamps in the future"): both are a :class:`~confide.errors.FreshnessError` (exit 69).
+
+Pure: ``now`` is given (the CLI and the SDK read the clock, never this module). A log whose tree
+does not grow stays fresh only when it has its unchanged checkpoint cosigned again: a witness
+(c2sp.org/tlog-witness, confide's :class:`~confide.ledger.witness.Witness` included) cosigns a
+checkpoint of the size and root it cosigned last with a new timestamp; the CAS asks its witnesses
+again at least every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (docs/ledger.md
+"Freshness").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from confide.errors import FreshnessError, UnknownKeyError, UsageError
+from confide.ledger.note import TIMESTAMP_SIZE, Note, NoteVerifier
+
+__all__ = [
+    "MAX_AGE_RANGE",
+    "MAX_SKEW",
+    "NO_WITNESS",
+    "Freshness",
+    "check_fresh",
+    "cosignature_times",
+    "parse_max_age",
+]
+
+NO_WITNESS = "--max-age goes with --witness VKEY: only a witness's cosignature carries a time"
+
+MAX_SKEW = timedelta(seconds=60)
+"""How far in the future a cosignature's timestamp may be (the witness's clock ahead of the
+verifier's); beyond it the cosignature is refused."""
+
+MAX_AGE_RANGE = (60, 366 * 86400)
+"""``--max-age``: from one minute (the CAS has a quiet log cosigned again every
+:data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS`) to a year, in whole seconds."""
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a cosignature must show: made at most ``max_age`` before ``now`` and at most
+    ``skew`` after it. ``now``: an aware datetime, the verifier's time."""
+
+    now: datetime
+    max_age: timedelta
+    skew: timedelta = MAX_SKEW
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("now: an aware datetime")
+        if self.max_age <= timedelta(0) or self.skew < timedelta(0):
+            raise ValueError("max_age: positive; skew: not negative")
+
+
+def cosignature_times(note: Note, witness: NoteVerifier) -> list[int]:
+    """The timestamps (POSIX seconds) of ``witness``'s cosignature lines on ``note`` (name and key
+    ID of the key; each line is verified: :func:`~confide.ledger.note.open_note` has refused a
+    note with any failing one before this is asked)."""
+    return [
+        int.from_bytes(sig.signature[:TIMESTAMP_SIZE], "big")
+        for sig in note.signatures
+        if (sig.name, sig.key_id) == (witness.name, witness.key_id)
+        and len(sig.signature) > TIMESTAMP_SIZE
+        and witness.verify(note.text, sig.signature)
+    ]
+
+
+def check_fresh(note: Note, size: int, witnesses: Sequence[NoteVerifier], freshness: Freshness) -> None:
+    """Each of ``witnesses`` must have cosigned ``note`` (the checkpoint of ``size``) within
+    ``freshness``: its newest valid cosignature at most ``max_age`` old at ``now`` (an age of
+    exactly ``max_age`` passes), none more than ``skew`` in the future (exactly ``skew`` passes).
+    Else :class:`FreshnessError`; a witness with no valid cosignature at all is an
+    :class:`UnknownKeyError`, as without ``--max-age``."""
+    if not witnesses:
+        raise UsageError(NO_WITNESS)
+    now = freshness.now.timestamp()
+    for witness in witnesses:
+        times = cosignature_times(note, witness)
+        if not times:
+            raise UnknownKeyError(f"checkpoint {size} has no cosignature by witness {witness.vkey}")
+        newest = max(times)
+        if newest - now > freshness.skew.total_seconds():
+            raise FreshnessError(
+                f"witness {witness.name} dated its cosignature of checkpoint {size} {_when(newest)}, "
+                f"{_span(newest - now)} after now ({_when(now)}), more than the "
+                f"{_span(freshness.skew.total_seconds())} of clock skew allowed: its clock or this one is "
+                "wrong, or the cosignature was made to outlive its time"
+            )
+        age = now - newest
+        if age > freshness.max_age.total_seconds():
+            raise FreshnessError(
+                f"checkpoint {size}: the newest cosignature by witness {witness.name} is of {_when(newest)}, "
+                f"{_span(age)} old, more than --max-age {_span(freshness.max_age.total_seconds())}: the log "
+                "shows an old checkpoint (frozen: it may hide every later entry), or its witness was not "
+                "asked again"
+            )
+
+
+def parse_max_age(text: str, option: str = "--max-age") -> timedelta:
+    """``--max-age DURATION``: a duration as in policies and ``cas serve --crl-validity``
+    (``1h``, ``30 minutes``, ``2d``), from one minute to a year (:data:`MAX_AGE_RANGE`)."""
+    from confide.policy._types import duration_seconds  # noqa: PLC0415 - the policies' duration syntax
+
+    low, high = MAX_AGE_RANGE
+    expected = f"expected a duration from {low} seconds to {high // 86400} days (e.g. '1h', '30 minutes')"
+    try:
+        seconds = duration_seconds(text)
+    except (ValueError, TypeError):
+        raise UsageError(f"{option}: got {text[:40]!r}, {expected}") from None
+    if not low <= seconds <= high:
+        raise UsageError(f"{option}: got {seconds} seconds, {expected}")
+    return timedelta(seconds=seconds)
+
+
+def _when(posix: float) -> str:
+    try:
+        return datetime.fromtimestamp(int(posix), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # a timestamp past year 9999
+        return f"time {int(posix)}"
+
+
+def _span(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min"
+    if whole < 172800:
+        return f"{whole // 3600} h"
+    return f"{whole // 86400} days"
