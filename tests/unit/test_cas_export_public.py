@@ -16,7 +16,7 @@ from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
 from confide.cas import core
 from confide.cas.core import decrypt_release
-from confide.cas.db import raw_connection, raw_execute
+from confide.cas.db import EventSink, raw_connection, raw_execute
 from confide.ledger.encoding import Entry
 from confide.ledger.merkle import hash_leaf
 from confide.ledger.store import Ledger
@@ -255,3 +255,35 @@ def test_the_export_record_bound_holds_the_entry(ipc: InProcessCas) -> None:
         entry = Ledger.entry(raw_connection(conn), seq - 1)
     assert entry is not None
     assert len(entry) <= bound < len(entry) + 600
+
+
+def test_the_sink_without_a_ledger_links_by_sequence_number(ipc: InProcessCas) -> None:
+    """``EventSink.record_linked`` of a CAS without the ledger's sink: the linked events name the
+    first event's index (its seq - 1), without a leaf hash (there is no entry). Rolled back."""
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), ipc.cas.db.write() as conn:
+        (top,) = raw_execute(conn, "SELECT max(seq) FROM events").fetchone()
+        first = EventSink().record_linked(
+            conn,
+            [("attestation", "a", {"n": 1}), ("secret-release", "a", {"n": 2})],
+            [("export-release", "pki", {"n": 3})],
+        )
+        rows = raw_execute(
+            conn, "SELECT seq, type, policy, payload FROM events WHERE seq >= ? ORDER BY seq", (first,)
+        )
+        got = [(seq, type_, policy, json.loads(payload)) for seq, type_, policy, payload in rows.fetchall()]
+        assert first == top + 1
+        assert got == [
+            (first, "attestation", "a", {"n": 1}),
+            (first + 1, "secret-release", "a", {"n": 2}),
+            (
+                first + 2,
+                "export-release",
+                "pki",
+                {"n": 3, "attestation": {"index": first - 1, "leaf_hash": None}},
+            ),
+        ]
+        raise Rollback
