@@ -437,6 +437,13 @@ class Access:
     runtime_key_sha256: str | None
     included: bool
     volumes: tuple[Mapping[str, JsonValue], ...] = ()
+    # A release of secrets or volumes this policy exports, to a service of another policy (the
+    # exporter's record, ledger ``export.released``): the importing policy (``policy_hash`` is
+    # then its version), the platform, and the ledger index of the importer's attestation entry
+    # (proven in the same checkpoint); ``None`` for a release to this policy's own services.
+    importer: str | None = None
+    platform: str | None = None
+    attestation_index: int | None = None
 
 
 def _view(update: ViewUpdate | None) -> ViewState | None:
@@ -1234,6 +1241,9 @@ class Cas:
                     _str_or_none(row.get("runtime_key_sha256")),
                     bool(row["included"]),
                     volumes,
+                    _str_or_none(row.get("importer")),
+                    _str_or_none(row.get("platform")),
+                    at if type(at := row.get("attestation_index")) is int else None,
                 )
             )
         return Accesses(out, signed.checkpoint.size if signed is not None else 0, _view(update))

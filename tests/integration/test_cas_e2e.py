@@ -934,10 +934,22 @@ def test_confide_run_mounts_a_volume_re_exported_along_a_chain(cas: CasProcess, 
         assert v["owner"] == {"policy": "producer", "volume": "data"}
         assert v["via"] == [{"policy": "broker", "volume": "shared"}]
         assert "key" not in v
-    # the producer's own audit lists none of them, and says where they are (docs/ledger.md)
-    mine = confide(cas, "ledger", "accesses", "producer", "--identity", str(owner), check=True)
+    # the producer (the owner) and the broker (the re-exporter) each list both releases, naming
+    # the importer and the chain; each sees its own volume as released, nothing of consumer's
+    for policy, who, volume in (("producer", owner, "data"), ("broker", middle, "shared")):
+        acc = confide(cas, "ledger", "accesses", policy, "--identity", str(who), "--json", check=True)
+        exported = json.loads(acc.stdout)
+        assert [r["importer"] for r in exported] == ["consumer", "consumer"], policy
+        assert [r["index"] for r in exported] > [r["index"] for r in rows]
+        for row in exported:
+            assert row["secrets"] == [{"policy": policy, "name": f"volume/{volume}", "version": 1}]
+            [v] = row["volumes"]
+            assert v["owner"] == {"policy": "producer", "volume": "data"} and "name" not in v
+            assert v["via"] == [{"policy": "broker", "volume": "shared"}]
+    # a policy without releases says where they would be (docs/ledger.md)
+    mine = confide(cas, "ledger", "accesses", "consumer/nothing", "--identity", str(analyst), check=True)
     assert mine.stdout == ""
-    assert mine.stderr == f"no release recorded under producer: {RELEASES_WHERE}\n"
+    assert mine.stderr == f"no release recorded under consumer's secret nothing: {RELEASES_WHERE}\n"
     # broker stops exporting: the chain is cut at consumer's next start
     withdrawn = broker.replace("    export:\n      - session: consumer\n", "") + f"predecessor: {b_digest}\n"
     assert apply(cas, tmp_path, withdrawn, middle).returncode == 0

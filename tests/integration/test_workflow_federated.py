@@ -300,9 +300,17 @@ def test_the_ledger_shows_each_release_and_verifies(wf: Workflow) -> None:
     out = confide(
         wf.cas, "ledger", "accesses", "hospital-a", "--identity", wf.ident("auditor"), "--json"
     ).stdout
-    rows = json.loads(out)
+    listed = json.loads(out)
+    rows = [r for r in listed if r.get("importer") is None]
     assert len(rows) == ROUNDS, out  # its training runs
-    for row in rows[:ROUNDS]:
+    # and the aggregator's releases of the update volume it exports (the exporter's records)
+    exported = [r for r in listed if r.get("importer") is not None]
+    assert [r["importer"] for r in exported] == ["fl-aggregator"] * ROUNDS, out
+    for row in exported:
+        assert row["service"] == "aggregate" and row["measurement"] == wf.measurements["aggregate"]
+        assert row["secrets"] == [{"name": "volume/update", "policy": "hospital-a", "version": 1}]
+        assert row["attestation_index"] < row["index"] and row["included"]
+    for row in rows:
         assert row["service"] == "train" and row["measurement"] == wf.measurements["train"]
         volumes = {v["name"]: v for v in row["volumes"]}
         assert set(volumes) == {"records", "update", "model"}

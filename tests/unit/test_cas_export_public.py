@@ -4,6 +4,7 @@ and its chain, a public key), never its private part."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,12 @@ from cryptography.hazmat.primitives import serialization
 
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
+from confide.cas import core
 from confide.cas.core import decrypt_release
-from confide.cas.db import raw_execute
+from confide.cas.db import EventSink, raw_connection, raw_execute
+from confide.ledger.encoding import Entry
+from confide.ledger.merkle import hash_leaf
+from confide.ledger.store import Ledger
 
 FILES = "/dev/shm/public"
 
@@ -181,3 +186,104 @@ def test_a_refused_import_says_nothing_of_the_exporters_other_secrets_or_version
         ]
     assert logged and not any(current[:16] in p for p in logged)
     assert not any("no_such_secret" in p and "has no" in p for p in logged)
+
+
+def _events(ipc: InProcessCas) -> list[tuple[int, str, str | None, dict[str, Any]]]:
+    """Every event (seq, type, policy, payload), each checked against its ledger entry."""
+    with ipc.cas.db.read() as conn:
+        rows = raw_execute(conn, "SELECT seq, type, policy, payload FROM events ORDER BY seq").fetchall()
+        raw = raw_connection(conn)
+        entries = {seq: Ledger.entry(raw, seq - 1) for seq, *_ in rows}
+    out = []
+    for seq, type_, policy, payload in rows:
+        data = entries[seq]
+        assert data is not None
+        assert (
+            Entry.from_bytes(data).payload == json.loads(payload) and Entry.from_bytes(data).policy == policy
+        )
+        out.append((seq, type_, policy, json.loads(payload)))
+    return out
+
+
+def test_a_release_of_an_import_is_recorded_under_the_exporter_linked_to_the_attestation(
+    ipc: InProcessCas,
+) -> None:
+    """The release (outside a group commit: the sink appends at once) files an export-release
+    under the exporter, after the importer's attestation and release, naming the attestation
+    entry by index and leaf hash; nothing of the importer's own secrets. A release without
+    imports records no such event."""
+    ipc.apply(consumer("a", "ca", "$$SCONE::mine:crt$$ $$SCONE::own$$").replace(
+        "secrets:\n", "secrets:\n  - name: own\n    kind: ascii\n"
+    ))  # fmt: skip
+    before = len(_events(ipc))
+    attest(ipc, "a")
+    new = _events(ipc)[before:]
+    assert [(t, p) for _, t, p, _ in new] == [
+        ("attestation", "a"),
+        ("secret-release", "a"),
+        ("export-release", "pki"),
+    ]
+    (att_seq, _, _, outcome), (_, _, _, release), (_, _, _, record) = new
+    with ipc.cas.db.read() as conn:
+        att_entry = Ledger.entry(raw_connection(conn), att_seq - 1)
+    assert att_entry is not None
+    assert record["attestation"] == {"index": att_seq - 1, "leaf_hash": hash_leaf(att_entry).hex()}
+    assert record["importer"] == "a" and record["importer_policy_hash"] == release["policy_hash"]
+    assert record["service"] == "svc" and record["measurement"] == outcome["measurement"]
+    assert record["secrets"] == [s for s in release["secrets"] if s["policy"] == "pki"]
+    assert [s["name"] for s in record["secrets"]] == ["ca"] and "own" not in json.dumps(record)
+    assert {s["name"] for s in release["secrets"]} == {"ca", "own"}
+    # the exporter's own service: no export-release
+    before = len(_events(ipc))
+    attest(ipc, "pki")
+    assert [t for _, t, _, _ in _events(ipc)[before:]] == ["attestation", "secret-release"]
+
+
+def test_the_export_record_bound_holds_the_entry(ipc: InProcessCas) -> None:
+    """The check that refuses a release too large to record bounds the exporter's record too
+    (one release that fits could otherwise fail its transaction on the exporter's entry)."""
+    ipc.apply(consumer("a", "ca", "$$SCONE::mine:crt$$"))
+    body, _ = ipc.request(policy="a")
+    pending = ipc.cas.attest_begin(body)
+    assert pending.refused is None
+    bound = core._export_records_bound(pending.policy, pending.service, pending.released, pending.config)
+    with ipc.cas.db.write() as conn:
+        pending.commit(conn)
+    assert pending.accepted
+    with ipc.cas.db.read() as conn:
+        seq = raw_execute(conn, "SELECT max(seq) FROM events WHERE type = 'export-release'").fetchone()[0]
+        entry = Ledger.entry(raw_connection(conn), seq - 1)
+    assert entry is not None
+    assert len(entry) <= bound < len(entry) + 600
+
+
+def test_the_sink_without_a_ledger_links_by_sequence_number(ipc: InProcessCas) -> None:
+    """``EventSink.record_linked`` of a CAS without the ledger's sink: the linked events name the
+    first event's index (its seq - 1), without a leaf hash (there is no entry). Rolled back."""
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), ipc.cas.db.write() as conn:
+        (top,) = raw_execute(conn, "SELECT max(seq) FROM events").fetchone()
+        first = EventSink().record_linked(
+            conn,
+            [("attestation", "a", {"n": 1}), ("secret-release", "a", {"n": 2})],
+            [("export-release", "pki", {"n": 3})],
+        )
+        rows = raw_execute(
+            conn, "SELECT seq, type, policy, payload FROM events WHERE seq >= ? ORDER BY seq", (first,)
+        )
+        got = [(seq, type_, policy, json.loads(payload)) for seq, type_, policy, payload in rows.fetchall()]
+        assert first == top + 1
+        assert got == [
+            (first, "attestation", "a", {"n": 1}),
+            (first + 1, "secret-release", "a", {"n": 2}),
+            (
+                first + 2,
+                "export-release",
+                "pki",
+                {"n": 3, "attestation": {"index": first - 1, "leaf_hash": None}},
+            ),
+        ]
+        raise Rollback

@@ -27,7 +27,7 @@ from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.errors import AccessDeniedError, ConfideError, EntryMismatchError, EntryMissingError, ParseError
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
-from confide.ledger.encoding import Entry
+from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.freshness import Freshness
 from confide.ledger.merkle import hash_leaf, verify_inclusion
 from confide.ledger.note import NoteVerifier
@@ -70,6 +70,8 @@ def verified_events(
                 ev.index, signed.checkpoint.size, hash_leaf(ev.data), proof, signed.checkpoint.root
             )
             included = True
+            if entry.type is EntryType.EXPORT_RELEASED:
+                _verify_attestation_link(ev, entry, signed)
         out.append(VerifiedEvent(ev.index, entry.type.value, entry.time, entry.payload, included))
     return signed, out
 
@@ -130,6 +132,36 @@ def _listed_entry(name: str, ev: _Listed) -> Entry:
     if entry.payload != ev.event.get("payload"):
         raise EntryMismatchError(f"entry {ev.index}: the CAS's summary differs from the ledger entry")
     return entry
+
+
+def _attestation_link(index: int, entry: Entry) -> tuple[int, bytes]:
+    """The importer's attestation entry an exporter's record of a release (``export.released``,
+    ledger entry ``index``) names: its index (before the record) and leaf hash; anything else
+    is an :class:`EntryMismatchError` naming the record."""
+    link = entry.payload.get("attestation")
+    at = link.get("index") if isinstance(link, dict) else None
+    leaf = link.get("leaf_hash") if isinstance(link, dict) else None
+    if (
+        type(at) is not int
+        or not 0 <= at < index
+        or not (isinstance(leaf, str) and _HASH_HEX.fullmatch(leaf))
+    ):
+        raise EntryMismatchError(f"entry {index}: the release names no attestation entry before it")
+    return at, bytes.fromhex(leaf)
+
+
+def _verify_attestation_link(ev: _Listed, entry: Entry, signed: SignedCheckpoint) -> None:
+    """An exporter's record of a release, included in ``signed``: the importer's attestation
+    entry it names (an entry the exporter may not read) must be in the same checkpoint at that
+    index with that leaf hash (``attestation_proof``), else :class:`EntryMismatchError`."""
+    at, leaf = _attestation_link(ev.index, entry)
+    proof = _proof(ev.index, ev.event.get("attestation_proof"))
+    try:
+        verify_inclusion(at, signed.checkpoint.size, leaf, proof, signed.checkpoint.root)
+    except ConfideError:
+        raise EntryMismatchError(
+            f"entry {ev.index}: the attestation entry it names ({at}) is not in the checkpoint"
+        ) from None
 
 
 Read = Callable[[], tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]]
@@ -197,22 +229,35 @@ def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dic
     a release with volumes, each volume's update policy as released)."""
     rows = []
     for ev in events:
-        if ev.type != "secret.released":
+        exported = ev.type == EntryType.EXPORT_RELEASED.value
+        if ev.type != "secret.released" and not exported:
             continue
         secrets = _list_of_objects(ev, "secrets")
         _list_of_objects(ev, "volumes")
         if secret is not None and not any(s.get("name") == secret for s in secrets):
             continue
+        p = ev.payload
         rows.append(
             {
-                "index": ev.index, "time": ev.time, "service": ev.payload.get("service"),
-                "measurement": ev.payload.get("measurement"), "policy_hash": ev.payload.get("policy_hash"),
-                "secrets": secrets, "runtime_key_sha256": ev.payload.get("runtime_key_sha256"),
+                "index": ev.index, "time": ev.time, "service": p.get("service"),
+                "measurement": p.get("measurement"),
+                "policy_hash": p.get("importer_policy_hash" if exported else "policy_hash"),
+                "secrets": secrets, "runtime_key_sha256": p.get("runtime_key_sha256"),
                 "included": ev.included,
             }
         )  # fmt: skip
-        if ev.payload.get("volumes"):
-            rows[-1]["volumes"] = ev.payload["volumes"]
+        if p.get("volumes"):
+            rows[-1]["volumes"] = p["volumes"]
+        if exported:
+            # released to a service of another policy, which imports them (the exporter's record)
+            link = p.get("attestation")
+            rows[-1].update(
+                {
+                    "importer": p.get("importer"), "platform": p.get("platform"),
+                    "tcb_status": p.get("tcb_status"),
+                    "attestation_index": link.get("index") if isinstance(link, dict) else None,
+                }
+            )  # fmt: skip
     return rows
 
 
@@ -444,7 +489,17 @@ def verify_readable(
                     f"{name}: entry {index}: the CAS returned it, but its log's latest checkpoint (size "
                     f"{size}) does not hold it {NEWER_WAIT} s later: the tree commits to no such entry"
                 )
-        leaves = auditor.leaf_hashes(signed.checkpoint, (index for _, index in beyond))
+        # An exporter's record of a release names the importer's attestation entry by index and
+        # leaf hash: that leaf is compared too (the entry itself is the importer's)
+        linked: dict[int, tuple[int, bytes]] = {}
+        for _, _, _, listed in answers:
+            for ev in listed:
+                with contextlib.suppress(ParseError, EntryMismatchError):  # judged below
+                    entry = Entry.from_bytes(ev.data)
+                    if entry.type is EntryType.EXPORT_RELEASED:
+                        linked[ev.index] = _attestation_link(ev.index, entry)
+        wanted = [index for _, index in beyond] + [at for at, _ in linked.values()]
+        leaves = auditor.leaf_hashes(signed.checkpoint, wanted)
         checker = PolicyChainChecker(view=True)
         checked: list[PolicyEntries] = []
         for name, _, head, listed in answers:
@@ -455,11 +510,18 @@ def verify_readable(
                         f"commits to {leaves[ev.index].hex()}"
                     )
                 try:
-                    _listed_entry(name, ev)
+                    entry = _listed_entry(name, ev)
                 except ParseError as exc:
                     raise EntryMismatchError(
                         f"{name}: entry {ev.index} is not a canonical entry: {exc.message}"
                     ) from None
+                if entry.type is EntryType.EXPORT_RELEASED:
+                    at, leaf = _attestation_link(ev.index, entry)
+                    if not hmac.compare_digest(leaf, leaves[at]):
+                        raise EntryMismatchError(
+                            f"{name}: entry {ev.index}: the attestation entry it names ({at}) has another "
+                            "leaf hash in the tree"
+                        )
                 checker(ev.index, ev.data)
             end = checker.heads.get(name)
             if end != head:

@@ -547,7 +547,7 @@ _POLICY_EVENTS = frozenset(
     {
         "policy-update-refused", "policy-create-refused", "revocation-refused", "secrets-generated",
         "certificates-renewed", "certificates-revoked", "crl-issued", "revocations-altered",
-        "attestation", "secret-release", "volume-tag",
+        "attestation", "secret-release", "export-release", "volume-tag",
     }
 )  # fmt: skip
 
@@ -2830,6 +2830,13 @@ class Cas:
                                          "entry": base64.b64encode(entry).decode()}  # fmt: skip
                 if index < size:
                     event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
+                    link = payload.get("attestation") if r.type == "export-release" else None
+                    at = link.get("index") if isinstance(link, dict) else None
+                    if type(at) is int and 0 <= at < index:
+                        # the importer's attestation entry, by index and leaf hash only (its
+                        # content is the importer's): proven in the same checkpoint (a record
+                        # without a well-formed link gets none: its readers refuse it)
+                        event["attestation_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, at, size)]
                 out.append(event)
             # The events rows are an unauthenticated index of the ledger: the policy's latest
             # head entry (read from the ledger itself, confide.cas.head_index) must be among them
@@ -2988,9 +2995,12 @@ class PendingAttestation:
                 outcome.get("measurement"),
                 self.config.get("volumes"),
             )
-            cas.events.record_many(
-                conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
-            )
+            events = [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
+            exports = _export_records(self.policy, release, outcome)
+            if exports:  # imports released: each exporter's record, linked to the attestation entry
+                cas.events.record_linked(conn, events, exports)
+            else:
+                cas.events.record_many(conn, events)
         self.committed = True
 
     @property
@@ -3094,6 +3104,52 @@ def _release_record(
     return release
 
 
+def _export_records(
+    policy: str, release: dict[str, Any], outcome: dict[str, Any]
+) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The ``export-release`` events of a release (``release``: its ``secret-release`` payload)
+    to a service of ``policy``: one filed under each other policy whose secret or volume it
+    holds (a volume's owner, and every re-exporter on its chain), saying what that exporter may
+    know and no more: the importer, its version, the service, the exporter's own secrets and
+    volumes released (names, versions, tags; never the importer's other secrets, its mount
+    names or configuration) and the attestation's platform and measurement. The sink adds the
+    attestation entry's index and leaf hash (``attestation``). None for a release without
+    imports (the common case: one pass over the released names)."""
+    secrets: dict[str, list[dict[str, Any]]] = {}
+    for ref in release["secrets"]:
+        if ref["policy"] != policy:
+            secrets.setdefault(ref["policy"], []).append(ref)
+    if not secrets:
+        return []  # a volume's chain starts at its owner, whose key ref is released: none here
+    volumes: dict[str, list[dict[str, Any]]] = {}
+    for v in release.get("volumes") or ():
+        owner = v.get("owner")
+        if owner is None:
+            continue
+        link = {k: v[k] for k in ("owner", "via", "tag", "generation", "update_policy") if k in v}
+        ref = next(r for r in secrets[owner["policy"]] if r["name"] == f"volume/{owner['volume']}")
+        volumes.setdefault(owner["policy"], []).append(link)
+        for hop in v.get("via") or ():
+            # a re-exporter sees its own volume as released, with the owner's key version
+            if hop["policy"] == policy:
+                continue
+            mine = {"policy": hop["policy"], "name": f"volume/{hop['volume']}", "version": ref["version"]}
+            if mine not in secrets.setdefault(hop["policy"], []):
+                secrets[hop["policy"]].append(mine)
+            volumes.setdefault(hop["policy"], []).append(link)
+    summary = {k: outcome.get(k) for k in ("platform", "measurement", "tcb_status", "simulated")}
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
+    for exporter in sorted(secrets):
+        record: dict[str, Any] = {
+            "importer": policy, "importer_policy_hash": release["policy_hash"],
+            "service": release["service"], "secrets": secrets[exporter], **summary,
+        }  # fmt: skip
+        if exporter in volumes:
+            record["volumes"] = volumes[exporter]
+        out.append(("export-release", exporter, record))
+    return out
+
+
 # What a ledger entry adds to its payload (docs/ledger.md: the members "policy", "time", "type"
 # and "v"), without the policy name, with room to spare.
 _ENTRY_OVERHEAD = 256
@@ -3106,6 +3162,22 @@ def _release_record_bound(policy: str, service: str, released: list[Any], config
     return len(json.dumps(record, separators=(",", ":"))) + len(json.dumps(policy)) + _ENTRY_OVERHEAD
 
 
+def _export_records_bound(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> int:
+    """An upper bound of the size of the largest ``export-release`` entry of this rendering
+    (:func:`_export_records`), with the longest summary and attestation link any has."""
+    release = _release_record(service, "0" * 64, released, "0" * 64, "0" * 128, config.get("volumes"))
+    outcome = {"platform": "x" * 32, "measurement": "0" * 128, "tcb_status": "x" * 64, "simulated": False}
+    link = {"index": 2**53 - 1, "leaf_hash": "0" * 64}
+    return (
+        max(
+            len(json.dumps({**record, "attestation": link}, separators=(",", ":")))
+            + len(json.dumps(exporter))
+            for _, exporter, record in _export_records(policy, release, outcome)
+        )
+        + _ENTRY_OVERHEAD
+    )
+
+
 def _check_release_record(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> None:
     """Refuse (``PolicyError``) a rendering whose ``secret-release`` event could not be recorded:
     a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE` bytes (C2SP
@@ -3115,6 +3187,8 @@ def _check_release_record(policy: str, service: str, released: list[Any], config
     shorter than the entry's canonical JSON (UTF-8); made once per rendering (a snapshot's
     rendering passed it)."""
     size = _release_record_bound(policy, service, released, config)
+    if size <= MAX_ENTRY_SIZE and any(r["policy"] != policy for r in released):
+        size = max(size, _export_records_bound(policy, service, released, config))
     if size > MAX_ENTRY_SIZE:
         raise PolicyError(
             f"service {service} would release {len(released)} secrets and volumes, whose record (about"

@@ -659,6 +659,20 @@ class EventSink:
         insert_events(conn, first, events_)
         return first
 
+    def record_linked(
+        self,
+        conn: Connection,
+        events_: Sequence[tuple[str, str | None, dict[str, Any]]],
+        linked: Sequence[tuple[str, str | None, dict[str, Any]]],
+    ) -> int:
+        """Record ``events_`` and then ``linked``, each of whose payloads gets the member
+        ``attestation``: ``{"index": I, "leaf_hash": H}``, the ledger index of the first of
+        ``events_`` and the hex RFC 9162 leaf hash of its entry (``None`` here: no ledger; the
+        ledger's sink, confide.cas.ledger_sink, computes it). Returns the first's seq."""
+        last = raw_execute(conn, "SELECT MAX(seq) FROM events").fetchone()[0]
+        link = {"index": last or 0, "leaf_hash": None}
+        return self.record_many(conn, [*events_, *((t, p, {**d, "attestation": link}) for t, p, d in linked)])
+
 
 def insert_events(
     conn: Connection,

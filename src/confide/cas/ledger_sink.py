@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from confide.cas.db import EventSink, insert_events, raw_connection
 from confide.errors import StorageError, UsageError
 from confide.ledger.encoding import SALT_SIZE, EntryType, encode_entry, format_time
+from confide.ledger.merkle import hash_leaf
 from confide.ledger.store import Ledger
 
 __all__ = ["ENTRY_TYPES", "LedgerEventSink"]
@@ -48,6 +49,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "dcap-tcb-evaluation-floor-bound": EntryType.TCB_FLOOR_BOUND,
     "attestation": EntryType.ATTESTATION,
     "secret-release": EntryType.SECRET_RELEASED,
+    "export-release": EntryType.EXPORT_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,
     "master-key-rotated": EntryType.KEY_ROTATED,
     "master-key-released": EntryType.KEY_RELEASED,
@@ -80,6 +82,20 @@ class _Batch:
         self.payloads: list[str] = []
 
 
+def _encode(
+    events: Sequence[tuple[str, str | None, dict[str, Any]]], at: str, salts: bytes
+) -> tuple[list[bytes], list[str]]:
+    """The canonical ledger entries of ``events`` (time ``at``, the i-th salted with the i-th
+    :data:`SALT_SIZE` bytes of ``salts``) and their payloads' canonical JSON."""
+    entries, payloads = [], []
+    for i, (type_, policy, payload) in enumerate(events):
+        salt = salts[i * SALT_SIZE : (i + 1) * SALT_SIZE]
+        entry, payload_json = encode_entry(ENTRY_TYPES[type_], at, policy, payload, salt)
+        entries.append(entry)
+        payloads.append(payload_json.decode("utf-8"))
+    return entries, payloads
+
+
 class LedgerEventSink(EventSink):
     """``random(n)``: n random bytes, the entries' salts (docs/ledger.md "Entries"); the
     operating system's CSPRNG unless a test gives fixed bytes."""
@@ -93,6 +109,7 @@ class LedgerEventSink(EventSink):
         at = format_time(datetime.now(UTC))  # one time for the events of one change
         # every entry's salt drawn at once (one getrandom(2) for a change's entries)
         salts = self.random(SALT_SIZE * len(events))
+        # (inline rather than _encode and _append: every attestation's path)
         entries, payloads = [], []
         for i, (type_, policy, payload) in enumerate(events):
             salt = salts[i * SALT_SIZE : (i + 1) * SALT_SIZE]
@@ -101,6 +118,60 @@ class LedgerEventSink(EventSink):
             payloads.append(payload_json.decode("utf-8"))
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is not None and batch.conn is conn:
+            # In a group commit: appended with the others of its transaction (batched)
+            if batch.start is None:
+                batch.start = Ledger.size(raw_connection(conn))
+            first = batch.start + len(batch.entries) + 1
+            batch.entries += entries
+            batch.events += events
+            batch.payloads += payloads
+            return first
+        first = self.ledger.append_batch(raw_connection(conn), entries) + 1
+        # the events index keeps the payload as the entry has it (canonical JSON)
+        insert_events(conn, first, events, payloads)
+        return first
+
+    def record_linked(
+        self,
+        conn: Connection,
+        events: Sequence[tuple[str, str | None, dict[str, Any]]],
+        linked: Sequence[tuple[str, str | None, dict[str, Any]]],
+    ) -> int:
+        """:meth:`EventSink.record_linked`: ``linked`` name the first of ``events`` by its ledger
+        index and leaf hash (a release filed under an exporter names the attestation entry filed
+        under the importer), all appended together in the caller's transaction."""
+        at = format_time(datetime.now(UTC))
+        salts = self.random(SALT_SIZE * (len(events) + len(linked)))
+        entries, payloads = _encode(events, at, salts)
+        raw = raw_connection(conn)
+        batch = self._batch(conn)
+        if batch is not None:
+            if batch.start is None:
+                batch.start = Ledger.size(raw, lock=True)
+            index = batch.start + len(batch.entries)
+        else:
+            index = Ledger.size(raw, lock=True)  # the head row locked: the append starts here
+        link = {"index": index, "leaf_hash": hash_leaf(entries[0]).hex()}
+        linked = [(t, p, {**d, "attestation": link}) for t, p, d in linked]
+        more, more_payloads = _encode(linked, at, salts[SALT_SIZE * len(events) :])
+        first = self._append(conn, [*events, *linked], entries + more, payloads + more_payloads)
+        if first != index + 1:
+            raise StorageError("the ledger grew during a linked append")
+        return first
+
+    def _batch(self, conn: Connection) -> _Batch | None:
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        return batch if batch is not None and batch.conn is conn else None
+
+    def _append(
+        self,
+        conn: Connection,
+        events: Sequence[tuple[str, str | None, dict[str, Any]]],
+        entries: list[bytes],
+        payloads: list[str],
+    ) -> int:
+        batch = self._batch(conn)
+        if batch is not None:
             # In a group commit: appended with the others of its transaction (batched)
             if batch.start is None:
                 batch.start = Ledger.size(raw_connection(conn))

@@ -826,8 +826,8 @@ def history_cmd(
 # docs/ledger.md "In the CAS": a release is one entry, under the policy of the service that
 # received it.
 RELEASES_WHERE = (
-    "a release is recorded under the policy of the service that received it, so a secret or"
-    " volume exported to another policy is released under that one, which its readers audit"
+    "a release is recorded under the policy of the service that received it, and a secret or"
+    " volume exported to another policy under its exporter too (the importer named)"
 )
 
 
@@ -876,6 +876,11 @@ def accesses_cmd(
     for r in rows:
         names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
         line = f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}"
+        if r.get("importer") is not None:  # released to a service of the importing policy
+            line += (
+                f" importer={r['importer']} importer_version={r.get('policy_hash')}"
+                f" platform={r.get('platform')} attestation=#{r.get('attestation_index')}"
+            )
         click.echo(printable(line))
         click.echo(printable(f"    secrets=[{names}]"))
         if r.get("volumes"):

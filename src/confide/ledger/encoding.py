@@ -74,6 +74,7 @@ class EntryType(StrEnum):
     POLICY_APPROVED = "policy.approved"
     ATTESTATION = "attestation"
     SECRET_RELEASED = "secret.released"  # noqa: S105 - an entry type name, not a secret
+    EXPORT_RELEASED = "export.released"  # a release of an imported secret or volume, filed under its exporter
     VOLUME_TAG = "volume.tag"
     CAS_STARTED = "cas.started"
     KEY_ROTATED = "key.rotated"

@@ -176,9 +176,14 @@ class Ledger:
                 execute(conn, stmt)
 
     @staticmethod
-    def size(conn: Conn) -> int:
+    def size(conn: Conn, *, lock: bool = False) -> int:
+        """The number of entries; ``lock``: in a write transaction, lock the head row first as an
+        append does (PostgreSQL ``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` holds the lock
+        already), so that the next append in this transaction starts at this index."""
+        # lock_clause() is a constant chosen by the code ("" or " FOR UPDATE"), not input.
+        sql = "SELECT size FROM ledger_head WHERE id = 1" + (lock_clause(conn) if lock else "")  # noqa: S608
         try:
-            row = execute(conn, "SELECT size FROM ledger_head WHERE id = 1").fetchone()
+            row = execute(conn, sql).fetchone()
         except DB_ERRORS as exc:
             raise StorageError(f"cannot read the ledger head: {exc}") from None
         if row is None:

@@ -730,7 +730,8 @@ def create_app(state: UiState) -> Guard:
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 a.index,
                 a.time,
-                a.service or "",
+                # a service of another policy that imports the secret: named with it
+                (a.service or "") if a.importer is None else f"{a.service} (importer {a.importer})",
                 _short(a.measurement),
                 join((h("<code>{}/{} v{}</code>", s.policy, s.name, s.version) for s in a.secrets), " "),
                 "yes" if a.included else "not yet",
