@@ -314,6 +314,27 @@ def test_heads_without_the_marker_are_not_bound_again(env: Env, caplog: pytest.L
     assert "not recorded" in str(refused(env))
 
 
+def test_heads_bound_once_are_not_bound_again_when_all_are_removed_with_the_marker(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an upgrade's binding (its ``secret-heads-bound`` event): an operator who deletes a
+    newest row, *every* head and the marker does not get the rows taken as found again at the
+    next start (the event says the heads were bound before)."""
+    _old, _new = updated(env)
+    make_schema_18(env)
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert len(env.sql("SELECT payload FROM events WHERE type = ?", (EVENT_BOUND,))) == 1
+    env.delete("pw", 2)
+    env.sql("DELETE FROM secret_heads")
+    env.sql("DELETE FROM meta WHERE key = ?", (BOUND_META,))
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        env.restart()
+    assert any("secret-heads-not-bound" in r.getMessage() for r in caplog.records)
+    assert len(env.sql("SELECT payload FROM events WHERE type = ?", (EVENT_BOUND,))) == 1
+    with pytest.raises(SecretRowsAltered, match="not recorded"):  # pw's, or the volume key's first
+        env.release()
+
+
 def test_offline_rotation_keeps_the_heads_verifying_and_binds_a_schema_18_database(env: Env) -> None:
     _old, new = updated(env)
     before = env.head_row("pw")

@@ -219,9 +219,11 @@ def bind_unbound(conn: Connection, sealer: Sealer, now: float) -> dict[str, Any]
     """The schema 19 migration of the secrets' heads, at a start, in its write transaction: once
     per database, write each secret's head for its newest row as found and record
     :data:`BOUND_META`. Returns what the ``secret-heads-bound`` event says (``None``: nothing to
-    record). Only a database without :data:`BOUND_META` whose ``secret_heads`` is empty is bound
-    (one written before schema 19); otherwise nothing is (logged, ``secret-heads-not-bound``,
-    when the marker is absent but heads exist): a row without a head stays refused at use."""
+    record). Only a database without :data:`BOUND_META` whose ``secret_heads`` is empty and whose
+    ``events`` table records no earlier ``secret-heads-bound`` event is bound (one written before
+    schema 19; as :func:`confide.cas.policy_auth.bind_unbound`); otherwise nothing is (logged,
+    ``secret-heads-not-bound``, when the marker is absent but heads or an earlier binding exist):
+    a row without a head stays refused at use."""
     if raw_execute(conn, "SELECT value FROM meta WHERE key = ?", (BOUND_META,)).fetchone() is not None:
         return None
     raw_execute(conn, "INSERT INTO meta (key, value) VALUES (?, ?)", (BOUND_META, "1"))
@@ -231,8 +233,12 @@ def bind_unbound(conn: Connection, sealer: Sealer, now: float) -> dict[str, Any]
     ).fetchall()
     if not rows:
         return None
-    if existing:
-        _LOG.warning(json.dumps({"event": "secret-heads-not-bound", "secrets": len(rows), "heads": existing}))
+    earlier = raw_execute(conn, "SELECT 1 FROM events WHERE type = ? LIMIT 1", (EVENT_BOUND,)).fetchone()
+    if existing or earlier is not None:
+        # Heads exist, or the heads were bound before and then removed with the marker (an
+        # operator's way to have a deleted newest row taken as found): bind nothing.
+        _LOG.warning(json.dumps({"event": "secret-heads-not-bound", "secrets": len(rows), "heads": existing,
+                                 "bound_before": earlier is not None}))  # fmt: skip
         return None
     if not all(isinstance(p, str) and isinstance(n, str) and _integer(v) for p, n, v in rows):
         raise StorageError("a secret row of the database to migrate is malformed: its heads are not bound")
