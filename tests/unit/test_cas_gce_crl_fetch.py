@@ -207,3 +207,31 @@ def test_nothing_is_asked_about_a_chain_that_does_not_verify(
     _rt, body = _body(cas, vm)
     refused(cas, body, errors.CertificateChainError, "signature does not verify")
     assert points.asked == []
+
+
+def _scoped(url: str) -> x509.IssuingDistributionPoint:
+    return x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
+        only_contains_user_certs=True, only_contains_ca_certs=False, only_some_reasons=None,
+        indirect_crl=False, only_contains_attribute_certs=False,
+    )  # fmt: skip
+
+
+def test_a_crl_of_its_own_distribution_point_is_fetched_and_another_partition_refused() -> None:
+    """xreview21: a CRL with an Issuing Distribution Point (RFC 5280 requires it critical) was
+    refused by the fetch and the verifier alike since ``check_crl`` refuses every CRL of
+    restricted scope for DCAP; the GCE path matches the point itself. A partition of the same
+    issuer for another point (genuine, current, not listing the AK) served at the AK's URL by a
+    network attacker covers nothing: fail closed."""
+    from confide.verify.gce_crl import check_chain_revocation
+
+    points = Points(AT, extensions=[_scoped(INT_URL)])
+    crls = points.fetcher().crls(CHAIN, AT)
+    assert len(check_chain_revocation(CHAIN, crls, AT)) == 2
+    points = Points(AT, extensions=[_scoped("http://crl.test/int-shard-7.crl")])
+    crls = points.fetcher().crls(CHAIN, AT)
+    with pytest.raises(errors.CollateralMissingError, match="AK certificate: no CRL"):
+        check_chain_revocation(CHAIN, crls, AT)
+    revoked = Points(AT, revoked=[AK.serial_number], extensions=[_scoped(INT_URL)])
+    with pytest.raises(errors.RevocationError):
+        check_chain_revocation(CHAIN, revoked.fetcher().crls(CHAIN, AT), AT)

@@ -171,7 +171,7 @@ class GceCrlFetcher:
         crls = load_crls(data, what)
         if len(crls) != 1:
             raise ParseError(f"got {len(crls)} CRLs, expected 1", structure=what)
-        check_crl(crls[0], issuer, what)  # not kept unless its issuer made it
+        check_crl(crls[0], issuer, what, scope_checked=True)  # not kept unless its issuer made it
         return crls[0]
 
 
