@@ -26,7 +26,7 @@ import httpx2
 from cryptography import x509
 
 from confide.errors import CollateralMissingError, ConfideError, NetworkError, ParseError, StorageError
-from confide.httpbody import read_body
+from confide.httpbody import AnswerDeadline, read_body
 from confide.lru import Lru
 from confide.verify.gce_crl import crl_dp_urls, crl_is_current, load_crls
 from confide.verify.x509util import check_crl, name_of
@@ -91,7 +91,13 @@ class GceCrlFetcher:
     :class:`CollateralMissingError`. The verifier checks what it returns again."""
 
     def __init__(self, *, transport: httpx2.BaseTransport | None = None, timeout: float = 10.0) -> None:
-        self._client = httpx2.Client(transport=transport, timeout=timeout, follow_redirects=False)
+        # No connection kept alive: each fetch's AnswerDeadline must see its connection made.
+        self._client = httpx2.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx2.Limits(max_keepalive_connections=0),
+        )
         self._cache: Lru[str, x509.CertificateRevocationList] = Lru(CACHE_ENTRIES)
         self._lock = threading.Lock()
         self.requests_made = 0
@@ -159,7 +165,11 @@ class GceCrlFetcher:
         what = f"CRL at {url}"
         self.requests_made += 1
         try:
-            with self._client.stream("GET", url) as response:
+            # FETCH_TIME for the whole answer, its head too (read_body's within counts the body)
+            with (
+                AnswerDeadline(FETCH_TIME) as deadline,
+                self._client.stream("GET", url, extensions={"trace": deadline.trace}) as response,
+            ):
                 if response.status_code != 200:
                     raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
                 data = read_body(
@@ -167,6 +177,9 @@ class GceCrlFetcher:
                     within=FETCH_TIME,
                 )  # fmt: skip
         except httpx2.HTTPError as exc:
+            if deadline.expired:
+                slow = f"the answer took more than {FETCH_TIME:g} s to arrive"
+                raise ParseError(slow, structure=what) from None
             raise NetworkError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         crls = load_crls(data, what)
         if len(crls) != 1:
