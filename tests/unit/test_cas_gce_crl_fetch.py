@@ -7,7 +7,9 @@ swtpm under a test Google-like PKI whose certificates name distribution points."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from test_cas_attest_gce_tpm import policy_text
 from cas_inproc import RuntimeKey, last_attestation, production_cas, refused
 from confide import errors
 from confide.cas.core import Cas
-from confide.cas.gce_crl import MAX_CRL_SIZE, GceCrlFetcher, GceCrlFile, gce_crl_source
+from confide.cas.gce_crl import FAILURE_GRACE, MAX_CRL_SIZE, GceCrlFetcher, GceCrlFile, gce_crl_source
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.runtime.gce_tpm import GceTpmQuoteProvider
@@ -69,8 +71,8 @@ class Points:
         status, body = self.answers.get(str(request.url), (404, b""))
         return httpx2.Response(status, content=body)
 
-    def fetcher(self) -> GceCrlFetcher:
-        return GceCrlFetcher(transport=httpx2.MockTransport(self.handler))
+    def fetcher(self, monotonic: Callable[[], float] = time.monotonic) -> GceCrlFetcher:
+        return GceCrlFetcher(transport=httpx2.MockTransport(self.handler), monotonic=monotonic)
 
 
 def test_the_distribution_points_are_read_from_the_certificates() -> None:
@@ -97,11 +99,42 @@ def test_fetched_crls_are_kept_until_their_next_update() -> None:
 
 def test_a_crl_not_signed_by_the_issuer_is_refused_and_not_kept() -> None:
     points = Points(AT, key=ec.generate_private_key(ec.SECP384R1()))
-    fetcher = points.fetcher()
+    now = [0.0]
+    fetcher = points.fetcher(lambda: now[0])
     for _ in range(2):
         with pytest.raises(errors.SignatureError, match="signature does not verify with"):
             fetcher.crls(CHAIN, AT)
+    # xreview21: the failure is given again for FAILURE_GRACE seconds without asking the point
+    assert points.asked == [INT_URL]
+    now[0] = FAILURE_GRACE + 1
+    with pytest.raises(errors.SignatureError):
+        fetcher.crls(CHAIN, AT)
     assert points.asked == [INT_URL, INT_URL]
+
+
+def test_concurrent_attestations_fetch_a_crl_once() -> None:
+    """xreview21: every gce-tpm attestation whose chain's CRLs were not in memory fetched them
+    itself (no single flight): N concurrent requests with a (public) genuine AK chain made N
+    GETs of each point, each in a thread of the CAS's shared default executor."""
+    points = Points(AT)
+    release = threading.Event()
+    inner = points.handler
+
+    def slow(request: httpx2.Request) -> httpx2.Response:
+        release.wait(10)
+        return inner(request)
+
+    fetcher = GceCrlFetcher(transport=httpx2.MockTransport(slow))
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(fetcher.crls(CHAIN, AT))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # all four are waiting: one in the fetch, three for its outcome
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 4 and all(r == results[0] for r in results)
+    assert points.asked == [INT_URL, ROOT_URL] and fetcher.requests_made == 2
 
 
 def test_unreachable_oversized_and_redirected_points_are_refused() -> None:
