@@ -268,3 +268,13 @@ def test_a_crl_of_its_own_distribution_point_is_fetched_and_another_partition_re
     revoked = Points(AT, revoked=[AK.serial_number], extensions=[_scoped(INT_URL)])
     with pytest.raises(errors.RevocationError):
         check_chain_revocation(CHAIN, revoked.fetcher().crls(CHAIN, AT), AT)
+
+
+def test_the_fetches_are_in_the_metrics_sources() -> None:
+    points = Points(AT)
+    fetcher = points.fetcher()
+    verifier = PlatformVerifier(gce_crl=fetcher)
+    fetcher.crls(CHAIN, AT)
+    snap = verifier.fetch_stats()["gce-crl"].snapshot()
+    assert (snap.ok, snap.error) == (2, 0)
+    assert "gce-crl" not in PlatformVerifier().fetch_stats()
