@@ -63,11 +63,11 @@ class AnswerDeadline:
     for more bytes, so a server sending a header line (or a byte of one) just within that
     timeout held the client for as long as the parser takes headers (hours: h11 reads 16 KiB of
     them). Passed as the request's ``trace`` extension (``extensions={"trace": deadline.trace}``),
-    it learns the connection's socket when it is made (``connect_tcp`` / ``start_tls``) and
-    shuts it down once ``seconds`` have passed since :meth:`__enter__`: the blocked read ends
-    and ``httpx2`` raises one of its errors; :attr:`expired` then tells why. A connection taken
-    from a pool is not seen: use it with a client that keeps none alive (a new client, or
-    ``max_keepalive_connections=0``)."""
+    it learns the connection's socket when it is made (``connect_tcp`` / ``start_tls``, a
+    proxy's too) and shuts it down once ``seconds`` have passed since :meth:`__enter__`: the
+    blocked read ends and ``httpx2`` raises one of its errors; :attr:`expired` then tells why.
+    A connection taken from a pool is not seen: use it with a client that keeps none alive (a
+    new client, or ``max_keepalive_connections=0``)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -85,7 +85,9 @@ class AnswerDeadline:
         self._timer.cancel()
 
     def trace(self, name: str, info: dict[str, Any]) -> None:
-        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+        # connection.connect_tcp / start_tls, and a proxy's (proxy.start_tls, socks.*): a TLS
+        # socket takes the TCP socket's descriptor over, so the newest stream is the one to shut
+        if not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
             return
         stream = info.get("return_value")
         if stream is None:
