@@ -278,3 +278,21 @@ def test_the_fetches_are_in_the_metrics_sources() -> None:
     snap = verifier.fetch_stats()["gce-crl"].snapshot()
     assert (snap.ok, snap.error) == (2, 0)
     assert "gce-crl" not in PlatformVerifier().fetch_stats()
+
+
+def test_an_older_crl_after_a_newer_one_is_refused() -> None:
+    """xreview21: once a CRL was fetched for a certificate, an older one of its issuer (signed,
+    still current: issued before a revocation, with a long validity) served by a network
+    attacker when the kept one falls due is a rollback, refused; a newer one is taken."""
+    points = Points(AT)
+    now = [0.0]
+    fetcher = points.fetcher(lambda: now[0])
+    fetcher.crls(CHAIN, AT)  # thisUpdate AT - 1 day, nextUpdate AT + 1 day
+    later = AT + timedelta(days=3)
+    old = GOOGLE.crl(this_update=AT - timedelta(days=2), next_update=AT + timedelta(days=30))
+    points.answers = {**Points(later).answers, INT_URL: (200, _der(old))}
+    with pytest.raises(errors.CollateralError, match="older than that of the CRL fetched"):
+        fetcher.crls(CHAIN, later)
+    now[0] = FAILURE_GRACE + 1
+    points.answers = Points(later).answers  # the point serves a current, newer CRL again
+    assert fetcher.crls(CHAIN, later)[0].last_update_utc == later - timedelta(days=1)

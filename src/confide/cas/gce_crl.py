@@ -28,9 +28,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.cas.fetch_cache import FetchCache
-from confide.errors import CollateralMissingError, ConfideError, NetworkError, ParseError, StorageError
+from confide.errors import (
+    CollateralError,
+    CollateralMissingError,
+    ConfideError,
+    NetworkError,
+    ParseError,
+    StorageError,
+)
 from confide.httpbody import AnswerDeadline, read_body
-from confide.verify.gce_crl import crl_dp_urls, crl_is_current, load_crls
+from confide.lru import Lru
+from confide.verify.gce_crl import crl_dp_urls, crl_is_current, iso_z, load_crls
 from confide.verify.x509util import check_crl, name_of
 
 __all__ = [
@@ -86,6 +94,8 @@ FETCH_TIME = 30.0
 """Seconds one CRL's answer may take in all."""
 CACHE_ENTRIES = 64
 """CRLs kept in memory (by a certificate's points and issuer), each until its nextUpdate."""
+NEWEST_ENTRIES = 1024
+"""Certificates (by points and issuer) whose newest fetched CRL's thisUpdate is remembered."""
 FAILURE_GRACE = 30.0
 """Seconds for which a failed fetch's error is given again without asking the points (as
 AMD KDS's, :data:`confide.cas.kds.FAILURE_GRACE`)."""
@@ -131,10 +141,15 @@ class GceCrlFetcher:
             follow_redirects=False,
             limits=httpx2.Limits(max_keepalive_connections=0),
         )
+        self._lock = threading.Lock()
         self._memory: FetchCache[_Key, x509.CertificateRevocationList] = FetchCache(
             CACHE_ENTRIES, crl_is_current, grace=FAILURE_GRACE, monotonic=monotonic
         )
         self.stats = self._memory.stats
+        # The newest thisUpdate fetched per certificate's points and issuer: an older CRL after
+        # it is refused (a network attacker's rollback to before a revocation), even once the
+        # kept CRL has fallen due or was dropped. Lost on restart.
+        self._newest: Lru[_Key, datetime] = Lru(NEWEST_ENTRIES)
 
     @property
     def requests_made(self) -> int:
@@ -179,9 +194,12 @@ class GceCrlFetcher:
         self, cert: x509.Certificate, urls: Sequence[str], issuer: x509.Certificate
     ) -> x509.CertificateRevocationList:
         failures: list[ConfideError] = []
+        key = _key(urls, issuer)
         for url in urls:
             try:
-                return self._memory.ask(lambda url=url: self._fetch(url, issuer))  # type: ignore[misc]
+                crl = self._memory.ask(lambda url=url: self._fetch(url, issuer))  # type: ignore[misc]
+                self._not_older(key, crl, url)
+                return crl
             except ConfideError as exc:
                 failures.append(exc)
         last = failures[-1]
@@ -189,6 +207,19 @@ class GceCrlFetcher:
         if isinstance(last, ParseError):
             raise ParseError(message)
         raise type(last)(message)
+
+    def _not_older(self, key: _Key, crl: x509.CertificateRevocationList, url: str) -> None:
+        """Refuse ``crl`` when one with a later thisUpdate was fetched for ``key`` before; else
+        remember its thisUpdate."""
+        this_update = crl.last_update_utc
+        with self._lock:
+            newest = self._newest.get(key)
+            if newest is not None and this_update < newest:
+                raise CollateralError(
+                    f"CRL at {url}: thisUpdate {iso_z(this_update)} is older than that of the CRL"
+                    f" fetched for this certificate before ({iso_z(newest)}): a rollback, refused"
+                )
+            self._newest.put(key, this_update)
 
     def _fetch(self, url: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
         what = f"CRL at {url}"
