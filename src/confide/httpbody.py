@@ -7,8 +7,11 @@ caller's own error (its class and wording).
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 from time import monotonic
+from typing import Any
 
 import httpx2
 
@@ -52,3 +55,64 @@ def read_body(
             raise too_large(f"took more than {within:g} s to arrive ({size} bytes by then)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class AnswerDeadline:
+    """Bounds one request's whole answer in time, its head included: ``read_body``'s ``within``
+    counts from the first byte of the body only, and a client's read timeout bounds each wait
+    for more bytes, so a server sending a header line (or a byte of one) just within that
+    timeout held the client for as long as the parser takes headers (hours: h11 reads 16 KiB of
+    them). Passed as the request's ``trace`` extension (``extensions={"trace": deadline.trace}``),
+    it learns the connection's socket when it is made (``connect_tcp`` / ``start_tls``, a
+    proxy's too) and shuts it down once ``seconds`` have passed since :meth:`__enter__`: the
+    blocked read ends and ``httpx2`` raises one of its errors; :attr:`expired` then tells why.
+    A connection taken from a pool is not seen: use it with a client that keeps none alive (a
+    new client, or ``max_keepalive_connections=0``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._streams: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> AnswerDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        # connection.connect_tcp / start_tls, and a proxy's (proxy.start_tls, socks.*): a TLS
+        # socket takes the TCP socket's descriptor over, so the newest stream is the one to shut
+        if not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        stream = info.get("return_value")
+        if stream is None:
+            return
+        with self._lock:
+            self._streams.append(stream)
+            expired = self.expired
+        if expired:
+            _shut(stream)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            streams = list(self._streams)
+        for stream in streams:
+            _shut(stream)
+
+
+def _shut(stream: Any) -> None:
+    """Shut the stream's socket down (both ways) from another thread; one already closed, or a
+    stream without a socket, is left alone."""
+    try:
+        sock = stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            # the plain method: an SSLSocket's own would drop its TLS state under the reader
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -7,7 +7,9 @@ swtpm under a test Google-like PKI whose certificates name distribution points."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from test_cas_attest_gce_tpm import policy_text
 from cas_inproc import RuntimeKey, last_attestation, production_cas, refused
 from confide import errors
 from confide.cas.core import Cas
-from confide.cas.gce_crl import MAX_CRL_SIZE, GceCrlFetcher, GceCrlFile, gce_crl_source
+from confide.cas.gce_crl import FAILURE_GRACE, MAX_CRL_SIZE, GceCrlFetcher, GceCrlFile, gce_crl_source
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.runtime.gce_tpm import GceTpmQuoteProvider
@@ -69,8 +71,8 @@ class Points:
         status, body = self.answers.get(str(request.url), (404, b""))
         return httpx2.Response(status, content=body)
 
-    def fetcher(self) -> GceCrlFetcher:
-        return GceCrlFetcher(transport=httpx2.MockTransport(self.handler))
+    def fetcher(self, monotonic: Callable[[], float] = time.monotonic) -> GceCrlFetcher:
+        return GceCrlFetcher(transport=httpx2.MockTransport(self.handler), monotonic=monotonic)
 
 
 def test_the_distribution_points_are_read_from_the_certificates() -> None:
@@ -97,11 +99,42 @@ def test_fetched_crls_are_kept_until_their_next_update() -> None:
 
 def test_a_crl_not_signed_by_the_issuer_is_refused_and_not_kept() -> None:
     points = Points(AT, key=ec.generate_private_key(ec.SECP384R1()))
-    fetcher = points.fetcher()
+    now = [0.0]
+    fetcher = points.fetcher(lambda: now[0])
     for _ in range(2):
         with pytest.raises(errors.SignatureError, match="signature does not verify with"):
             fetcher.crls(CHAIN, AT)
+    # xreview21: the failure is given again for FAILURE_GRACE seconds without asking the point
+    assert points.asked == [INT_URL]
+    now[0] = FAILURE_GRACE + 1
+    with pytest.raises(errors.SignatureError):
+        fetcher.crls(CHAIN, AT)
     assert points.asked == [INT_URL, INT_URL]
+
+
+def test_concurrent_attestations_fetch_a_crl_once() -> None:
+    """xreview21: every gce-tpm attestation whose chain's CRLs were not in memory fetched them
+    itself (no single flight): N concurrent requests with a (public) genuine AK chain made N
+    GETs of each point, each in a thread of the CAS's shared default executor."""
+    points = Points(AT)
+    release = threading.Event()
+    inner = points.handler
+
+    def slow(request: httpx2.Request) -> httpx2.Response:
+        release.wait(10)
+        return inner(request)
+
+    fetcher = GceCrlFetcher(transport=httpx2.MockTransport(slow))
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(fetcher.crls(CHAIN, AT))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # all four are waiting: one in the fetch, three for its outcome
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 4 and all(r == results[0] for r in results)
+    assert points.asked == [INT_URL, ROOT_URL] and fetcher.requests_made == 2
 
 
 def test_unreachable_oversized_and_redirected_points_are_refused() -> None:
@@ -207,3 +240,59 @@ def test_nothing_is_asked_about_a_chain_that_does_not_verify(
     _rt, body = _body(cas, vm)
     refused(cas, body, errors.CertificateChainError, "signature does not verify")
     assert points.asked == []
+
+
+def _scoped(url: str) -> x509.IssuingDistributionPoint:
+    return x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
+        only_contains_user_certs=True, only_contains_ca_certs=False, only_some_reasons=None,
+        indirect_crl=False, only_contains_attribute_certs=False,
+    )  # fmt: skip
+
+
+def test_a_crl_of_its_own_distribution_point_is_fetched_and_another_partition_refused() -> None:
+    """xreview21: a CRL with an Issuing Distribution Point (RFC 5280 requires it critical) was
+    refused by the fetch and the verifier alike since ``check_crl`` refuses every CRL of
+    restricted scope for DCAP; the GCE path matches the point itself. A partition of the same
+    issuer for another point (genuine, current, not listing the AK) served at the AK's URL by a
+    network attacker covers nothing: fail closed."""
+    from confide.verify.gce_crl import check_chain_revocation
+
+    points = Points(AT, extensions=[_scoped(INT_URL)])
+    crls = points.fetcher().crls(CHAIN, AT)
+    assert len(check_chain_revocation(CHAIN, crls, AT)) == 2
+    points = Points(AT, extensions=[_scoped("http://crl.test/int-shard-7.crl")])
+    crls = points.fetcher().crls(CHAIN, AT)
+    with pytest.raises(errors.CollateralMissingError, match="AK certificate: no CRL"):
+        check_chain_revocation(CHAIN, crls, AT)
+    revoked = Points(AT, revoked=[AK.serial_number], extensions=[_scoped(INT_URL)])
+    with pytest.raises(errors.RevocationError):
+        check_chain_revocation(CHAIN, revoked.fetcher().crls(CHAIN, AT), AT)
+
+
+def test_the_fetches_are_in_the_metrics_sources() -> None:
+    points = Points(AT)
+    fetcher = points.fetcher()
+    verifier = PlatformVerifier(gce_crl=fetcher)
+    fetcher.crls(CHAIN, AT)
+    snap = verifier.fetch_stats()["gce-crl"].snapshot()
+    assert (snap.ok, snap.error) == (2, 0)
+    assert "gce-crl" not in PlatformVerifier().fetch_stats()
+
+
+def test_an_older_crl_after_a_newer_one_is_refused() -> None:
+    """xreview21: once a CRL was fetched for a certificate, an older one of its issuer (signed,
+    still current: issued before a revocation, with a long validity) served by a network
+    attacker when the kept one falls due is a rollback, refused; a newer one is taken."""
+    points = Points(AT)
+    now = [0.0]
+    fetcher = points.fetcher(lambda: now[0])
+    fetcher.crls(CHAIN, AT)  # thisUpdate AT - 1 day, nextUpdate AT + 1 day
+    later = AT + timedelta(days=3)
+    old = GOOGLE.crl(this_update=AT - timedelta(days=2), next_update=AT + timedelta(days=30))
+    points.answers = {**Points(later).answers, INT_URL: (200, _der(old))}
+    with pytest.raises(errors.CollateralError, match="older than that of the CRL fetched"):
+        fetcher.crls(CHAIN, later)
+    now[0] = FAILURE_GRACE + 1
+    points.answers = Points(later).answers  # the point serves a current, newer CRL again
+    assert fetcher.crls(CHAIN, later)[0].last_update_utc == later - timedelta(days=1)

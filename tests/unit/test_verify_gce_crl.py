@@ -258,3 +258,43 @@ def test_cli_crl_option(swtpm_tpm: Tpm, tmp_path: Path) -> None:
     assert code == CollateralMissingError.exit_code, out
     code, out = verify_with(GOOGLE.crl(**window), platform="sev-snp")  # type: ignore[arg-type]
     assert code == UsageError.exit_code and "--crl is only for --platform gce-tpm" in out, out
+
+
+def _scoped(url: str) -> x509.IssuingDistributionPoint:
+    return x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
+        only_contains_user_certs=False, only_contains_ca_certs=False, only_some_reasons=None,
+        indirect_crl=False, only_contains_attribute_certs=False,
+    )  # fmt: skip
+
+
+def test_a_crl_scoped_to_another_distribution_point_does_not_cover_the_certificate() -> None:
+    """xreview21: a CRL whose Issuing Distribution Point names another distribution point is
+    another partition of the issuer's CRLs (RFC 5280 §6.3.3 (b)(2)(i)). It need not list this
+    AK certificate: genuine, current and signed by the issuer, it was taken as saying "not
+    revoked" (``--gce-crl fetch`` asks one URL, whose answer a network attacker chooses)."""
+    mine, other = "http://pki.test/ak-0.crl", "http://pki.test/ak-1.crl"
+    dp = x509.CRLDistributionPoints(
+        [x509.DistributionPoint([x509.UniformResourceIdentifier(mine)], None, None, None)]
+    )
+    ak = x509.load_der_x509_certificate(
+        GOOGLE.ak_cert(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(), extra=[dp]
+        )
+    )
+    chain = [ak, GOOGLE.intermediate, GOOGLE.root]
+    window = {"this_update": AT - timedelta(days=1), "next_update": AT + timedelta(days=7)}
+    root_crl = GOOGLE.crl("root", **window)  # type: ignore[arg-type]
+    # the AK is revoked on its own partition; the other partition does not list it
+    own = GOOGLE.crl(revoked=[ak.serial_number], extensions=[_scoped(mine)], **window)  # type: ignore[arg-type]
+    partition = GOOGLE.crl(extensions=[_scoped(other)], **window)  # type: ignore[arg-type]
+    with pytest.raises(CollateralMissingError, match="AK certificate: no CRL"):
+        check_chain_revocation(chain, [root_crl, partition], AT)
+    with pytest.raises(RevocationError):
+        check_chain_revocation(chain, [root_crl, partition, own], AT)
+    # its own partition, not revoking it, covers it
+    mine_only = GOOGLE.crl(extensions=[_scoped(mine)], **window)  # type: ignore[arg-type]
+    assert len(check_chain_revocation(chain, [root_crl, mine_only], AT)) == 2
+    # a certificate naming no distribution point is covered by no scoped CRL
+    with pytest.raises(CollateralMissingError):
+        check_chain_revocation(CHAIN, [root_crl, mine_only], AT)

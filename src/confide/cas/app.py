@@ -1100,7 +1100,7 @@ class _FetchCollector:
         sources: dict[str, FetchStats] = stats_of() if callable(stats_of) else {}
         fetches = CounterMetricFamily(
             "confide_cas_collateral_fetches",
-            "Collateral fetches by the CAS (source: pcs, kds, ocsp; outcome: ok, error)",
+            "Collateral fetches by the CAS (source: pcs, kds, ocsp, rim, gce-crl; outcome: ok, error)",
             labels=["source", "outcome"],
         )
         seconds = HistogramMetricFamily(

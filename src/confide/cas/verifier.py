@@ -724,6 +724,8 @@ class PlatformVerifier:
             stats["pcs"] = self.dcap_cache.stats
         if self.kds is not None:
             stats["kds"] = self.kds.stats
+        if isinstance(self.gce_crl, GceCrlFetcher):
+            stats["gce-crl"] = self.gce_crl.stats
         if self.nvidia_ocsp is not None:
             stats["ocsp"] = self.nvidia_ocsp.stats
         if self.nvidia_rims is not None:

@@ -8,7 +8,10 @@ certificate of the verified chain below the root (leaf first), with ``issuer`` t
 
 1. The CRLs that cover it: issuer name = its issuer name, not a delta CRL (RFC 5280 §5.2.4), and
    an Issuing Distribution Point, if any, not limited to the other kind of certificate
-   (``onlyContainsUserCerts`` for a CA, ``onlyContainsCACerts`` for the AK certificate). None:
+   (``onlyContainsUserCerts`` for a CA, ``onlyContainsCACerts`` for the AK certificate) nor to a
+   distribution point the certificate does not name (RFC 5280 §6.3.3 (b)(2)(i): its
+   ``distributionPoint`` full name must be one of the certificate's CRL Distribution Points'
+   full names; one relative to the issuer's name is not read, so such a CRL covers nothing). None:
    :class:`CollateralMissingError` (revocation checking is on: fail closed). A covering CRL that
    is indirect, limited to some reasons or to attribute certificates: :class:`CollateralError`
    (partitioned CRLs are not supported, so such a CRL cannot say the certificate is not revoked).
@@ -148,8 +151,25 @@ def _covers(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: s
             f"{what}: an indirect CRL, or one for some reasons or attribute certificates only"
             " (Issuing Distribution Point): partitioned CRLs are not supported"
         )
+    if idp.relative_name is not None:
+        return False  # scoped to a distribution point named relative to the issuer: not read
+    if idp.full_name is not None and not set(idp.full_name) & _dp_names(cert):
+        # RFC 5280 §6.3.3 (b)(2)(i): a CRL scoped to a distribution point covers only the
+        # certificates naming that point. Another partition of the same issuer (genuine,
+        # current, signed) need not list this certificate's serial: served for its URL, it
+        # would hide a revocation.
+        return False
     ca = _is_ca(cert)
     return not (idp.only_contains_user_certs and ca) and not (idp.only_contains_ca_certs and not ca)
+
+
+def _dp_names(cert: x509.Certificate) -> set[x509.GeneralName]:
+    """The full names of every CRL Distribution Point of ``cert``."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {name for point in points if point.full_name for name in point.full_name}
 
 
 def check_chain_revocation(
@@ -175,7 +195,7 @@ def check_chain_revocation(
                 " a certificate whose CRL is missing is refused"
             )
         for crl in covering:
-            check_crl(crl, issuer, f"CRL of {name_of(issuer)} for the {what}")
+            check_crl(crl, issuer, f"CRL of {name_of(issuer)} for the {what}", scope_checked=True)
         newest = max(covering, key=lambda c: c.last_update_utc)
         this_update, next_update = newest.last_update_utc, newest.next_update_utc
         if at < this_update:

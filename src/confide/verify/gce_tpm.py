@@ -656,7 +656,7 @@ def verify_gce_attestation(
         "ak_cert_serial": format(leaf.serial_number, "x"),
         "event_log": log_summary,
         "instance": None if production is None else _instance_claim(production),
-        "tee": None if hw is None else {"type": tee_type, **hw.claims},
+        "tee": None if hw is None else {**hw.claims, "type": tee_type},
     }
     if hw is not None:
         claims["debug"] = hw.claims.get("debug")
@@ -689,7 +689,7 @@ def verify_gce_attestation(
             "instance_name": info.instance_name,
             "instance_id": info.instance_id,
         },
-        "tee": None if hw is None else {"type": tee_type, **hw.details},
+        "tee": None if hw is None else {**hw.details, "type": tee_type},
     }
     return VerifiedEvidence(
         platform=Platform.GCE_TPM,

@@ -341,14 +341,24 @@ delta CRL, §5.2.5 partitioned or indirect CRL): refused whether or not they are
 (RFC 5280 requires both to be critical)."""
 
 
-def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
+def check_crl(
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    what: str,
+    *,
+    scope_checked: bool = False,
+) -> None:
     """The CRL must be issued and signed by ``issuer`` (its dates are checked by the caller), and
     be the complete CRL of that issuer: no delta CRL, no CRL of restricted scope, no critical
     extension (of the CRL or of an entry) that is not processed here. RFC 5280 §5.2 and §5.3: a
     CRL with an unprocessed critical extension must not be used to determine revocation status;
     a delta or partitioned CRL taken as complete would miss revocations it does not cover.
     Intel's CRLs carry only the non-critical cRLNumber and authorityKeyIdentifier, and entries
-    with non-critical reason codes."""
+    with non-critical reason codes.
+
+    ``scope_checked``: the caller matches the Issuing Distribution Point against the certificate
+    itself (:mod:`confide.verify.gce_crl`, RFC 5280 §6.3.3 (b)), so a CRL of restricted scope is
+    not refused here; a delta CRL and other critical extensions still are."""
     try:
         same = crl.issuer == issuer.subject
     except ValueError:
@@ -362,14 +372,16 @@ def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, wha
     if not ok:
         raise SignatureError(f"{what}: signature does not verify with {name_of(issuer)}")
     try:
-        _check_crl_scope(crl, what)
+        _check_crl_scope(crl, what, scope_checked=scope_checked)
     except ValueError as exc:
         raise ParseError(str(exc), structure=what) from None
 
 
-def _check_crl_scope(crl: x509.CertificateRevocationList, what: str) -> None:
+def _check_crl_scope(crl: x509.CertificateRevocationList, what: str, *, scope_checked: bool) -> None:
     with _lazily_parsed("extension"):
         for ext in crl.extensions:
+            if scope_checked and ext.oid == ExtensionOID.ISSUING_DISTRIBUTION_POINT:
+                continue
             kind = _CRL_SCOPE_EXTENSIONS.get(ext.oid)
             if kind is not None:
                 raise CollateralError(f"{what} is {kind}, expected the issuer's complete CRL")
