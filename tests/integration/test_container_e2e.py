@@ -268,7 +268,7 @@ def _evil_kit(kit: Path) -> None:
 
 
 def test_the_operators_environment_runs_no_code_of_theirs_in_the_runtime(tmp_path: Path) -> None:
-    """the hostile review of 2026-12-07, for real: the host's operator starts the converted container with
+    """The hostile review of 2026-12-07, for real: the host's operator starts the converted container with
     ``PYTHONPATH`` (a ``sitecustomize``), ``PATH`` (their ``fusermount3``, ``umount``, ``gcc``...)
     and ``OPENSSL_CONF`` (a provider library) of their own, their files bound in. The service runs
     as before, and none of it ran in the runtime, the FUSE server or the unmount (before: the
@@ -311,7 +311,7 @@ def test_the_operators_environment_runs_no_code_of_theirs_in_the_runtime(tmp_pat
 
 
 def test_an_image_converted_with_cas_talks_to_that_cas_only(tmp_path: Path) -> None:
-    """the hostile review of 2026-12-07: ``sconify --cas`` pins the CAS's key in the launcher. The operator's
+    """The hostile review of 2026-12-07: ``sconify --cas`` pins the CAS's key in the launcher. The operator's
     ``CONFIDE_CAS_CERT`` of another key (a CAS of theirs at ``CONFIDE_CAS_URL``), and their own
     ``CONFIDE_CAS_SPKI`` for it, are refused (exit 40) before anything is sent; the real CAS's
     certificate runs the service."""

@@ -1,5 +1,5 @@
 """The host operator's environment against the runtime (docs/limitations.md "confide run", task
-the 2026-12-07 review): ``PYTHON*`` variables, ``HOME`` (user site), ``PATH`` must not make the processes that
+the hostile review of 2026-12-07): ``PYTHON*`` variables, ``HOME`` (user site), ``PATH`` must not make the processes that
 hold a volume key or a mount of decrypted data run code the operator chose."""
 
 from __future__ import annotations

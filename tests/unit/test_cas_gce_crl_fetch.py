@@ -104,7 +104,7 @@ def test_a_crl_not_signed_by_the_issuer_is_refused_and_not_kept() -> None:
     for _ in range(2):
         with pytest.raises(errors.SignatureError, match="signature does not verify with"):
             fetcher.crls(CHAIN, AT)
-    # hostile review of 2026-12-07: the failure is given again for FAILURE_GRACE seconds without asking the point
+    # the hostile review of 2026-12-07: the failure is given again for FAILURE_GRACE seconds without asking the point
     assert points.asked == [INT_URL]
     now[0] = FAILURE_GRACE + 1
     with pytest.raises(errors.SignatureError):
@@ -113,7 +113,7 @@ def test_a_crl_not_signed_by_the_issuer_is_refused_and_not_kept() -> None:
 
 
 def test_concurrent_attestations_fetch_a_crl_once() -> None:
-    """hostile review of 2026-12-07: every gce-tpm attestation whose chain's CRLs were not in memory fetched them
+    """Hostile review of 2026-12-07: every gce-tpm attestation whose chain's CRLs were not in memory fetched them
     itself (no single flight): N concurrent requests with a (public) genuine AK chain made N
     GETs of each point, each in a thread of the CAS's shared default executor."""
     points = Points(AT)
@@ -251,7 +251,7 @@ def _scoped(url: str) -> x509.IssuingDistributionPoint:
 
 
 def test_a_crl_of_its_own_distribution_point_is_fetched_and_another_partition_refused() -> None:
-    """hostile review of 2026-12-07: a CRL with an Issuing Distribution Point (RFC 5280 requires it critical) was
+    """Hostile review of 2026-12-07: a CRL with an Issuing Distribution Point (RFC 5280 requires it critical) was
     refused by the fetch and the verifier alike since ``check_crl`` refuses every CRL of
     restricted scope for DCAP; the GCE path matches the point itself. A partition of the same
     issuer for another point (genuine, current, not listing the AK) served at the AK's URL by a
@@ -281,7 +281,7 @@ def test_the_fetches_are_in_the_metrics_sources() -> None:
 
 
 def test_an_older_crl_after_a_newer_one_is_refused() -> None:
-    """hostile review of 2026-12-07: once a CRL was fetched for a certificate, an older one of its issuer (signed,
+    """Hostile review of 2026-12-07: once a CRL was fetched for a certificate, an older one of its issuer (signed,
     still current: issued before a revocation, with a long validity) served by a network
     attacker when the kept one falls due is a rollback, refused; a newer one is taken."""
     points = Points(AT)

@@ -1,4 +1,4 @@
-"""Hostile review of stakeholder isolation (the hostile review of 2026-12-07): attacks by another stakeholder with a
+"""Hostile review of stakeholder isolation (2026-12-07): attacks by another stakeholder with a
 policy of their own, each a test that fails without its fix."""
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def test_a_refused_submission_does_not_tell_whether_the_name_exists(cas: InProce
 
 
 def test_a_namespace_export_skips_policies_its_namespace_did_not_govern(cas: InProcessCas) -> None:
-    """Hostile review (hostile review of 2026-12-07): ``export: {namespace: N}`` reaches the policies named ``N/...``
+    """Hostile review of 2026-12-07: ``export: {namespace: N}`` reaches the policies named ``N/...``
     because N governs who creates them. A name taken under N before anyone claimed N (first come)
     was not created under N's rules: its creator gets nothing once N is claimed, and neither do the
     policies it then lets others (or itself) create below it. Those N's rules allow, directly or

@@ -51,7 +51,7 @@ def ipc(tmp_path: Path) -> InProcessCas:
         ),
         (f"secrets:\n  - name: pw\n    kind: ascii\n    value: {SECRET_VALUE}\n", SECRET_VALUE),
         # a service's explicit fspf_key (SCONE's file system protection key; hostile review
-        # hostile review of 2026-12-07: it went into the ledger, in clear in the events table, and to policy show)
+        # the hostile review of 2026-12-07: it went into the ledger, in clear in the events table, and to policy show)
         (
             f"services:\n  - name: app\n    command: app\n    fspf_path: /fspf.pb\n"
             f'    fspf_key: {VOLUME_KEY}\n    fspf_tag: "{"0c" * 16}"\n'

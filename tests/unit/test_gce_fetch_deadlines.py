@@ -1,4 +1,4 @@
-"""hostile review of 2026-12-07: the GCE fetches (the runtime's AIA issuers, ``cas serve --gce-crl fetch``) bound
+"""Hostile review of 2026-12-07: the GCE fetches (the runtime's AIA issuers, ``cas serve --gce-crl fetch``) bound
 the whole answer in time, its head included. ``read_body``'s ``within`` counts from the body's
 first byte, and the client's read timeout bounds each wait only: a server on the path (the CRL
 and caIssuers URLs are plain http) sending a header line just within the read timeout held the

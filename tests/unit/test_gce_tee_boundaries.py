@@ -1,4 +1,4 @@
-"""hostile review of 2026-12-07: a hostile structured report (fields 8 / 9 of a GCE attestation) at the integer
+"""Hostile review of 2026-12-07: a hostile structured report (fields 8 / 9 of a GCE attestation) at the integer
 boundaries where a rebuild could wrap (a value read as 2^32 + v written as v would make the
 signed bytes say v while the proto says otherwise), field counts and versions the rebuild must
 not guess, and a bounded structure-aware fuzz: nothing but the project's errors, and nothing

@@ -1020,7 +1020,7 @@ def test_names_the_file_system_refuses_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_runtime_layer_launcher_pins_the_cas_given(tmp_path: Path) -> None:
-    """the hostile review of 2026-12-07: with the CAS's key hash (``sconify --cas``), the launcher sets
+    """The hostile review of 2026-12-07: with the CAS's key hash (``sconify --cas``), the launcher sets
     ``CONFIDE_CAS_SPKI`` after removing the host's, so the image names its CAS; another key
     hash gives another runtime layer (not the cached one of the first)."""
     import io

@@ -1,4 +1,4 @@
-"""Hostile review hostile review of 2026-12-07: ``ledger verify --max-age`` judged at the time a checkpoint is read
+"""Hostile review of 2026-12-07: ``ledger verify --max-age`` judged at the time a checkpoint is read
 (not at the audit's start), a quiet log's stored cosignature never replaced by an older one (a
 replayed answer), attacks on freshness that are refused already, and a malformed
 ``CONFIDE_CAS_SPKI``. Time is injected."""

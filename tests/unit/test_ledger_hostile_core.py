@@ -1,4 +1,4 @@
-"""Hostile review of the ledger's core (the hostile review of 2026-12-07): the CAS operator rewrites or forks history,
+"""Hostile review of the ledger's core (2026-12-07): the CAS operator rewrites or forks history,
 or feeds verifiers hostile input, and an entitled verifier must notice or refuse.
 
 Each test is one attack. Those marked *fix* were accepted before their fix (the rest pin down

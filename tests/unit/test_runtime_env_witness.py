@@ -1,4 +1,4 @@
-"""Hostile review the 2026-12-07 review, attacks that confide already withstands (kept as tests): a proxy of
+"""Hostile review of 2026-12-07, attacks that confide already withstands (kept as tests): a proxy of
 the operator's (``HTTPS_PROXY``) on the pinned CAS's connection, a redirect, and the witness
 state under a quiet log's re-cosigning every minute."""
 

@@ -436,7 +436,7 @@ class _Sealing:
 def test_injected_files_are_removed_when_the_supervised_program_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """the hostile review of 2026-12-07: a supervised run's injected files on a memory file system (/dev/shm, which
+    """The hostile review of 2026-12-07: a supervised run's injected files on a memory file system (/dev/shm, which
     `--ipc=host` makes the host's) are removed once the program has ended; before, the secrets
     stayed there after the run, for whoever reads that tmpfs next."""
     import uuid
@@ -449,7 +449,7 @@ def test_injected_files_are_removed_when_the_supervised_program_ends(
     monkeypatch.setattr(
         run_module, "seal_and_report", lambda _m, _c, policy, *_a, **_k: sealed.append(policy)
     )
-    secret = Path("/dev/shm") / f"confide-the 2026-12-07 review-{uuid.uuid4().hex}" / "secret.txt"
+    secret = Path("/dev/shm") / f"confide-review-{uuid.uuid4().hex}" / "secret.txt"
     gone = secret.parent / "removed-by-the-program"
     seen = tmp_path / "seen"
     script = f"cat {secret} > {seen}; rm {gone}"

@@ -269,7 +269,7 @@ def _scoped(url: str) -> x509.IssuingDistributionPoint:
 
 
 def test_a_crl_scoped_to_another_distribution_point_does_not_cover_the_certificate() -> None:
-    """hostile review of 2026-12-07: a CRL whose Issuing Distribution Point names another distribution point is
+    """Hostile review of 2026-12-07: a CRL whose Issuing Distribution Point names another distribution point is
     another partition of the issuer's CRLs (RFC 5280 §6.3.3 (b)(2)(i)). It need not list this
     AK certificate: genuine, current and signed by the issuer, it was taken as saying "not
     revoked" (``--gce-crl fetch`` asks one URL, whose answer a network attacker chooses)."""
