@@ -109,27 +109,8 @@ class LedgerEventSink(EventSink):
         at = format_time(datetime.now(UTC))  # one time for the events of one change
         # every entry's salt drawn at once (one getrandom(2) for a change's entries)
         salts = self.random(SALT_SIZE * len(events))
-        # (inline rather than _encode and _append: every attestation's path)
-        entries, payloads = [], []
-        for i, (type_, policy, payload) in enumerate(events):
-            salt = salts[i * SALT_SIZE : (i + 1) * SALT_SIZE]
-            entry, payload_json = encode_entry(ENTRY_TYPES[type_], at, policy, payload, salt)
-            entries.append(entry)
-            payloads.append(payload_json.decode("utf-8"))
-        batch: _Batch | None = getattr(self._local, "batch", None)
-        if batch is not None and batch.conn is conn:
-            # In a group commit: appended with the others of its transaction (batched)
-            if batch.start is None:
-                batch.start = Ledger.size(raw_connection(conn))
-            first = batch.start + len(batch.entries) + 1
-            batch.entries += entries
-            batch.events += events
-            batch.payloads += payloads
-            return first
-        first = self.ledger.append_batch(raw_connection(conn), entries) + 1
-        # the events index keeps the payload as the entry has it (canonical JSON)
-        insert_events(conn, first, events, payloads)
-        return first
+        entries, payloads = _encode(events, at, salts)
+        return self._append(conn, events, entries, payloads)
 
     def record_linked(
         self,

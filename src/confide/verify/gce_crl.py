@@ -42,7 +42,7 @@ from confide.errors import (
 )
 from confide.verify._pinned_chain import subject_cn
 from confide.verify.result import ClaimValue
-from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl, load_der_crl, name_of
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl, load_der_crl, name_of, split_der
 
 __all__ = ["MAX_CRLS", "check_chain_revocation", "crl_dp_urls", "crl_is_current", "load_crls"]
 
@@ -66,39 +66,12 @@ def load_crls(data: bytes, what: str) -> tuple[x509.CertificateRevocationList, .
             except ValueError:
                 raise ParseError(f"PEM block {i}: not base64", structure=what) from None
     else:
-        ders = _split(data, what)
+        ders = split_der(data, what, noun="CRL", max_count=MAX_CRLS, max_size=None, length_bytes=4)
     if not ders:
         raise ParseError("got no CRL", structure=what)
     if len(ders) > MAX_CRLS:
         raise ParseError(f"got {len(ders)} CRLs, expected at most {MAX_CRLS}", structure=what)
     return tuple(load_der_crl(der, f"{what}[{i}]") for i, der in enumerate(ders))
-
-
-def _split(data: bytes, what: str) -> list[bytes]:
-    """Concatenated DER values by their outer SEQUENCE headers (X.690 §8.1.2-8.1.3)."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        if len(out) > MAX_CRLS:
-            break
-        if len(data) - pos < 2 or data[pos] != 0x30:
-            raise ParseError("expected a DER SEQUENCE (0x30) starting a CRL", structure=what, offset=pos)
-        first = data[pos + 1]
-        if first < 0x80:
-            header, length = 2, first
-        else:
-            n = first & 0x7F
-            if not 1 <= n <= 4 or len(data) - pos < 2 + n:
-                raise ParseError("CRL length is not a 1-4 byte DER length", structure=what, offset=pos)
-            header, length = 2 + n, int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
-        end = pos + header + length
-        if end > len(data):
-            raise ParseError(
-                f"CRL needs {header + length} bytes, {len(data) - pos} remain", structure=what, offset=pos
-            )
-        out.append(data[pos:end])
-        pos = end
-    return out
 
 
 def crl_dp_urls(cert: x509.Certificate) -> list[str]:

@@ -47,6 +47,7 @@ __all__ = [
     "load_der_crl",
     "name_of",
     "parse_certificate_fields",
+    "split_der",
     "verify_chain_signatures",
     "verify_issued_by",
 ]
@@ -146,21 +147,35 @@ def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
 MAX_CERT_DER_SIZE = 16 * 1024
 
 
-def _split_der(data: bytes, what: str) -> list[bytes]:
-    """Split concatenated DER certificates by their outer SEQUENCE headers (X.690 §8.1.2-8.1.3:
-    tag 0x30, definite length in short or long form); every byte must belong to one of them."""
+def split_der(
+    data: bytes,
+    what: str,
+    *,
+    noun: str = "certificate",
+    max_count: int = MAX_CHAIN_LENGTH,
+    max_size: int | None = MAX_CERT_DER_SIZE,
+    length_bytes: int = 3,
+) -> list[bytes]:
+    """Split concatenated DER values (certificates, CRLs: ``noun``) by their outer SEQUENCE
+    headers (X.690 §8.1.2-8.1.3: tag 0x30, definite length in short or long form of at most
+    ``length_bytes`` bytes); every byte must belong to one of them, at most ``max_count`` of
+    them, each at most ``max_size`` bytes (``None``: no bound beyond the input's)."""
     out: list[bytes] = []
     pos = 0
     while pos < len(data):
-        if len(out) == MAX_CHAIN_LENGTH:
-            raise ParseError(f"got more than {MAX_CHAIN_LENGTH} certificates", structure=what)
+        if len(out) == max_count:
+            raise ParseError(
+                f"got more than {max_count} {noun}s, expected at most {max_count}", structure=what
+            )
         if len(data) - pos < 2:
             raise ParseError(
-                f"got {len(data) - pos} trailing byte(s), expected a certificate", structure=what, offset=pos
+                f"got {len(data) - pos} trailing byte(s), expected a DER SEQUENCE (0x30) starting a {noun}",
+                structure=what,
+                offset=pos,
             )
         if data[pos] != 0x30:
             raise ParseError(
-                f"got byte {data[pos]:#04x}, expected a DER SEQUENCE (0x30) starting a certificate",
+                f"got byte {data[pos]:#04x}, expected a DER SEQUENCE (0x30) starting a {noun}",
                 structure=what,
                 offset=pos,
             )
@@ -169,21 +184,21 @@ def _split_der(data: bytes, what: str) -> list[bytes]:
             header, length = 2, first
         else:
             n = first & 0x7F
-            if not 1 <= n <= 3 or len(data) - pos < 2 + n:
+            if not 1 <= n <= length_bytes or len(data) - pos < 2 + n:
                 raise ParseError(
-                    "certificate length is not a 1-3 byte DER length", structure=what, offset=pos
+                    f"{noun} length is not a 1-{length_bytes} byte DER length", structure=what, offset=pos
                 )
             header, length = 2 + n, int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
-        if header + length > MAX_CERT_DER_SIZE:
+        if max_size is not None and header + length > max_size:
             raise ParseError(
-                f"got a {header + length}-byte certificate, expected at most {MAX_CERT_DER_SIZE}",
+                f"got a {header + length}-byte {noun}, expected at most {max_size}",
                 structure=what,
                 offset=pos,
             )
         end = pos + header + length
         if end > len(data):
             raise ParseError(
-                f"certificate needs {header + length} bytes, {len(data) - pos} remain",
+                f"{noun} needs {header + length} bytes, {len(data) - pos} remain",
                 structure=what,
                 offset=pos,
             )
@@ -205,7 +220,7 @@ def load_certificate_chain(data: bytes, what: str) -> list[x509.Certificate]:
                 structure=what,
             )
     elif data:
-        ders = _split_der(data, what)
+        ders = split_der(data, what)
     else:
         raise ParseError("got no bytes, expected a PEM bundle or concatenated DER", structure=what)
     return [load_der_certificate(der, f"{what}[{i}]") for i, der in enumerate(ders)]
