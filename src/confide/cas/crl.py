@@ -73,7 +73,7 @@ from confide.cas.revocation_auth import (
 from confide.cas.secrets import Sealer, SecretValue, crl_distribution_id, renewable
 from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
-from confide.policy._types import duration_seconds
+from confide.policy._types import option_duration
 from confide.policy.secret import Secret, SecretKind
 
 if TYPE_CHECKING:
@@ -157,14 +157,7 @@ class _Entry(NamedTuple):
 def parse_crl_validity(text: str) -> float:
     """``cas serve --crl-validity``: a duration as in policies (``7 days``, ``12h``, ``90s``)
     from :data:`MIN_CRL_VALIDITY` to :data:`MAX_CRL_VALIDITY` seconds."""
-    expected = f"expected a duration from {MIN_CRL_VALIDITY} seconds to {MAX_CRL_VALIDITY // 86400} days"
-    try:
-        seconds = duration_seconds(text)
-    except (ValueError, TypeError):
-        raise UsageError(f"--crl-validity: got {text[:40]!r}, {expected} (e.g. '7 days')") from None
-    if not MIN_CRL_VALIDITY <= seconds <= MAX_CRL_VALIDITY:
-        raise UsageError(f"--crl-validity: got {seconds} seconds, {expected}")
-    return float(seconds)
+    return float(option_duration(text, "--crl-validity", MIN_CRL_VALIDITY, MAX_CRL_VALIDITY, "'7 days'"))
 
 
 MAX_PUBLIC_URL = 200

@@ -74,9 +74,9 @@ from cryptography.hazmat.primitives import serialization
 from confide.cas.cache_files import CacheFiles, Log
 from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
-from confide.errors import ConfideError, UsageError
+from confide.errors import ConfideError
 from confide.lru import Lru
-from confide.policy._types import duration_seconds
+from confide.policy._types import option_duration
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, verify_ocsp_response
 
 __all__ = [
@@ -242,15 +242,8 @@ class OcspCache:
 def parse_stapled_max_age(text: str) -> timedelta:
     """``cas serve --nvidia-ocsp-max-age``: a duration as in policies (``24 hours``, ``12h``)
     from :data:`MIN_STAPLED_MAX_AGE` to :data:`MAX_STAPLED_MAX_AGE`."""
-    expected = "expected a duration from 1 minute to 30 days"
-    try:
-        seconds = duration_seconds(text)
-    except (ValueError, TypeError):
-        raise UsageError(f"--nvidia-ocsp-max-age: got {text[:40]!r}, {expected} (e.g. '24 hours')") from None
-    age = timedelta(seconds=seconds)
-    if not MIN_STAPLED_MAX_AGE <= age <= MAX_STAPLED_MAX_AGE:
-        raise UsageError(f"--nvidia-ocsp-max-age: got {seconds} seconds, {expected}")
-    return age
+    low, high = int(MIN_STAPLED_MAX_AGE.total_seconds()), int(MAX_STAPLED_MAX_AGE.total_seconds())
+    return timedelta(seconds=option_duration(text, "--nvidia-ocsp-max-age", low, high, "'24 hours'"))
 
 
 def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:

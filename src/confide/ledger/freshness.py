@@ -122,17 +122,10 @@ def check_fresh(note: Note, size: int, witnesses: Sequence[NoteVerifier], freshn
 def parse_max_age(text: str, option: str = "--max-age") -> timedelta:
     """``--max-age DURATION``: a duration as in policies and ``cas serve --crl-validity``
     (``1h``, ``30 minutes``, ``2d``), from one minute to a year (:data:`MAX_AGE_RANGE`)."""
-    from confide.policy._types import duration_seconds  # noqa: PLC0415 - the policies' duration syntax
+    from confide.policy._types import option_duration  # noqa: PLC0415 - the policies' duration syntax
 
     low, high = MAX_AGE_RANGE
-    expected = f"expected a duration from {low} seconds to {high // 86400} days (e.g. '1h', '30 minutes')"
-    try:
-        seconds = duration_seconds(text)
-    except (ValueError, TypeError):
-        raise UsageError(f"{option}: got {text[:40]!r}, {expected}") from None
-    if not low <= seconds <= high:
-        raise UsageError(f"{option}: got {seconds} seconds, {expected}")
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=option_duration(text, option, low, high, "'1h', '30 minutes'"))
 
 
 def _when(posix: float) -> str:

@@ -188,6 +188,22 @@ def duration_seconds(text: str) -> int:
     return total
 
 
+def option_duration(text: str, option: str, low: int, high: int, example: str) -> int:
+    """Seconds of a command-line option's duration in the policies' syntax (``--max-age 1h``),
+    from ``low`` to ``high`` seconds; otherwise a :class:`~confide.errors.UsageError` naming the
+    option, what it got and the range (with ``example``)."""
+    from confide.errors import UsageError  # noqa: PLC0415 - the policy model's types stay import-light
+
+    expected = f"expected a duration from {low} seconds to {high // 86400} days (e.g. {example})"
+    try:
+        seconds = duration_seconds(text)
+    except (ValueError, TypeError):
+        raise UsageError(f"{option}: got {text[:40]!r}, {expected}") from None
+    if not low <= seconds <= high:
+        raise UsageError(f"{option}: got {seconds} seconds, {expected}")
+    return seconds
+
+
 def _check_duration(value: str) -> str:
     duration_seconds(value)
     return value
