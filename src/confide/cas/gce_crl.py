@@ -523,9 +523,8 @@ class GceCrlFetcher:
 
 def _disk_log(name: str) -> Log:
     def log_event(event: str, error: str) -> None:
-        # a file that cannot be read or is refused: a warning (it is then fetched again)
-        line = json.dumps({"event": f"gce-crl-cache-{event}", "file": name, "error": error})
-        (log.info if event == "write-failed" else log.warning)(line)
+        # a file that cannot be read or is refused (it is then fetched again), or not written
+        log.warning(json.dumps({"event": f"gce-crl-cache-{event}", "file": name, "error": error}))
 
     return log_event
 
