@@ -101,6 +101,16 @@ def test_a_restarted_fetcher_still_refuses_the_older_crl(tmp_path: Path) -> None
     assert newest is not None and (newest.this_update, newest.crl_number) == (later - timedelta(days=1), 8)
 
 
+@pytest.mark.parametrize("number", [1 << 160, 1 << 200])
+def test_a_crl_number_the_memory_cannot_hold_is_refused(tmp_path: Path, number: int) -> None:
+    """RFC 5280 §5.2.3 bounds the CRL number to 20 octets, and so does the file's parser: a CRL
+    beyond it is refused, not written into a memory the next start could not read."""
+    points = Points(AT, number=number)
+    with pytest.raises(errors.ParseError, match="cRLNumber: expected a non-negative integer"):
+        _fetcher(tmp_path, points).crls(CHAIN, AT)
+    RollbackMemory(tmp_path / STATE_NAME)  # parses
+
+
 def test_without_the_rollback_memory_the_first_crl_is_trusted(tmp_path: Path) -> None:
     """What the documentation says of deleting ``gce-crl-newest.json``: trust on first use."""
     _fetcher(tmp_path, Points(AT, number=7)).crls(CHAIN, AT)

@@ -266,6 +266,10 @@ class RollbackMemory:
         larger of each), persisted first when it changed."""
         scope = crl_scope(crl, issuer)
         this_update, number = crl.last_update_utc, _crl_number(crl)
+        if number is not None and not 0 <= number < 1 << 160:
+            # RFC 5280 §5.2.3: a non-negative integer of at most 20 octets (and what the file holds)
+            expected = "expected a non-negative integer of at most 20 octets"
+            raise ParseError(f"cRLNumber: {expected}", structure=what)
         with self._lock:
             newest = self._newest.get(scope)
             if newest is not None:
