@@ -291,7 +291,7 @@ def test_an_older_crl_after_a_newer_one_is_refused() -> None:
     later = AT + timedelta(days=3)
     old = GOOGLE.crl(this_update=AT - timedelta(days=2), next_update=AT + timedelta(days=30))
     points.answers = {**Points(later).answers, INT_URL: (200, _der(old))}
-    with pytest.raises(errors.CollateralError, match="older than that of the CRL fetched"):
+    with pytest.raises(errors.CollateralError, match="older than that of a CRL of this issuer seen before"):
         fetcher.crls(CHAIN, later)
     now[0] = FAILURE_GRACE + 1
     points.answers = Points(later).answers  # the point serves a current, newer CRL again

@@ -133,8 +133,9 @@ def cas() -> None:
     help="Check the AK certificate and intermediates of every gce-tpm attestation against Google's "
     "CRLs: those in FILE (DER or PEM, several; read again when FILE changes: replace it atomically), "
     "or 'fetch': from the CRL Distribution Points the verified certificates name, kept until their "
-    "nextUpdate (a file named so: ./fetch). A certificate without a current CRL of its issuer, or "
-    "revoked, refuses the attestation.",
+    "nextUpdate (also in --data-dir/gce-crl-cache, verified again when read; the newest CRL seen per "
+    "issuer in --data-dir/gce-crl-newest.json, an older one refused) (a file named so: ./fetch). "
+    "A certificate without a current CRL of its issuer, or revoked, refuses the attestation.",
 )
 @click.option(
     "--seal",

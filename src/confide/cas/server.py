@@ -23,6 +23,11 @@ The data directory holds (created on first start, mode 0700/0600):
   verified again whenever it is read);
 - ``rim-cache/``: with ``--nvidia-rim URL``, the NVIDIA RIMs fetched from the RIM service
   (:mod:`confide.cas.rims`: bounded, and verified again whenever it is read);
+- ``gce-crl-cache/``: with ``--gce-crl fetch``, the CRLs fetched from Google's distribution
+  points (:mod:`confide.cas.gce_crl`: bounded, and verified again whenever it is read);
+- ``gce-crl-newest.json``: with ``--gce-crl fetch``, the newest thisUpdate and CRL number seen
+  per CRL issuer and Issuing Distribution Point (the rollback memory, :mod:`confide.cas.gce_crl`;
+  deleted: the next CRL of each issuer is trusted as its newest);
 - ``dcap-tcb-evaluation.json``: the highest Intel TCB evaluation numbers verified with the
   CAS's own collateral, MAC'd under the master key (:mod:`confide.cas.tcb_floor`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
@@ -691,7 +696,9 @@ def prepare(
     ``gce_crl`` (``--gce-crl FILE|fetch``): Google's CRLs, against which ``gce-tpm`` evidence's
     AK certificate and intermediates are checked (:mod:`confide.cas.gce_crl`): a file, read once
     here (a file that cannot be read or parsed: the CAS does not start), then before every such
-    attestation when it changed; ``fetch``: from the verified chain's distribution points."""
+    attestation when it changed; ``fetch``: from the verified chain's distribution points, kept in
+    ``data_dir/gce-crl-cache`` with the rollback memory in ``data_dir/gce-crl-newest.json`` (one
+    that cannot be read or parsed: the CAS does not start)."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
@@ -779,7 +786,9 @@ def prepare(
         kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
     gce_crl_file = None
     if gce_crl is not None:
-        gce_crl_file = gce_crl_source(gce_crl)
+        # fetch: its CRLs and rollback memory in the data directory (read now: a rollback memory
+        # that cannot be parsed stops the start; cached CRLs are checked when used)
+        gce_crl_file = gce_crl_source(gce_crl, data_dir)
         if isinstance(gce_crl_file, GceCrlFile):
             gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
     sim_dir = data_dir / "sim"
