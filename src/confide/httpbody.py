@@ -84,6 +84,11 @@ class AnswerDeadline:
     def __exit__(self, *_: object) -> None:
         self._timer.cancel()
 
+    def abort(self) -> None:
+        """End the answer now, from another thread (a shutdown): as when its time is up (its
+        connection shut down, or the next one as soon as it is made), whether or not it began."""
+        self._expire()
+
     def trace(self, name: str, info: dict[str, Any]) -> None:
         # connection.connect_tcp / start_tls, and a proxy's (proxy.start_tls, socks.*): a TLS
         # socket takes the TCP socket's descriptor over, so the newest stream is the one to shut

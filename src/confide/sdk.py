@@ -99,6 +99,7 @@ if TYPE_CHECKING:
     from confide.cas.pin import PinnedCas
     from confide.ledger.auditor import LogVerification, ViewUpdate
     from confide.ledger.checkpoint import SignedCheckpoint
+    from confide.ledger.freshness import Freshness
     from confide.ledger.note import NoteVerifier
     from confide.policy import Policy
     from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
@@ -1150,6 +1151,9 @@ class Cas:
         *,
         log_key: str | None = None,
         state: str | os.PathLike[str] | None = None,
+        witnesses: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> History:
         """Every version of the policy, who signed and who approved it (``confide ledger
         history``): the checkpoint must be signed by the log key (``log_key``, default
@@ -1157,16 +1161,20 @@ class Cas:
         it. With ``state`` (a state file, ``ledger history --state FILE``, docs/ledger.md "A
         policy's view across runs"), the checkpoint must also extend the one remembered there
         and every entry remembered for the policy be returned again; the file then remembers
-        this run (``History.state`` says what it held).
+        this run (``History.state`` says what it held). ``witnesses`` (vkeys, ``--witness``):
+        each must have cosigned the checkpoint; ``max_age`` and ``now`` (``--max-age``) as
+        :meth:`verify_log` takes them: each one's newest cosignature at most that old.
 
-        Raises ``UnknownKeyError`` (a checkpoint not signed by that key, or a state file of
-        another log), ``EntryMismatchError`` (an entry not included, or not what the CAS says),
-        ``ParseError``, ``UsageError`` (no log key); with ``state`` ``RollbackError`` (an older
-        log), ``ConsistencyError`` (a fork), ``EntryMissingError`` (an entry seen before left
-        out); and as :meth:`show`."""
+        Raises ``UnknownKeyError`` (a checkpoint not signed by that key or not cosigned by a
+        witness, or a state file of another log), ``EntryMismatchError`` (an entry not
+        included, or not what the CAS says), ``ParseError``, ``UsageError`` (no log key,
+        ``max_age`` without ``witnesses`` or out of range); with ``state`` ``RollbackError`` (an
+        older log), ``ConsistencyError`` (a fork), ``EntryMissingError`` (an entry seen before
+        left out); with ``max_age`` ``FreshnessError`` (69: an old checkpoint); and as
+        :meth:`show`."""
         from confide.cas.audit import history  # noqa: PLC0415
 
-        signed, events, update = self._audited(name, identity, log_key, state)
+        signed, events, update = self._audited(name, identity, log_key, state, witnesses, max_age, now)
         entries = []
         for row in history(events):
             approvers = row.get("approvers") or []
@@ -1185,18 +1193,31 @@ class Cas:
         return History(signed.checkpoint.size if signed is not None else 0, tuple(entries), _view(update))
 
     def _audited(
-        self, name: str, identity: Identity, log_key: str | None, state: str | os.PathLike[str] | None
+        self,
+        name: str,
+        identity: Identity,
+        log_key: str | None,
+        state: str | os.PathLike[str] | None,
+        witnesses: Iterable[str],
+        max_age: str | timedelta | None,
+        now: datetime | None,
     ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
-        """The policy's events verified against the log key (and, with ``state``, the file)."""
+        """The policy's events verified against the log key (with ``witnesses``, cosigned, and
+        with ``max_age`` recently; with ``state``, against the file)."""
         from confide.cas.audit import read_audited, verified_events  # noqa: PLC0415
+        from confide.ledger.auditor import witness_verifier  # noqa: PLC0415
 
         verifier = self._log_verifier(log_key)
+        cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
+        freshness = _freshness(max_age, cosigners, now)
 
         def read() -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]:
             return (name, *verified_events(self._client, name, identity, verifier))
 
         state_file = None if state is None else Path(state)
-        _name, signed, events, update = read_audited(self._client, verifier, state_file, read)
+        _name, signed, events, update = read_audited(
+            self._client, verifier, state_file, read, witnesses=cosigners, freshness=freshness
+        )
         return signed, events, update
 
     def accesses(
@@ -1207,15 +1228,18 @@ class Cas:
         secret: str | None = None,
         log_key: str | None = None,
         state: str | os.PathLike[str] | None = None,
+        witnesses: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> Accesses:
         """Which attested services received the policy's secrets (only ``secret``'s, when
         given), when, under which measurement (``confide ledger accesses``), verified as
-        :meth:`history` verifies (with ``state`` too). A tuple of :class:`Access` whose
-        ``checkpoint_size`` and ``state`` say what :class:`History`'s do (with ``state``, what
-        the file held). Raises as :meth:`history`."""
+        :meth:`history` verifies (with ``state``, ``witnesses`` and ``max_age`` too). A tuple of
+        :class:`Access` whose ``checkpoint_size`` and ``state`` say what :class:`History`'s do
+        (with ``state``, what the file held). Raises as :meth:`history`."""
         from confide.cas.audit import accesses  # noqa: PLC0415
 
-        signed, events, update = self._audited(name, identity, log_key, state)
+        signed, events, update = self._audited(name, identity, log_key, state, witnesses, max_age, now)
         out = []
         for row in accesses(events, secret):
             released = []
@@ -1327,35 +1351,11 @@ class Cas:
         entry of a policy's chain, or one returned before), ``AccessDeniedError`` (no
         ``identity``, or a policy of ``policies`` it may not read)."""
         from confide.ledger.auditor import log_verifier, verify_log, witness_verifier  # noqa: PLC0415
-        from confide.ledger.freshness import MAX_AGE_RANGE, Freshness, parse_max_age  # noqa: PLC0415
         from confide.ledger.http import HttpLogClient  # noqa: PLC0415
 
         verifier = log_verifier(self._log_verifier(log_key).vkey, "log_key")
         cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
-        freshness = None
-        if max_age is not None:
-            if not cosigners:
-                raise UsageError("max_age goes with witnesses: only a witness's cosignature carries a time")
-            if isinstance(max_age, timedelta):
-                low, high = MAX_AGE_RANGE
-                if not low <= max_age.total_seconds() <= high:
-                    raise UsageError(
-                        f"max_age: got {max_age}, expected {low} seconds to {high // 86400} days"
-                    )
-                age = max_age
-            elif isinstance(max_age, str):
-                age = parse_max_age(max_age, "max_age")
-            else:
-                raise UsageError(
-                    f"max_age: got {type(max_age).__name__}, expected a duration string or timedelta"
-                )
-            if now is not None and now.tzinfo is None:
-                raise UsageError("now: expected an aware datetime")
-            freshness = (
-                Freshness(now, age)  # a given time: every checkpoint judged at it
-                if now is not None
-                else Freshness(datetime.now(UTC), age, clock=lambda: datetime.now(UTC))
-            )
+        freshness = _freshness(max_age, cosigners, now)
         names = tuple(policies)
         if (names or identity is not None) and not full:
             raise UsageError("identity and policies go with full=True (whose policies' entries are checked)")
@@ -1970,6 +1970,20 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _freshness(
+    max_age: str | timedelta | None, witnesses: Sequence[NoteVerifier], now: datetime | None
+) -> Freshness | None:
+    """``max_age`` (and ``now``) of :meth:`Cas.verify_log`, :meth:`Cas.history` and
+    :meth:`Cas.accesses`, as ``--max-age`` reads it (:func:`confide.ledger.freshness.freshness_for`);
+    without ``now``, judged at the clock, read as each checkpoint is fetched."""
+    from confide.ledger.freshness import freshness_for  # noqa: PLC0415
+
+    return freshness_for(
+        max_age, witnesses, lambda: datetime.now(UTC), now=now, option="max_age",
+        no_witness="max_age goes with witnesses: only a witness's cosignature carries a time",
+    )  # fmt: skip
+
+
 # --- asyncio ---------------------------------------------------------------------------------
 
 _P = ParamSpec("_P")
@@ -2136,9 +2150,15 @@ class AsyncCas:
         *,
         log_key: str | None = None,
         state: str | os.PathLike[str] | None = None,
+        witnesses: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> History:
         """:meth:`Cas.history`."""
-        return await self._run(self._cas.history, name, identity, log_key=log_key, state=state)
+        return await self._run(
+            self._cas.history, name, identity, log_key=log_key, state=state, witnesses=tuple(witnesses),
+            max_age=max_age, now=now,
+        )  # fmt: skip
 
     async def accesses(
         self,
@@ -2148,11 +2168,15 @@ class AsyncCas:
         secret: str | None = None,
         log_key: str | None = None,
         state: str | os.PathLike[str] | None = None,
+        witnesses: Iterable[str] = (),
+        max_age: str | timedelta | None = None,
+        now: datetime | None = None,
     ) -> Accesses:
         """:meth:`Cas.accesses`."""
         return await self._run(
-            self._cas.accesses, name, identity, secret=secret, log_key=log_key, state=state
-        )
+            self._cas.accesses, name, identity, secret=secret, log_key=log_key, state=state,
+            witnesses=tuple(witnesses), max_age=max_age, now=now,
+        )  # fmt: skip
 
     async def crl(
         self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False

@@ -160,7 +160,7 @@ def test_a_fork_halts_releases_while_running(tmp_path: Path, witnesses: Witnesse
         alice, _ = identity(a, tmp_path, "alice")
         assert apply(a, tmp_path, policy_yaml("first", "00" * 48), alice).returncode == 0
         size = wait_for_log(a.env, 3)
-        # The guard counts the round once every witness answered (not when the first one did).
+        # The guard counts a round once a quorum of its witnesses cosigned.
         _wait(lambda: _metric(a, "confide_cas_witness_quorum_size") >= size, "a quorum")
         assert witnesses.size(0) >= size and witnesses.size(1) >= size
         assert _metric(a, "confide_cas_witness_halted") == 0.0

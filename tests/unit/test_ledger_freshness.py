@@ -313,7 +313,8 @@ def test_a_quiet_cas_log_has_its_checkpoint_cosigned_again(
             None if quorum is None else WitnessGuard(WitnessQuorum(witnesses.specs, quorum), monotonic=clock)
         )
         cp = Checkpointer(cas, signer, witnesses=witnesses.specs, guard=guard, monotonic=clock)
-        cp.tick(force=True)
+        first = cp.tick(force=True)
+        assert first is not None and first.wait(30) and first.cosigned == 2
         conn = connect(Path(cas.db.url.split("sqlite:///", 1)[1]))
         client = LocalLogClient(conn)
         keys = [key for _, key in witnesses.specs]
@@ -324,7 +325,7 @@ def test_a_quiet_cas_log_has_its_checkpoint_cosigned_again(
         )
         # Quiet: nothing appended. Before the interval nobody is asked; the cosignatures age.
         clock.now += RECOSIGN_SECONDS - 1
-        cp.tick()
+        assert cp.tick() is None
         short = Freshness(clock.wall(), timedelta(seconds=60))
         verify_log(client, signer.verifier, None, witnesses=keys, freshness=short)
         clock.now += 2
@@ -336,7 +337,8 @@ def test_a_quiet_cas_log_has_its_checkpoint_cosigned_again(
                 witnesses=keys,
                 freshness=Freshness(clock.wall(), timedelta(seconds=60)),
             )
-        cp.tick()  # the interval passed: the same checkpoint is cosigned again, newer timestamps
+        again = cp.tick()  # the interval passed: the same checkpoint is cosigned again, newer timestamps
+        assert again is not None and again.wait(30) and again.cosigned == 2
         assert Ledger.size(conn) == size
         fresh = verify_log(
             client,
@@ -351,6 +353,7 @@ def test_a_quiet_cas_log_has_its_checkpoint_cosigned_again(
         stamps = {k.name: max(cosignature_times(parse_note(note), k)) for k in keys}
         assert set(stamps.values()) == {int(clock.wall().timestamp())}
         conn.close()
+        cp.stop()
     finally:
         witnesses.close()
 

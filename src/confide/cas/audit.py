@@ -24,11 +24,19 @@ from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
-from confide.errors import AccessDeniedError, ConfideError, EntryMismatchError, EntryMissingError, ParseError
+from confide.errors import (
+    AccessDeniedError,
+    ConfideError,
+    EntryMismatchError,
+    EntryMissingError,
+    ParseError,
+    UnknownKeyError,
+    UsageError,
+)
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
 from confide.ledger.encoding import Entry, EntryType
-from confide.ledger.freshness import Freshness
+from confide.ledger.freshness import NO_WITNESS, Freshness
 from confide.ledger.merkle import hash_leaf, verify_inclusion
 from confide.ledger.note import NoteVerifier
 from confide.policy import loads_policy, policy_hash
@@ -169,25 +177,71 @@ Read = Callable[[], tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]]
 
 
 def read_audited(
-    client: CasClient, log_key: NoteVerifier, state_file: Path | None, read: Read
+    client: CasClient,
+    log_key: NoteVerifier,
+    state_file: Path | None,
+    read: Read,
+    *,
+    witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
     """``read()`` (the policy read, its checkpoint and verified events); with ``state_file``,
     checked against and added to what the file remembers (:func:`confide.ledger.auditor.audit_view`,
     the consistency proof from the CAS's public tiles): the policy, the checkpoint, the events and
     the :class:`~confide.ledger.auditor.ViewUpdate` (``None`` without a state file). ``ledger
-    history|accesses --state`` and :meth:`confide.sdk.Cas.history` / ``accesses``."""
+    history|accesses --state`` and :meth:`confide.sdk.Cas.history` / ``accesses``.
+
+    ``witnesses`` (``--witness``): each must have cosigned the checkpoint read; ``freshness``
+    (``--max-age``), each one's newest cosignature within it, judged when the checkpoint was
+    read (:meth:`~confide.ledger.freshness.Freshness.renewed`), as ``ledger verify`` judges its
+    checkpoint (:func:`~confide.ledger.auditor.verify_checkpoint_update`): else
+    :class:`UnknownKeyError` / :class:`FreshnessError`, after a rollback or fork is named, and
+    with nothing written to the state file."""
+    from confide.ledger.auditor import (  # noqa: PLC0415 - the auditor, only here
+        AuditorState,
+        audit_view,
+        distinct_witnesses,
+        verify_checkpoint_update,
+    )
+
+    distinct_witnesses(witnesses)  # refused before the CAS is asked
+    if freshness is not None and not witnesses:
+        raise UsageError(NO_WITNESS)
+
+    def cosigned(signed: SignedCheckpoint | None) -> None:
+        if witnesses and signed is None:
+            raise UnknownKeyError(
+                f"the log shows no checkpoint, so none cosigned by witness {witnesses[0].vkey}"
+            )
+
     if state_file is None:
-        return (*read(), None)
-    from confide.ledger.auditor import AuditorState, audit_view  # noqa: PLC0415 - only with a state file
-    from confide.ledger.http import HttpLogClient  # noqa: PLC0415
+        policy, signed, events = read()
+        cosigned(signed)
+        if signed is not None and witnesses:
+            fresh = None if freshness is None else freshness.renewed()
+            verify_checkpoint_update(None, signed.raw, [], log_key, witnesses=witnesses, freshness=fresh)
+        return policy, signed, events, None
+    from confide.ledger.http import HttpLogClient  # noqa: PLC0415 - only with a state file
 
     state = AuditorState(state_file)
     with state.locked():
         previous = state.load(log_key)  # a bad state file is refused before the CAS is asked
         policy, signed, events = read()
+        if previous is None:
+            cosigned(signed)  # (with one remembered, no checkpoint is a RollbackError first)
         with HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles:
             proven = [e.index for e in events if e.included]
-            update = audit_view(tiles, log_key, state, previous, policy, signed, proven)
+            update = audit_view(
+                tiles,
+                log_key,
+                state,
+                previous,
+                policy,
+                signed,
+                proven,
+                witnesses=witnesses,
+                freshness=freshness,
+            )
     return policy, signed, events, update
 
 

@@ -77,7 +77,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -133,6 +132,7 @@ from confide.cas.witness_quorum import (
     WitnessGuard,
     WitnessQuorum,
 )
+from confide.cas.witness_rounds import ANSWER_TIME, CONNECT_TIMEOUT, Tally, WitnessRounds
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
@@ -162,7 +162,6 @@ from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
-from confide.ledger.witness_http import request_cosignatures
 from confide.platforms import AutoTcbEvaluation, TcbEvaluationMinimum
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import (
@@ -251,16 +250,20 @@ def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tu
 class Checkpointer:
     """Signs a checkpoint whenever the log grew: every acknowledged entry is covered by a signed
     checkpoint within ``interval`` seconds (default 0.5 s). With witnesses, each new checkpoint
-    is then sent to them (C2SP tlog-witness) and their cosignatures stored with it, outside the
-    CAS's write lock (a separate autocommit connection to the same database).
+    is then handed to :class:`~confide.cas.witness_rounds.WitnessRounds`, which asks them (C2SP
+    tlog-witness) on threads of its own, concurrently, and stores their cosignatures with it,
+    outside the CAS's write lock (a separate autocommit connection to the same database per
+    thread): a slow or hanging witness never delays the next checkpoint.
 
     With a ``guard`` (``--witness-quorum``, :mod:`confide.cas.witness_quorum`) the witnesses are
     asked through it: :meth:`start` refuses to return until a quorum cosigned the checkpoint of
-    the log as it is now (:meth:`start_with_quorum`), and while running a checkpoint not yet
-    cosigned by a quorum is sent again. A log that does not grow has its checkpoint cosigned again
-    every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (with ``--witness-max-lag``, half
-    that bound if sooner), with or without a guard: the witnesses' new timestamps keep it fresh for
-    verifiers with ``ledger verify --max-age`` (docs/ledger.md "Freshness")."""
+    the log as it is now (:meth:`start_with_quorum`; the others may still be answering), and while
+    running a checkpoint not yet cosigned by a quorum is sent again. A log that does not grow has
+    its checkpoint cosigned again every :data:`~confide.cas.witness_quorum.RECOSIGN_SECONDS` (with
+    ``--witness-max-lag``, half that bound if sooner), with or without a guard: the witnesses' new
+    timestamps keep it fresh for verifiers with ``ledger verify --max-age`` (docs/ledger.md
+    "Freshness"). ``answer_time``: what each witness's answer may take
+    (:data:`~confide.cas.witness_rounds.ANSWER_TIME`)."""
 
     def __init__(
         self,
@@ -272,51 +275,85 @@ class Checkpointer:
         guard: WitnessGuard | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        answer_time: float = ANSWER_TIME,
     ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
         self.witnesses = witnesses if guard is None else guard.config.witnesses
         self.witness_tls = witness_tls  # trust for https:// witnesses (None: the system's CAs)
         self.guard, self.sleep, self.monotonic = guard, sleep, monotonic
+        self.answer_time = answer_time
         self.asked_at: float | None = None  # the witnesses' last round without a guard (monotonic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
         self.signed_note = b""
+        self.rounds = (
+            WitnessRounds(
+                self.witnesses, self._ledger_conn, guard=guard, tls=witness_tls, answer_time=answer_time,
+                on_round=self._log_failures, monotonic=monotonic,
+            )
+            if self.witnesses
+            else None
+        )  # fmt: skip
 
     def start(self) -> None:
-        if self.guard is not None:
-            self.start_with_quorum()
-        else:
-            self.tick()
+        """Sign a checkpoint of the log as it is and have it cosigned before the CAS listens:
+        with a guard by a quorum (:meth:`start_with_quorum`), without one by every witness (the
+        first failure, a rollback or fork answer included, is raised: the CAS does not start);
+        then sign on, on a thread of its own."""
+        try:
+            if self.guard is not None:
+                self.start_with_quorum()
+            else:
+                tally = self.tick()
+                if tally is not None:
+                    tally.wait(self.answer_time + CONNECT_TIMEOUT + 1.0)  # bounded: each answer's time
+                    failed = tally.first_error()
+                    if failed is not None:
+                        raise failed
+                    if tally.open:
+                        wait = self.answer_time + CONNECT_TIMEOUT + 1.0
+                        raise NetworkError(f"{tally.open} of the witnesses did not answer within {wait:g} s")
+        except BaseException:
+            if self.rounds is not None:
+                self.rounds.stop()
+            raise
         self._thread.start()
 
     def stop(self) -> None:
+        """The signer stops, then the witness rounds (connections in flight shut down, their
+        threads joined)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self.rounds is not None:
+            self.rounds.stop()
 
     def start_with_quorum(self, attempts: int = START_ATTEMPTS) -> None:
         """Sign a checkpoint of the log as it is and have it cosigned by a quorum, in up to
-        ``attempts`` rounds (1 s, then 2 s apart), before the CAS accepts a connection. A
-        witness's rollback or fork answer is a :class:`LogRollbackError` at once; no quorum
-        after the last round, a :class:`NetworkError`; both say that the CAS does not start."""
+        ``attempts`` rounds (1 s, then 2 s apart), before the CAS accepts a connection: each
+        round is waited for until a quorum cosigned (the other witnesses may still be asked),
+        or every witness answered. A witness's rollback or fork answer is a
+        :class:`LogRollbackError` at once; no quorum after the last round, a
+        :class:`NetworkError`; both say that the CAS does not start."""
         guard = self.guard
         assert guard is not None
         quorum, count = guard.config.quorum, len(guard.config.witnesses)
-        outcome = None
+        tally = None
         for attempt in range(attempts):
-            try:
-                outcome = self.tick(force=True)
-            except LogRollbackError as exc:
-                raise LogRollbackError(f"--witness-quorum {quorum}: not starting: {exc.message}") from None
-            if outcome is not None:
-                self._log_failures(outcome)
-                if outcome.cosigned >= quorum:
+            tally = self.tick(force=True)
+            if tally is not None:
+                # bounded: every witness's answer has answer_time (and the connection its timeout)
+                tally.settle(self.answer_time + CONNECT_TIMEOUT + 1.0)
+                if tally.halted is not None:
+                    raise LogRollbackError(f"--witness-quorum {quorum}: not starting: {tally.halted.message}")
+                if tally.cosigned >= quorum:
                     return
             if attempt + 1 < attempts:
                 self.sleep(START_DELAYS[min(attempt, len(START_DELAYS) - 1)])
-        got = 0 if outcome is None else outcome.cosigned
-        reasons = "; ".join(f"{name}: {detail}" for name, _, detail in (outcome.failures if outcome else ()))
+        got = 0 if tally is None else tally.cosigned
+        failures = () if tally is None else tuple(tally.failures)
+        reasons = "; ".join(f"{name}: {detail}" for name, _, detail in failures)
         raise NetworkError(
             f"--witness-quorum {quorum}: {got} of {count} witnesses cosigned checkpoint"
             f" {self.signed_size} after {attempts} attempts, {quorum} needed, not starting"
@@ -324,11 +361,11 @@ class Checkpointer:
             + f"; the witnesses must know this log: {self.signer.verifier.vkey}"
         )
 
-    def tick(self, *, force: bool = False) -> Round | None:
-        """Sign a checkpoint if the log grew, and have it cosigned (with a guard: when
+    def tick(self, *, force: bool = False) -> Tally | None:
+        """Sign a checkpoint if the log grew, and hand it to the witnesses (with a guard: when
         :meth:`WitnessGuard.due`, or ``force``; without: when it grew, or the witnesses were last
         asked :data:`RECOSIGN_SECONDS` ago, so that a quiet log's cosignatures stay fresh). The
-        guard's round, if one ran."""
+        round handed over, if one was (:meth:`Tally.wait` for its end); never waits for it."""
         with self.cas.db.read() as conn:
             size = Ledger.size(raw_connection(conn))
         grown = size != self.signed_size
@@ -337,58 +374,39 @@ class Checkpointer:
                 raw = raw_connection(conn)
                 self.signed_note = Ledger().sign_checkpoint(raw, self.signer)
                 self.signed_size = Ledger.size(raw)
+        if self.rounds is None:
+            return None
         if self.guard is not None:
             if force or self.guard.due(self.signed_size):
-                return self._cosign()
-        elif self.witnesses and (
-            grown or self.asked_at is None or self.monotonic() - self.asked_at >= RECOSIGN_SECONDS
-        ):
+                return self.rounds.submit(self.signed_note, self.signed_size)
+        elif grown or force or self.asked_at is None or self.monotonic() - self.asked_at >= RECOSIGN_SECONDS:
             self.asked_at = self.monotonic()  # a failed round is tried again after as long
-            self._cosign()
+            return self.rounds.submit(self.signed_note, self.signed_size)
         return None
 
-    def _cosign(self) -> Round | None:
+    def _ledger_conn(self) -> Conn:
+        """A ledger connection of its own to the CAS's database (autocommit: each witness thread's)."""
         url = self.cas.db.url
         if self.cas.db.is_sqlite:
-            conn: Conn = ledger_connect(url.split("sqlite:///", 1)[1])
-        else:
-            conn = connect_postgres(url.replace("postgresql+psycopg://", "postgresql://", 1))
-        http = None if self.witness_tls is None else httpx2.Client(verify=self.witness_tls, timeout=10.0)
-        try:
-            if self.guard is not None:
-                return self.guard.round(conn, self.signed_note, http)
-            failed: ConfideError | None = None
-            for witness_url, key in self.witnesses:  # each witness asked, whichever fails
-                try:
-                    request_cosignatures(conn, witness_url, key, client=http)
-                except ConfideError as exc:
-                    failed = failed or exc
-            if failed is not None:
-                raise failed
-            return None
-        finally:
-            conn.close()
-            if http is not None:
-                http.close()
+            return ledger_connect(url.split("sqlite:///", 1)[1])
+        return connect_postgres(url.replace("postgresql+psycopg://", "postgresql://", 1))
 
     def _run(self) -> None:
         log = logging.getLogger("confide.cas")
         while not self._stop.wait(self.interval):
             try:
-                outcome = self.tick()
+                self.tick()
             except Exception as exc:  # keep signing; report once per failure
                 if isinstance(exc, LogRollbackError) and self.guard is not None:
                     continue  # the guard halted releases and logged it (witness-rollback)
-                # (without a guard a witness's rollback or fork answer is reported here: now that a
-                # quiet log is cosigned again every RECOSIGN_SECONDS, once a minute)
+                # (without a guard a witness's rollback or fork answer is logged by the witness
+                # rounds, as checkpoint-failed: now that a quiet log is cosigned again every
+                # RECOSIGN_SECONDS, once a minute)
                 log.error(
                     json.dumps(
                         {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
                     )
                 )
-                continue
-            if outcome is not None:
-                self._log_failures(outcome)
 
     def _log_failures(self, outcome: Round) -> None:
         """One line for a round in which a witness failed: ``witness-quorum-missed`` without a

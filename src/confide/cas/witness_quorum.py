@@ -5,15 +5,19 @@
 and the optional ``--witness-max-lag``); its :meth:`~WitnessQuorum.attested` keys and quorum are
 bound into the CAS's report data (:func:`confide.cas.pin.cas_binding`, v2).
 
-:class:`WitnessGuard` holds what the witnesses said. One :meth:`WitnessGuard.round` sends a
-signed checkpoint to every witness (c2sp.org/tlog-witness ``add-checkpoint``, through
-:func:`~confide.ledger.witness_http.request_cosignatures`) and counts the cosignatures; a quorum
-of them makes that checkpoint the newest one cosigned by a quorum. A witness that answers that
-it cosigned a larger tree, or another tree (a 409 or a refused consistency proof:
-:class:`~confide.errors.LogRollbackError`), ends the round and halts the guard for good (until
-the process restarts): :meth:`WitnessGuard.refusal` then gives the reason every release and
-change is refused for. A witness that cannot be reached or answers anything else is a failure,
-counted per witness; the checkpoint is sent again (:meth:`WitnessGuard.due`). With ``max_lag``,
+:class:`WitnessGuard` holds what the witnesses said. A round for a signed checkpoint starts with
+:meth:`WitnessGuard.begin` (its time: a quorum's age is counted from there, before any witness
+is asked); :meth:`WitnessGuard.ask` has one witness cosign it (c2sp.org/tlog-witness
+``add-checkpoint``, through :func:`~confide.ledger.witness_http.request_cosignatures`); once a
+quorum of the round's witnesses did, :meth:`WitnessGuard.reached` makes that checkpoint the
+newest one cosigned by a quorum. ``cas serve`` runs the witnesses of a round concurrently, off
+its signer's thread (:class:`confide.cas.witness_rounds.WitnessRounds`);
+:meth:`WitnessGuard.round` runs them one after the other on the caller's thread. A witness that
+answers that it cosigned a larger tree, or another tree (a 409 or a refused consistency proof:
+:class:`~confide.errors.LogRollbackError`), halts the guard for good (until the process
+restarts): :meth:`WitnessGuard.refusal` then gives the reason every release and change is
+refused for. A witness that cannot be reached or answers anything else is a failure, counted
+per witness; the checkpoint is sent again (:meth:`WitnessGuard.due`). With ``max_lag``,
 :meth:`refusal` also refuses while the newest quorum is older than that (measured on the
 monotonic clock), and recovers with the next quorum. Time is injected (``monotonic``,
 ``wall``), so tests drive it without sleeping.
@@ -28,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 
@@ -156,7 +161,7 @@ class WitnessGuard:
         self.attempted_size = -1
         self.rounds = 0
         self._witnesses = [_Witness(url, key) for url, key in config.witnesses]
-        self._lock = threading.Lock()  # one round at a time (startup, then the checkpointer)
+        self._lock = threading.Lock()  # the round counters and the quorum, set from several threads
 
     @property
     def witnesses(self) -> tuple[tuple[str, int, int], ...]:
@@ -202,62 +207,103 @@ class WitnessGuard:
         every = RECOSIGN_SECONDS if lag is None else min(lag / 2, RECOSIGN_SECONDS)
         return self.quorum_at is not None and now - self.quorum_at >= every and retry
 
-    def round(self, conn: Conn, note: bytes, client: httpx2.Client | None = None) -> Round:
-        """Send the signed checkpoint ``note`` to every witness; a quorum of cosignatures makes it
-        the newest cosigned by a quorum. A rollback or fork answer halts the guard and raises
-        :class:`LogRollbackError` (after one JSON log line); other failures are counted and
-        returned."""
-        size = Checkpoint.from_text(parse_note(note).text).size
+    def begin(self, size: int) -> tuple[float, float]:
+        """A round for the checkpoint of ``size`` starts (before any witness is asked): the
+        attempt is noted for :meth:`due`, and its start (monotonic, POSIX) returned; a quorum of
+        its cosignatures is counted from there (:meth:`reached`): no cosignature of the round
+        is older."""
         with self._lock:
             self.rounds += 1
-            # Before any witness is asked: no cosignature of this round is older, so a quorum's
-            # age is counted from here (the witnesses are asked one after the other, each up to
-            # 10 s and three 409s: the round's end could be minutes after its first cosignature).
             started, started_wall = self.monotonic(), self.wall()
             self.attempted_at, self.attempted_size = started, size
-            cosigned = 0
-            failures: list[tuple[str, str, str]] = []
-            for witness in self._witnesses:
-                try:
-                    sig = request_cosignatures(
-                        conn, witness.url, witness.key, client=client, note=note, old_size=witness.size
-                    )
-                except LogRollbackError as exc:
+            return started, started_wall
+
+    def ask(
+        self,
+        index: int,
+        conn: Conn,
+        note: bytes,
+        size: int,
+        client: httpx2.Client | None = None,
+        trace: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Have witness ``index`` cosign ``note`` (the checkpoint of ``size``): returns once it
+        did. A rollback or fork answer halts the guard and raises :class:`LogRollbackError`
+        (after one JSON log line, for the first such answer only); any other failure is counted
+        for the witness and raised (a :class:`ConfideError`). One witness is asked by one thread
+        at a time (:class:`~confide.cas.witness_rounds.WitnessRounds`, or :meth:`round`)."""
+        witness = self._witnesses[index]
+        try:
+            sig = request_cosignatures(
+                conn, witness.url, witness.key, client=client, note=note, old_size=witness.size, trace=trace
+            )
+        except LogRollbackError as exc:
+            with self._lock:  # witnesses asked at once may all answer so: the first one halts
+                first = self.halted is None
+                if first:
                     self.halted = exc.message
-                    log.error(
-                        json.dumps(
-                            {
-                                "event": "witness-rollback",
-                                "witness": witness.key.name,
-                                "size": size,
-                                "detail": exc.message[:400],
-                                "releases": "halted until restart",
-                            }
-                        )
-                    )
-                    raise
-                except ConfideError as exc:
-                    witness.failures += 1
-                    failures.append((witness.key.name, exc.kind, exc.message[:200]))
-                    continue
-                # tlog-cosignature: the cosignature/v1 signature starts with its 8-byte big-endian
-                # timestamp. The same checkpoint sent again (a retry, a quiet log re-cosigned for
-                # --witness-max-lag) has the same text, so an earlier answer of the witness verifies
-                # again: replayed by whoever is on the path to it, it would count as the witness's
-                # word now. A new cosignature of a checkpoint the witness cosigned before must be
-                # later than that one (rounds on one size are at least 1 s apart).
-                stamp = int.from_bytes(sig.signature[:8], "big")
-                if size == witness.size and stamp <= witness.stamp:
-                    stale = (
-                        f"its cosignature of size {size} has time {stamp}, not later than the"
-                        f" {witness.stamp} of its cosignature of that checkpoint before: not a fresh one"
-                    )
-                    witness.failures += 1
-                    failures.append((witness.key.name, NetworkError.__name__, stale[:200]))
-                    continue
-                witness.size, witness.stamp = size, stamp
-                witness.cosignatures += 1
-                cosigned += 1
-            if cosigned >= self.config.quorum and size >= self.quorum_size:
+            if not first:
+                raise
+            log.error(
+                json.dumps(
+                    {
+                        "event": "witness-rollback",
+                        "witness": witness.key.name,
+                        "size": size,
+                        "detail": exc.message[:400],
+                        "releases": "halted until restart",
+                    }
+                )
+            )
+            raise
+        except ConfideError:
+            witness.failures += 1
+            raise
+        # tlog-cosignature: the cosignature/v1 signature starts with its 8-byte big-endian
+        # timestamp. The same checkpoint sent again (a retry, a quiet log re-cosigned for
+        # --witness-max-lag) has the same text, so an earlier answer of the witness verifies
+        # again: replayed by whoever is on the path to it, it would count as the witness's
+        # word now. A new cosignature of a checkpoint the witness cosigned before must be
+        # later than that one (rounds on one size are at least 1 s apart).
+        stamp = int.from_bytes(sig.signature[:8], "big")
+        if size == witness.size and stamp <= witness.stamp:
+            witness.failures += 1
+            raise NetworkError(
+                f"its cosignature of size {size} has time {stamp}, not later than the"
+                f" {witness.stamp} of its cosignature of that checkpoint before: not a fresh one"
+            )
+        witness.size, witness.stamp = size, stamp
+        witness.cosignatures += 1
+
+    def reached(self, size: int, started: float, started_wall: float) -> None:
+        """A quorum cosigned the checkpoint of ``size`` in the round that :meth:`begin` started
+        at ``started``: it is the newest cosigned by a quorum unless a larger one is, or the same
+        one in a later round (rounds may end out of order)."""
+        with self._lock:
+            if size > self.quorum_size or (
+                size == self.quorum_size and (self.quorum_at is None or started >= self.quorum_at)
+            ):
                 self.quorum_size, self.quorum_at, self.quorum_wall = size, started, started_wall
-            return Round(size, cosigned, tuple(failures))
+
+    def round(self, conn: Conn, note: bytes, client: httpx2.Client | None = None) -> Round:
+        """Send the signed checkpoint ``note`` to every witness, one after the other, on this
+        thread; a quorum of cosignatures makes it the newest cosigned by a quorum. A rollback or
+        fork answer halts the guard and raises :class:`LogRollbackError`; other failures are
+        counted and returned. (``cas serve`` asks its witnesses concurrently, off the signer's
+        thread: :class:`~confide.cas.witness_rounds.WitnessRounds`.)"""
+        size = Checkpoint.from_text(parse_note(note).text).size
+        started, started_wall = self.begin(size)
+        cosigned = 0
+        failures: list[tuple[str, str, str]] = []
+        for index, witness in enumerate(self._witnesses):
+            try:
+                self.ask(index, conn, note, size, client)
+            except LogRollbackError:
+                raise
+            except ConfideError as exc:
+                failures.append((witness.key.name, exc.kind, exc.message[:200]))
+                continue
+            cosigned += 1
+        if cosigned >= self.config.quorum:
+            self.reached(size, started, started_wall)
+        return Round(size, cosigned, tuple(failures))

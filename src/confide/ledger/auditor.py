@@ -511,13 +511,17 @@ def audit_view(
     name: str,
     signed: SignedCheckpoint | None,
     proven: Sequence[int],
+    *,
+    witnesses: Sequence[NoteVerifier] = (),
+    freshness: Freshness | None = None,
 ) -> ViewUpdate:
     """One policy's view of the log against what ``state`` remembers (loaded: ``previous``).
 
     ``signed``: the checkpoint the log sent with the policy's entries; ``proven``: the indexes of
     the entries it proved included in it (increasing). The checkpoint must extend ``previous``
     (else :class:`RollbackError` / :class:`ConsistencyError`, proof from the log's tiles through
-    ``client``); every entry remembered for ``name`` must be among ``proven`` (else
+    ``client``), and be cosigned by ``witnesses`` (with ``freshness``, recently: as
+    :meth:`Auditor.extend` checks it); every entry remembered for ``name`` must be among ``proven`` (else
     :class:`EntryMissingError`: the log left out an entry it showed before). Then the state
     remembers the new checkpoint and ``proven`` too, written atomically; on any error nothing
     is written. Call with ``state.locked()`` held since the load."""
@@ -528,7 +532,7 @@ def audit_view(
     size = signed.checkpoint.size
     if not _increasing(proven, size):
         raise ValueError("proven: increasing indexes below the checkpoint's size")
-    new = Auditor(client, log_key).extend(previous, signed.raw)
+    new = Auditor(client, log_key, witnesses=witnesses, freshness=freshness).extend(previous, signed.raw)
     known, merged = remember_view(state, name, proven)
     state.save(new)
     return ViewUpdate(previous, len(known), len(merged))

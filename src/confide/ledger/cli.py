@@ -44,7 +44,7 @@ from confide.ledger.auditor import (
     verify_log,
     witness_verifier,
 )
-from confide.ledger.freshness import NO_WITNESS, Freshness, parse_max_age
+from confide.ledger.freshness import Freshness, freshness_for
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
     TILES_RATE,
@@ -92,6 +92,18 @@ def _witness_key(value: str) -> NoteVerifier:
     return witness_verifier(_read_key_text(value, "--witness"))
 
 
+_witness_option = click.option(
+    "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
+)
+_max_age_option = click.option(
+    "--max-age",
+    "max_age",
+    metavar="DURATION",
+    help="With --witness: each witness's cosignature must be at most this old (e.g. '1h', '30 minutes';"
+    " 1 minute to 366 days), and none dated more than 60 s ahead: else exit 69 (a frozen log).",
+)
+
+
 @click.group("ledger")
 def ledger() -> None:
     """Transparency ledger: audit, keys, checkpoints."""
@@ -132,16 +144,8 @@ def ledger() -> None:
     help="With --identity: check this policy's entries (repeat; default: every policy it may read and,"
     " with --state, every one the file remembers).",
 )
-@click.option(
-    "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
-)
-@click.option(
-    "--max-age",
-    "max_age",
-    metavar="DURATION",
-    help="With --witness: each witness's cosignature must be at most this old (e.g. '1h', '30 minutes';"
-    " 1 minute to 366 days), and none dated more than 60 s ahead: else exit 69 (a frozen log).",
-)
+@_witness_option
+@_max_age_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--cacert", type=_PATH, help="Trust only this certificate for --url (default: $CONFIDE_CAS_CERT)."
@@ -176,14 +180,7 @@ def verify(
                 if full
                 else "--identity goes with --full (it names whose policies' entries are checked)"
             )
-        witnesses = [_witness_key(w) for w in witness_keys]
-        freshness = None
-        if max_age is not None:
-            if not witnesses:
-                raise UsageError(NO_WITNESS)
-            # The verify layer is given the time: read here, and again as each checkpoint is
-            # fetched (a wait for the state's lock, a long listing: judged when it was read).
-            freshness = Freshness(datetime.now(UTC), parse_max_age(max_age), clock=lambda: datetime.now(UTC))
+        witnesses, freshness = _witness_freshness(witness_keys, max_age)
         # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
         # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
         if key is None:
@@ -238,6 +235,17 @@ def verify(
         click.echo(printable(f"  cosigned by witness {w.name}"))
     if checked.max_age is not None:
         click.echo(f"  each witness's newest cosignature is at most {checked.max_age} s old (--max-age)")
+
+
+def _witness_freshness(
+    witness_keys: tuple[str, ...], max_age: str | None
+) -> tuple[list[NoteVerifier], Freshness | None]:
+    """``--witness VKEY... [--max-age DURATION]`` of ``ledger verify``, ``history`` and
+    ``accesses``: the witness keys, and the freshness their cosignatures must show. The verify
+    layer is given the time: read here, and again as each checkpoint is fetched (a wait for the
+    state's lock, a long listing: judged when it was read)."""
+    witnesses = [_witness_key(w) for w in witness_keys]
+    return witnesses, freshness_for(max_age, witnesses, lambda: datetime.now(UTC))
 
 
 def _verify(
@@ -759,7 +767,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _audit_options(command: F) -> F:
     """The options of ``ledger history`` and ``ledger accesses``: who reads, the log key, JSON,
-    the state file."""
+    the state file, the witnesses and ``--max-age`` (as ``ledger verify`` takes them)."""
     options = (
         click.option("--identity", "identity_file", type=_PATH, required=True,
                      help="Your identity file (a reader of POLICY; mode 0600): signs the read request."),
@@ -768,6 +776,8 @@ def _audit_options(command: F) -> F:
         click.option("--state", "state_file", type=_PATH, metavar="FILE",
                      help="Remember the checkpoint and the policy's entries in FILE: the next run refuses "
                      "an older or forked log (exit 60, 61) and an entry seen before left out (exit 64)."),
+        _witness_option,
+        _max_age_option,
     )  # fmt: skip
     for option in reversed(options):  # as written above the function, top first
         command = option(command)
@@ -789,18 +799,27 @@ def _state_line(state_file: Path, policy: str, signed: Any, update: ViewUpdate) 
 @click.argument("policy")
 @_audit_options
 def history_cmd(
-    policy: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
+    policy: str,
+    identity_file: Path,
+    key: str | None,
+    as_json: bool,
+    state_file: Path | None,
+    witness_keys: tuple[str, ...],
+    max_age: str | None,
 ) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
     from confide.cas.audit import history, read_audited, verified_events
 
     try:
+        witnesses, freshness = _witness_freshness(witness_keys, max_age)
         client, ident, log_key = _cas_inputs(identity_file, key)
 
         def read() -> tuple[str, Any, list[Any]]:
             return (policy, *verified_events(client, policy, ident, log_key))
 
-        _, signed, events, update = read_audited(client, log_key, state_file, read)
+        _, signed, events, update = read_audited(
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness
+        )
     except ConfideError as exc:
         _fail(exc)
         return
@@ -835,7 +854,13 @@ RELEASES_WHERE = (
 @click.argument("target", metavar="POLICY[/SECRET]")
 @_audit_options
 def accesses_cmd(
-    target: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
+    target: str,
+    identity_file: Path,
+    key: str | None,
+    as_json: bool,
+    state_file: Path | None,
+    witness_keys: tuple[str, ...],
+    max_age: str | None,
 ) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement."""
     from confide.cas.audit import accesses, read_audited, verified_events
@@ -845,6 +870,7 @@ def accesses_cmd(
     # the last "/".
     secret = ""
     try:
+        witnesses, freshness = _witness_freshness(witness_keys, max_age)
         client, ident, log_key = _cas_inputs(identity_file, key)
 
         def read() -> tuple[str, Any, list[Any]]:
@@ -860,7 +886,9 @@ def accesses_cmd(
                 except AccessDeniedError:
                     raise whole from None  # neither reading: name the target as given
 
-        policy, signed, events, update = read_audited(client, log_key, state_file, read)
+        policy, signed, events, update = read_audited(
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness
+        )
         rows = accesses(events, secret or None)
     except ConfideError as exc:
         _fail(exc)

@@ -33,6 +33,7 @@ __all__ = [
     "Freshness",
     "check_fresh",
     "cosignature_times",
+    "freshness_for",
     "parse_max_age",
 ]
 
@@ -126,6 +127,42 @@ def parse_max_age(text: str, option: str = "--max-age") -> timedelta:
 
     low, high = MAX_AGE_RANGE
     return timedelta(seconds=option_duration(text, option, low, high, "'1h', '30 minutes'"))
+
+
+def freshness_for(
+    max_age: str | timedelta | None,
+    witnesses: Sequence[NoteVerifier],
+    clock: Callable[[], datetime],
+    *,
+    now: datetime | None = None,
+    option: str = "--max-age",
+    no_witness: str = NO_WITNESS,
+) -> Freshness | None:
+    """The :class:`Freshness` of ``--max-age`` (``ledger verify``, ``history``, ``accesses``) and
+    of the SDK's ``max_age`` (``Cas.verify_log``, ``history``, ``accesses``): ``None`` without
+    ``max_age``; else it needs ``witnesses`` (a :class:`UsageError` ``no_witness`` otherwise),
+    and is a duration as :func:`parse_max_age` reads it, or a ``timedelta`` in
+    :data:`MAX_AGE_RANGE`. Judged at ``now`` when given (an aware datetime: every checkpoint at
+    that time), else at ``clock()``, read again as each checkpoint is fetched
+    (:meth:`Freshness.renewed`). The clock is the caller's: this module reads none."""
+    if max_age is None:
+        return None
+    if not witnesses:
+        raise UsageError(no_witness)
+    if isinstance(max_age, timedelta):
+        low, high = MAX_AGE_RANGE
+        if not low <= max_age.total_seconds() <= high:
+            raise UsageError(f"{option}: got {max_age}, expected {low} seconds to {high // 86400} days")
+        age = max_age
+    elif isinstance(max_age, str):
+        age = parse_max_age(max_age, option)
+    else:
+        raise UsageError(f"{option}: got {type(max_age).__name__}, expected a duration string or timedelta")
+    if now is not None:
+        if now.tzinfo is None:
+            raise UsageError("now: expected an aware datetime")
+        return Freshness(now, age)
+    return Freshness(clock(), age, clock=clock)
 
 
 def _when(posix: float) -> str:

@@ -369,9 +369,13 @@ class Ledger:
         return None if row is None else bytes(row[0])
 
     @staticmethod
-    def checkpoint_note(conn: Conn, size: int) -> bytes | None:
-        """The stored signed checkpoint of ``size`` (with its cosignatures), if any."""
-        row = execute(conn, "SELECT note FROM ledger_checkpoints WHERE size = ?", (size,)).fetchone()
+    def checkpoint_note(conn: Conn, size: int, *, lock: bool = False) -> bytes | None:
+        """The stored signed checkpoint of ``size`` (with its cosignatures), if any; ``lock``: in
+        a write transaction, lock its row until the transaction ends (PostgreSQL ``FOR UPDATE``;
+        SQLite's ``BEGIN IMMEDIATE`` holds the database's lock already)."""
+        # lock_clause() is a constant chosen by the code ("" or " FOR UPDATE"), not input.
+        sql = "SELECT note FROM ledger_checkpoints WHERE size = ?" + (lock_clause(conn) if lock else "")  # noqa: S608
+        row = execute(conn, sql, (size,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def sign_checkpoint(self, conn: Conn, signer: NoteSigner, *, origin: str | None = None) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import MetricsClientAllowList, MetricsTokenFile, TokenSet
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
-from confide.ledger.db import Conn
+from confide.ledger.db import Conn, write_transaction
 from confide.ledger.http import (
     MAX_ANSWER_TIME,
     WITNESS_RATE,
@@ -220,6 +220,7 @@ def request_cosignatures(
     client: httpx2.Client | None = None,
     note: bytes | None = None,
     old_size: int = 0,
+    trace: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> NoteSignature:
     """Get the witness's cosignature on a checkpoint and store it with the checkpoint.
 
@@ -227,7 +228,9 @@ def request_cosignatures(
     cosignature is stored only while the stored checkpoint of its size has the same text.
     ``old_size``: the size the witness is believed to have cosigned last (sent first; a 409
     tells the right one, c2sp.org/tlog-witness "add-checkpoint": the response body of a 409 is
-    the size the witness knows).
+    the size the witness knows). ``trace``: the ``trace`` extension of each request (an
+    :class:`~confide.httpbody.AnswerDeadline`'s, which shuts the connection down when its time is
+    up or it is aborted: give a client that keeps no connection alive).
 
     Errors: the witness's word that this log does not extend what it cosigned is a
     :class:`~confide.errors.LogRollbackError` (a 409 naming a larger size than the checkpoint's:
@@ -255,8 +258,15 @@ def request_cosignatures(
                 # A witness answers signature lines, a size or a short error: read no more than a
                 # whole note may be (MAX_NOTE_SIZE, which parse_note refuses past anyway).
                 # and in no more time than a log's answer (a witness dripping it would hold the log).
+                extra: dict[str, Any] = {} if trace is None else {"extensions": {"trace": trace}}
                 resp = read_bounded(
-                    http, "POST", url, MAX_NOTE_SIZE, within=MAX_ANSWER_TIME, content=_body(old, proof, bare)
+                    http,
+                    "POST",
+                    url,
+                    MAX_NOTE_SIZE,
+                    within=MAX_ANSWER_TIME,
+                    content=_body(old, proof, bare),
+                    **extra,
                 )
             except NetworkError as exc:
                 raise NetworkError(f"witness {witness_url}: {exc.message}") from None
@@ -316,30 +326,33 @@ def _store_cosignature(
     conn: Conn, size: int, text: str, witness_key: NoteVerifier, sig: NoteSignature, *, given: bool
 ) -> None:
     """Add ``sig`` to the stored checkpoint of ``size`` (replacing the witness's earlier one unless
-    that one's timestamp is as late or later), read again now: other witnesses' cosignatures
-    stored meanwhile are kept. A checkpoint that was given (not read from the store) and is no
-    longer the stored one of its size (another signer's, replacing it) is left alone: the
-    cosignature is not for it."""
-    stored = Ledger.checkpoint_note(conn, size)
-    if stored is None:
-        if given:
+    that one's timestamp is as late or later), read again now, in one write transaction with its
+    row locked: other witnesses' cosignatures stored meanwhile are kept, and one stored by
+    another thread while this one writes (the CAS asks its witnesses concurrently) is not lost.
+    A checkpoint that was given (not read from the store) and is no longer the stored one of its
+    size (another signer's, replacing it) is left alone: the cosignature is not for it."""
+    with write_transaction(conn):
+        stored = Ledger.checkpoint_note(conn, size, lock=True)
+        if stored is None:
+            if given:
+                return
+            raise StorageError(f"no checkpoint of size {size} is stored")
+        current = parse_note(stored)
+        if current.text != text:
+            if given:
+                return
+            raise StorageError(f"the stored checkpoint of size {size} changed while it was being cosigned")
+        mine = (witness_key.name, witness_key.key_id)
+        kept = tuple(s for s in current.signatures if (s.name, s.key_id) != mine)
+        # The newest of the witness's cosignatures stays: the same checkpoint is cosigned again (a
+        # quiet log, every RECOSIGN_SECONDS), so an earlier answer of the witness verifies again,
+        # and one replayed by whoever is on the path to it (an http:// witness) must not put an
+        # older timestamp in place of a newer one (verifiers with --max-age would find the log
+        # stale).
+        stamp = _stamp(sig)
+        if any((s.name, s.key_id) == mine and _stamp(s) >= stamp for s in current.signatures):
             return
-        raise StorageError(f"no checkpoint of size {size} is stored")
-    current = parse_note(stored)
-    if current.text != text:
-        if given:
-            return
-        raise StorageError(f"the stored checkpoint of size {size} changed while it was being cosigned")
-    mine = (witness_key.name, witness_key.key_id)
-    kept = tuple(s for s in current.signatures if (s.name, s.key_id) != mine)
-    # The newest of the witness's cosignatures stays: the same checkpoint is cosigned again (a
-    # quiet log, every RECOSIGN_SECONDS), so an earlier answer of the witness verifies again, and
-    # one replayed by whoever is on the path to it (an http:// witness) must not put an older
-    # timestamp in place of a newer one (verifiers with --max-age would find the log stale).
-    stamp = _stamp(sig)
-    if any((s.name, s.key_id) == mine and _stamp(s) >= stamp for s in current.signatures):
-        return
-    Ledger.store_checkpoint_note(conn, size, Note(text, (*kept, sig)).to_bytes())
+        Ledger.store_checkpoint_note(conn, size, Note(text, (*kept, sig)).to_bytes())
 
 
 def _stamp(sig: NoteSignature) -> int:
