@@ -164,7 +164,13 @@ def _raise_for(response: _Answer) -> Any:
         if isinstance(err, dict):
             cls = getattr(errors, str(err.get("class")), None)
             message = str(err.get("message"))
-            if isinstance(cls, type) and issubclass(cls, ConfideError):
+            # WaitStoppedError is this process's own (a stop signal during a local wait, which
+            # `confide run` then ends by): no CAS sends it, and its constructor needs the signal.
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, ConfideError)
+                and not issubclass(cls, errors.WaitStoppedError)
+            ):
                 if cls is errors.ParseError:
                     raise errors.ParseError(message)
                 raise cls(message)
