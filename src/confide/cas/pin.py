@@ -55,6 +55,7 @@ from confide.errors import (
     ParseError,
     UsageError,
 )
+from confide.fsutil import new_file_error, write_atomic
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
 from confide.platforms import (
     AutoTcbEvaluation,
@@ -682,6 +683,13 @@ def attest_cas(
 
 
 def write_pin(pinned: PinnedCas, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(pinned.certificate_pem)
-    tmp.replace(out)
+    """Replace ``out`` with the pinned certificate (PEM), atomically, through a temporary file
+    of a random name created anew (:func:`confide.fsutil.write_atomic`: never through a
+    symlink planted beside it); a path that cannot be written is a ``UsageError`` (or a
+    ``StorageError`` for the storage's failures) naming ``--out``."""
+    try:
+        write_atomic(out, pinned.certificate_pem, mode=0o644)
+    except OSError as exc:
+        raise new_file_error(
+            exc, f"--out {str(out)!r}: cannot write the pinned certificate: {exc.strerror or exc}"
+        ) from None
