@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from time import monotonic
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -224,9 +225,17 @@ class PinnedCas:
         return MEASUREMENT_CLAIMS[self.evidence.platform]
 
 
+MAX_FETCH_TIME = 120.0
+"""The longest the evidence answer of :func:`fetch_unverified` may take in all, connection
+included (seconds): ``timeout`` bounds each wait for more bytes only, so a server (or whoever
+answers before anything is pinned) sending a byte just within it held ``cas attest`` for as
+long as :data:`MAX_BODY` allows (months). 120 s asks ~9 kB/s of the largest answer."""
+
+
 def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[bytes, bytes]:
     """GET ``path`` over TLS *without* verifying the server; returns (certificate DER, body).
-    Only safe because the caller verifies evidence bound to that very certificate."""
+    Only safe because the caller verifies evidence bound to that very certificate. The whole
+    answer must arrive within :data:`MAX_FETCH_TIME` (else :class:`NetworkError`)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise UsageError(f"got {url!r}, expected an https:// CAS URL")
@@ -235,6 +244,7 @@ def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[byt
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    deadline = monotonic() + MAX_FETCH_TIME
     try:
         with (
             socket.create_connection((parts.hostname, port), timeout=timeout) as raw,
@@ -245,7 +255,16 @@ def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[byt
             tls.sendall(request.encode())
             chunks = []
             total = 0
-            while chunk := tls.recv(65536):
+            while True:
+                left = deadline - monotonic()
+                if left <= 0:
+                    raise NetworkError(
+                        f"the CAS's evidence answer took more than {MAX_FETCH_TIME:g} s to arrive"
+                    )
+                tls.settimeout(min(timeout, left))
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 total += len(chunk)
                 if total > MAX_BODY:
