@@ -1264,9 +1264,10 @@ def policy_events(name: str, identity_file: Path) -> None:
 def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | None, der: bool) -> None:
     """The current CRL of the CA SECRET of policy NAME (a CA the CAS generated)."""
     from confide.cas.client import CasClient
+    from confide.cas.crl import check_crl_answer
 
     ident = load_identity(identity_file) if identity_file is not None else None
-    crl = CasClient.from_env().crl(name, secret, ident, pem=not der)
+    crl = check_crl_answer(CasClient.from_env().crl(name, secret, ident, pem=not der), pem=not der)
     if out is not None:
         out.write_bytes(crl)
     else:
