@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from confide.cas import pin
-from confide.errors import NetworkError
+from confide.errors import NetworkError, UsageError
 from pki import tls_server_files
 
 BODY = b'{"platform": "sim"}'
@@ -79,3 +79,15 @@ def test_an_answer_within_the_time_limit_is_read(tmp_path: Path) -> None:
     for url in _serve(tmp_path, 5):
         cert, body = pin.fetch_unverified(url, "/v1/cas/evidence")
         assert cert and body == b" " * 5
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://127.0.0.1:99999", "https://127.0.0.1:abc", "https://[::1", "http://127.0.0.1", "https://"],
+)
+def test_a_malformed_url_is_a_usage_error(url: str) -> None:
+    """``cas attest URL`` (and ``--retire-attested``'s ``CONFIDE_CAS_URL``, ``Cas.attested``):
+    a port out of range or not a number, or a broken IPv6 address, was a Python traceback
+    (``urlsplit``'s ``ValueError``), before anything was sent."""
+    with pytest.raises(UsageError, match="expected an https:// CAS URL"):
+        pin.fetch_unverified(url, "/v1/cas/evidence")

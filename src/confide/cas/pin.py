@@ -236,10 +236,13 @@ def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[byt
     """GET ``path`` over TLS *without* verifying the server; returns (certificate DER, body).
     Only safe because the caller verifies evidence bound to that very certificate. The whole
     answer must arrive within :data:`MAX_FETCH_TIME` (else :class:`NetworkError`)."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 443  # ValueError: a port out of range or not a number
+    except ValueError:  # also a broken IPv6 address
+        raise UsageError(f"got {url[:80]!r}, expected an https:// CAS URL (HOST[:PORT])") from None
     if parts.scheme != "https" or not parts.hostname:
-        raise UsageError(f"got {url!r}, expected an https:// CAS URL")
-    port = parts.port or 443
+        raise UsageError(f"got {url[:80]!r}, expected an https:// CAS URL")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
