@@ -574,3 +574,15 @@ def test_a_crl_answer_is_printed_as_the_crl(
     out = tmp_path / "ca.crl"
     assert _main(["policy", "crl", "p", "ca", "--out", str(out)], monkeypatch, hostile) == 0
     assert out.read_bytes() == pem
+
+
+def test_a_crl_out_path_that_cannot_be_written_is_one_line(
+    hostile: HostileCas, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``policy crl --out`` into a directory that does not exist (or onto a directory) was a
+    Python traceback; a usage error naming ``--out``, as ``cas attest --out``."""
+    hostile.answers = {CRL_ROUTE: _crl_pem()}
+    for out in (tmp_path / "missing" / "ca.crl", tmp_path):
+        assert _main(["policy", "crl", "p", "ca", "--out", str(out)], monkeypatch, hostile) == 2
+        _, err = capsys.readouterr()
+        assert err.startswith("error: UsageError: --out") and err.count("\n") == 1, err

@@ -1269,7 +1269,14 @@ def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | N
     ident = load_identity(identity_file) if identity_file is not None else None
     crl = check_crl_answer(CasClient.from_env().crl(name, secret, ident, pem=not der), pem=not der)
     if out is not None:
-        out.write_bytes(crl)
+        from confide.fsutil import new_file_error
+
+        try:
+            out.write_bytes(crl)
+        except OSError as exc:
+            raise new_file_error(
+                exc, f"--out {str(out)!r}: cannot write the CRL: {exc.strerror or exc}"
+            ) from None
     else:
         sys.stdout.buffer.write(crl)
         sys.stdout.buffer.flush()
