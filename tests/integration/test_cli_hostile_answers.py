@@ -516,3 +516,73 @@ def test_a_failed_online_rotation_shows_its_error_escaped(
     assert code == 2 and out == "", err
     assert _no_control(err) and err.count("\n") == 1, err
     assert "disk full\\x1b]52;c;cm0gLXJmIH4K\\x07" in err and "\\u2028\\U000e0041" in err, err
+
+
+def _crl_pem() -> bytes:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+CRL_ROUTE = ("GET", "/v1/policies/p/crl/ca")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ESCAPES.encode() + TROJAN.encode(),
+        b"-----BEGIN X509 CRL-----\n" + ESCAPES.encode() + b"\n-----END X509 CRL-----\n",
+        ESCAPES.encode() + b"\n" + _crl_pem(),  # a CRL, and escapes before it
+        _crl_pem() + ESCAPES.encode(),  # and after it
+    ],
+    ids=["no-crl", "garbled-pem", "text-before", "text-after"],
+)
+def test_a_crl_answer_that_is_not_a_crl_alone_reaches_no_terminal(
+    body: bytes, hostile: HostileCas, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``policy crl`` wrote the CAS's answer to standard output byte for byte: a hostile CAS's
+    escape sequences went to the terminal as they are. The answer must be one CRL (PEM, or DER
+    with ``--der``) and nothing else, else exit 10 and nothing on standard output."""
+    hostile.answers = {CRL_ROUTE: body}
+    code = _main(["policy", "crl", "p", "ca"], monkeypatch, hostile)
+    out, err = capsys.readouterr()
+    assert code == 10 and out == "", (out, err)
+    assert _no_control(err), err
+
+
+def test_a_crl_answer_is_printed_as_the_crl(
+    hostile: HostileCas, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pem = _crl_pem()
+    hostile.answers = {CRL_ROUTE: pem}
+    assert _main(["policy", "crl", "p", "ca"], monkeypatch, hostile) == 0
+    assert capsys.readouterr().out == pem.decode()
+    out = tmp_path / "ca.crl"
+    assert _main(["policy", "crl", "p", "ca", "--out", str(out)], monkeypatch, hostile) == 0
+    assert out.read_bytes() == pem
+
+
+def test_a_crl_out_path_that_cannot_be_written_is_one_line(
+    hostile: HostileCas, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``policy crl --out`` into a directory that does not exist (or onto a directory) was a
+    Python traceback; a usage error naming ``--out``, as ``cas attest --out``."""
+    hostile.answers = {CRL_ROUTE: _crl_pem()}
+    for out in (tmp_path / "missing" / "ca.crl", tmp_path):
+        assert _main(["policy", "crl", "p", "ca", "--out", str(out)], monkeypatch, hostile) == 2
+        _, err = capsys.readouterr()
+        assert err.startswith("error: UsageError: --out") and err.count("\n") == 1, err

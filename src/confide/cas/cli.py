@@ -1265,11 +1265,19 @@ def policy_events(name: str, identity_file: Path) -> None:
 def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | None, der: bool) -> None:
     """The current CRL of the CA SECRET of policy NAME (a CA the CAS generated)."""
     from confide.cas.client import CasClient
+    from confide.cas.crl import check_crl_answer
 
     ident = load_identity(identity_file) if identity_file is not None else None
-    crl = CasClient.from_env().crl(name, secret, ident, pem=not der)
+    crl = check_crl_answer(CasClient.from_env().crl(name, secret, ident, pem=not der), pem=not der)
     if out is not None:
-        out.write_bytes(crl)
+        from confide.fsutil import new_file_error
+
+        try:
+            out.write_bytes(crl)
+        except OSError as exc:
+            raise new_file_error(
+                exc, f"--out {str(out)!r}: cannot write the CRL: {exc.strerror or exc}"
+            ) from None
     else:
         sys.stdout.buffer.write(crl)
         sys.stdout.buffer.flush()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from confide import errors, jsonstrict
 from confide.cas import answer as _answer
@@ -164,7 +165,13 @@ def _raise_for(response: _Answer) -> Any:
         if isinstance(err, dict):
             cls = getattr(errors, str(err.get("class")), None)
             message = str(err.get("message"))
-            if isinstance(cls, type) and issubclass(cls, ConfideError):
+            # WaitStoppedError is this process's own (a stop signal during a local wait, which
+            # `confide run` then ends by): no CAS sends it, and its constructor needs the signal.
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, ConfideError)
+                and not issubclass(cls, errors.WaitStoppedError)
+            ):
                 if cls is errors.ParseError:
                     raise errors.ParseError(message)
                 raise cls(message)
@@ -197,20 +204,21 @@ def tls_trusting(pem: bytes, what: str = "the CAS certificate") -> ssl.SSLContex
         raise UsageError(f"cannot load {what}: {exc}") from None
 
 
-def _one_certificate_spki(cert: Path | bytes, pem: bytes) -> str:
-    """:func:`confide.cas.core.spki_sha256` of the one certificate in ``pem`` (the bytes of
-    ``cert``, a file or PEM bytes): the CAS this client's read requests are for."""
+def _one_certificate(cert: Path | bytes, pem: bytes) -> x509.Certificate:
+    """The one certificate in ``pem`` (the bytes of ``cert``, a file or PEM bytes): the CAS this
+    client trusts, and signs its requests for (:func:`confide.cas.core.spki_sha256` of its
+    key). The TLS context trusts this certificate alone, whatever else the file holds that
+    another PEM reader would take for a certificate."""
+    shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
     try:
         certificates = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
-        shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
         raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
     if len(certificates) != 1:
-        shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
         raise UsageError(
             f"the CAS certificate {shown} holds {len(certificates)} certificates, expected the CAS's one"
         )
-    return spki_sha256(certificates[0])
+    return certificates[0]
 
 
 class CasClient:
@@ -246,12 +254,17 @@ class CasClient:
             # A file is read here (a regular file only, bounded), not handed to OpenSSL as a
             # cafile: a FIFO in its place would be waited on for ever.
             pem = cert if isinstance(cert, bytes) else read_cert_file(cert)
+            certificate = _one_certificate(cert, pem)
             try:
-                if isinstance(cert, bytes):  # the PEM itself (a certificate pinned in memory)
-                    context = ssl.create_default_context(cadata=cert.decode("ascii"))
-                else:
-                    context = ssl.create_default_context(cadata=pem.decode("ascii", "ignore"))
-            except (OSError, ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+                # The one certificate parsed, as DER: what OpenSSL trusts is exactly the
+                # certificate whose key is pinned and signed for (cas_spki_sha256). Handing it
+                # the file's text trusted what its own PEM reading found there: a second
+                # certificate whose label holds a non-ASCII character (dropped before OpenSSL
+                # read it) was no certificate to the parser above, but trusted by TLS.
+                context = ssl.create_default_context(
+                    cadata=certificate.public_bytes(serialization.Encoding.DER)
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
                 shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
                 raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
             context.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -260,7 +273,7 @@ class CasClient:
                 # and the names it carries (the CAS's listen address) add nothing to it.
                 context.check_hostname = False
             verify: ssl.SSLContext | bool = context
-            self.cas_spki_sha256: str | None = _one_certificate_spki(cert, pem)
+            self.cas_spki_sha256: str | None = spki_sha256(certificate)
         else:
             verify = False
             self.cas_spki_sha256 = None

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from time import monotonic
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -55,6 +56,7 @@ from confide.errors import (
     ParseError,
     UsageError,
 )
+from confide.fsutil import new_file_error, write_atomic
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
 from confide.platforms import (
     AutoTcbEvaluation,
@@ -223,17 +225,29 @@ class PinnedCas:
         return MEASUREMENT_CLAIMS[self.evidence.platform]
 
 
+MAX_FETCH_TIME = 120.0
+"""The longest the evidence answer of :func:`fetch_unverified` may take in all, connection
+included (seconds): ``timeout`` bounds each wait for more bytes only, so a server (or whoever
+answers before anything is pinned) sending a byte just within it held ``cas attest`` for as
+long as :data:`MAX_BODY` allows (months). 120 s asks ~9 kB/s of the largest answer."""
+
+
 def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[bytes, bytes]:
     """GET ``path`` over TLS *without* verifying the server; returns (certificate DER, body).
-    Only safe because the caller verifies evidence bound to that very certificate."""
-    parts = urllib.parse.urlsplit(url)
+    Only safe because the caller verifies evidence bound to that very certificate. The whole
+    answer must arrive within :data:`MAX_FETCH_TIME` (else :class:`NetworkError`)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 443  # ValueError: a port out of range or not a number
+    except ValueError:  # also a broken IPv6 address
+        raise UsageError(f"got {url[:80]!r}, expected an https:// CAS URL (HOST[:PORT])") from None
     if parts.scheme != "https" or not parts.hostname:
-        raise UsageError(f"got {url!r}, expected an https:// CAS URL")
-    port = parts.port or 443
+        raise UsageError(f"got {url[:80]!r}, expected an https:// CAS URL")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    deadline = monotonic() + MAX_FETCH_TIME
     try:
         with (
             socket.create_connection((parts.hostname, port), timeout=timeout) as raw,
@@ -244,7 +258,16 @@ def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[byt
             tls.sendall(request.encode())
             chunks = []
             total = 0
-            while chunk := tls.recv(65536):
+            while True:
+                left = deadline - monotonic()
+                if left <= 0:
+                    raise NetworkError(
+                        f"the CAS's evidence answer took more than {MAX_FETCH_TIME:g} s to arrive"
+                    )
+                tls.settimeout(min(timeout, left))
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 total += len(chunk)
                 if total > MAX_BODY:
@@ -682,6 +705,13 @@ def attest_cas(
 
 
 def write_pin(pinned: PinnedCas, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(pinned.certificate_pem)
-    tmp.replace(out)
+    """Replace ``out`` with the pinned certificate (PEM), atomically, through a temporary file
+    of a random name created anew (:func:`confide.fsutil.write_atomic`: never through a
+    symlink planted beside it); a path that cannot be written is a ``UsageError`` (or a
+    ``StorageError`` for the storage's failures) naming ``--out``."""
+    try:
+        write_atomic(out, pinned.certificate_pem, mode=0o644)
+    except OSError as exc:
+        raise new_file_error(
+            exc, f"--out {str(out)!r}: cannot write the pinned certificate: {exc.strerror or exc}"
+        ) from None

@@ -22,7 +22,7 @@ import click
 import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
-from confide.fsutil import read_small_file
+from confide.fsutil import new_file_error, read_small_file, write_new
 from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
@@ -592,10 +592,13 @@ def keygen(name: str, witness: bool, out: Path) -> None:
     """Generate an Ed25519 note key; prints the verifier key (vkey)."""
     try:
         signer = NoteSigner.generate(name, SIG_TYPE_COSIGNATURE_V1 if witness else SIG_TYPE_ED25519)
-        out.touch(mode=0o600, exist_ok=False)
-        out.write_text(signer.skey + "\n", encoding="utf-8")
+        # one open that creates the file (never through a symlink), the key written through it
+        write_new(out, (signer.skey + "\n").encode(), mode=0o600)
     except FileExistsError:
         _fail(UsageError(f"--out: {str(out)!r} exists; refusing to overwrite a key"))
+        return
+    except OSError as exc:
+        _fail(new_file_error(exc, f"--out: cannot create {str(out)!r}: {exc.strerror or exc}"))
         return
     except ConfideError as exc:
         _fail(exc)

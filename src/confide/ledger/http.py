@@ -128,6 +128,8 @@ def read_bounded(
                 response, limit, lambda how: NetworkError(f"{method} {url}: the answer {how}"), within=within
             )
             return Answer(response.status_code, response.headers, body)
+    except httpx2.InvalidURL as exc:  # a port that is not a number, a broken IPv6 address
+        raise UsageError(f"{method} {url[:120]!r}: not a valid URL: {exc}") from None
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
 
