@@ -10,6 +10,7 @@ from confide.policy.placeholders import (
     Encoding,
     Placeholder,
     PlaceholderSyntaxError,
+    RenderBudget,
     encode_bytes,
     encoding_for,
     find_placeholders,
@@ -239,3 +240,31 @@ def test_secrets_in_the_command_are_warned_about_by_name() -> None:
         assert "\n" not in line and line.startswith("warning: ") and "/proc/PID/cmdline" in line
         assert "env_only" not in line and "file_only" not in line and "quiet" not in line
     assert "service 'app'" in warnings[0] and "secret 'pw'" in warnings[0]
+
+
+def test_a_render_budget_bounds_everything_rendered_with_it_without_a_value_in_the_error() -> None:
+    value = b"S3CRET" * 100  # 600 bytes for a 13-byte placeholder
+
+    def resolve(_ph: Placeholder) -> bytes:
+        return value
+
+    budget = RenderBudget(2000)
+    assert render_command(["$$SCONE::a$$", "x"], resolve, budget) == [value.decode(), "x"]
+    assert budget.left == 2000 - 601
+    assert render_environment({"K": "$$SCONE::a$$"}, resolve, budget) == {"K": value.decode()}
+    assert budget.left == 2000 - 601 - 2 - 600
+    with pytest.raises(PolicyError, match=r"^injection file /f: got more than 2000 bytes") as info:
+        render_file("$$SCONE::a$$" * 2, resolve, where="injection file /f", budget=budget)
+    assert "S3CRET" not in str(info.value)
+    # refused as soon as the output passes the budget: the rest is never resolved
+    calls: list[str] = []
+
+    def counting(ph: Placeholder) -> bytes:
+        calls.append(ph.name)
+        return value
+
+    with pytest.raises(PolicyError, match="bytes to release"):
+        render_file("$$SCONE::a$$" * 1000, counting, where="f", budget=RenderBudget(2000))
+    assert len(calls) == 4
+    # without a budget, each call has a fresh one of MAX_RENDERED
+    assert render_file("$$SCONE::a$$" * 1000, resolve, where="f") == value * 1000

@@ -159,6 +159,7 @@ from confide.policy.placeholders import (
     Context,
     Encoding,
     Placeholder,
+    RenderBudget,
     encoding_for,
     find_placeholders,
     render_command,
@@ -2504,11 +2505,14 @@ class Cas:
 
             return resolve
 
+        # One budget for everything the release renders (placeholders.MAX_RENDERED): a short
+        # placeholder repeated can stand for gigabytes, built in memory at every attestation.
+        budget = RenderBudget()
         config: dict[str, Any] = {
-            "command": render_command(service.command, resolver(Context.COMMAND))
+            "command": render_command(service.command, resolver(Context.COMMAND), budget)
             if service.command
             else None,
-            "environment": render_environment(service.environment, resolver(Context.ENVIRONMENT)),
+            "environment": render_environment(service.environment, resolver(Context.ENVIRONMENT), budget),
             "pwd": service.pwd,
             "files": {},
         }
@@ -2566,7 +2570,9 @@ class Cas:
                 if f.content is None:
                     templates.append(f.path)
                     continue
-                content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
+                content = render_file(
+                    f.content, resolver(Context.FILE), where=f"injection file {f.path}", budget=budget
+                )
                 config["files"][f.path] = base64.b64encode(content).decode()
             if templates:
                 # SCONE's path-only form: the file in the image is a template that the runtime
@@ -2580,6 +2586,11 @@ class Cas:
                         values[spec.name] = template_value(value_of(spec.name))
                     except (AccessDeniedError, PolicyError):
                         continue
+                    value = values[spec.name]
+                    budget.take(
+                        len(value["data"]) + len(value["certificate"] or "") + sum(map(len, value["chain"])),
+                        f"secret {spec.name} for the templates",
+                    )
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
