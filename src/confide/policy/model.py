@@ -783,7 +783,11 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
                 yield Problem(
                     ("images", i, "volumes", j, "name"), f"got {iv.name!r}, expected the name of a volume"
                 )
+            if not stored and (alias := _path_alias(iv.path)) is not None:
+                yield Problem(("images", i, "volumes", j, "path"), alias)
         for j, f in enumerate(img.injection_files):
+            if not stored and (alias := _path_alias(f.path)) is not None:
+                yield Problem(("images", i, "injection_files", j, "path"), alias)
             if f.content is not None:
                 yield from _placeholder_problems(
                     f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds, refused
@@ -794,6 +798,22 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
         rules = getattr(ap, op)
         for j, rule in enumerate(rules or ()):
             yield from _access_rule_problems(rule, ("access_policy", op, j), policy, kinds, stored)
+
+
+def _path_alias(path: str) -> str | None:
+    """Why the absolute ``path`` of an injection file or image volume is not written the one way
+    it can be (no empty, ``.`` or ``..`` segment, no trailing ``/``, not ``/`` itself); ``None``
+    when it is. Another spelling of one file (``/run//a``, ``/run/./a``, ``/run/x/../a``) passed
+    the check for a path given twice, and ``confide run`` then wrote the file twice, the later
+    content (and mode) replacing the earlier; ``..`` after a symbolic link names another
+    directory than the text does."""
+    segments = path.split("/")[1:]
+    if all(s not in ("", ".", "..") for s in segments):
+        return None
+    return (
+        f"got {short(path)}, expected an absolute path written plainly: no '//', '.' or '..' segment"
+        " and no trailing '/' (another spelling of a path names the same file twice)"
+    )
 
 
 def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:
