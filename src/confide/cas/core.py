@@ -767,6 +767,7 @@ class Cas:
                 payload["submission_withheld"] = "explicit secret values"
             else:
                 payload["submission"] = jcs(submission).decode()
+                _check_submission_record(policy.name, payload)
             if state == "active":
                 self._activate(conn, policy, digest, creator, head is None, payload)
             else:
@@ -3206,6 +3207,21 @@ def _check_release_record(policy: str, service: str, released: list[Any], config
             f" {size} bytes) does not fit in one ledger entry ({MAX_ENTRY_SIZE} bytes): release fewer"
             " to one service (its environment, command, injection files and templates), or shorten"
             " the names"
+        )
+
+
+def _check_submission_record(name: str, payload: dict[str, Any]) -> None:
+    """Refuse (``PolicyError``) a submission recorded whole (no explicit values) whose event
+    could not be: a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE`
+    bytes, and the loader accepts policies of up to 1 MiB, so a valid policy of more than about
+    64 KB was refused at the ledger's write as a ``UsageError`` about "entry 0". Measured as
+    compact UTF-8 JSON (the entry's form), with room for the entry's other members."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    size = len(body) + len(json.dumps(name)) + _ENTRY_OVERHEAD
+    if size > MAX_ENTRY_SIZE:
+        raise PolicyError(
+            f"policy {name}: its submission (about {size} bytes) does not fit in one ledger entry"
+            f" ({MAX_ENTRY_SIZE} bytes), where the CAS records it whole: expected a smaller policy"
         )
 
 
