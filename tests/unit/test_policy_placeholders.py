@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from confide.errors import PolicyError
+from confide.policy import placeholders
 from confide.policy.placeholders import (
     Context,
     Encoding,
@@ -268,3 +269,17 @@ def test_a_render_budget_bounds_everything_rendered_with_it_without_a_value_in_t
     assert len(calls) == 4
     # without a budget, each call has a fresh one of MAX_RENDERED
     assert render_file("$$SCONE::a$$" * 1000, resolve, where="f") == value * 1000
+
+
+def test_the_placeholder_cache_keeps_no_large_text() -> None:
+    # The CAS renders every attestation's texts through a cache of 1024 texts: a 1 MiB file of
+    # placeholders (a policy with an explicit value is recorded withheld, so it may be 1 MiB) held
+    # ~10 MB of parsed placeholders, ~11 GB for 1024 such policies attested once each.
+    big = "$$SCONE::a$$" * 80_000
+    small = "x=$$SCONE::a$$"
+    placeholders._cached_placeholders.cache_clear()
+    assert render_file(big, lambda _ph: b"v", where="f") == b"v" * 80_000
+    assert render_file(small, lambda _ph: b"v", where="f") == b"x=v"
+    assert placeholders._cached_placeholders.cache_info().currsize == 1  # the small text only
+    assert render_file(small, lambda _ph: b"w", where="f") == b"x=w"
+    assert placeholders._cached_placeholders.cache_info().hits == 1

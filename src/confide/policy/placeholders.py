@@ -324,11 +324,24 @@ class RenderBudget:
         )
 
 
+MAX_CACHED_TEXT = 64 * 1024
+"""Longest text whose placeholders :func:`_placeholders_of` remembers (characters)."""
+
+
 @functools.lru_cache(maxsize=1024)
+def _cached_placeholders(text: str) -> tuple[Placeholder, ...]:
+    return tuple(find_placeholders(text))
+
+
 def _placeholders_of(text: str) -> tuple[Placeholder, ...]:
     """:func:`find_placeholders`, remembered for the texts a CAS renders on every attestation
-    (a policy's command arguments, environment values and files; a syntax error is not)."""
-    return tuple(find_placeholders(text))
+    (a policy's command arguments, environment values and files; a syntax error is not), up
+    to :data:`MAX_CACHED_TEXT` characters: a 1 MiB file of placeholders parses to ~10 MB of
+    them, so 1024 such texts (policies with an explicit value may be 1 MiB, each attested once)
+    would have held ~11 GB. A longer text is parsed at each rendering (linear in its size)."""
+    if len(text) > MAX_CACHED_TEXT:
+        return tuple(find_placeholders(text))
+    return _cached_placeholders(text)
 
 
 def _substitute(text: str, resolve: Resolver, budget: RenderBudget, where: str) -> bytes:
