@@ -729,3 +729,14 @@ def test_injection_and_volume_paths_are_written_one_way(path: str) -> None:
     # a version the CAS stored before still loads
     assert loads_policy(text, stored=True).images[0].injection_files[1].path == path
     assert loads_policy(text.replace(path, "/run/b")).images[0].injection_files[1].path == "/run/b"
+
+
+def test_a_services_working_directory_is_absolute() -> None:
+    # confide run changes to pwd from the directory the host started it in: a relative pwd let
+    # the host choose where the program runs (and what its relative paths name)
+    text = MINIMAL + "    pwd: app/data\n"
+    p = one(text)
+    assert p.path == ("services", 0, "pwd") and "expected an absolute path" in p.message
+    assert (p.line, p.column) == (7, 10)
+    assert loads_policy(text, stored=True).services[0].pwd == "app/data"  # stored before: loads
+    assert loads_policy(MINIMAL + "    pwd: /app/data\n").services[0].pwd == "/app/data"

@@ -792,6 +792,14 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
         base: Path = ("services", i)
         if svc.image_name is not None and svc.image_name not in images:
             yield Problem((*base, "image_name"), f"got {svc.image_name!r}, expected the name of an image")
+        if not stored and svc.pwd is not None and not svc.pwd.startswith("/"):
+            # confide run changes to it from the directory the host started it in: relative, the
+            # host would choose where the program runs (and what its relative paths name).
+            yield Problem(
+                (*base, "pwd"),
+                f"got {short(svc.pwd)}, expected an absolute path (confide run would resolve a"
+                " relative one from the directory the host starts it in)",
+            )
         for j, arg in enumerate(svc.command or ()):
             yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds, refused)
         for k, v in svc.environment.items():
