@@ -354,3 +354,21 @@ def test_an_unconvertible_secret_value_is_not_echoed(value: str) -> None:
         p = refused(f"{MINIMAL}secrets:\n  - name: s\n{secret}{value}\n")
         assert "reads as" in p.message and p.line == 10
         assert value not in str(p) and value[:4] not in p.message
+
+
+@pytest.mark.parametrize("key", ["a\nb", "x\u2028y", "n\x85l", "k\u202eyek", "t\tb", "back\\slash"])
+def test_a_key_that_is_not_plain_text_is_escaped_in_the_problems_path(key: str) -> None:
+    # The problem's path held the document's key as it was: a newline (or U+2028, NEL) in a key
+    # forged a problem line of its own, a bidi override reordered the line as displayed.
+    text = json.dumps(
+        {"name": "app", "version": "0.3", "services": [{"name": "s", "attestation": {"mrenclave": "ab" * 32},
+                                                      "environment": {key: 1}}]}
+    )  # fmt: skip
+    with pytest.raises(PolicyError) as info:
+        loads_policy(text, source="p.yaml")
+    message = str(info.value)
+    assert len(message.splitlines()) == 2 and key not in message
+    assert f"services[0].environment[{key!r}]: got integer 1" in message
+    with pytest.raises(PolicyError) as plain:
+        loads_policy(text.replace(json.dumps(key), '"PLAIN-key_1.x~"'))
+    assert "services[0].environment.PLAIN-key_1.x~: got integer 1" in str(plain.value)

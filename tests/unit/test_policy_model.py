@@ -692,3 +692,51 @@ def test_is_authorized_evaluates_boards() -> None:
     assert is_authorized(default.update, {"me"}, creator="me")
     assert is_authorized(default.effective_create_sessions, {"me"}, creator="me")
     assert not is_authorized(default.update, {"me"}, creator="other")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/run//a", "/run/./a", "/run/x/../a", "/run/a/", "/", "//run/a", "/run/a/.."],
+)
+def test_injection_and_volume_paths_are_written_one_way(path: str) -> None:
+    # Two spellings of one file passed the check for a path given twice (confide run then wrote
+    # it twice, the later content and mode replacing the earlier)
+    text = MINIMAL + doc(
+        f"""
+        volumes:
+          - name: v
+        images:
+          - name: img
+            volumes:
+              - name: v
+                path: /data
+            injection_files:
+              - path: /run/a
+                content: first
+              - path: {path}
+                content: second
+        """
+    )
+    p = one(text)
+    assert p.path == ("images", 0, "injection_files", 1, "path")
+    assert "expected an absolute path written plainly" in p.message and (p.line, p.column) == (17, 15)
+    vol = one(
+        text.replace("path: /data", f"path: {path}").replace(
+            f"path: {path}\n        content", "path: /b\n        content"
+        )
+    )
+    assert vol.path == ("images", 0, "volumes", 0, "path")
+    # a version the CAS stored before still loads
+    assert loads_policy(text, stored=True).images[0].injection_files[1].path == path
+    assert loads_policy(text.replace(path, "/run/b")).images[0].injection_files[1].path == "/run/b"
+
+
+def test_a_services_working_directory_is_absolute() -> None:
+    # confide run changes to pwd from the directory the host started it in: a relative pwd let
+    # the host choose where the program runs (and what its relative paths name)
+    text = MINIMAL + "    pwd: app/data\n"
+    p = one(text)
+    assert p.path == ("services", 0, "pwd") and "expected an absolute path" in p.message
+    assert (p.line, p.column) == (7, 10)
+    assert loads_policy(text, stored=True).services[0].pwd == "app/data"  # stored before: loads
+    assert loads_policy(MINIMAL + "    pwd: /app/data\n").services[0].pwd == "/app/data"

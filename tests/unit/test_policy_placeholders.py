@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from confide.errors import PolicyError
+from confide.policy import placeholders
 from confide.policy.placeholders import (
     Context,
     Encoding,
     Placeholder,
     PlaceholderSyntaxError,
+    RenderBudget,
     encode_bytes,
     encoding_for,
     find_placeholders,
@@ -239,3 +241,45 @@ def test_secrets_in_the_command_are_warned_about_by_name() -> None:
         assert "\n" not in line and line.startswith("warning: ") and "/proc/PID/cmdline" in line
         assert "env_only" not in line and "file_only" not in line and "quiet" not in line
     assert "service 'app'" in warnings[0] and "secret 'pw'" in warnings[0]
+
+
+def test_a_render_budget_bounds_everything_rendered_with_it_without_a_value_in_the_error() -> None:
+    value = b"S3CRET" * 100  # 600 bytes for a 13-byte placeholder
+
+    def resolve(_ph: Placeholder) -> bytes:
+        return value
+
+    budget = RenderBudget(2000)
+    assert render_command(["$$SCONE::a$$", "x"], resolve, budget) == [value.decode(), "x"]
+    assert budget.left == 2000 - 601
+    assert render_environment({"K": "$$SCONE::a$$"}, resolve, budget) == {"K": value.decode()}
+    assert budget.left == 2000 - 601 - 2 - 600
+    with pytest.raises(PolicyError, match=r"^injection file /f: got more than 2000 bytes") as info:
+        render_file("$$SCONE::a$$" * 2, resolve, where="injection file /f", budget=budget)
+    assert "S3CRET" not in str(info.value)
+    # refused as soon as the output passes the budget: the rest is never resolved
+    calls: list[str] = []
+
+    def counting(ph: Placeholder) -> bytes:
+        calls.append(ph.name)
+        return value
+
+    with pytest.raises(PolicyError, match="bytes to release"):
+        render_file("$$SCONE::a$$" * 1000, counting, where="f", budget=RenderBudget(2000))
+    assert len(calls) == 4
+    # without a budget, each call has a fresh one of MAX_RENDERED
+    assert render_file("$$SCONE::a$$" * 1000, resolve, where="f") == value * 1000
+
+
+def test_the_placeholder_cache_keeps_no_large_text() -> None:
+    # The CAS renders every attestation's texts through a cache of 1024 texts: a 1 MiB file of
+    # placeholders (a policy with an explicit value is recorded withheld, so it may be 1 MiB) held
+    # ~10 MB of parsed placeholders, ~11 GB for 1024 such policies attested once each.
+    big = "$$SCONE::a$$" * 80_000
+    small = "x=$$SCONE::a$$"
+    placeholders._cached_placeholders.cache_clear()
+    assert render_file(big, lambda _ph: b"v", where="f") == b"v" * 80_000
+    assert render_file(small, lambda _ph: b"v", where="f") == b"x=v"
+    assert placeholders._cached_placeholders.cache_info().currsize == 1  # the small text only
+    assert render_file(small, lambda _ph: b"w", where="f") == b"x=w"
+    assert placeholders._cached_placeholders.cache_info().hits == 1

@@ -79,3 +79,31 @@ def test_unreadable_oversized_or_binary_templates(tmp_path: Path) -> None:
         render_templates({"paths": [str(big)]})
     with pytest.raises(ParseError, match="malformed template secret"):
         render_templates({"paths": [], "secrets": {"x": {"kind": "ascii", "data": "zz"}}})
+
+
+@pytest.mark.parametrize(
+    ("content", "values"),
+    [
+        ("upstream_token=$$SCONE::imported$$\n", {"imported": b"$$SCONE::own$$"}),
+        ("$$SCONE::a$$$$SCONE::b$$", {"a": b"$$SC", "b": b"ONE::own$$"}),  # values side by side
+        ("$$SCONE$$SCONE::a$$", {"a": b"::own$$"}),  # a value and the text before it
+    ],
+)
+def test_a_template_rendering_that_spells_a_placeholder_is_refused(
+    tmp_path: Path, content: str, values: dict[str, bytes]
+) -> None:
+    # confide run replaces a template on a tmpfs (the only place one can be without root) with
+    # its rendering, so the next start renders the rendered file: a value spelling
+    # $$SCONE::own$$ (another stakeholder's export) was then expanded into this policy's own
+    # secret, where the exporter's value was.
+    t = tmp_path / "app.conf"
+    t.write_text(content)
+    secrets = {n: template_value(SecretValue("ascii", v)) for n, v in values.items()}
+    secrets["own"] = template_value(SecretValue("ascii", b"OWN-SECRET"))
+    templates = {"paths": [str(t)], "secrets": secrets}
+    with pytest.raises(PolicyError, match=r"template injection file .*spell '\$\$SCONE::'") as info:
+        rendered = render_templates(templates)[str(t)]
+        t.write_bytes(rendered)  # what confide run leaves at a template's path on a tmpfs
+        assert b"OWN-SECRET" not in render_templates(templates)[str(t)]
+    assert "::own" not in str(info.value) and "OWN-SECRET" not in str(info.value)
+    assert t.read_text() == content

@@ -159,6 +159,7 @@ from confide.policy.placeholders import (
     Context,
     Encoding,
     Placeholder,
+    RenderBudget,
     encoding_for,
     find_placeholders,
     render_command,
@@ -766,6 +767,7 @@ class Cas:
                 payload["submission_withheld"] = "explicit secret values"
             else:
                 payload["submission"] = jcs(submission).decode()
+                _check_submission_record(policy.name, payload)
             if state == "active":
                 self._activate(conn, policy, digest, creator, head is None, payload)
             else:
@@ -2504,11 +2506,14 @@ class Cas:
 
             return resolve
 
+        # One budget for everything the release renders (placeholders.MAX_RENDERED): a short
+        # placeholder repeated can stand for gigabytes, built in memory at every attestation.
+        budget = RenderBudget()
         config: dict[str, Any] = {
-            "command": render_command(service.command, resolver(Context.COMMAND))
+            "command": render_command(service.command, resolver(Context.COMMAND), budget)
             if service.command
             else None,
-            "environment": render_environment(service.environment, resolver(Context.ENVIRONMENT)),
+            "environment": render_environment(service.environment, resolver(Context.ENVIRONMENT), budget),
             "pwd": service.pwd,
             "files": {},
         }
@@ -2566,7 +2571,9 @@ class Cas:
                 if f.content is None:
                     templates.append(f.path)
                     continue
-                content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
+                content = render_file(
+                    f.content, resolver(Context.FILE), where=f"injection file {f.path}", budget=budget
+                )
                 config["files"][f.path] = base64.b64encode(content).decode()
             if templates:
                 # SCONE's path-only form: the file in the image is a template that the runtime
@@ -2580,6 +2587,11 @@ class Cas:
                         values[spec.name] = template_value(value_of(spec.name))
                     except (AccessDeniedError, PolicyError):
                         continue
+                    value = values[spec.name]
+                    budget.take(
+                        len(value["data"]) + len(value["certificate"] or "") + sum(map(len, value["chain"])),
+                        f"secret {spec.name} for the templates",
+                    )
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
@@ -3195,6 +3207,21 @@ def _check_release_record(policy: str, service: str, released: list[Any], config
             f" {size} bytes) does not fit in one ledger entry ({MAX_ENTRY_SIZE} bytes): release fewer"
             " to one service (its environment, command, injection files and templates), or shorten"
             " the names"
+        )
+
+
+def _check_submission_record(name: str, payload: dict[str, Any]) -> None:
+    """Refuse (``PolicyError``) a submission recorded whole (no explicit values) whose event
+    could not be: a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE`
+    bytes, and the loader accepts policies of up to 1 MiB, so a valid policy of more than about
+    64 KB was refused at the ledger's write as a ``UsageError`` about "entry 0". Measured as
+    compact UTF-8 JSON (the entry's form), with room for the entry's other members."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    size = len(body) + len(json.dumps(name)) + _ENTRY_OVERHEAD
+    if size > MAX_ENTRY_SIZE:
+        raise PolicyError(
+            f"policy {name}: its submission (about {size} bytes) does not fit in one ledger entry"
+            f" ({MAX_ENTRY_SIZE} bytes), where the CAS records it whole: expected a smaller policy"
         )
 
 

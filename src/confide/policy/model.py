@@ -91,6 +91,9 @@ from confide.policy.secret import (
 from confide.verify.result import Platform
 
 __all__ = [
+    "MAX_GENERATED_BYTES",
+    "MAX_GENERATED_RSA_KEYS",
+    "MAX_SECRETS",
     "SUPPORTED_VERSION",
     "AccessPolicy",
     "AccessRule",
@@ -135,6 +138,16 @@ __all__ = [
 ]
 
 SUPPORTED_VERSION = "0.3"
+
+MAX_SECRETS = 512
+"""Most secrets one policy declares (loaded anew; docs/policy.md "Limits")."""
+MAX_GENERATED_RSA_KEYS = 16
+"""Most RSA private keys the CAS generates for one policy (``private-key`` secrets with an
+``RSA-*`` ``key_type`` and no ``value``): it generates a version's secrets in the transaction
+that applies it, ~0.1-0.6 s per RSA-3072 key, and anyone may create a policy under a free name."""
+MAX_GENERATED_BYTES = 1 << 20
+"""Most bytes of ``ascii`` and ``binary`` secrets the CAS generates for one policy (their
+``size``, 20 by default)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,6 +637,44 @@ def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:
         seen.add(n)
 
 
+_RSA_KEY_TYPES = (KeyType.RSA2048, KeyType.RSA3072)
+
+
+def _generation_problems(policy: Policy) -> Iterator[Problem]:
+    """What the CAS would generate for ``policy`` beyond :data:`MAX_SECRETS`,
+    :data:`MAX_GENERATED_RSA_KEYS` and :data:`MAX_GENERATED_BYTES` (checked for versions loaded
+    anew only: one stored before had its secrets generated already)."""
+    if len(policy.secrets) > MAX_SECRETS:
+        yield Problem(
+            ("secrets",),
+            f"got {len(policy.secrets)} secrets, expected at most {MAX_SECRETS} in one policy",
+        )
+    rsa = 0
+    generated = 0
+    for i, s in enumerate(policy.secrets):
+        if not s.generated:
+            continue
+        if s.kind is SecretKind.PRIVATE_KEY and s.key_type in _RSA_KEY_TYPES:
+            rsa += 1
+            if rsa == MAX_GENERATED_RSA_KEYS + 1:
+                yield Problem(
+                    ("secrets", i, "key_type"),
+                    f"got more than {MAX_GENERATED_RSA_KEYS} generated RSA keys, expected at most"
+                    f" {MAX_GENERATED_RSA_KEYS} RSA keys the CAS generates for one policy (it generates"
+                    " them while it applies the policy; give the others as values, or use P-256,"
+                    " P-384 or Ed25519)",
+                )
+        if s.kind in (SecretKind.ASCII, SecretKind.BINARY):
+            before = generated
+            generated += s.size or 20
+            if before <= MAX_GENERATED_BYTES < generated:
+                yield Problem(
+                    ("secrets", i),
+                    f"got more than {MAX_GENERATED_BYTES} bytes of generated ascii and binary secrets"
+                    f" in one policy, expected at most {MAX_GENERATED_BYTES} bytes",
+                )
+
+
 def _placeholder_problems(
     text: str,
     path: Path,
@@ -661,6 +712,9 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     yield from _duplicates("secrets", [s.name for s in policy.secrets])
     yield from _duplicates("volumes", [v.name for v in policy.volumes])
     yield from _duplicates("images", [i.name for i in policy.images])
+
+    if not stored:
+        yield from _generation_problems(policy)
 
     kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
     keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8, ph.Encoding.PKCS12)
@@ -738,6 +792,14 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
         base: Path = ("services", i)
         if svc.image_name is not None and svc.image_name not in images:
             yield Problem((*base, "image_name"), f"got {svc.image_name!r}, expected the name of an image")
+        if not stored and svc.pwd is not None and not svc.pwd.startswith("/"):
+            # confide run changes to it from the directory the host started it in: relative, the
+            # host would choose where the program runs (and what its relative paths name).
+            yield Problem(
+                (*base, "pwd"),
+                f"got {short(svc.pwd)}, expected an absolute path (confide run would resolve a"
+                " relative one from the directory the host starts it in)",
+            )
         for j, arg in enumerate(svc.command or ()):
             yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds, refused)
         for k, v in svc.environment.items():
@@ -783,7 +845,11 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
                 yield Problem(
                     ("images", i, "volumes", j, "name"), f"got {iv.name!r}, expected the name of a volume"
                 )
+            if not stored and (alias := _path_alias(iv.path)) is not None:
+                yield Problem(("images", i, "volumes", j, "path"), alias)
         for j, f in enumerate(img.injection_files):
+            if not stored and (alias := _path_alias(f.path)) is not None:
+                yield Problem(("images", i, "injection_files", j, "path"), alias)
             if f.content is not None:
                 yield from _placeholder_problems(
                     f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds, refused
@@ -794,6 +860,22 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
         rules = getattr(ap, op)
         for j, rule in enumerate(rules or ()):
             yield from _access_rule_problems(rule, ("access_policy", op, j), policy, kinds, stored)
+
+
+def _path_alias(path: str) -> str | None:
+    """Why the absolute ``path`` of an injection file or image volume is not written the one way
+    it can be (no empty, ``.`` or ``..`` segment, no trailing ``/``, not ``/`` itself); ``None``
+    when it is. Another spelling of one file (``/run//a``, ``/run/./a``, ``/run/x/../a``) passed
+    the check for a path given twice, and ``confide run`` then wrote the file twice, the later
+    content (and mode) replacing the earlier; ``..`` after a symbolic link names another
+    directory than the text does."""
+    segments = path.split("/")[1:]
+    if all(s not in ("", ".", "..") for s in segments):
+        return None
+    return (
+        f"got {short(path)}, expected an absolute path written plainly: no '//', '.' or '..' segment"
+        " and no trailing '/' (another spelling of a path names the same file twice)"
+    )
 
 
 def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:

@@ -62,6 +62,7 @@ __all__ = [
     "Encoding",
     "Placeholder",
     "PlaceholderSyntaxError",
+    "RenderBudget",
     "encode_bytes",
     "encoding_for",
     "find_placeholders",
@@ -77,6 +78,11 @@ PREFIX = "$$SCONE::"
 SUFFIX = "$$"
 MAX_PLACEHOLDER = 256
 """Longest placeholder body considered (name + format); a longer one is malformed."""
+MAX_RENDERED = 16 << 20
+"""Most bytes one release's command, environment and injected files may render to together
+(16 MiB; :class:`RenderBudget`). A placeholder of a few bytes can stand for a value of up to
+~128 KiB (a 64 KiB binary secret as ``:hex``), so a 1 MiB policy could otherwise render to
+gigabytes at every attestation; the client reads a release of at most 64 MiB anyway."""
 RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
 """What a certificate issued to the runtime (``issue_to_runtime``) renders ``privatekey`` as;
 ``confide run`` replaces every occurrence with the runtime's own private key (PEM). A
@@ -293,16 +299,56 @@ Resolver = Callable[[Placeholder], bytes]
 """Returns the rendered value of a placeholder (the secrets layer knows kinds and values)."""
 
 
+class RenderBudget:
+    """The bytes left for rendering one release (:data:`MAX_RENDERED` at first): every text
+    substituted with it takes its rendered size, and one that would go beyond is refused
+    (``PolicyError``, naming where, never a value) as soon as it does, before it is whole."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int = MAX_RENDERED) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, size: int, where: str) -> None:
+        """Count ``size`` more bytes of the release (``where``: what they are)."""
+        if size > self.left:
+            raise self.exceeded(where)
+        self.left -= size
+
+    def exceeded(self, where: str) -> PolicyError:
+        return PolicyError(
+            f"{where}: got more than {self.limit} bytes to release (command, environment, injected"
+            " files, template secrets) after substitution, expected a smaller release (placeholders"
+            " repeat their values)"
+        )
+
+
+MAX_CACHED_TEXT = 64 * 1024
+"""Longest text whose placeholders :func:`_placeholders_of` remembers (characters)."""
+
+
 @functools.lru_cache(maxsize=1024)
-def _placeholders_of(text: str) -> tuple[Placeholder, ...]:
-    """:func:`find_placeholders`, remembered for the texts a CAS renders on every attestation
-    (a policy's command arguments, environment values and files; a syntax error is not)."""
+def _cached_placeholders(text: str) -> tuple[Placeholder, ...]:
     return tuple(find_placeholders(text))
 
 
-def _substitute(text: str, resolve: Resolver) -> bytes:
+def _placeholders_of(text: str) -> tuple[Placeholder, ...]:
+    """:func:`find_placeholders`, remembered for the texts a CAS renders on every attestation
+    (a policy's command arguments, environment values and files; a syntax error is not), up
+    to :data:`MAX_CACHED_TEXT` characters: a 1 MiB file of placeholders parses to ~10 MB of
+    them, so 1024 such texts (policies with an explicit value may be 1 MiB, each attested once)
+    would have held ~11 GB. A longer text is parsed at each rendering (linear in its size)."""
+    if len(text) > MAX_CACHED_TEXT:
+        return tuple(find_placeholders(text))
+    return _cached_placeholders(text)
+
+
+def _substitute(text: str, resolve: Resolver, budget: RenderBudget, where: str) -> bytes:
     if PREFIX not in text:
-        return text.encode()
+        raw = text.encode()
+        budget.take(len(raw), where)
+        return raw
     out = bytearray()
     pos = 0
     markers = 0
@@ -311,8 +357,11 @@ def _substitute(text: str, resolve: Resolver) -> bytes:
         piece = resolve(ph)
         markers += piece.count(RUNTIME_KEY_MARKER)
         out += piece
+        if len(out) > budget.left:
+            raise budget.exceeded(where)
         pos = ph.end
     out += text[pos:].encode()
+    budget.take(len(out), where)
     if out.count(RUNTIME_KEY_MARKER) > markers + text.encode().count(RUNTIME_KEY_MARKER):
         # Values side by side (or a value and the text around it) that spell the marker between
         # them: confide run would put the runtime's private key there.
@@ -320,11 +369,12 @@ def _substitute(text: str, resolve: Resolver) -> bytes:
     return bytes(out)
 
 
-def substitute_text(text: str, resolve: Resolver, *, where: str) -> str:
+def substitute_text(text: str, resolve: Resolver, *, where: str, budget: RenderBudget | None = None) -> str:
     """Substitute into a command argument or environment value: the result must be UTF-8 text
-    without NUL (SCONE: "C-String compatible"). The error never contains the value."""
+    without NUL (SCONE: "C-String compatible"). The error never contains the value. ``budget``:
+    the release's (:class:`RenderBudget`; a fresh one of :data:`MAX_RENDERED` when omitted)."""
     try:
-        raw = _substitute(text, resolve)
+        raw = _substitute(text, resolve, budget or RenderBudget(), where)
     except PlaceholderSyntaxError as exc:
         raise PolicyError(f"{where}: {exc}") from None
     if b"\x00" in raw:
@@ -335,10 +385,11 @@ def substitute_text(text: str, resolve: Resolver, *, where: str) -> str:
         raise PolicyError(f"{where}: got non-UTF-8 bytes after substitution, expected text") from None
 
 
-def render_file(content: str, resolve: Resolver, *, where: str) -> bytes:
-    """Substitute into an injected file's content; binary encodings are allowed here."""
+def render_file(content: str, resolve: Resolver, *, where: str, budget: RenderBudget | None = None) -> bytes:
+    """Substitute into an injected file's content; binary encodings are allowed here. ``budget``:
+    as for :func:`substitute_text`."""
     try:
-        return _substitute(content, resolve)
+        return _substitute(content, resolve, budget or RenderBudget(), where)
     except PlaceholderSyntaxError as exc:
         raise PolicyError(f"{where}: {exc}") from None
 
@@ -374,11 +425,22 @@ def split_command(command: str) -> list[str]:
     return args
 
 
-def render_command(argv: Sequence[str], resolve: Resolver) -> list[str]:
-    """Substitute placeholders in each argument of an already split command."""
-    return [substitute_text(arg, resolve, where=f"command[{i}]") for i, arg in enumerate(argv)]
+def render_command(argv: Sequence[str], resolve: Resolver, budget: RenderBudget | None = None) -> list[str]:
+    """Substitute placeholders in each argument of an already split command (all of them within
+    one ``budget``, a fresh one when omitted)."""
+    budget = budget or RenderBudget()
+    return [substitute_text(arg, resolve, where=f"command[{i}]", budget=budget) for i, arg in enumerate(argv)]
 
 
-def render_environment(environment: Mapping[str, str], resolve: Resolver) -> dict[str, str]:
-    """Substitute placeholders in environment values (names never contain placeholders)."""
-    return {k: substitute_text(v, resolve, where=f"environment.{k}") for k, v in environment.items()}
+def render_environment(
+    environment: Mapping[str, str], resolve: Resolver, budget: RenderBudget | None = None
+) -> dict[str, str]:
+    """Substitute placeholders in environment values (names never contain placeholders; they
+    count against ``budget`` all the same, as the release carries them)."""
+    budget = budget or RenderBudget()
+    out: dict[str, str] = {}
+    for k, v in environment.items():
+        where = f"environment.{k}"
+        budget.take(len(k.encode("utf-8", "surrogatepass")) + 1, where)
+        out[k] = substitute_text(v, resolve, where=where, budget=budget)
+    return out

@@ -13,11 +13,16 @@ Path = tuple[str | int, ...]
 
 
 def format_path(path: Path) -> str:
-    """``("services", 0, "attestation")`` -> ``services[0].attestation``."""
+    """``("services", 0, "attestation")`` -> ``services[0].attestation``. A key that ``repr``
+    would escape (a newline, U+2028, a bidirectional override, a tab, a backslash) or that is
+    empty is shown as ``[repr]``: ``environment['a\\nb']``. It is the document's own text,
+    which would otherwise forge a problem line of its own or reorder the line as displayed."""
     out = ""
     for seg in path:
         if isinstance(seg, int):
             out += f"[{seg}]"
+        elif not seg or repr(seg)[1:-1] != seg:
+            out += f"[{seg!r}]"
         else:
             out += f".{seg}" if out else seg
     return out or "(document)"

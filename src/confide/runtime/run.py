@@ -52,7 +52,7 @@ from confide.errors import (
 from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
 from confide.policy.model import UpdatePolicy
-from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
+from confide.policy.placeholders import PREFIX, Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
 from confide.runtime.quote import QuoteProvider
 from confide.runtime.volumes import (
@@ -428,7 +428,18 @@ def render_templates(templates: Any) -> dict[str, bytes]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ParseError("not UTF-8 text", structure=f"template injection file {path}") from None
-        out[path] = render_file(text, resolve, where=f"template injection file {path}")
+        rendered = render_file(text, resolve, where=f"template injection file {path}")
+        if PREFIX.encode() in rendered:
+            # Every "$$SCONE::" of the template was a placeholder: this one is spelt by a value (or
+            # values side by side, or a value and the text around it). The rendering replaces a
+            # template on a tmpfs (the only place one can be without root), so the next start
+            # would render it again and expand it: another stakeholder's value naming one of this
+            # policy's secrets would get that secret put where the value was.
+            raise PolicyError(
+                f"template injection file {path}: its rendering would spell '{PREFIX}', which the"
+                " next start would render again (a value must not read as a placeholder): refused"
+            )
+        out[path] = rendered
     return out
 
 
