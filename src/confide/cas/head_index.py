@@ -45,6 +45,12 @@ board set and changed, version retired, approval withdrawn), in the same snapsho
 ``board`` text, under the same MAC): :meth:`HeadView.board` is what a read of the board is
 judged against.
 
+It keeps the secrets' versions too (schema 20; :mod:`confide.cas.secret_ledger`: each secret's
+highest version a ``secrets.generated``, ``certificates.renewed`` or ``volume.key`` entry
+records, and the first ``secrets.heads-bound`` entry), in the same snapshot (its ``secrets``
+text, under the same MAC): :meth:`HeadView.secret` is what a secret's head is judged against
+(:attr:`HeadIndex.on_secrets` drops the cached heads of the secrets a scan raised).
+
 Only committed entries are kept: a scan inside a write transaction (which may append entries of
 its own and then roll back) brings the index up to date through a read transaction of its own
 when it has the :class:`~confide.cas.db.Database`, and treats the entries only that transaction

@@ -21,16 +21,22 @@ without a head. A refusal is :class:`SecretRowsAltered` (a :class:`~confide.erro
 naming the policy and the secret, never a value): the CAS neither releases that secret nor
 writes a new version of it until the rows are restored.
 
-What this does not detect (docs/limitations.md "CAS"): the head row written back as it was
-before the newest version (its genuine MAC) together with that version's row deleted; the head
-is not checked against the ledger's ``secrets-generated`` / ``certificates-renewed`` entries.
+**Against the ledger** (schema 20, :mod:`confide.cas.secret_ledger`): a head not verified
+before (:meth:`SecretHeads.checked`, a miss of the cache) older than the newest version the
+ledger's entries record for the secret (:attr:`SecretHeads.ledger`), or no row and no head for
+a secret the ledger records, is refused too: the head row written back as it was before the
+newest version (its genuine MAC) together with that version's row deleted. A scan of the ledger
+that finds a newer version of a secret drops its cached head (:meth:`SecretHeads.forget`).
+What remains (docs/limitations.md "CAS"): versions the ledger never recorded (a volume key's
+before schema 20) are trusted as found.
 
 **Migration.** The schema 19 migration runs without the master key; at the next start
 (:func:`bind_unbound`, in the start's write transaction, recorded as a ``secret-heads-bound``
 event) each secret's head is written for the newest row present then, once: only when the
-``meta`` row :data:`BOUND_META` is absent and ``secret_heads`` is empty. That binding trusts the
-rows as they are at that moment (trust on first migration): a newest row deleted before it goes
-unnoticed.
+``meta`` row :data:`BOUND_META` is absent, ``secret_heads`` is empty and neither the ``events``
+table nor the ledger records an earlier binding. That binding takes the rows as they are at
+that moment (trust on first migration), but a newest row deleted before it is refused at use
+when the ledger records its version.
 
 **Rotation.** :func:`reauthenticate_heads` verifies every head under the old key and MACs it
 under the new one, in the rotation's transaction (offline, and the online switch-over).
