@@ -634,3 +634,35 @@ def test_a_schema_19_database_keeps_its_secrets_and_gets_a_new_snapshot(env: Env
     [(text,)] = env.sql("SELECT secrets FROM policy_head_anchor")
     assert ["owned", "pw"] in [r[:2] for r in json.loads(text)["versions"]]
     assert env.password() == new
+
+
+def test_a_version_committed_between_the_rows_and_the_ledger_is_read_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads are READ COMMITTED: an update another process commits after a read
+    transaction read a secret's rows and before it read the ledger's size is, for that
+    transaction, in the ledger only; the rows are read again, not refused. (SQLite: one
+    snapshot, the version read first stands.)"""
+    first = env.ipc.apply(owned(20), env.owner)
+    env.password()
+    heads = env.cas.secret_heads
+    heads.forget([("owned", "pw")])  # not verified before: the ledger is read
+    ledger = heads.ledger
+    assert ledger is not None
+    done: list[int] = []
+
+    def racing(conn: Any, policy: str, name: str) -> tuple[int, int] | None:
+        if (policy, name) == ("owned", "pw") and not done:
+            done.append(1)
+            other = InProcessCas.start(env.data, "", db_url=env.db_url)
+            try:
+                other.apply(owned(21, first.hash), env.owner)
+            finally:
+                other.cas.db.dispose()
+        return ledger(conn, policy, name)
+
+    monkeypatch.setattr(heads, "ledger", racing)
+    with env.cas.db.read() as conn:
+        row = env.cas._latest_secret(conn, "owned", "pw")
+    assert done and row is not None
+    assert row.version == (2 if env.db_url else 1)

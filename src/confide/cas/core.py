@@ -101,7 +101,7 @@ from confide.cas.release_crypto import (
     decrypt_release,
 )
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
-from confide.cas.secret_heads import SecretHeads
+from confide.cas.secret_heads import SecretHeads, SecretRowsAltered
 from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
@@ -1539,8 +1539,21 @@ class Cas:
 
     def _latest_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
         """A secret's current version: its newest row, only when it is the version the
-        secret's authenticated head names (confide.cas.secret_heads; SecretRowsAltered
+        secret's authenticated head names and not older than the newest version the ledger
+        records (confide.cas.secret_heads, confide.cas.secret_ledger; SecretRowsAltered
         otherwise). ``None``: neither a row nor a head (not generated yet)."""
+        try:
+            return self._read_secret(conn, policy, name)
+        except SecretRowsAltered as exc:
+            if not exc.ledger:
+                raise
+        # PostgreSQL reads are READ COMMITTED: a version another transaction committed between
+        # the rows' read and the ledger's (its row, head and entry together) is in the ledger
+        # only. Read once more, after the ledger's size: what the ledger records below it is
+        # committed, so a refusal now stands (SQLite, a write transaction: the same answer).
+        return self._read_secret(conn, policy, name)
+
+    def _read_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
         row = raw_execute(
             conn,
             "SELECT s.policy, s.name, s.version, s.kind, s.sealed, s.public, h.version, h.key_id, h.mac "

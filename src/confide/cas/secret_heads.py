@@ -94,7 +94,9 @@ class SecretRowsAltered(StorageError):
     """A secret's newest row is not the version its authenticated head names (deleted, rolled
     back, or a head that does not verify). Names the policy and the secret, never a value."""
 
-    def __init__(self, policy: str, name: str, why: str, *, deleted_after: int | None = None) -> None:
+    def __init__(
+        self, policy: str, name: str, why: str, *, deleted_after: int | None = None, ledger: bool = False
+    ) -> None:
         super().__init__(
             f"the stored versions of secret {name[:128]!r} of policy {policy[:128]!r} do not match its "
             f"current version authenticated under the master key ({why}): the database was altered; the "
@@ -106,6 +108,8 @@ class SecretRowsAltered(StorageError):
         # the verified current version when the refusal is for rows deleted (no row of it, or
         # only older ones): what a CAS-internal row re-issued when missing continues from
         self.deleted_after = deleted_after
+        # refused because the ledger records a newer version (confide.cas.secret_ledger)
+        self.ledger = ledger
 
 
 def secret_head_mac(key: bytes, key_id: str, policy: str, name: str, version: int) -> str:
@@ -193,6 +197,7 @@ class SecretHeads:
                         f"it has neither rows nor a current version, ledger entry {recorded[1]} records "
                         f"version {recorded[0]}",
                         deleted_after=recorded[0],
+                        ledger=True,
                     )
                 return
             raise SecretRowsAltered(policy, name, "its current version is not recorded")
@@ -210,6 +215,7 @@ class SecretHeads:
                     f"its current version is {version}, ledger entry {recorded[1]} records version "
                     f"{recorded[0]}",
                     deleted_after=recorded[0],
+                    ledger=True,
                 )
             self._verified.put((policy, name), (version, key_id, mac))
         assert _integer(version)  # verified
