@@ -127,13 +127,15 @@ class Env:
             index.refresh(conn)
         with self.cas.db.write() as conn:
             index.store(conn, 0.0)
-        [row] = self.sql("SELECT size, heads, board, updated_at, key_id, mac FROM policy_head_anchor")
+        [row] = self.sql(
+            "SELECT size, heads, board, updated_at, key_id, mac, secrets FROM policy_head_anchor"
+        )
         return row
 
     def set_snapshot(self, row: tuple[Any, ...]) -> None:
         self.sql("DELETE FROM policy_head_anchor")
-        self.sql("INSERT INTO policy_head_anchor (id, size, heads, board, updated_at, key_id, mac) "
-                 "VALUES (1, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+        self.sql("INSERT INTO policy_head_anchor (id, size, heads, board, updated_at, key_id, mac, secrets) "
+                 "VALUES (1, ?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

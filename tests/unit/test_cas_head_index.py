@@ -90,14 +90,14 @@ class Env(DbEnv):
 
     def anchor(self) -> tuple[Any, ...] | None:
         rows = self.sql(
-            "SELECT size, heads, updated_at, key_id, mac, board FROM policy_head_anchor WHERE id = 1"
+            "SELECT size, heads, updated_at, key_id, mac, board, secrets FROM policy_head_anchor WHERE id = 1"
         )
         return rows[0] if rows else None
 
     def set_anchor(self, row: tuple[Any, ...]) -> None:
         self.sql("DELETE FROM policy_head_anchor")
-        self.sql("INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac, board) "
-                 "VALUES (1, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+        self.sql("INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac, board, secrets) "
+                 "VALUES (1, ?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
 
     def store(self, cas: Cas | None = None) -> None:
         c = cas or self.cas
@@ -292,7 +292,9 @@ def test_an_older_genuine_snapshot_gives_the_same_answer(env: Env) -> None:
     env.attest(OTHER)
 
 
-@pytest.mark.parametrize("edit", ["heads", "size", "mac", "key_id", "board", "board-null"])
+@pytest.mark.parametrize(
+    "edit", ["heads", "size", "mac", "key_id", "board", "board-null", "secrets", "secrets-null"]
+)
 def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCaptureFixture) -> None:
     """The snapshot row edited (its map, its size, its MAC, its key id): the CAS does not start
     on it (no head could be judged); deleted, it is rebuilt from the ledger's entries."""
@@ -300,7 +302,7 @@ def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCa
     env.store()
     row = env.anchor()
     assert row is not None
-    size, heads, at, key_id, mac, board = row
+    size, heads, at, key_id, mac, board, secrets = row
     if edit == "heads":
         heads = json.dumps({"app": {"held": [], "latest": [0, v1, None, True]}}, separators=(",", ":"))
     elif edit == "size":
@@ -311,9 +313,13 @@ def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCa
         key_id = "ab" * 16
     elif edit == "board":  # the successor board's entries (schema 18) are under the same MAC
         board = json.dumps([[0, "board", "ab" * 32, 0]], separators=(",", ":"))
-    else:  # a schema-17 snapshot (no board entries) written back
+    elif edit == "board-null":  # a schema-17 snapshot (no board entries) written back
         board = None
-    env.set_anchor((size, heads, at, key_id, mac, board))
+    elif edit == "secrets":  # the secrets' versions (schema 20) are under the same MAC
+        secrets = json.dumps({"bound": None, "versions": [["app", "k", 0, 9]]}, separators=(",", ":"))
+    else:  # a schema-19 snapshot (no secrets' versions) written back
+        secrets = None
+    env.set_anchor((size, heads, at, key_id, mac, board, secrets))
     with caplog.at_level(logging.WARNING, logger="confide.cas"), pytest.raises(HeadAnchorAltered):
         env.restart()
     assert any("policy-head-anchor-altered" in r.getMessage() for r in caplog.records)

@@ -698,3 +698,38 @@ def test_concurrent_replacements_replace_once(tmp_path: Path, db_url: str | None
         assert responder_of(results[0], ca) == responder_of(results[1], ca)
         assert [v for v, _ in env.versions(responder_name("ca"))] == [2]
         assert [e["reason"] for e in _responder_events(env)].count(REPLACED) == 1
+
+
+def test_a_responder_head_written_back_gets_a_new_responder_not_the_old_key(env: Env) -> None:
+    """Each responder version has its ``certificates.renewed`` entry (docs/cas.md "What a secret's
+    current version rests on"); the head written back as it was at version 1 (its genuine MAC)
+    with version 2's row deleted: the ledger records version 2, so the old key never signs again
+    and the next responder is version 3 (no number reused)."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    first = responder_of(ask(env, request(leaf, ca, nonce=b"a" * 8)), ca)
+    name = responder_name("ca")
+    heads = "SELECT version, updated_at, key_id, mac FROM secret_heads WHERE policy = 'tls' AND name = ?"
+    with env.cas.db.read() as conn:
+        [head] = raw_execute(conn, heads, (name,)).fetchall()
+    env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 60
+    CertificateRenewer(env.cas).sweep_once()
+    with env.cas.db.read() as conn:
+        assert env.cas.policy_auth.index.view(conn).secret("tls", name) == (2, _responder_index(env, 2))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ? AND version = 2", (name,))
+        raw_execute(conn, "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? "
+                    "WHERE policy = 'tls' AND name = ?", (*head, name))  # fmt: skip
+    third = responder_of(_ask_restarted(env, request(leaf, ca, nonce=b"b" * 8)), ca)
+    assert third.public_key() != first.public_key()
+    assert [v for v, _ in env.versions(name)] == [1, 3]
+
+
+def _responder_index(env: Env, version: int) -> int:
+    """The ledger index of the ``certificates-renewed`` event naming responder ``version``."""
+    with env.cas.db.read() as conn:
+        rows = raw_execute(
+            conn, "SELECT seq, payload FROM events WHERE type = 'certificates-renewed'"
+        ).fetchall()
+    [seq] = [s for s, p in rows for c in json.loads(p)["certificates"]
+             if c["name"] == responder_name("ca") and c["version"] == version]  # fmt: skip
+    return int(seq) - 1

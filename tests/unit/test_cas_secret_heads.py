@@ -234,29 +234,36 @@ def test_an_import_of_a_secret_whose_newest_row_was_deleted_is_refused(env: Env)
     assert error.policy == "owned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (docs/limitations.md 'CAS', a secret's head written back): the head is not "
-    "checked against the ledger's secrets-generated / certificates-renewed entries",
-)
 def test_a_head_row_written_back_with_the_newest_row_deleted_is_refused(env: Env) -> None:
     """The operator keeps the head row as it was after the first version (its genuine MAC),
-    and after the update writes it back and deletes the newest row."""
+    and after the update writes it back and deletes the newest row: the ledger's
+    ``secrets.generated`` entry of version 2 refuses it, in this process (its verified head
+    no longer matches the row) and in a fresh one."""
     first = env.ipc.apply(owned(20), env.owner)
-    old = env.password()
+    env.password()
     saved = env.head_row("pw")
     env.ipc.apply(owned(21, first.hash), env.owner)
-    env.delete("pw", 2)
+    new = env.password()
+    row = env.delete("pw", 2)
+    head = env.head_row("pw")
     env.sql(
         "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? WHERE policy = 'owned' "
         "AND name = 'pw'",
         saved,
     )
-    try:
-        released = env.password()
-    except SecretRowsAltered:
-        return
-    assert released != old
+    error = refused(env)
+    assert "current version is 1" in str(error) and "records version 2" in str(error)
+    assert error.deleted_after == 2
+    env.restart()
+    assert "records version 2" in str(refused(env))
+    # restored (row and head): released again, the current value
+    env.insert(row)
+    env.sql(
+        "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? WHERE policy = 'owned' "
+        "AND name = 'pw'",
+        head,
+    )
+    assert env.password() == new
 
 
 # --- the upgrade from schema 18 ----------------------------------------------------------------
@@ -286,10 +293,11 @@ def test_a_schema_18_database_gets_its_heads_once_at_its_first_start(env: Env) -
     refused(env)
 
 
-def test_the_upgrade_trusts_the_rows_it_finds(env: Env) -> None:
-    """Trust on first migration (docs/cas.md): a newest row deleted before the first start of
-    schema 19 is not noticed; one deleted after it is."""
-    old, _new = updated(env)
+def test_the_upgrade_binds_the_rows_it_finds_and_the_ledger_refuses_a_deleted_one(env: Env) -> None:
+    """A newest row deleted before the first start of schema 19: the binding writes the head
+    for the row it finds (version 1), but the ledger's ``secrets.generated`` entry of version 2
+    refuses it at the release."""
+    updated(env)
     make_schema_18(env)
     db = Database(env.url())
     try:
@@ -298,7 +306,37 @@ def test_the_upgrade_trusts_the_rows_it_finds(env: Env) -> None:
     finally:
         db.dispose()
     env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
-    assert env.password() == old and env.head_row("pw")[0] == 1
+    assert env.head_row("pw")[0] == 1
+    assert "records version 2" in str(refused(env))
+
+
+def test_a_version_the_ledger_never_recorded_is_trusted_as_found(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust on first migration (docs/cas.md): a volume key's new version written before schema
+    20 had no ledger entry (simulated: its ``volume-key`` event dropped); its newest row deleted
+    before the heads were bound is not noticed. The versions the ledger records are."""
+    first = env.ipc.apply(owned(20), env.owner)
+    record = env.cas.events.record
+
+    def without_volume_keys(conn: Any, type_: str, policy: str | None, payload: dict[str, Any]) -> int:
+        return 0 if type_ == "volume-key" else record(conn, type_, policy, payload)
+
+    monkeypatch.setattr(env.cas.events, "record", without_volume_keys)
+    env.ipc.apply(owned(20, first.hash, VOLUME_KEY_2), env.owner)
+    monkeypatch.undo()
+    make_schema_18(env)
+    db = Database(env.url())
+    try:
+        with db.write() as conn:
+            raw_execute(
+                conn, "DELETE FROM secrets WHERE policy = 'owned' AND name = 'volume/data' AND version = 2"
+            )
+    finally:
+        db.dispose()
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert env.head_row("volume/data")[0] == 1
+    assert env.release()["volumes"][0]["key"] == VOLUME_KEY_1
 
 
 def test_heads_without_the_marker_are_not_bound_again(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -413,3 +451,218 @@ def test_a_key_regenerated_after_key_compromise_deleted_is_refused(pki: Any) -> 
     with pytest.raises(SecretRowsAltered):
         pki.release()
     assert new_key
+
+
+# --- every version a ledger entry names (confide.cas.secret_ledger) ---------------------------
+
+
+def recorded_everywhere(cas: Any) -> dict[tuple[str, str], int]:
+    """Every secret's head names the newest version the ledger's entries record for it (the
+    head index's view, read from the entries themselves). Returns the heads."""
+    with cas.db.read() as conn:
+        heads = {(str(p), str(n)): int(v) for p, n, v in
+                 raw_execute(conn, "SELECT policy, name, version FROM secret_heads").fetchall()}  # fmt: skip
+        view = cas.policy_auth.index.view(conn)
+        ledger = {key: view.secret(*key) for key in heads}
+    assert heads and {key: v[0] for key, v in ledger.items() if v is not None} == heads
+    return heads
+
+
+def test_each_write_of_a_version_has_its_ledger_entry(env: Env) -> None:
+    """First generation, update, a volume key's first and new version: each version has an
+    entry naming policy, secret and version (``volume.key`` for a volume key), never a value."""
+    old, new = updated(env)
+    head = env.sql("SELECT hash FROM policy_heads WHERE name = 'owned'")[0][0]
+    env.ipc.apply(owned(21, head, VOLUME_KEY_2), env.owner)
+    assert recorded_everywhere(env.cas) == {("owned", "pw"): 2, ("owned", "volume/data"): 2}
+    payloads = [json.loads(p) for (p,) in env.sql("SELECT payload FROM events WHERE type = 'volume-key'")]
+    assert [[(k["name"], k["version"], k["source"]) for k in p["keys"]] for p in payloads] == [
+        [("volume/data", 1, "declared")],
+        [("volume/data", 2, "declared")],
+    ]
+    entries = env.sql("SELECT data FROM ledger_entries")
+    text = b"".join(bytes(d) for (d,) in entries)
+    assert b'"type":"volume.key"' in text
+    for value in (old, new, VOLUME_KEY_1.encode(), VOLUME_KEY_2.encode()):
+        assert value not in text
+
+
+def test_a_volume_key_s_head_written_back_is_refused(env: Env) -> None:
+    first = env.ipc.apply(owned(20), env.owner)
+    saved = env.head_row("volume/data")
+    env.ipc.apply(owned(20, first.hash, VOLUME_KEY_2), env.owner)
+    assert env.release()["volumes"][0]["key"] == VOLUME_KEY_2
+    env.delete("volume/data", 2)
+    env.sql(
+        "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? WHERE policy = 'owned' "
+        "AND name = 'volume/data'",
+        saved,
+    )
+    assert "records version 2" in str(refused(env, secret="volume/data"))
+
+
+def test_rows_and_head_deleted_are_refused_when_the_ledger_records_a_version(env: Env) -> None:
+    """No row and no head looks like a secret not generated yet: the ledger says otherwise."""
+    updated(env)
+    rows = env.rows("pw")
+    head = env.head_row("pw")
+    env.sql("DELETE FROM secrets WHERE policy = 'owned' AND name = 'pw'")
+    env.sql("DELETE FROM secret_heads WHERE policy = 'owned' AND name = 'pw'")
+    env.cas._unsealed.clear()
+    error = refused(env)
+    assert "neither rows nor a current version" in str(error) and error.deleted_after == 2
+    for row in rows:
+        env.insert(row)
+    env.sql(
+        f"INSERT INTO secret_heads (policy, name, {HEAD_COLUMNS}) VALUES ('owned', 'pw', ?, ?, ?, ?)", head
+    )
+    assert len(env.password()) == 21
+
+
+def test_heads_are_not_bound_again_when_the_ledger_records_a_binding(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an upgrade's binding: an operator who deletes a newest row, *every* head, the
+    marker and the ``secret-heads-bound`` event row does not get the rows bound again: the
+    ledger's ``secrets.heads-bound`` entry says the heads were bound before."""
+    updated(env)
+    make_schema_18(env)
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    env.delete("pw", 2)
+    env.sql("DELETE FROM secret_heads")
+    env.sql("DELETE FROM meta WHERE key = ?", (BOUND_META,))
+    env.sql("DELETE FROM events WHERE type = ?", (EVENT_BOUND,))
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        env.restart()
+    assert any("secret-heads-not-bound" in r.getMessage() for r in caplog.records)
+    assert env.sql("SELECT COUNT(*) FROM secret_heads") == [(0,)]
+    with pytest.raises(SecretRowsAltered, match="not recorded"):
+        env.release()
+
+
+def test_heads_bound_again_on_a_database_without_a_binding_are_refused_by_the_ledger(
+    env: Env,
+) -> None:
+    """A database created at schema 19 or later (no ``secrets.heads-bound`` entry) stripped of
+    every head and of the marker binds again at its next start, for the rows as found; the
+    ledger's entries still refuse the secret whose newest row was deleted."""
+    updated(env)
+    env.delete("pw", 2)
+    env.sql("DELETE FROM secret_heads")
+    env.sql("DELETE FROM meta WHERE key = ?", (BOUND_META,))
+    env.restart()
+    assert env.head_row("pw")[0] == 1  # bound again, as found
+    assert "records version 2" in str(refused(env))
+
+
+def test_a_scan_that_finds_a_newer_version_drops_the_verified_head(env: Env) -> None:
+    """This process verified version 1's head; another process (the same database) writes
+    version 2; the operator writes version 1's head back and deletes version 2's row before
+    this process reads the secret again: its next scan of the ledger drops the verified head,
+    so the head written back is checked (and refused)."""
+    first = env.ipc.apply(owned(20), env.owner)
+    env.password()
+    saved = env.head_row("pw")
+    other = InProcessCas.start(env.data, "", db_url=env.db_url)
+    try:
+        other.apply(owned(21, first.hash), env.owner)
+    finally:
+        other.cas.db.dispose()
+    env.delete("pw", 2)
+    env.sql(
+        "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? WHERE policy = 'owned' "
+        "AND name = 'pw'",
+        saved,
+    )
+    with env.cas.db.read() as conn:  # cas serve's refresher does this every few seconds
+        env.cas.policy_auth.index.refresh(conn)
+    assert "records version 2" in str(refused(env))
+
+
+def test_renewal_and_revocation_record_each_version(pki: Any) -> None:
+    first = _serial(pki.release())
+    pki.clock.now = T0 + 21 * 86400
+    pki.release()  # renewed: certificates.renewed
+    recorded_everywhere(pki.cas)
+    pki.clock.now += 60
+    pki.cas.revoke_certificates(pki.revocation(serial=_serial(pki.release()), reason="keyCompromise"))
+    heads = recorded_everywhere(pki.cas)  # re-issued: secrets.generated (cause revocation)
+    assert heads[("tls", "srv")] == 3 and heads[("tls", "srv_key")] == 2
+    assert first
+
+
+def test_a_process_starting_from_the_stored_snapshot_refuses_a_head_written_back(env: Env) -> None:
+    """The snapshot (``policy_head_anchor.secrets``, under its MAC) keeps each secret's newest
+    recorded version: a fresh process that starts from it, scanning only the entries after it,
+    refuses the head written back."""
+    first = env.ipc.apply(owned(20), env.owner)
+    saved = env.head_row("pw")
+    env.ipc.apply(owned(21, first.hash), env.owner)
+    index = env.cas.policy_auth.index
+    with env.cas.db.read() as conn:
+        index.refresh(conn)
+    with env.cas.db.write() as conn:
+        index.store(conn, 0.0)
+    [(size, text)] = env.sql("SELECT size, secrets FROM policy_head_anchor")
+    assert [r[:2] + r[3:] for r in json.loads(text)["versions"]] == [
+        ["owned", "pw", 2],
+        ["owned", "volume/data", 1],
+    ]
+    env.delete("pw", 2)
+    env.sql(
+        "UPDATE secret_heads SET version = ?, updated_at = ?, key_id = ?, mac = ? WHERE policy = 'owned' "
+        "AND name = 'pw'",
+        saved,
+    )
+    env.restart()
+    assert env.sql("SELECT size FROM policy_head_anchor")[0][0] >= size
+    assert "records version 2" in str(refused(env))
+
+
+def test_a_schema_19_database_keeps_its_secrets_and_gets_a_new_snapshot(env: Env) -> None:
+    """The upgrade from schema 19 deletes the snapshot (its MAC covers no versions); the next
+    start scans the ledger and writes one that does; the secrets are released as before."""
+    _old, new = updated(env)
+    with env.cas.db.read() as conn:
+        env.cas.policy_auth.index.refresh(conn)
+    with env.cas.db.write() as conn:
+        env.cas.policy_auth.index.store(conn, 0.0)
+    env.sql("ALTER TABLE policy_head_anchor DROP COLUMN secrets")
+    env.sql("UPDATE meta SET value = '19' WHERE key = 'schema_version'")  # a past schema: its number
+    env.restart()
+    assert env.sql("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    [(text,)] = env.sql("SELECT secrets FROM policy_head_anchor")
+    assert ["owned", "pw"] in [r[:2] for r in json.loads(text)["versions"]]
+    assert env.password() == new
+
+
+def test_a_version_committed_between_the_rows_and_the_ledger_is_read_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads are READ COMMITTED: an update another process commits after a read
+    transaction read a secret's rows and before it read the ledger's size is, for that
+    transaction, in the ledger only; the rows are read again, not refused. (SQLite: one
+    snapshot, the version read first stands.)"""
+    first = env.ipc.apply(owned(20), env.owner)
+    env.password()
+    heads = env.cas.secret_heads
+    heads.forget([("owned", "pw")])  # not verified before: the ledger is read
+    ledger = heads.ledger
+    assert ledger is not None
+    done: list[int] = []
+
+    def racing(conn: Any, policy: str, name: str) -> tuple[int, int] | None:
+        if (policy, name) == ("owned", "pw") and not done:
+            done.append(1)
+            other = InProcessCas.start(env.data, "", db_url=env.db_url)
+            try:
+                other.apply(owned(21, first.hash), env.owner)
+            finally:
+                other.cas.db.dispose()
+        return ledger(conn, policy, name)
+
+    monkeypatch.setattr(heads, "ledger", racing)
+    with env.cas.db.read() as conn:
+        row = env.cas._latest_secret(conn, "owned", "pw")
+    assert done and row is not None
+    assert row.version == (2 if env.db_url else 1)

@@ -101,7 +101,7 @@ from confide.cas.release_crypto import (
     decrypt_release,
 )
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
-from confide.cas.secret_heads import SecretHeads
+from confide.cas.secret_heads import SecretHeads, SecretRowsAltered
 from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
@@ -548,7 +548,7 @@ _POLICY_EVENTS = frozenset(
     {
         "policy-update-refused", "policy-create-refused", "revocation-refused", "secrets-generated",
         "certificates-renewed", "certificates-revoked", "crl-issued", "revocations-altered",
-        "attestation", "secret-release", "export-release", "volume-tag",
+        "attestation", "secret-release", "export-release", "volume-tag", "volume-key",
     }
 )  # fmt: skip
 
@@ -625,7 +625,10 @@ class Cas:
         # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
         self.policy_auth = PolicyAuth(sealer, db=database)
         # Each secret's current version, MAC'd under the master key (confide.cas.secret_heads).
-        self.secret_heads = SecretHeads(sealer)
+        # Each checked against the ledger's newest version of it when not verified before; a scan
+        # that finds a newer one drops the verified head (confide.cas.secret_ledger).
+        self.secret_heads = SecretHeads(sealer, ledger=self._recorded_version)
+        self.policy_auth.index.on_secrets = self.secret_heads.forget
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
@@ -1134,7 +1137,9 @@ class Cas:
         updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one: one
         the previous version did not declare for this volume; an update that keeps its
         ``fspf_tag`` keeps the tag the services reported since, docs/cas.md "Volumes shared
-        between policies")."""
+        between policies"). The keys' new versions are recorded in one ``volume-key`` event
+        (ledger ``volume.key``: names, versions and where each key came from, never a key)."""
+        keys: list[dict[str, Any]] = []
         declared_before = {
             vol.name: vol.fspf_tag for vol in (previous.volumes if previous else ()) if vol.import_ is None
         }
@@ -1167,11 +1172,11 @@ class Cas:
                 or (named is not None and public.get("key_from") != named[1])
             ):
                 if named is not None:
-                    data = named[0]
+                    data, source = named[0], "secret"
                 elif declared_key:
-                    data = bytes.fromhex(declared_key)
+                    data, source = bytes.fromhex(declared_key), "declared"
                 else:
-                    data = os.urandom(32)
+                    data, source = os.urandom(32), "generated"
                 value = SecretValue("volume-key", data)
                 version = (row.version + 1) if row is not None else 1
                 meta: dict[str, Any] = {
@@ -1188,6 +1193,11 @@ class Cas:
                     )
                 )  # fmt: skip
                 self._put_secret_head(conn, policy.name, key_name, version)
+                key: dict[str, Any] = {"volume": vol.name, "name": key_name, "version": version,
+                                       "source": source}  # fmt: skip
+                if named is not None:
+                    key["key_from"] = named[1]
+                keys.append(key)
             current = conn.execute(
                 select(t.volume_tags).where(
                     and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name)
@@ -1229,6 +1239,8 @@ class Cas:
                         "by": digest,
                     },
                 )
+        if keys:  # each version a ledger entry names (confide.cas.secret_ledger)
+            self.events.record(conn, "volume-key", policy.name, {"hash": digest, "keys": keys})
 
     def _volume_key_secret(self, conn: Connection, policy: Policy, vol: Any) -> tuple[bytes, dict[str, Any]]:
         """The key a volume's ``fspf_key: $$SCONE::k$$`` names: the current value of the
@@ -1529,8 +1541,21 @@ class Cas:
 
     def _latest_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
         """A secret's current version: its newest row, only when it is the version the
-        secret's authenticated head names (confide.cas.secret_heads; SecretRowsAltered
+        secret's authenticated head names and not older than the newest version the ledger
+        records (confide.cas.secret_heads, confide.cas.secret_ledger; SecretRowsAltered
         otherwise). ``None``: neither a row nor a head (not generated yet)."""
+        try:
+            return self._read_secret(conn, policy, name)
+        except SecretRowsAltered as exc:
+            if not exc.ledger:
+                raise
+        # PostgreSQL reads are READ COMMITTED: a version another transaction committed between
+        # the rows' read and the ledger's (its row, head and entry together) is in the ledger
+        # only. Read once more, after the ledger's size: what the ledger records below it is
+        # committed, so a refusal now stands (SQLite, a write transaction: the same answer).
+        return self._read_secret(conn, policy, name)
+
+    def _read_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
         row = raw_execute(
             conn,
             "SELECT s.policy, s.name, s.version, s.kind, s.sealed, s.public, h.version, h.key_id, h.mac "
@@ -1538,11 +1563,17 @@ class Cas:
             "WHERE s.policy = ? AND s.name = ? ORDER BY s.version DESC LIMIT 1",
             (policy, name),
         ).fetchone()
-        if row is None:  # no row: refused if a head names a version (its rows were deleted)
-            self.secret_heads.checked(policy, name, None, self.secret_heads.head(conn, policy, name))
+        if row is None:  # no row: refused if a head or the ledger names a version (rows deleted)
+            self.secret_heads.checked(conn, policy, name, None, self.secret_heads.head(conn, policy, name))
             return None
-        self.secret_heads.checked(policy, name, row[2], None if row[6] is None else (row[6], row[7], row[8]))
+        head = None if row[6] is None else (row[6], row[7], row[8])
+        self.secret_heads.checked(conn, policy, name, row[2], head)
         return SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
+
+    def _recorded_version(self, conn: Connection, policy: str, name: str) -> tuple[int, int] | None:
+        """The newest version of a secret the ledger records as ``conn``'s transaction sees it,
+        and its entry's index (confide.cas.secret_ledger; a head-cache miss only)."""
+        return self.policy_auth.index.view(conn).secret(policy, name)
 
     def _put_secret_head(self, conn: Connection, policy: str, name: str, version: int) -> None:
         """Make ``version`` (its row just inserted in ``conn``) the secret's current version."""

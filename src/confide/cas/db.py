@@ -172,7 +172,10 @@ evidence_seen = Table(
 # truth, and an older genuine snapshot gives the same answer after a longer scan. Schema 18:
 # ``board``, the successor board's entries as of the same size (canonical JSON [[index, kind,
 # value, generation], ...]; confide.cas.board_ledger), covered by the same MAC (NULL only in a
-# row written before 18, which does not verify: the migration deletes it).
+# row written before 18, which does not verify: the migration deletes it). Schema 20: ``secrets``,
+# each secret's newest version the ledger's entries record as of the same size (canonical JSON
+# {"bound": index or null, "versions": [[policy, name, index, version], ...]};
+# confide.cas.secret_ledger), under the same MAC (NULL only in a row written before 20: deleted).
 policy_head_anchor = Table(
     "policy_head_anchor",
     metadata,
@@ -180,6 +183,7 @@ policy_head_anchor = Table(
     Column("size", BigInteger, nullable=False),
     Column("heads", Text, nullable=False),
     Column("board", Text),
+    Column("secrets", Text),
     Column("updated_at", Float, nullable=False),
     Column("key_id", String(32), nullable=False),
     Column("mac", String(64), nullable=False),
@@ -405,7 +409,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 # meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
 # confide.cas.policy_auth.bind_unbound)
 POLICY_ROWS_BOUND_META = "policy_rows_bound"
@@ -638,9 +642,23 @@ def _v19(conn: Connection) -> None:
     secret_heads.create(conn, checkfirst=True)
 
 
+def _v20(conn: Connection) -> None:
+    """Each secret's head is checked against the newest version the ledger's entries record for
+    it (confide.cas.secret_ledger, docs/cas.md "What a secret's current version rests on"): the
+    snapshot ``policy_head_anchor`` gets ``secrets``, those versions as of its size, under its
+    MAC. The migration runs without the master key: it deletes the schema-19 snapshot (its MAC
+    covers no versions), so the next start scans the whole ledger once and writes one that
+    covers them (as the upgrades to 17 and 18 did). Versions written before without an entry (a
+    volume key's) are trusted as found (trust on first migration). Code from before schema 20
+    refuses the database, so it cannot write a volume key without its ``volume.key`` entry."""
+    if "secrets" not in {c["name"] for c in inspect(conn).get_columns("policy_head_anchor")}:
+        raw_execute(conn, "ALTER TABLE policy_head_anchor ADD COLUMN secrets TEXT")
+    raw_execute(conn, "DELETE FROM policy_head_anchor")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19,
+    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20,
 }  # fmt: skip
 
 

@@ -45,6 +45,12 @@ board set and changed, version retired, approval withdrawn), in the same snapsho
 ``board`` text, under the same MAC): :meth:`HeadView.board` is what a read of the board is
 judged against.
 
+It keeps the secrets' versions too (schema 20; :mod:`confide.cas.secret_ledger`: each secret's
+highest version a ``secrets.generated``, ``certificates.renewed`` or ``volume.key`` entry
+records, and the first ``secrets.heads-bound`` entry), in the same snapshot (its ``secrets``
+text, under the same MAC): :meth:`HeadView.secret` is what a secret's head is judged against
+(:attr:`HeadIndex.on_secrets` drops the cached heads of the secrets a scan raised).
+
 Only committed entries are kept: a scan inside a write transaction (which may append entries of
 its own and then roll back) brings the index up to date through a read transaction of its own
 when it has the :class:`~confide.cas.db.Database`, and treats the entries only that transaction
@@ -77,6 +83,7 @@ from sqlalchemy import Connection
 from confide.cas.board_ledger import BOARD_SUFFIXES, BoardLedger, BoardMarks, Mark, board_mark
 from confide.cas.db import READ_OPTION, raw_connection
 from confide.cas.periodic import PeriodicTask
+from confide.cas.secret_ledger import SECRET_SUFFIXES, SecretMark, SecretVersions, secret_marks
 from confide.cas.secrets import Sealer
 from confide.errors import ConfideError, ParseError, StorageError
 from confide.ledger.db import Conn, execute
@@ -113,7 +120,8 @@ _LOG = logging.getLogger("confide.cas")
 # a head entry is recognised by its last bytes and only those are parsed.
 _HEAD_TYPES = (EntryType.POLICY_CREATED, EntryType.POLICY_UPDATED)
 _SUFFIXES = tuple(f',"type":"{t.value}","v":{v}}}'.encode() for t in _HEAD_TYPES for v in (1, 2))
-_WANTED = _SUFFIXES + BOARD_SUFFIXES  # the entries a scan parses: head and successor board entries
+# the entries a scan parses: head, successor board and secret version entries
+_WANTED = _SUFFIXES + BOARD_SUFFIXES + SECRET_SUFFIXES
 
 
 class Event(NamedTuple):
@@ -172,11 +180,12 @@ class HeadAnchorAltered(StorageError):
         )
 
 
-def anchor_mac(key: bytes, key_id: str, size: int, heads: str, board: str) -> str:
-    """HMAC-SHA256 of a snapshot (module docstring): ``heads`` and ``board`` are its stored
-    texts (the policies' head entries; the successor board's entries, schema 18). A snapshot of
-    schema 17 (no ``board``) does not verify: the migration to 18 deletes it."""
-    digests = [hashlib.sha256(text.encode()).hexdigest() for text in (heads, board)]
+def anchor_mac(key: bytes, key_id: str, size: int, heads: str, board: str, secrets: str) -> str:
+    """HMAC-SHA256 of a snapshot (module docstring): ``heads``, ``board`` and ``secrets`` are its
+    stored texts (the policies' head entries; the successor board's entries, schema 18; the
+    secrets' versions, schema 20). A snapshot of an earlier schema (no ``board`` or no
+    ``secrets``) does not verify: the migrations to 18 and 20 delete it."""
+    digests = [hashlib.sha256(text.encode()).hexdigest() for text in (heads, board, secrets)]
     fields = json.dumps([key_id, size, *digests], separators=(",", ":")).encode()
     message = ANCHOR_INFO + b"\x00anchor\x00" + fields
     return hmac.new(key, message, "sha256").hexdigest()
@@ -241,13 +250,27 @@ def _head_event(index: int, data: bytes) -> tuple[str, Event] | None:
     return entry.policy, Event(index, digest, predecessor, entry.type is EntryType.POLICY_CREATED)
 
 
-def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], list[Mark], int]:
-    """The head entries and the successor board's entries (:func:`~confide.cas.board_ledger.board_mark`)
-    among ledger entries ``start`` to ``end`` (exclusive), in order, each entry's bytes checked
-    against the leaf hash of its level-0 tile; ``LedgerEntriesAltered`` otherwise. Returns them
-    and the number of entries scanned."""
+class Scanned(NamedTuple):
+    """What :func:`scan` found, in ledger order: the head entries (policy, :class:`Event`), the
+    successor board's entries, the secrets' versions (:mod:`confide.cas.secret_ledger`), the
+    indexes of the ``secrets.heads-bound`` entries, and the number of entries scanned."""
+
+    found: list[tuple[str, Event]]
+    marks: list[Mark]
+    secrets: list[SecretMark]
+    bound: list[int]
+    entries: int
+
+
+def scan(raw: Conn, start: int, end: int) -> Scanned:
+    """The head entries, the successor board's entries (:func:`~confide.cas.board_ledger.board_mark`)
+    and the secrets' versions (:func:`~confide.cas.secret_ledger.secret_marks`) among ledger
+    entries ``start`` to ``end`` (exclusive), in order, each entry's bytes checked against the
+    leaf hash of its level-0 tile; ``LedgerEntriesAltered`` otherwise."""
     found: list[tuple[str, Event]] = []
     marks: list[Mark] = []
+    secrets: list[SecretMark] = []
+    bound: list[int] = []
     at = start
     while at < end:
         stop = min(end, at + CHUNK)
@@ -280,12 +303,17 @@ def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], list
             if data.endswith(_SUFFIXES):
                 if (event := _head_event(index, data)) is not None:
                     found.append(event)
+            elif data.endswith(SECRET_SUFFIXES):
+                versions, heads_bound = secret_marks(index, data)
+                secrets += versions
+                if heads_bound:
+                    bound.append(index)
             elif (mark := board_mark(index, data)) is not None:
                 marks.append(mark)
         if expected != stop:
             raise _altered(expected, "is missing")
         at = stop
-    return found, marks, end - start
+    return Scanned(found, marks, secrets, bound, end - start)
 
 
 def check_leaf(raw: Conn, index: int, data: bytes) -> None:
@@ -350,9 +378,10 @@ def _index(event: Event) -> int:
 
 class HeadView:
     """The head entries as one transaction sees the ledger (its size ``size``), and the
-    successor board's entries (``marks``, committed ones; :meth:`board`)."""
+    successor board's entries (``marks``, committed ones; :meth:`board`), and the secrets'
+    versions (``secrets``, the overlay's included; :meth:`secret`)."""
 
-    __slots__ = ("chains", "marks", "overlay", "refused", "size")
+    __slots__ = ("chains", "marks", "overlay", "refused", "secrets", "size")
 
     def __init__(
         self,
@@ -361,9 +390,18 @@ class HeadView:
         size: int,
         marks: BoardMarks | None = None,
         refused: Callable[[], None] = lambda: None,
+        secrets: SecretVersions | None = None,
     ) -> None:
         self.chains, self.overlay, self.size = chains, overlay, size
         self.marks, self.refused = marks or BoardMarks(), refused
+        self.secrets = secrets or SecretVersions()
+
+    def secret(self, policy: str, name: str) -> tuple[int, int] | None:
+        """The newest version of secret ``name`` of ``policy`` an entry below this view's size
+        records, and that entry's index (``None``: none; :mod:`confide.cas.secret_ledger`).
+        The entries only a write transaction sees are included: a version its caller wrote
+        and recorded is the newest."""
+        return self.secrets.newest(policy, name, self.size)
 
     def board(self) -> BoardLedger:
         """The successor board as the ledger's committed entries below this view's size record
@@ -399,17 +437,20 @@ class HeadIndex:
     from (``None``: such a scan is an overlay only, as in a rotation's own :class:`PolicyAuth`).
     ``validate``: the predecessor a version's authenticated row names (:data:`Validate`).
     ``on_change(names)``: called (under the index's lock) with the policies whose chains a scan
-    changed, so the verified-head cache drops them."""
+    changed, so the verified-head cache drops them; ``on_secrets(keys)``: likewise with the
+    secrets (policy, name) whose newest recorded version a scan raised."""
 
     def __init__(self, sealer: Sealer, validate: Validate, db: Database | None = None) -> None:
         self.sealer = sealer
         self.validate = validate
         self.db = db
         self.on_change: Callable[[Iterable[str]], None] = lambda names: None
+        self.on_secrets: Callable[[Iterable[tuple[str, str]]], None] = lambda keys: None
         self._lock = threading.RLock()
         self._size: int | None = None  # entries absorbed (all committed); None: not loaded
         self._chains: Chains = {}
         self._board = BoardMarks()  # the successor board's entries (confide.cas.board_ledger)
+        self._secrets = SecretVersions()  # the secrets' versions (confide.cas.secret_ledger)
         self._stored = 0  # the size of the snapshot last read or written
         self.scanned = 0  # entries scanned (metric)
         self.refusals = 0  # altered entries or snapshots met (metric)
@@ -433,9 +474,10 @@ class HeadIndex:
         if row is None:
             _LOG.info(json.dumps({"event": "policy-head-anchor-missing", "ledger_size": ledger_size}))
             self._size, self._chains, self._board, self._stored = 0, {}, BoardMarks(), 0
+            self._secrets = SecretVersions()
             return ledger_size
-        size, heads, board, key_id, mac = row
-        if not _verified(self.sealer, size, heads, board, key_id, mac):
+        size, heads, board, secrets, key_id, mac = row
+        if not _verified(self.sealer, size, heads, board, secrets, key_id, mac):
             raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
         if size > ledger_size:
             # PostgreSQL reads are READ COMMITTED: another replica may have committed entries
@@ -449,7 +491,9 @@ class HeadIndex:
             why = f"covers {size} ledger entries, the ledger has {ledger_size}"
             raise self._refuse(HeadAnchorAltered(why))
         marks = BoardMarks.decode(board, lambda: HeadAnchorAltered("is malformed"))
+        versions = SecretVersions.decode(secrets, lambda: HeadAnchorAltered("is malformed"))
         self._chains, self._board, self._size, self._stored = _decode(heads), marks, size, size
+        self._secrets = versions
         return ledger_size
 
     def _refuse(self, exc: StorageError) -> StorageError:
@@ -458,18 +502,18 @@ class HeadIndex:
             _LOG.warning(json.dumps({"event": "policy-head-anchor-altered"}))
         return exc
 
-    def _scan(self, raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], list[Mark]]:
+    def _scan(self, raw: Conn, start: int, end: int) -> Scanned:
         started = time.monotonic()
         try:
-            found, marks, count = scan(raw, start, end)
+            got = scan(raw, start, end)
         except LedgerEntriesAltered:
             self.refusals += 1
             raise
-        self.scanned += count
-        if count >= CHUNK:
-            _LOG.info(json.dumps({"event": "policy-head-index-scanned", "entries": count,
+        self.scanned += got.entries
+        if got.entries >= CHUNK:
+            _LOG.info(json.dumps({"event": "policy-head-index-scanned", "entries": got.entries,
                                   "seconds": round(time.monotonic() - started, 3)}))  # fmt: skip
-        return found, marks
+        return got
 
     def _extend(
         self, chains: Chains, found: list[tuple[str, Event]], conn: Connection, *, copy: bool
@@ -499,6 +543,7 @@ class HeadIndex:
             ledger_size = self._load(raw, ledger_size)
         assert self._size is not None
         changed: set[str] = set()
+        raised: set[tuple[str, str]] = set()
         for name, chain in self._chains.items():
             if chain.held:  # tampering met before: its version's row may be restored now
                 before = len(chain.accepted), len(chain.held)
@@ -506,7 +551,8 @@ class HeadIndex:
                 if (len(chain.accepted), len(chain.held)) != before:
                     changed.add(name)
         if ledger_size > self._size:
-            found, marks = self._scan(raw, self._size, ledger_size)
+            got = self._scan(raw, self._size, ledger_size)
+            found = got.found
             # Resolved on copies of the chains they touch, installed once all are: an error
             # midway (the database failing under a version row's read) leaves the index as it
             # was, so the next scan does not meet these entries again as ones that do not
@@ -523,10 +569,13 @@ class HeadIndex:
                 self.ignored = ignored
                 raise
             self._chains.update(staged)
-            self._board = self._board.extended(marks)
+            self._board = self._board.extended(got.marks)
+            self._secrets, raised = self._secrets.extended(got.secrets, got.bound)
             self._size = ledger_size
         if changed:
             self.on_change(changed)
+        if raised:
+            self.on_secrets(raised)
         return ledger_size
 
     def refresh(self, conn: Connection) -> int:
@@ -556,11 +605,13 @@ class HeadIndex:
                 # committed entries whoever wrote it), the rest an overlay
                 self._load(raw, ledger_size)
             assert self._size is not None
-            base, chains, marks = self._size, self._chains, self._board
+            base, chains, marks, secrets = self._size, self._chains, self._board, self._secrets
             overlay: Chains = {}
             if ledger_size > base:
                 ignored = self.ignored
-                for name, event in self._scan(raw, base, ledger_size)[0]:
+                got = self._scan(raw, base, ledger_size)
+                secrets = secrets.extended(got.secrets, got.bound)[0]
+                for name, event in got.found:
                     if name not in overlay:
                         shared = chains.get(name)
                         overlay[name] = shared.copy() if shared is not None else Chain([], [])
@@ -568,7 +619,7 @@ class HeadIndex:
                 for name, chain in overlay.items():
                     _resolve(name, chain, self.validate, conn)
                 self.ignored = ignored  # counted when the entries are kept, not per overlay
-        return HeadView(chains, overlay, ledger_size, marks, self._board_refused)
+        return HeadView(chains, overlay, ledger_size, marks, self._board_refused, secrets)
 
     def _board_refused(self) -> None:
         self.board_refusals += 1
@@ -589,6 +640,7 @@ class HeadIndex:
             if self._size is None:
                 return False
             size, text, board = self._size, _encode(self._chains), self._board.encode()
+            secrets = self._secrets.encode()
         row = execute(raw, _SELECT_ANCHOR).fetchone()
         if row is not None:
             stored_size = row[0]
@@ -600,20 +652,20 @@ class HeadIndex:
                 self._stored = max(self._stored, stored_size)
                 return False
         key_id = _writing_key_id(raw, self.sealer)
-        mac = anchor_mac(self._key(key_id), key_id, size, text, board)
+        mac = anchor_mac(self._key(key_id), key_id, size, text, board, secrets)
         if row is None:
             execute(
                 raw,
-                "INSERT INTO policy_head_anchor (id, size, heads, board, updated_at, key_id, mac) "
-                "VALUES (1, ?, ?, ?, ?, ?, ?)",
-                (size, text, board, now, key_id, mac),
+                "INSERT INTO policy_head_anchor (id, size, heads, board, secrets, updated_at, key_id, mac) "
+                "VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                (size, text, board, secrets, now, key_id, mac),
             )
         else:
             execute(
                 raw,
-                "UPDATE policy_head_anchor SET size = ?, heads = ?, board = ?, updated_at = ?, key_id = ?, "
-                "mac = ? WHERE id = 1",
-                (size, text, board, now, key_id, mac),
+                "UPDATE policy_head_anchor SET size = ?, heads = ?, board = ?, secrets = ?, updated_at = ?, "
+                "key_id = ?, mac = ? WHERE id = 1",
+                (size, text, board, secrets, now, key_id, mac),
             )
         self._stored = size
         return True
@@ -623,23 +675,23 @@ class HeadIndex:
                 "refusals": self.refusals, "board_refusals": self.board_refusals}  # fmt: skip
 
 
-_SELECT_ANCHOR = "SELECT size, heads, board, key_id, mac FROM policy_head_anchor WHERE id = 1"
+_SELECT_ANCHOR = "SELECT size, heads, board, secrets, key_id, mac FROM policy_head_anchor WHERE id = 1"
 
 
 def _verified(
-    sealer: Sealer, size: object, heads: object, board: object, key_id: object, mac: object
+    sealer: Sealer, size: object, heads: object, board: object, secrets: object, key_id: object, mac: object
 ) -> bool:
     """Whether a stored snapshot's row authenticates under the master key it names (one of
     ``sealer``'s): its MAC over its key id, size and texts (:func:`anchor_mac`)."""
     if not (type(size) is int and isinstance(heads, str) and isinstance(board, str)
-            and isinstance(key_id, str) and isinstance(mac, str)
+            and isinstance(secrets, str) and isinstance(key_id, str) and isinstance(mac, str)
             and _KEY_ID.fullmatch(key_id) and key_id in sealer.key_ids):  # fmt: skip
         return False
     try:
         key = sealer.only(key_id).derive_key(ANCHOR_INFO)
     except (ConfideError, KeyError, ValueError):
         return False
-    return hmac.compare_digest(anchor_mac(key, key_id, size, heads, board).encode(), mac.encode())
+    return hmac.compare_digest(anchor_mac(key, key_id, size, heads, board, secrets).encode(), mac.encode())
 
 
 def _writing_key_id(raw: Conn, sealer: Sealer) -> str:
@@ -655,10 +707,11 @@ def reauthenticate_anchor(conn: Connection, old: Sealer, new: Sealer, new_key_id
     row = execute(raw, _SELECT_ANCHOR).fetchone()
     if row is None:
         return False
-    size, heads, board, _key_id, _mac = row
+    size, heads, board, secrets, _key_id, _mac = row
     if not _verified(old, *row):
         raise HeadAnchorAltered("does not authenticate under the master key")
-    new_mac = anchor_mac(new.only(new_key_id).derive_key(ANCHOR_INFO), new_key_id, size, heads, board)
+    key = new.only(new_key_id).derive_key(ANCHOR_INFO)
+    new_mac = anchor_mac(key, new_key_id, size, heads, board, secrets)
     execute(raw, "UPDATE policy_head_anchor SET key_id = ?, mac = ? WHERE id = 1", (new_key_id, new_mac))
     return True
 

@@ -51,6 +51,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "secret-release": EntryType.SECRET_RELEASED,
     "export-release": EntryType.EXPORT_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,
+    "volume-key": EntryType.VOLUME_KEY,
     "master-key-rotated": EntryType.KEY_ROTATED,
     "master-key-released": EntryType.KEY_RELEASED,
     "master-key-release-refused": EntryType.KEY_RELEASE_REFUSED,

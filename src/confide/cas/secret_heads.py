@@ -21,16 +21,22 @@ without a head. A refusal is :class:`SecretRowsAltered` (a :class:`~confide.erro
 naming the policy and the secret, never a value): the CAS neither releases that secret nor
 writes a new version of it until the rows are restored.
 
-What this does not detect (docs/limitations.md "CAS"): the head row written back as it was
-before the newest version (its genuine MAC) together with that version's row deleted; the head
-is not checked against the ledger's ``secrets-generated`` / ``certificates-renewed`` entries.
+**Against the ledger** (schema 20, :mod:`confide.cas.secret_ledger`): a head not verified
+before (:meth:`SecretHeads.checked`, a miss of the cache) older than the newest version the
+ledger's entries record for the secret (:attr:`SecretHeads.ledger`), or no row and no head for
+a secret the ledger records, is refused too: the head row written back as it was before the
+newest version (its genuine MAC) together with that version's row deleted. A scan of the ledger
+that finds a newer version of a secret drops its cached head (:meth:`SecretHeads.forget`).
+What remains (docs/limitations.md "CAS"): versions the ledger never recorded (a volume key's
+before schema 20) are trusted as found.
 
 **Migration.** The schema 19 migration runs without the master key; at the next start
 (:func:`bind_unbound`, in the start's write transaction, recorded as a ``secret-heads-bound``
 event) each secret's head is written for the newest row present then, once: only when the
-``meta`` row :data:`BOUND_META` is absent and ``secret_heads`` is empty. That binding trusts the
-rows as they are at that moment (trust on first migration): a newest row deleted before it goes
-unnoticed.
+``meta`` row :data:`BOUND_META` is absent, ``secret_heads`` is empty and neither the ``events``
+table nor the ledger records an earlier binding. That binding takes the rows as they are at
+that moment (trust on first migration), but a newest row deleted before it is refused at use
+when the ledger records its version.
 
 **Rotation.** :func:`reauthenticate_heads` verifies every head under the old key and MACs it
 under the new one, in the rotation's transaction (offline, and the online switch-over).
@@ -43,13 +49,16 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection
 
-from confide.cas.db import SECRET_HEADS_BOUND_META, raw_execute, raw_executemany
+from confide.cas.db import SECRET_HEADS_BOUND_META, raw_connection, raw_execute, raw_executemany
+from confide.cas.head_index import scan
 from confide.cas.secrets import Sealer
 from confide.errors import StorageError
+from confide.ledger.store import Ledger
 from confide.lru import Lru
 
 __all__ = [
@@ -69,6 +78,10 @@ BOUND_META = SECRET_HEADS_BOUND_META
 _KEY_ID_META = "master_key_id"  # confide.cas.rotation.KEY_ID_META (rotation imports this module)
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _LOG = logging.getLogger("confide.cas")
+# recorded(conn, policy, name): the newest version the ledger records for a secret and its
+# entry's index (None: none) as conn's transaction sees the ledger, read only when a head is not
+# the one verified last (confide.cas.secret_ledger; confide.cas.head_index.HeadView.secret)
+Recorded = Callable[[Connection, str, str], "tuple[int, int] | None"]
 _HEAD = "SELECT version, key_id, mac FROM secret_heads WHERE policy = ? AND name = ?"
 _UPSERT = (
     "INSERT INTO secret_heads (policy, name, version, updated_at, key_id, mac) VALUES (?, ?, ?, ?, ?, ?) "
@@ -81,7 +94,9 @@ class SecretRowsAltered(StorageError):
     """A secret's newest row is not the version its authenticated head names (deleted, rolled
     back, or a head that does not verify). Names the policy and the secret, never a value."""
 
-    def __init__(self, policy: str, name: str, why: str, *, deleted_after: int | None = None) -> None:
+    def __init__(
+        self, policy: str, name: str, why: str, *, deleted_after: int | None = None, ledger: bool = False
+    ) -> None:
         super().__init__(
             f"the stored versions of secret {name[:128]!r} of policy {policy[:128]!r} do not match its "
             f"current version authenticated under the master key ({why}): the database was altered; the "
@@ -93,6 +108,8 @@ class SecretRowsAltered(StorageError):
         # the verified current version when the refusal is for rows deleted (no row of it, or
         # only older ones): what a CAS-internal row re-issued when missing continues from
         self.deleted_after = deleted_after
+        # refused because the ledger records a newer version (confide.cas.secret_ledger)
+        self.ledger = ledger
 
 
 def secret_head_mac(key: bytes, key_id: str, policy: str, name: str, version: int) -> str:
@@ -118,10 +135,13 @@ class SecretHeads:
     """Reads and writes the secrets' heads for one CAS (its sealer). A verified head is cached
     per secret with its exact stored values (a row read again with the same values, MAC
     included, under a key the sealer still holds), so the attestation path computes no MAC for
-    a head it has seen; any change to the row is a miss."""
+    a head it has seen; any change to the row is a miss, and so is a secret whose newer version
+    a scan of the ledger found (:meth:`forget`). ``ledger``: the newest version the ledger
+    records for a secret (:data:`Recorded`), checked on a miss (``None``: not checked)."""
 
-    def __init__(self, sealer: Sealer, *, cache: int = 4096) -> None:
+    def __init__(self, sealer: Sealer, *, cache: int = 4096, ledger: Recorded | None = None) -> None:
         self.sealer = sealer
+        self.ledger = ledger
         self._keys: dict[str, bytes] = {}
         self._verified: Lru[tuple[str, str], tuple[object, object, object]] = Lru(cache)
 
@@ -133,34 +153,71 @@ class SecretHeads:
             key = self._keys[key_id] = self.sealer.only(key_id).derive_key(SECRET_HEADS_INFO)
         return key
 
+    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Drop the verified heads of these secrets (policy, name): a scan of the ledger found a
+        newer version of each (:attr:`confide.cas.head_index.HeadIndex.on_secrets`)."""
+        for key in keys:
+            self._verified.pop(key)
+
     def verifies(self, policy: str, name: str, version: object, key_id: object, mac: object) -> bool:
         """Whether a stored head's values verify (``False`` for a key this CAS does not hold, a
         value of the wrong type, a missing MAC)."""
-        stored = (version, key_id, mac)
-        if self._verified.get((policy, name)) == stored and key_id in self.sealer.key_ids:
+        if self._cached(policy, name, (version, key_id, mac)):
             return True
         key = self._key(key_id)
         if key is None or not _integer(version) or not isinstance(mac, str):
             return False
         expected = secret_head_mac(key, str(key_id), policy, name, int(str(version)))
-        if not hmac.compare_digest(expected.encode(), mac.encode()):
-            return False
-        self._verified.put((policy, name), stored)
-        return True
+        return hmac.compare_digest(expected.encode(), mac.encode())
+
+    def _cached(self, policy: str, name: str, stored: tuple[object, ...]) -> bool:
+        return self._verified.get((policy, name)) == stored and stored[1] in self.sealer.key_ids
 
     def checked(
-        self, policy: str, name: str, row_version: int | None, head: tuple[object, ...] | None
+        self,
+        conn: Connection,
+        policy: str,
+        name: str,
+        row_version: int | None,
+        head: tuple[object, ...] | None,
     ) -> None:
         """Refuse (:class:`SecretRowsAltered`) unless the secret's newest row (``row_version``;
         ``None``: no row) is the version its head (``head``: version, key id, MAC as stored;
-        ``None``: no head row) names and the head verifies. Neither row nor head: no secret yet."""
+        ``None``: no head row) names, the head verifies and, for a head not verified before,
+        is not older than the newest version the ledger records for the secret, as ``conn``'s
+        transaction sees the ledger (:attr:`ledger`; :mod:`confide.cas.secret_ledger`). Neither
+        row nor head: no secret yet, unless the ledger records a version of it."""
         if head is None:
             if row_version is None:
+                recorded = None if self.ledger is None else self.ledger(conn, policy, name)
+                if recorded is not None:
+                    raise SecretRowsAltered(
+                        policy,
+                        name,
+                        f"it has neither rows nor a current version, ledger entry {recorded[1]} records "
+                        f"version {recorded[0]}",
+                        deleted_after=recorded[0],
+                        ledger=True,
+                    )
                 return
             raise SecretRowsAltered(policy, name, "its current version is not recorded")
         version, key_id, mac = head
-        if not self.verifies(policy, name, version, key_id, mac):
-            raise SecretRowsAltered(policy, name, "its recorded current version does not authenticate")
+        if not self._cached(policy, name, head):
+            if not self.verifies(policy, name, version, key_id, mac):
+                raise SecretRowsAltered(policy, name, "its recorded current version does not authenticate")
+            assert _integer(version)  # verified
+            recorded = None if self.ledger is None else self.ledger(conn, policy, name)
+            if recorded is not None and recorded[0] > int(str(version)):
+                # an earlier genuine head written back with the later rows deleted
+                raise SecretRowsAltered(
+                    policy,
+                    name,
+                    f"its current version is {version}, ledger entry {recorded[1]} records version "
+                    f"{recorded[0]}",
+                    deleted_after=recorded[0],
+                    ledger=True,
+                )
+            self._verified.put((policy, name), (version, key_id, mac))
         assert _integer(version)  # verified
         if row_version is None or row_version < int(str(version)):
             raise SecretRowsAltered(
@@ -220,8 +277,10 @@ def bind_unbound(conn: Connection, sealer: Sealer, now: float) -> dict[str, Any]
     per database, write each secret's head for its newest row as found and record
     :data:`BOUND_META`. Returns what the ``secret-heads-bound`` event says (``None``: nothing to
     record). Only a database without :data:`BOUND_META` whose ``secret_heads`` is empty and whose
-    ``events`` table records no earlier ``secret-heads-bound`` event is bound (one written before
-    schema 19; as :func:`confide.cas.policy_auth.bind_unbound`); otherwise nothing is (logged,
+    ``events`` table records no earlier ``secret-heads-bound`` event, nor its ledger an earlier
+    ``secrets.heads-bound`` entry (:func:`confide.cas.head_index.scan`, each entry checked
+    against its leaf hash; this binding's only scan of the whole ledger), is bound (one written
+    before schema 19; as :func:`confide.cas.policy_auth.bind_unbound`); otherwise nothing is (logged,
     ``secret-heads-not-bound``, when the marker is absent but heads or an earlier binding exist):
     a row without a head stays refused at use."""
     if raw_execute(conn, "SELECT value FROM meta WHERE key = ?", (BOUND_META,)).fetchone() is not None:
@@ -234,6 +293,12 @@ def bind_unbound(conn: Connection, sealer: Sealer, now: float) -> dict[str, Any]
     if not rows:
         return None
     earlier = raw_execute(conn, "SELECT 1 FROM events WHERE type = ? LIMIT 1", (EVENT_BOUND,)).fetchone()
+    if not existing and earlier is None:
+        # The events rows are the operator's; the ledger's entries are not (each checked against
+        # its leaf hash): a secrets.heads-bound entry there says the heads were bound before.
+        raw = raw_connection(conn)
+        if scan(raw, 0, Ledger.size(raw)).bound:
+            earlier = (1,)
     if existing or earlier is not None:
         # Heads exist, or the heads were bound before and then removed with the marker (an
         # operator's way to have a deleted newest row taken as found): bind nothing.

@@ -76,6 +76,7 @@ class EntryType(StrEnum):
     SECRET_RELEASED = "secret.released"  # noqa: S105 - an entry type name, not a secret
     EXPORT_RELEASED = "export.released"  # a release of an imported secret or volume, filed under its exporter
     VOLUME_TAG = "volume.tag"
+    VOLUME_KEY = "volume.key"  # a volume's key, first or new version (names and versions, never the key)
     CAS_STARTED = "cas.started"
     KEY_ROTATED = "key.rotated"
     KEY_RELEASED = "key.released"  # the master key released to an attested CAS (never the key)
