@@ -134,8 +134,11 @@ def fetch(
                 check(response)
             body = read_body(response, limit, too_large, within=within, too_slow=slow, start=deadline.started)
             answer = Answer(response.status_code, response.headers, body)
-    except httpx2.HTTPError:
-        if deadline.expired:
+    except httpx2.HTTPError as exc:
+        # A timeout of the client's own ending at the deadline (a read timeout as long as what
+        # was left) is the deadline's too: one error whichever thread was first.
+        late = isinstance(exc, httpx2.TimeoutException) and monotonic() - (deadline.started or 0.0) >= within
+        if deadline.expired or late:
             raise slow(f"took more than {within:g} s to arrive (status line, headers and body)") from None
         raise
     if deadline.expired:
