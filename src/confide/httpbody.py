@@ -74,7 +74,7 @@ def answer_client(**kwargs: Any) -> httpx2.Client:
     """An ``httpx2.Client`` (``kwargs``: its arguments, but ``limits``) that keeps no connection
     alive, for :func:`fetch`: each request's :class:`AnswerDeadline` sees the connection it makes
     (one taken from a pool would not be seen, and its head not bounded). The price: a TCP (and
-    TLS) handshake per request."""
+    TLS) handshake per request. A ``transport`` given (tests) keeps its own limits."""
     return httpx2.Client(limits=httpx2.Limits(max_keepalive_connections=0), **kwargs)
 
 
