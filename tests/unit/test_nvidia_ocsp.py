@@ -232,7 +232,7 @@ def test_malformed_oversized_and_unsuccessful_responses(pki: Pki, responder: Fak
     with pytest.raises(ParseError, match="not a DER OCSP response"):
         verify_via_http(pki, responder)
     responder.behaviour = lambda cert, issuer, nonce: (200, b"\x30" * (MAX_RESPONSE_SIZE + 1))
-    with pytest.raises(ParseError, match=f"more than {MAX_RESPONSE_SIZE} bytes"):
+    with pytest.raises(ParseError, match=f"more than {MAX_RESPONSE_SIZE}"):
         verify_via_http(pki, responder)
     unauthorized = ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
     responder.behaviour = lambda cert, issuer, nonce: (200, unauthorized.public_bytes(Encoding.DER))

@@ -18,7 +18,6 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,7 @@ from confide.cas.documents import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.documents import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.fsutil import read_small_file
-from confide.httpbody import read_body
+from confide.httpbody import Answer, answer_client, fetch
 from confide.identity import Identity
 
 if TYPE_CHECKING:  # the policy model loads only where a policy is submitted
@@ -90,34 +89,26 @@ release carries the service's injected files, which a policy bounds to the CAS's
 limit, base64-encoded. A larger answer is a ``ParseError``, read no further."""
 
 MAX_ANSWER_TIME = 600.0
-"""The longest one answer of a CAS may take to arrive, whatever its pace (seconds): the read
-timeout bounds each wait for more bytes only, so a CAS sending a byte just within it would hold
-a client (``confide run`` holding a key, ``ledger history|accesses``, ``ledger verify --full
---identity``) for as long as :data:`MAX_ANSWER` allows. 600 s asks at least ~110 kB/s of the
-largest answer. Longer is a ``NetworkError``."""
+"""The longest one answer of a CAS may take to arrive, whatever its pace (seconds): its
+connection, status line, headers and body (:func:`confide.httpbody.fetch`). The read timeout
+bounds each wait for more bytes only, so a CAS sending a byte just within it would hold a client
+(``confide run`` holding a key, ``ledger history|accesses``, ``ledger verify --full
+--identity``) for as long as the HTTP parser takes header lines, then as :data:`MAX_ANSWER`
+allows. 600 s asks at least ~110 kB/s of the largest answer. Longer is a ``NetworkError``."""
 
 
-def _too_large_or_slow(how: str) -> errors.ConfideError:
-    """``read_body``'s refusal: a slow answer is the network's fault, a large one the CAS's."""
-    if how.startswith("took more than"):
-        return NetworkError(f"the CAS's answer {how}")
-    return errors.ParseError(f"the CAS's answer {how}")
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status_code: int
-    headers: httpx2.Headers
-    content: bytes
-
-
-def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any) -> _Answer:
-    """One request, its answer read up to :data:`MAX_ANSWER` bytes: a hostile or broken CAS
-    cannot make the client (``confide run`` holding a key) read without bound."""
+def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any) -> Answer:
+    """One request, its answer read up to :data:`MAX_ANSWER` bytes within
+    :data:`MAX_ANSWER_TIME` seconds, head and body: a hostile or broken CAS cannot make the
+    client (``confide run`` holding a key) read, nor wait, without bound."""
     try:
-        with http.stream(method, path, **kwargs) as response:
-            body = read_body(response, MAX_ANSWER, _too_large_or_slow, within=MAX_ANSWER_TIME)
-            return _Answer(response.status_code, response.headers, body)
+        return fetch(
+            http, method, path, limit=MAX_ANSWER, within=MAX_ANSWER_TIME,
+            # a large answer is the CAS's fault, a slow one the network's (or the CAS's)
+            too_large=lambda how: errors.ParseError(f"the CAS's answer {how}"),
+            too_slow=lambda how: NetworkError(f"the CAS at {url}: its answer {how}"),
+            **kwargs,
+        )  # fmt: skip
     except httpx2.HTTPError as exc:
         refused = _certificate_refusal(exc)
         if refused is not None:
@@ -151,7 +142,7 @@ def _certificate_refusal(exc: BaseException) -> str | None:
     return None
 
 
-def _raise_for(response: _Answer) -> Any:
+def _raise_for(response: Answer) -> Any:
     """The JSON of a CAS answer (read strictly: a key given twice is a ParseError), or the
     error class and message of an error answer raised; other error answers are NetworkErrors."""
     try:
@@ -278,7 +269,9 @@ class CasClient:
             verify = False
             self.cas_spki_sha256 = None
         try:
-            self.http = httpx2.Client(base_url=self.url, verify=verify, timeout=timeout)
+            # No connection kept alive: each answer's deadline sees its connection made (its
+            # head bounded too, confide.httpbody.fetch), for a TLS handshake per request.
+            self.http = answer_client(base_url=self.url, verify=verify, timeout=timeout)
         except httpx2.InvalidURL as exc:  # a port that is not a number, a broken IPv6 address
             raise UsageError(f"the CAS URL {url[:80]!r} is not a valid URL: {exc}") from None
 

@@ -54,7 +54,7 @@ from confide.errors import (
     StorageError,
 )
 from confide.fsutil import read_regular, write_atomic
-from confide.httpbody import AnswerDeadline, read_body
+from confide.httpbody import answer_client, fetch
 from confide.verify.gce_crl import crl_dp_urls, crl_is_current, iso_z, load_crls
 from confide.verify.x509util import check_crl, name_of
 
@@ -170,35 +170,26 @@ class HttpCrlSource:
     seconds, head and body; no connection kept alive)."""
 
     def __init__(self, *, transport: httpx2.BaseTransport | None = None, timeout: float = 10.0) -> None:
-        # No connection kept alive: each fetch's AnswerDeadline must see its connection made.
-        self._client = httpx2.Client(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=False,
-            limits=httpx2.Limits(max_keepalive_connections=0),
-        )
+        # No connection kept alive: each fetch's deadline must see its connection made.
+        self._client = answer_client(transport=transport, timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
         self._client.close()
 
     def fetch(self, url: str) -> bytes:
         what = f"CRL at {url}"
+
+        def status(response: httpx2.Response) -> None:
+            if response.status_code != 200:
+                raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
+
         try:
-            # FETCH_TIME for the whole answer, its head too (read_body's within counts the body)
-            with (
-                AnswerDeadline(FETCH_TIME) as deadline,
-                self._client.stream("GET", url, extensions={"trace": deadline.trace}) as response,
-            ):
-                if response.status_code != 200:
-                    raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
-                return read_body(
-                    response, MAX_CRL_SIZE, lambda how: ParseError(f"the answer {how}", structure=what),
-                    within=FETCH_TIME,
-                )  # fmt: skip
+            # FETCH_TIME for the whole answer, its head too
+            return fetch(
+                self._client, "GET", url, limit=MAX_CRL_SIZE, within=FETCH_TIME, check=status,
+                too_large=lambda how: ParseError(f"the answer {how}", structure=what),
+            ).content  # fmt: skip
         except httpx2.HTTPError as exc:
-            if deadline.expired:
-                slow = f"the answer took more than {FETCH_TIME:g} s to arrive"
-                raise ParseError(slow, structure=what) from None
             raise NetworkError(f"GET {url}: {type(exc).__name__}: {exc}") from None
 
 

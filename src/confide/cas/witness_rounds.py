@@ -37,7 +37,7 @@ import httpx2
 
 from confide.cas.witness_quorum import Round, WitnessGuard
 from confide.errors import ConfideError, LogRollbackError, NetworkError, StorageError
-from confide.httpbody import AnswerDeadline
+from confide.httpbody import AnswerDeadline, answer_client
 from confide.ledger.db import Conn
 from confide.ledger.note import NoteVerifier
 from confide.ledger.witness_http import request_cosignatures
@@ -283,10 +283,9 @@ class WitnessRounds:
     def _client(self) -> httpx2.Client:
         # No connection kept alive: each answer's AnswerDeadline must see its connection made.
         timeout = httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
-        limits = httpx2.Limits(max_keepalive_connections=0)
         if self.tls is None:
-            return httpx2.Client(timeout=timeout, limits=limits)
-        return httpx2.Client(verify=self.tls, timeout=timeout, limits=limits)
+            return answer_client(timeout=timeout)
+        return answer_client(verify=self.tls, timeout=timeout)
 
     def _ask(
         self, slot: _Slot, conn: Conn, http: httpx2.Client, note: bytes, size: int, deadline: AnswerDeadline

@@ -48,6 +48,7 @@ from confide.errors import (
 )
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey, TcbVersion
 from confide.fsutil import read_regular
+from confide.httpbody import answer_client, fetch
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
@@ -68,6 +69,12 @@ _HTTP_OK = 200
 _HTTP_NOT_FOUND = 404
 MAX_RESPONSE_SIZE = 1 << 20
 """The largest KDS response read (a VCEK is ~1.4 KB, the chain ~4 KB, AMD's CRL a few KB)."""
+ANSWER_TIME = 30.0
+"""Seconds one answer of the KDS may take to arrive, its connection, status line, headers and
+body (:func:`confide.httpbody.fetch`): the read timeout bounds each wait for more bytes only, so
+a KDS (or whoever is on the path of an ``http://`` one) sending a byte just within it held the
+fetch (a CAS worker thread) for as long as the HTTP parser takes header lines. Longer is a
+:class:`NetworkError`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +292,7 @@ class KdsHttpCollateral:
         with_crl: bool = True,
         crl_required: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        answer_time: float = ANSWER_TIME,
     ) -> None:
         if cache_dir is not None and roots is None:
             raise ValueError("a KDS cache directory needs the AMD roots what it keeps is verified under")
@@ -294,7 +302,8 @@ class KdsHttpCollateral:
         self.with_crl = with_crl
         self.crl_required = crl_required
         self.clock = clock
-        self._client = httpx2.Client(base_url=self.base_url, transport=transport, timeout=timeout)
+        self.answer_time = answer_time
+        self._client = answer_client(base_url=self.base_url, transport=transport, timeout=timeout)
         self.requests_made = 0
 
     def close(self) -> None:
@@ -308,28 +317,27 @@ class KdsHttpCollateral:
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> bytes:
         self.requests_made += 1
+        where = f"AMD KDS {public_url(self.base_url + path)}"
+
+        def status(resp: httpx2.Response) -> None:
+            if resp.status_code == _HTTP_NOT_FOUND:
+                raise CollateralMissingError(f"AMD KDS has no {path} (HTTP 404)")
+            if resp.status_code != _HTTP_OK:
+                retry = resp.headers.get("retry-after")
+                raise NetworkError(
+                    f"AMD KDS {path}: got HTTP {resp.status_code}, expected 200"
+                    + (f" (retry after {retry[:20]} s)" if retry else "")
+                )
+
         try:
-            with self._client.stream("GET", path, params=params) as resp:
-                if resp.status_code == _HTTP_NOT_FOUND:
-                    raise CollateralMissingError(f"AMD KDS has no {path} (HTTP 404)")
-                if resp.status_code != _HTTP_OK:
-                    retry = resp.headers.get("retry-after")
-                    raise NetworkError(
-                        f"AMD KDS {path}: got HTTP {resp.status_code}, expected 200"
-                        + (f" (retry after {retry[:20]} s)" if retry else "")
-                    )
-                data = bytearray()
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > MAX_RESPONSE_SIZE:
-                        raise ParseError(
-                            f"got more than {MAX_RESPONSE_SIZE} bytes", structure=f"AMD KDS {path}"
-                        )
+            return fetch(
+                self._client, "GET", path, params=params, limit=MAX_RESPONSE_SIZE, within=self.answer_time,
+                check=status,
+                too_large=lambda how: ParseError(f"the answer {how}", structure=f"AMD KDS {path}"),
+                too_slow=lambda how: NetworkError(f"{where}: the answer {how}"),
+            ).content  # fmt: skip
         except httpx2.HTTPError as exc:
-            raise NetworkError(
-                f"AMD KDS {public_url(self.base_url + path)}: {type(exc).__name__}: {exc}"
-            ) from None
-        return bytes(data)
+            raise NetworkError(f"{where}: {type(exc).__name__}: {exc}") from None
 
     def fetch(self, request: AmdCollateralRequest) -> AmdCollateral:
         """The VEK, chain and CRL of ``request``: from the cache directory where it has them

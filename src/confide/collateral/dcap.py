@@ -96,7 +96,7 @@ from confide.evidence.dcap_collateral import (
 from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import read_bounded, write_atomic
-from confide.httpbody import read_body
+from confide.httpbody import answer_client, fetch
 from confide.platforms import MAX_TCB_EVAL_NUMBER
 from confide.verify.dcap import DcapVerifier, pck_lookup
 from confide.verify.result import TcbEvalNumber, TcbEvaluationNumbers
@@ -136,6 +136,10 @@ notAfter): a PCK certificate has no nextUpdate, and the PCS may issue another fo
 TCB after a TCB recovery."""
 
 MAX_RESPONSE_SIZE = 4 << 20
+ANSWER_TIME = 60.0
+"""Seconds one answer of the PCS/PCCS may take to arrive, its connection, status line, headers
+and body (:func:`confide.httpbody.fetch`): the read timeout (30 s) bounds each wait for more
+bytes only. Longer is a :class:`NetworkError`."""
 PCS_UPDATES = ("early", "standard")
 """The values of Intel PCS API v4's ``update`` query parameter of TCB Info and QE Identity
 (``--pcs-update``): ``early``, the collateral of the newest TCB evaluation from the day of its
@@ -579,6 +583,7 @@ class PcsHttpSource:
         tcb_recovery_grace: timedelta | None = None,
         update: str | None = None,
         tcb_evaluation_data_number: int | None = None,
+        answer_time: float = ANSWER_TIME,
     ) -> None:
         if update is not None and update not in PCS_UPDATES:
             raise ValueError(f"update is {update!r}, expected 'early' or 'standard'")
@@ -617,7 +622,9 @@ class PcsHttpSource:
         self.root_ca_der = root_ca_der
         self._verifier = DcapVerifier(root_ca_der=root_ca_der, chain_cache_size=16, collateral_cache_size=16)
         self._api_key = api_key
-        self.client = client or httpx2.Client(timeout=30.0, follow_redirects=False)
+        self.answer_time = answer_time
+        # client: one keeping no connection alive (each answer's deadline sees its connection made)
+        self.client = client or answer_client(timeout=30.0, follow_redirects=False)
 
     def __repr__(self) -> str:  # never the API key
         update = f", update={self.update!r}" if self.update is not None else ""
@@ -668,26 +675,30 @@ class PcsHttpSource:
         except (OSError, ValueError, KeyError, TypeError, ParseError):
             pass
         shown = self._shown(url)
-        try:
-            with self.client.stream("GET", url, headers=headers) as response:
-                said = missing(response.status_code) if missing is not None else None
-                if said is not None:
-                    raise CollateralMissingError(f"GET {shown}: {response.status_code}, {said}")
-                if response.status_code == 404:
-                    raise CollateralMissingError(
-                        f"GET {shown}: 404, the collateral service has nothing for this platform"
-                    )
-                if response.status_code != 200:
-                    raise NetworkError(f"GET {shown}: HTTP {response.status_code}, expected 200")
-                # Read at most MAX_RESPONSE_SIZE (Intel PCS API v4 answers are a few KiB, a PCK
-                # CRL some hundreds): a hostile or broken service cannot make the source read,
-                # and hold, an answer without bound (a Content-Length above it is refused first).
-                body = read_body(
-                    response, MAX_RESPONSE_SIZE, lambda how: NetworkError(f"GET {shown}: the answer {how}")
+
+        def status(response: httpx2.Response) -> None:
+            said = missing(response.status_code) if missing is not None else None
+            if said is not None:
+                raise CollateralMissingError(f"GET {shown}: {response.status_code}, {said}")
+            if response.status_code == 404:
+                raise CollateralMissingError(
+                    f"GET {shown}: 404, the collateral service has nothing for this platform"
                 )
-                response_headers = response.headers
+            if response.status_code != 200:
+                raise NetworkError(f"GET {shown}: HTTP {response.status_code}, expected 200")
+
+        try:
+            # Read at most MAX_RESPONSE_SIZE (Intel PCS API v4 answers are a few KiB, a PCK CRL
+            # some hundreds): a hostile or broken service cannot make the source read, and hold,
+            # an answer without bound (a Content-Length above it is refused first), nor wait for
+            # it longer than answer_time, its head included.
+            answer = fetch(
+                self.client, "GET", url, headers=headers, limit=MAX_RESPONSE_SIZE, within=self.answer_time,
+                check=status, too_large=lambda how: NetworkError(f"GET {shown}: the answer {how}"),
+            )  # fmt: skip
         except httpx2.HTTPError as exc:
             raise NetworkError(f"GET {shown} failed: {type(exc).__name__}") from None
+        body, response_headers = answer.content, answer.headers
         chain = b""
         if chain_header:
             raw = response_headers.get(chain_header)

@@ -29,12 +29,16 @@ from cryptography import x509
 from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.fsutil import read_regular
+from confide.httpbody import answer_client, fetch
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, NONCE_SIZE, OcspResponse, ocsp_request_der
 
 __all__ = ["DEFAULT_OCSP_URL", "DirOcspSource", "HttpOcspSource", "OcspSource", "fetch_all", "source_for"]
 
 DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 _HTTP_OK = 200
+ANSWER_TIME = 30.0
+"""Seconds one answer of the responder may take to arrive, its connection, status line,
+headers and body (:func:`confide.httpbody.fetch`); longer is a :class:`NetworkError`."""
 
 
 class OcspSource(Protocol):
@@ -69,12 +73,14 @@ class HttpOcspSource:
         timeout: float = 10.0,
         nonce: bool = True,
         option: str = "--ocsp",
+        answer_time: float = ANSWER_TIME,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"{option}: got {url!r}, expected an http(s) URL or a directory")
         self.url = url
         self.nonce = nonce
-        self._client = httpx2.Client(transport=transport, timeout=timeout)
+        self.answer_time = answer_time
+        self._client = answer_client(transport=transport, timeout=timeout)
         self.requests_made = 0
 
     def close(self) -> None:
@@ -91,25 +97,22 @@ class HttpOcspSource:
         body = ocsp_request_der(cert, issuer, nonce)
         self.requests_made += 1
         headers = {"Content-Type": "application/ocsp-request", "Accept": "application/ocsp-response"}
+        where = f"OCSP responder {public_url(self.url)}"
+
+        def status(resp: httpx2.Response) -> None:
+            if resp.status_code != _HTTP_OK:
+                raise NetworkError(f"{where}: got HTTP {resp.status_code}, expected 200")
+
         try:
-            with self._client.stream("POST", self.url, content=body, headers=headers) as resp:
-                if resp.status_code != _HTTP_OK:
-                    raise NetworkError(
-                        f"OCSP responder {public_url(self.url)}: got HTTP {resp.status_code}, expected 200"
-                    )
-                data = bytearray()
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > MAX_RESPONSE_SIZE:
-                        raise ParseError(
-                            f"more than {MAX_RESPONSE_SIZE} bytes",
-                            structure=f"OCSP response from {public_url(self.url)}",
-                        )
+            data = fetch(
+                self._client, "POST", self.url, content=body, headers=headers, limit=MAX_RESPONSE_SIZE,
+                within=self.answer_time, check=status,
+                too_large=lambda how: ParseError(how, structure=f"OCSP response from {public_url(self.url)}"),
+                too_slow=lambda how: NetworkError(f"{where}: the answer {how}"),
+            ).content  # fmt: skip
         except httpx2.HTTPError as exc:
-            raise NetworkError(
-                f"OCSP responder {public_url(self.url)}: {type(exc).__name__}: {exc}"
-            ) from None
-        return OcspResponse(bytes(data), nonce)
+            raise NetworkError(f"{where}: {type(exc).__name__}: {exc}") from None
+        return OcspResponse(data, nonce)
 
 
 class DirOcspSource:

@@ -42,6 +42,7 @@ from confide.errors import CollateralMissingError, NetworkError, ParseError, Usa
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE
 from confide.fsutil import read_regular
+from confide.httpbody import answer_client, fetch
 
 __all__ = [
     "DEFAULT_RIM_URL",
@@ -59,6 +60,9 @@ DEFAULT_RIM_URL = "https://rim.attestation.nvidia.com/v1/rim/"
 MAX_ANSWER_SIZE = MAX_RIM_SIZE * 4 // 3 + 64 * 1024
 """The service's JSON answer: the base64 of a RIM of at most ``MAX_RIM_SIZE`` and a few fields."""
 _HTTP_OK = 200
+ANSWER_TIME = 30.0
+"""Seconds one answer of the RIM service may take to arrive, its connection, status line,
+headers and body (:func:`confide.httpbody.fetch`); longer is a :class:`NetworkError`."""
 _PART = re.compile(r"[0-9A-Za-z.\-]{1,32}")
 _STRUCTURE = "NVIDIA RIM ID"
 
@@ -147,11 +151,13 @@ class HttpRimSource:
         transport: httpx2.BaseTransport | None = None,
         timeout: float = 10.0,
         option: str = "--nvidia-rim",
+        answer_time: float = ANSWER_TIME,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"{option}: got {public_url(url)!r}, expected an http(s) URL or a directory")
         self.url = url if url.endswith("/") else url + "/"
-        self._client = httpx2.Client(transport=transport, timeout=timeout)
+        self.answer_time = answer_time
+        self._client = answer_client(transport=transport, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()
@@ -159,20 +165,21 @@ class HttpRimSource:
     def fetch(self, rim_id: str) -> bytes:
         _check_id(rim_id)
         where = f"NVIDIA RIM service {public_url(self.url)}"
+
+        def status(resp: httpx2.Response) -> None:
+            if resp.status_code != _HTTP_OK:
+                raise NetworkError(f"{where}: got HTTP {resp.status_code} for {rim_id}, expected 200")
+
         try:
-            with self._client.stream(
-                "GET", self.url + rim_id, headers={"Accept": "application/json"}
-            ) as resp:
-                if resp.status_code != _HTTP_OK:
-                    raise NetworkError(f"{where}: got HTTP {resp.status_code} for {rim_id}, expected 200")
-                data = bytearray()
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > MAX_ANSWER_SIZE:
-                        raise ParseError(f"more than {MAX_ANSWER_SIZE} bytes", structure=f"answer of {where}")
+            data = fetch(
+                self._client, "GET", self.url + rim_id, headers={"Accept": "application/json"},
+                limit=MAX_ANSWER_SIZE, within=self.answer_time, check=status,
+                too_large=lambda how: ParseError(how, structure=f"answer of {where}"),
+                too_slow=lambda how: NetworkError(f"{where}: the answer {how}"),
+            ).content  # fmt: skip
         except httpx2.HTTPError as exc:
             raise NetworkError(f"{where}: {type(exc).__name__}: {exc}") from None
-        return _rim_from_answer(bytes(data), where)
+        return _rim_from_answer(data, where)
 
 
 def _rim_from_answer(data: bytes, where: str) -> bytes:

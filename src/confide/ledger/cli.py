@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
 from confide.fsutil import new_file_error, read_small_file, write_new
+from confide.httpbody import answer_client
 from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
@@ -274,7 +274,7 @@ def _verify(
             http = None
             if ca is not None and url.startswith("https://"):
                 ctx = client_tls_context(ca)
-                http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
+                http = stack.enter_context(answer_client(verify=ctx, timeout=30.0))
             client = stack.enter_context(HttpLogClient(url, client=http))
         return verify_log(client, log_key, state, full=full, witnesses=witnesses, freshness=freshness)
 
@@ -642,7 +642,7 @@ def request_cosignature(log_db: Path, witness_url: str, witness_key: str, cacert
         with contextlib.ExitStack() as stack:
             http = None
             if cacert is not None:
-                http = stack.enter_context(httpx2.Client(verify=client_tls_context(cacert), timeout=10.0))
+                http = stack.enter_context(answer_client(verify=client_tls_context(cacert), timeout=10.0))
             _existing(log_db)
             conn = connect(log_db)
             stack.callback(conn.close)

@@ -32,7 +32,7 @@ import httpx2
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from confide.errors import AccessDeniedError, ConfideError, NetworkError, UsageError
-from confide.httpbody import read_body
+from confide.httpbody import Answer, answer_client, fetch
 from confide.httpserve.certreload import CertificateReloader, FileReloader, load_certificate_pair
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
@@ -77,9 +77,10 @@ __all__ = [
 ]
 
 MAX_RESOURCE = 1 << 24  # a full entry bundle is at most 256 * 65,537 bytes
-# The longest one answer may take to arrive, whatever its pace (the read timeout bounds each
-# wait for more only): a log sending a byte every 29 s would hold its auditor for years. 120 s
-# asks at least 140 kB/s of the largest resource (a full entry bundle); a tile is 8 KiB.
+# The longest one answer may take to arrive, whatever its pace, its connection, status line and
+# headers included (the read timeout bounds each wait for more only): a log sending a byte every
+# 29 s would hold its auditor for years. 120 s asks at least 140 kB/s of the largest resource (a
+# full entry bundle); a tile is 8 KiB. The witness client's answers likewise.
 MAX_ANSWER_TIME = 120.0
 # A 429's Retry-After the auditor's client waits out (RFC 9110 §10.2.3), at most this long
 # each time and this many times per resource; longer, or more often, is a failure.
@@ -102,32 +103,29 @@ def client_tls_context(cacert: Path) -> ssl.SSLContext:
     return tls_trusting(read_cert_file(cacert, "--cacert"), f"--cacert {cacert}")
 
 
-class Answer:
-    """An HTTP answer read by :func:`read_bounded`: status, headers and the whole body."""
-
-    __slots__ = ("content", "headers", "status_code")
-
-    def __init__(self, status_code: int, headers: httpx2.Headers, content: bytes) -> None:
-        self.status_code, self.headers, self.content = status_code, headers, content
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-
 def read_bounded(
-    client: httpx2.Client, method: str, url: str, limit: int, *, within: float | None = None, **kwargs: Any
+    client: httpx2.Client,
+    method: str,
+    url: str,
+    limit: int,
+    *,
+    within: float,
+    trace: Callable[[str, dict[str, Any]], None] | None = None,
+    **kwargs: Any,
 ) -> Answer:
-    """One request whose answer is read up to ``limit`` bytes (after any content decoding): a
-    larger one, declared (``Content-Length``) or sent, is a :class:`NetworkError` and read no
-    further, so a hostile log or witness cannot make its client read without bound; with
-    ``within``, so is a body still arriving after that many seconds (nor wait without bound)."""
+    """One request whose answer is read up to ``limit`` bytes (after any content decoding), all
+    of it (connection, status line, headers and body) within ``within`` seconds
+    (:func:`confide.httpbody.fetch`): a larger answer, declared (``Content-Length``) or sent, or
+    a slower one, is a :class:`NetworkError` and read no further, so a hostile log or witness
+    cannot make its client read, nor wait, without bound. ``client``: one keeping no connection
+    alive (:func:`confide.httpbody.answer_client`); ``trace``: the caller's own ``trace``
+    extension (:func:`confide.httpbody.fetch`)."""
     try:
-        with client.stream(method, url, **kwargs) as response:
-            body = read_body(
-                response, limit, lambda how: NetworkError(f"{method} {url}: the answer {how}"), within=within
-            )
-            return Answer(response.status_code, response.headers, body)
+        return fetch(
+            client, method, url, limit=limit, within=within, trace=trace,
+            too_large=lambda how: NetworkError(f"{method} {url}: the answer {how}"),
+            **kwargs,
+        )  # fmt: skip
     except httpx2.InvalidURL as exc:  # a port that is not a number, a broken IPv6 address
         raise UsageError(f"{method} {url[:120]!r}: not a valid URL: {exc}") from None
     except httpx2.HTTPError as exc:
@@ -152,7 +150,8 @@ class HttpLogClient:
 
     def __init__(self, base_url: str, *, client: httpx2.Client | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx2.Client(timeout=timeout)
+        # client: one that keeps no connection alive (a CasClient's, answer_client's)
+        self._client = client or answer_client(timeout=timeout)
         self._owned = client is None
 
     def fetch(self, path: str) -> bytes | None:

@@ -22,6 +22,7 @@ import httpx2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
+from confide.httpbody import answer_client
 from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import MetricsClientAllowList, MetricsTokenFile, TokenSet
@@ -248,7 +249,7 @@ def request_cosignatures(
         s for s in parsed.signatures if (s.name, s.key_id) != (witness_key.name, witness_key.key_id)
     )
     bare = Note(parsed.text, others).to_bytes()
-    http = client or httpx2.Client(timeout=10.0)
+    http = client or answer_client(timeout=10.0)  # client: one keeping no connection alive
     try:
         old = old_size if 0 <= old_size <= checkpoint.size else 0
         for _ in range(3):  # a witness another writer of this origin moves meanwhile: asked again
@@ -258,16 +259,10 @@ def request_cosignatures(
                 # A witness answers signature lines, a size or a short error: read no more than a
                 # whole note may be (MAX_NOTE_SIZE, which parse_note refuses past anyway).
                 # and in no more time than a log's answer (a witness dripping it would hold the log).
-                extra: dict[str, Any] = {} if trace is None else {"extensions": {"trace": trace}}
                 resp = read_bounded(
-                    http,
-                    "POST",
-                    url,
-                    MAX_NOTE_SIZE,
-                    within=MAX_ANSWER_TIME,
+                    http, "POST", url, MAX_NOTE_SIZE, within=MAX_ANSWER_TIME, trace=trace,
                     content=_body(old, proof, bare),
-                    **extra,
-                )
+                )  # fmt: skip
             except NetworkError as exc:
                 raise NetworkError(f"witness {witness_url}: {exc.message}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):

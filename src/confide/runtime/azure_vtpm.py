@@ -76,7 +76,7 @@ from confide.evidence.tpm import (
     parse_attest,
     parse_signature,
 )
-from confide.httpbody import read_body
+from confide.httpbody import answer_client, fetch
 from confide.runtime.quote import (
     SNP_REPORT_DATA_OFFSET,
     Evidence,
@@ -120,6 +120,10 @@ IMDS_TDQUOTE_URL = "http://169.254.169.254/acc/tdquote"
 MAX_IMDS_ANSWER = MAX_EVIDENCE_SIZE
 """The largest IMDS answer read (bytes): a VCEK with its chain, or a TD quote, base64url in JSON,
 is a few KiB; the host that serves IMDS could otherwise send without end."""
+IMDS_ANSWER_TIME = 60.0
+"""Seconds one IMDS answer may take to arrive, its connection, status line, headers and body
+(:func:`confide.httpbody.fetch`): a TD quote's read timeout is 30 s, each wait for more bytes
+only. Longer is a :class:`NetworkError`."""
 
 EVIDENCE_VERSION = 1
 # Intel TDX Module ABI, REPORTMACSTRUCT.REPORTTYPE.type: 0x81 is a TDX TD report.
@@ -195,22 +199,28 @@ class TdQuoteSource(Protocol):
 
 
 def _imds_json(
-    method: str, url: str, timeout: float, transport: httpx2.BaseTransport | None, **kwargs: Any
+    method: str,
+    url: str,
+    timeout: float,
+    transport: httpx2.BaseTransport | None,
+    within: float,
+    **kwargs: Any,
 ) -> dict[str, Any]:
+    def status(response: httpx2.Response) -> None:
+        if response.status_code != 200:
+            raise NetworkError(f"{method} {url}: got HTTP {response.status_code}, expected 200")
+
     try:
         # trust_env=False: IMDS is link-local and must not go through a proxy.
-        with (
-            httpx2.Client(timeout=timeout, trust_env=False, transport=transport) as client,
-            client.stream(method, url, **kwargs) as response,
-        ):
-            if response.status_code != 200:
-                raise NetworkError(f"{method} {url}: got HTTP {response.status_code}, expected 200")
-            # IMDS is the host's: its answer is read up to a bound, like any hostile party's
-            content = read_body(
-                response,
-                MAX_IMDS_ANSWER,
-                lambda how: ParseError(f"the answer {how}", structure=f"response of {url}"),
-            )
+        with answer_client(timeout=timeout, trust_env=False, transport=transport) as client:
+            # IMDS is the host's: its answer is read up to a bound, in size and time, like any
+            # hostile party's
+            content = fetch(
+                client, method, url, limit=MAX_IMDS_ANSWER, within=within, check=status,
+                too_large=lambda how: ParseError(f"the answer {how}", structure=f"response of {url}"),
+                too_slow=lambda how: NetworkError(f"{method} {url}: the answer {how}"),
+                **kwargs,
+            ).content  # fmt: skip
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
     body = jsonstrict.loads(content, structure=f"response of {url}")
@@ -223,14 +233,22 @@ class ImdsVcekSource:
     """The VCEK from Azure IMDS's THIM endpoint (``{"vcekCert": PEM, "certificateChain": PEM}``)."""
 
     def __init__(
-        self, url: str = IMDS_THIM_URL, *, timeout: float = 5.0, transport: httpx2.BaseTransport | None = None
+        self,
+        url: str = IMDS_THIM_URL,
+        *,
+        timeout: float = 5.0,
+        transport: httpx2.BaseTransport | None = None,
+        answer_time: float = IMDS_ANSWER_TIME,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.transport = transport
+        self.answer_time = answer_time
 
     def get_vcek(self) -> bytes:
-        body = _imds_json("GET", self.url, self.timeout, self.transport, headers={"Metadata": "true"})
+        body = _imds_json(
+            "GET", self.url, self.timeout, self.transport, self.answer_time, headers={"Metadata": "true"}
+        )
         pem = body.get("vcekCert")
         if not isinstance(pem, str):
             raise ParseError("no vcekCert string", structure=f"response of {self.url}")
@@ -249,16 +267,20 @@ class ImdsTdQuoteSource:
         *,
         timeout: float = 30.0,
         transport: httpx2.BaseTransport | None = None,
+        answer_time: float = IMDS_ANSWER_TIME,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.transport = transport
+        self.answer_time = answer_time
 
     def get_td_quote(self, td_report: bytes) -> bytes:
         if len(td_report) != TD_REPORT_SIZE:
             raise UsageError(f"TD report: got {len(td_report)} bytes, expected {TD_REPORT_SIZE}")
         report = base64.urlsafe_b64encode(td_report).rstrip(b"=").decode("ascii")
-        body = _imds_json("POST", self.url, self.timeout, self.transport, json={"report": report})
+        body = _imds_json(
+            "POST", self.url, self.timeout, self.transport, self.answer_time, json={"report": report}
+        )
         quote = body.get("quote")
         if not isinstance(quote, str) or not quote:
             raise ParseError("no quote string", structure=f"response of {self.url}")

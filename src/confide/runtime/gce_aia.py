@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from confide.errors import CertificateChainError, ConfideError, NetworkError, ParseError
-from confide.httpbody import AnswerDeadline, read_body
+from confide.httpbody import answer_client, fetch
 from confide.verify.x509util import load_certificate_chain, name_of, verify_issued_by
 
 __all__ = [
@@ -87,24 +87,18 @@ class HttpIssuerFetcher:
     def fetch(self, url: str, *, limit: int, within: float) -> bytes:
         timeout = max(min(PER_FETCH_TIMEOUT, within), 0.001)
         where = f"issuer certificate at {url}"
+
+        def status(response: httpx2.Response) -> None:
+            if response.status_code != 200:
+                raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
+
         try:
-            with (
-                AnswerDeadline(within) as deadline,  # the head too: read_body's within counts the body only
-                httpx2.Client(timeout=timeout, follow_redirects=False, transport=self.transport) as client,
-                client.stream("GET", url, extensions={"trace": deadline.trace}) as response,
-            ):
-                if response.status_code != 200:
-                    raise NetworkError(f"GET {url}: got HTTP {response.status_code}, expected 200")
-                return read_body(
-                    response,
-                    limit,
-                    lambda how: ParseError(f"the answer {how}", structure=where),
-                    within=within,
-                )
+            with answer_client(timeout=timeout, follow_redirects=False, transport=self.transport) as client:
+                return fetch(
+                    client, "GET", url, limit=limit, within=within, check=status,
+                    too_large=lambda how: ParseError(f"the answer {how}", structure=where),
+                ).content  # fmt: skip
         except httpx2.HTTPError as exc:
-            if deadline.expired:
-                slow = f"the answer took more than {within:g} s to arrive"
-                raise ParseError(slow, structure=where) from None
             raise NetworkError(f"GET {url}: {type(exc).__name__}: {exc}") from None
 
 
