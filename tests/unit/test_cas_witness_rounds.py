@@ -247,6 +247,7 @@ class FrozenWall:
     guard's wall clock: one time the test moves (whole seconds: a cosignature's timestamp)."""
 
     now = 1_800_000_000.0
+    ahead = 0.0  # the witness's clock ahead of the guard's
 
     def __call__(self) -> float:
         return self.now
@@ -266,7 +267,7 @@ def test_a_slow_answer_counts_for_the_round_of_the_same_checkpoint_waiting_for_i
     class WitnessTime(datetime):
         @classmethod
         def now(cls, tz: tzinfo | None = None) -> WitnessTime:
-            return cls.fromtimestamp(wall.now, tz)
+            return cls.fromtimestamp(wall.now + wall.ahead, tz)
 
     monkeypatch.setattr("confide.ledger.witness_http.datetime", WitnessTime)
     servers = Witnesses(tmp_path, signer.verifier, 1)
@@ -306,6 +307,24 @@ def test_a_slow_answer_counts_for_the_round_of_the_same_checkpoint_waiting_for_i
         assert asked.count(first.size) == 1
         assert guard.witnesses[0][2] == 0  # no failure counted for the witness
         assert guard.quorum_size == first.size and guard.quorum_at == clock.now  # the later round's
+
+        # A witness whose clock runs ahead: its cosignature is no evidence of the waiting round's
+        # time, so it is asked again (and, its clock frozen here, answers the same timestamp).
+        wall.ahead = 3600
+        _grow(cas)
+        held.clear()
+        release.clear()
+        hold.set()
+        first = cp.tick()
+        assert first is not None and held.wait(WAIT)
+        clock.now += RETRY_SECONDS
+        wall.now += RETRY_SECONDS
+        again = cp.tick()
+        assert again is not None and again.size == first.size
+        release.set()
+        assert first.wait(WAIT) and first.cosigned == 1 and again.wait(WAIT)
+        assert asked.count(first.size) == 2 and again.cosigned == 0
+        assert "not a fresh one" in again.failures[0][2]
     finally:
         cp.stop()
         servers.close()

@@ -245,15 +245,7 @@ class WitnessRounds:
                         tally.left += 1
                         self._check(tally)
                         continue
-                    if (
-                        slot.stamped is not None
-                        and slot.stamped[0] == tally.size
-                        and slot.stamped[1] >= int(tally.started_wall)
-                    ):
-                        # The witness cosigned this checkpoint while the round waited for it,
-                        # dated no earlier than the round's start: that cosignature is the
-                        # round's. Asked again at once, it would answer with the same timestamp
-                        # (whole seconds), which the guard refuses as not a fresh one.
+                    if self._answered(slot, tally):
                         self._record(slot, tally, None)
                         continue
                     slot.busy, slot.sent = True, tally.size
@@ -296,6 +288,16 @@ class WitnessRounds:
                 _close(conn)
             if http is not None:
                 http.close()
+
+    def _answered(self, slot: _Slot, tally: Tally) -> bool:
+        """Whether the witness cosigned ``tally``'s checkpoint while the round waited for it,
+        dated no earlier than the round's start and not ahead of the guard's clock: that
+        cosignature is the round's. Asked again at once, the witness would answer with the same
+        timestamp (whole seconds), which the guard refuses as not a fresh one. (A witness whose
+        clock runs ahead is asked again, as before.)"""
+        if self.guard is None or slot.stamped is None or slot.stamped[0] != tally.size:
+            return False
+        return int(tally.started_wall) <= slot.stamped[1] <= self.guard.wall() + 1
 
     def _client(self) -> httpx2.Client:
         # No connection kept alive: each answer's AnswerDeadline must see its connection made.
