@@ -651,7 +651,7 @@ def test_a_version_committed_between_the_rows_and_the_ledger_is_read_again(
     assert ledger is not None
     done: list[int] = []
 
-    def racing(conn: Any, policy: str, name: str) -> tuple[int, int] | None:
+    def racing(conn: Any, policy: str, name: str, *below: int | None) -> tuple[int, int] | None:
         if (policy, name) == ("owned", "pw") and not done:
             done.append(1)
             other = InProcessCas.start(env.data, "", db_url=env.db_url)
@@ -659,10 +659,43 @@ def test_a_version_committed_between_the_rows_and_the_ledger_is_read_again(
                 other.apply(owned(21, first.hash), env.owner)
             finally:
                 other.cas.db.dispose()
-        return ledger(conn, policy, name)
+        return ledger(conn, policy, name, *below)
 
     monkeypatch.setattr(heads, "ledger", racing)
     with env.cas.db.read() as conn:
         row = env.cas._latest_secret(conn, "owned", "pw")
     assert done and row is not None
+    assert row.version == (2 if env.db_url else 1)
+
+
+def test_a_version_committed_again_during_the_second_read_is_not_a_refusal(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL READ COMMITTED: the rows are read again after the ledger named a version the
+    first read of them missed; a further version another process commits between that second
+    read of the rows and its ledger check is not a refusal either (the check is against the
+    ledger as of the first read, whose entries were committed before the rows were read again).
+    Before 2026-12-07 the second ledger check read the ledger anew: SecretRowsAltered for a
+    secret nobody altered. A head written back below the ledger's version is still refused."""
+    first = env.ipc.apply(owned(20), env.owner)
+    env.password()
+    heads = env.cas.secret_heads
+    heads.forget([("owned", "pw")])  # not verified before: the ledger is read
+    ledger = heads.ledger
+    assert ledger is not None
+    updates = [owned(21, first.hash)]
+
+    def racing(conn: Any, policy: str, name: str, *below: int | None) -> tuple[int, int] | None:
+        if (policy, name) == ("owned", "pw") and len(updates) < 3:
+            other = InProcessCas.start(env.data, "", db_url=env.db_url)
+            try:
+                updates.append(owned(22 + len(updates), other.apply(updates[-1], env.owner).hash))
+            finally:
+                other.cas.db.dispose()
+        return ledger(conn, policy, name, *below)
+
+    monkeypatch.setattr(heads, "ledger", racing)
+    with env.cas.db.read() as conn:
+        row = env.cas._latest_secret(conn, "owned", "pw")
+    assert len(updates) == (3 if env.db_url else 2) and row is not None  # SQLite: no second read
     assert row.version == (2 if env.db_url else 1)

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from confide import errors
 from confide.cas.db import raw_connection
 from confide.cas.server import Checkpointer, prepare
-from confide.cas.witness_quorum import WitnessGuard, WitnessQuorum
+from confide.cas.witness_quorum import RETRY_SECONDS, WitnessGuard, WitnessQuorum
 from confide.ledger.note import NoteSigner, parse_note
 from confide.ledger.store import Ledger, connect, write_transaction
 from confide.ledger.witness import Witness
@@ -239,3 +240,91 @@ def _threads(cp: Checkpointer) -> tuple[threading.Thread, ...]:
 
 def _conn(cas: Any) -> Any:
     return connect(Path(cas.db.url.split("sqlite:///", 1)[1]))
+
+
+class FrozenWall:
+    """The witness server's clock (``datetime.now`` in confide.ledger.witness_http) and the
+    guard's wall clock: one time the test moves (whole seconds: a cosignature's timestamp)."""
+
+    now = 1_800_000_000.0
+    ahead = 0.0  # the witness's clock ahead of the guard's
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_slow_answer_counts_for_the_round_of_the_same_checkpoint_waiting_for_it(
+    dev_cas: tuple[Any, NoteSigner], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A witness still answering when the same checkpoint is sent again (no quorum yet after
+    RETRY_SECONDS) was asked it again at once: its new cosignature had the same timestamp
+    (whole seconds) and was refused as not a fresh one, a failure of a witness that answered
+    twice. The cosignature it answered with, dated no earlier than the waiting round's start,
+    now counts for that round too; the witness is not asked again."""
+    cas, signer = dev_cas
+    wall = FrozenWall()
+
+    class WitnessTime(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> WitnessTime:
+            return cls.fromtimestamp(wall.now + wall.ahead, tz)
+
+    monkeypatch.setattr("confide.ledger.witness_http.datetime", WitnessTime)
+    servers = Witnesses(tmp_path, signer.verifier, 1)
+    witness = servers.witnesses[0]
+    answer = witness.add_checkpoint
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+    asked: list[int] = []
+
+    def slow(old_size: int, proof: list[bytes], checkpoint: bytes, *, at: Any) -> Any:
+        asked.append(int(checkpoint.split(b"\n")[1]))
+        if hold.is_set():
+            hold.clear()
+            held.set()
+            release.wait(WAIT)
+        # a witness signs when it answers: its clock as of then
+        return answer(old_size, proof, checkpoint, at=WitnessTime.now(UTC))
+
+    witness.add_checkpoint = slow  # type: ignore[method-assign]
+    clock = Monotonic()
+    guard = WitnessGuard(WitnessQuorum(servers.specs, 1), monotonic=clock, wall=wall)
+    cp = Checkpointer(cas, signer, guard=guard, sleep=_no_sleep, monotonic=clock, answer_time=300)
+    try:
+        cp.start_with_quorum()
+        _grow(cas)
+        hold.set()
+        first = cp.tick()
+        assert first is not None and held.wait(WAIT)
+        # No quorum for the new size after RETRY_SECONDS: the same checkpoint is sent again.
+        clock.now += RETRY_SECONDS
+        wall.now += RETRY_SECONDS
+        again = cp.tick()
+        assert again is not None and again.size == first.size and not again.wait(0)
+        release.set()  # the witness answers the first round, now (the second round's time)
+        assert first.wait(WAIT) and first.cosigned == 1
+        assert again.wait(WAIT)
+        assert (again.cosigned, again.failures) == (1, []), again.failures
+        assert asked.count(first.size) == 1
+        assert guard.witnesses[0][2] == 0  # no failure counted for the witness
+        assert guard.quorum_size == first.size and guard.quorum_at == clock.now  # the later round's
+
+        # A witness whose clock runs ahead: its cosignature is no evidence of the waiting round's
+        # time, so it is asked again (and, its clock frozen here, answers the same timestamp).
+        wall.ahead = 3600
+        _grow(cas)
+        held.clear()
+        release.clear()
+        hold.set()
+        first = cp.tick()
+        assert first is not None and held.wait(WAIT)
+        clock.now += RETRY_SECONDS
+        wall.now += RETRY_SECONDS
+        again = cp.tick()
+        assert again is not None and again.size == first.size
+        release.set()
+        assert first.wait(WAIT) and first.cosigned == 1 and again.wait(WAIT)
+        assert asked.count(first.size) == 2 and again.cosigned == 0
+        assert "not a fresh one" in again.failures[0][2]
+    finally:
+        cp.stop()
+        servers.close()

@@ -1547,15 +1547,20 @@ class Cas:
         try:
             return self._read_secret(conn, policy, name)
         except SecretRowsAltered as exc:
-            if not exc.ledger:
+            if not exc.ledger or exc.ledger_at is None:
                 raise
+            at = exc.ledger_at
         # PostgreSQL reads are READ COMMITTED: a version another transaction committed between
         # the rows' read and the ledger's (its row, head and entry together) is in the ledger
-        # only. Read once more, after the ledger's size: what the ledger records below it is
-        # committed, so a refusal now stands (SQLite, a write transaction: the same answer).
-        return self._read_secret(conn, policy, name)
+        # only. Read once more, judged against the ledger's entries up to the one that refused:
+        # committed before this read began, so a refusal now stands (SQLite, a write
+        # transaction: the same answer). Not against the ledger read anew: a further version
+        # committed meanwhile would be the same race again (before 2026-12-07, a refusal).
+        return self._read_secret(conn, policy, name, below=at + 1)
 
-    def _read_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
+    def _read_secret(
+        self, conn: Connection, policy: str, name: str, *, below: int | None = None
+    ) -> SecretRow | None:
         row = raw_execute(
             conn,
             "SELECT s.policy, s.name, s.version, s.kind, s.sealed, s.public, h.version, h.key_id, h.mac "
@@ -1564,16 +1569,20 @@ class Cas:
             (policy, name),
         ).fetchone()
         if row is None:  # no row: refused if a head or the ledger names a version (rows deleted)
-            self.secret_heads.checked(conn, policy, name, None, self.secret_heads.head(conn, policy, name))
+            head = self.secret_heads.head(conn, policy, name)
+            self.secret_heads.checked(conn, policy, name, None, head, below)
             return None
         head = None if row[6] is None else (row[6], row[7], row[8])
-        self.secret_heads.checked(conn, policy, name, row[2], head)
+        self.secret_heads.checked(conn, policy, name, row[2], head, below)
         return SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
-    def _recorded_version(self, conn: Connection, policy: str, name: str) -> tuple[int, int] | None:
-        """The newest version of a secret the ledger records as ``conn``'s transaction sees it,
-        and its entry's index (confide.cas.secret_ledger; a head-cache miss only)."""
-        return self.policy_auth.index.view(conn).secret(policy, name)
+    def _recorded_version(
+        self, conn: Connection, policy: str, name: str, below: int | None = None
+    ) -> tuple[int, int] | None:
+        """The newest version of a secret the ledger records as ``conn``'s transaction sees it
+        (only its entries below index ``below`` when given), and its entry's index
+        (confide.cas.secret_ledger; a head-cache miss only)."""
+        return self.policy_auth.index.view(conn).secret(policy, name, below)
 
     def _put_secret_head(self, conn: Connection, policy: str, name: str, version: int) -> None:
         """Make ``version`` (its row just inserted in ``conn``) the secret's current version."""

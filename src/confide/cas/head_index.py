@@ -396,12 +396,12 @@ class HeadView:
         self.marks, self.refused = marks or BoardMarks(), refused
         self.secrets = secrets or SecretVersions()
 
-    def secret(self, policy: str, name: str) -> tuple[int, int] | None:
+    def secret(self, policy: str, name: str, below: int | None = None) -> tuple[int, int] | None:
         """The newest version of secret ``name`` of ``policy`` an entry below this view's size
-        records, and that entry's index (``None``: none; :mod:`confide.cas.secret_ledger`).
-        The entries only a write transaction sees are included: a version its caller wrote
-        and recorded is the newest."""
-        return self.secrets.newest(policy, name, self.size)
+        (and below ``below`` when given) records, and that entry's index (``None``: none;
+        :mod:`confide.cas.secret_ledger`). The entries only a write transaction sees are
+        included: a version its caller wrote and recorded is the newest."""
+        return self.secrets.newest(policy, name, self.size if below is None else min(self.size, below))
 
     def board(self) -> BoardLedger:
         """The successor board as the ledger's committed entries below this view's size record

@@ -78,10 +78,11 @@ BOUND_META = SECRET_HEADS_BOUND_META
 _KEY_ID_META = "master_key_id"  # confide.cas.rotation.KEY_ID_META (rotation imports this module)
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _LOG = logging.getLogger("confide.cas")
-# recorded(conn, policy, name): the newest version the ledger records for a secret and its
-# entry's index (None: none) as conn's transaction sees the ledger, read only when a head is not
-# the one verified last (confide.cas.secret_ledger; confide.cas.head_index.HeadView.secret)
-Recorded = Callable[[Connection, str, str], "tuple[int, int] | None"]
+# recorded(conn, policy, name, below): the newest version the ledger records for a secret and
+# its entry's index (None: none) as conn's transaction sees the ledger (only its entries below
+# index ``below`` when given), read only when a head is not the one verified last
+# (confide.cas.secret_ledger; confide.cas.head_index.HeadView.secret)
+Recorded = Callable[[Connection, str, str, "int | None"], "tuple[int, int] | None"]
 _HEAD = "SELECT version, key_id, mac FROM secret_heads WHERE policy = ? AND name = ?"
 _UPSERT = (
     "INSERT INTO secret_heads (policy, name, version, updated_at, key_id, mac) VALUES (?, ?, ?, ?, ?, ?) "
@@ -95,7 +96,14 @@ class SecretRowsAltered(StorageError):
     back, or a head that does not verify). Names the policy and the secret, never a value."""
 
     def __init__(
-        self, policy: str, name: str, why: str, *, deleted_after: int | None = None, ledger: bool = False
+        self,
+        policy: str,
+        name: str,
+        why: str,
+        *,
+        deleted_after: int | None = None,
+        ledger: bool = False,
+        ledger_at: int | None = None,
     ) -> None:
         super().__init__(
             f"the stored versions of secret {name[:128]!r} of policy {policy[:128]!r} do not match its "
@@ -110,6 +118,9 @@ class SecretRowsAltered(StorageError):
         self.deleted_after = deleted_after
         # refused because the ledger records a newer version (confide.cas.secret_ledger)
         self.ledger = ledger
+        # that version's entry's index: a second read judges against the entries up to it
+        # (committed before it began), not against ones committed since
+        self.ledger_at = ledger_at
 
 
 def secret_head_mac(key: bytes, key_id: str, policy: str, name: str, version: int) -> str:
@@ -180,16 +191,19 @@ class SecretHeads:
         name: str,
         row_version: int | None,
         head: tuple[object, ...] | None,
+        below: int | None = None,
     ) -> None:
         """Refuse (:class:`SecretRowsAltered`) unless the secret's newest row (``row_version``;
         ``None``: no row) is the version its head (``head``: version, key id, MAC as stored;
         ``None``: no head row) names, the head verifies and, for a head not verified before,
         is not older than the newest version the ledger records for the secret, as ``conn``'s
-        transaction sees the ledger (:attr:`ledger`; :mod:`confide.cas.secret_ledger`). Neither
-        row nor head: no secret yet, unless the ledger records a version of it."""
+        transaction sees the ledger (:attr:`ledger`; :mod:`confide.cas.secret_ledger`; only its
+        entries below index ``below`` when given: a second read after a refusal, judged against
+        the entries up to the one that refused). Neither row nor head: no secret yet, unless the
+        ledger records a version of it."""
         if head is None:
             if row_version is None:
-                recorded = None if self.ledger is None else self.ledger(conn, policy, name)
+                recorded = None if self.ledger is None else self.ledger(conn, policy, name, below)
                 if recorded is not None:
                     raise SecretRowsAltered(
                         policy,
@@ -198,6 +212,7 @@ class SecretHeads:
                         f"version {recorded[0]}",
                         deleted_after=recorded[0],
                         ledger=True,
+                        ledger_at=recorded[1],
                     )
                 return
             raise SecretRowsAltered(policy, name, "its current version is not recorded")
@@ -206,7 +221,7 @@ class SecretHeads:
             if not self.verifies(policy, name, version, key_id, mac):
                 raise SecretRowsAltered(policy, name, "its recorded current version does not authenticate")
             assert _integer(version)  # verified
-            recorded = None if self.ledger is None else self.ledger(conn, policy, name)
+            recorded = None if self.ledger is None else self.ledger(conn, policy, name, below)
             if recorded is not None and recorded[0] > int(str(version)):
                 # an earlier genuine head written back with the later rows deleted
                 raise SecretRowsAltered(
@@ -216,6 +231,7 @@ class SecretHeads:
                     f"{recorded[0]}",
                     deleted_after=recorded[0],
                     ledger=True,
+                    ledger_at=recorded[1],
                 )
             self._verified.put((policy, name), (version, key_id, mac))
         assert _integer(version)  # verified

@@ -226,12 +226,13 @@ class WitnessGuard:
         size: int,
         client: httpx2.Client | None = None,
         trace: Callable[[str, dict[str, Any]], None] | None = None,
-    ) -> None:
+    ) -> int:
         """Have witness ``index`` cosign ``note`` (the checkpoint of ``size``): returns once it
-        did. A rollback or fork answer halts the guard and raises :class:`LogRollbackError`
-        (after one JSON log line, for the first such answer only); any other failure is counted
-        for the witness and raised (a :class:`ConfideError`). One witness is asked by one thread
-        at a time (:class:`~confide.cas.witness_rounds.WitnessRounds`, or :meth:`round`)."""
+        did, with its cosignature's timestamp (POSIX seconds). A rollback or fork answer halts
+        the guard and raises :class:`LogRollbackError` (after one JSON log line, for the first
+        such answer only); any other failure is counted for the witness and raised (a
+        :class:`ConfideError`). One witness is asked by one thread at a time
+        (:class:`~confide.cas.witness_rounds.WitnessRounds`, or :meth:`round`)."""
         witness = self._witnesses[index]
         try:
             sig = request_cosignatures(
@@ -274,6 +275,7 @@ class WitnessGuard:
             )
         witness.size, witness.stamp = size, stamp
         witness.cosignatures += 1
+        return stamp
 
     def reached(self, size: int, started: float, started_wall: float) -> None:
         """A quorum cosigned the checkpoint of ``size`` in the round that :meth:`begin` started

@@ -7,10 +7,11 @@ of the next checkpoint nor the other witnesses' cosignatures. Each witness is as
 thread at a time, in the order of the checkpoints; while it is being asked, the newest
 checkpoint submitted since waits for it, and a newer one replaces an older one still waiting
 (it is never asked to go back to a smaller tree: one smaller than the last it was sent is
-dropped). Each witness's whole answer to one checkpoint (its requests, heads and bodies) has
-:data:`ANSWER_TIME` seconds (:class:`~confide.httpbody.AnswerDeadline` shuts the connection down
-then), and :meth:`WitnessRounds.stop` shuts down every connection in flight and joins the
-threads.
+dropped; with a guard, one of the size the witness just cosigned, with a timestamp no earlier
+than its round's start, takes that cosignature instead of asking again). Each witness's whole
+answer to one checkpoint (its requests, heads and bodies) has :data:`ANSWER_TIME` seconds
+(:class:`~confide.httpbody.AnswerDeadline` shuts the connection down then), and
+:meth:`WitnessRounds.stop` shuts down every connection in flight and joins the threads.
 
 Every submission is a round (a :class:`Tally`): with a :class:`~confide.cas.witness_quorum.WitnessGuard`
 (``--witness-quorum``), started by :meth:`~confide.cas.witness_quorum.WitnessGuard.begin` (whose
@@ -115,6 +116,8 @@ class _Slot:
     queued: bool = False
     sent: int = -1
     cosigned: int = 0
+    stamped: tuple[int, int] | None = None
+    """With a guard: the size and timestamp of the witness's last cosignature."""
 
 
 class WitnessRounds:
@@ -242,17 +245,21 @@ class WitnessRounds:
                         tally.left += 1
                         self._check(tally)
                         continue
+                    if self._answered(slot, tally):
+                        self._record(slot, tally, None)
+                        continue
                     slot.busy, slot.sent = True, tally.size
                     deadline = AnswerDeadline(self.answer_time)
                     self._deadlines.add(deadline)
                 failure: ConfideError | None = None
+                stamp: int | None = None
                 try:
                     if conn is None:
                         conn = self._connect()
                     if http is None:
                         http = self._client()
                     with deadline:
-                        self._ask(slot, conn, http, note, tally.size, deadline)
+                        stamp = self._ask(slot, conn, http, note, tally.size, deadline)
                 except ConfideError as exc:
                     failure = exc
                     if deadline.expired and not isinstance(exc, LogRollbackError):
@@ -269,6 +276,8 @@ class WitnessRounds:
                 with self._cond:
                     self._deadlines.discard(deadline)
                     slot.busy = False
+                    if failure is None and stamp is not None:
+                        slot.stamped = (tally.size, stamp)
                     self._record(slot, tally, failure)
                     if slot.pending is not None and not self._stopping:
                         slot.queued = True
@@ -280,6 +289,16 @@ class WitnessRounds:
             if http is not None:
                 http.close()
 
+    def _answered(self, slot: _Slot, tally: Tally) -> bool:
+        """Whether the witness cosigned ``tally``'s checkpoint while the round waited for it,
+        dated no earlier than the round's start and not ahead of the guard's clock: that
+        cosignature is the round's. Asked again at once, the witness would answer with the same
+        timestamp (whole seconds), which the guard refuses as not a fresh one. (A witness whose
+        clock runs ahead is asked again, as before.)"""
+        if self.guard is None or slot.stamped is None or slot.stamped[0] != tally.size:
+            return False
+        return int(tally.started_wall) <= slot.stamped[1] <= self.guard.wall() + 1
+
     def _client(self) -> httpx2.Client:
         # No connection kept alive: each answer's AnswerDeadline must see its connection made.
         timeout = httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
@@ -289,14 +308,15 @@ class WitnessRounds:
 
     def _ask(
         self, slot: _Slot, conn: Conn, http: httpx2.Client, note: bytes, size: int, deadline: AnswerDeadline
-    ) -> None:
+    ) -> int | None:
+        """The witness's cosignature of ``note``: with a guard, its timestamp."""
         if self.guard is not None:
-            self.guard.ask(slot.index, conn, note, size, http, deadline.trace)
-            return
+            return self.guard.ask(slot.index, conn, note, size, http, deadline.trace)
         request_cosignatures(
             conn, slot.url, slot.key, client=http, note=note, old_size=slot.cosigned, trace=deadline.trace
         )
         slot.cosigned = size
+        return None
 
     def _record(self, slot: _Slot, tally: Tally, failure: ConfideError | None) -> None:
         """With the lock held: the witness's answer counted in its round."""
