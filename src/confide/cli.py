@@ -251,8 +251,14 @@ def evidence_verify(
         if minimum is not None:
             result = require_minimum(result, minimum, "--min-tcb-eval-number")
     except ConfideError as exc:
-        now = at_text is None and isinstance(exc, CollateralExpiredError)
-        _fail(exc, chosen, as_json, hint=NOW_HINT if now else "")
+        from confide.verify.x509util import refused_at_its_time  # the verifiers loaded it
+
+        hint = ""
+        if at_text is None and isinstance(exc, CollateralExpiredError):
+            hint = NOW_HINT
+        elif at_text is None and refused_at_its_time(exc):
+            hint = CERTIFICATE_NOW_HINT
+        _fail(exc, chosen, as_json, hint=hint)
         return
     _succeed(result, as_json)
 
@@ -261,6 +267,11 @@ def evidence_verify(
 # refused at the current time: say which option verifies it at its time (docs/dcap.md).
 NOW_HINT = (
     " (verified at the current time: give --at with a time inside the collateral's validity to"
+    " verify at another)"
+)
+# The same for a certificate of the evidence (an expired VLEK, an AK certificate) or of its chain.
+CERTIFICATE_NOW_HINT = (
+    " (verified at the current time: give --at with a time inside the certificate's validity to"
     " verify at another)"
 )
 
