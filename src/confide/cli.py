@@ -145,12 +145,15 @@ _PATH = click.Path(path_type=Path)
 @click.argument("evidence_file", metavar="EVIDENCE", type=_PATH)
 @click.option("--platform", type=_PLATFORM_CHOICE, help="Evidence platform (detected when omitted).")
 @click.option("--collateral", metavar="PATH|URL",
-              help="SGX/TDX: dcap-qvl JSON bundle, PCS directory or Intel PCS/PCCS URL; SEV-SNP: AMD KDS "
-                   "mirror directory or KDS URL; NVIDIA: RIM file or directory.")  # fmt: skip
+              help="SGX/TDX (and a GCE Confidential VM's TDX quote, gce-tpm): dcap-qvl JSON bundle, PCS "
+                   "directory or Intel PCS/PCCS URL; SEV-SNP: AMD KDS mirror directory or KDS URL; NVIDIA: "
+                   "RIM file or directory.")  # fmt: skip
 @click.option("--at", "at_text", metavar="ISO8601", help="Verification time (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--vcek", type=_PATH, help="SEV-SNP: VCEK/VLEK (DER or PEM; PEM may hold VCEK+ASK+ARK).")
-@click.option("--chain", type=_PATH, help="SEV-SNP: ASK/ASVK+ARK PEM (default: embedded AMD roots).")
+@click.option("--vcek", type=_PATH, help="SEV-SNP (and a GCE Confidential VM's SEV-SNP report, gce-tpm): "
+              "VCEK/VLEK (DER or PEM; PEM may hold VCEK+ASK+ARK).")  # fmt: skip
+@click.option("--chain", type=_PATH, help="SEV-SNP (and gce-tpm's, with --vcek): ASK/ASVK+ARK PEM (default: "
+              "embedded AMD roots).")  # fmt: skip
 @click.option("--cert-chain", type=_PATH, help="NVIDIA: the GPU's chain (PEM or DER, leaf first).")
 @click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE and Azure vTPM).")
@@ -251,8 +254,14 @@ def evidence_verify(
         if minimum is not None:
             result = require_minimum(result, minimum, "--min-tcb-eval-number")
     except ConfideError as exc:
-        now = at_text is None and isinstance(exc, CollateralExpiredError)
-        _fail(exc, chosen, as_json, hint=NOW_HINT if now else "")
+        from confide.verify.x509util import refused_at_its_time  # the verifiers loaded it
+
+        hint = ""
+        if at_text is None and isinstance(exc, CollateralExpiredError):
+            hint = NOW_HINT
+        elif at_text is None and refused_at_its_time(exc):
+            hint = CERTIFICATE_NOW_HINT
+        _fail(exc, chosen, as_json, hint=hint)
         return
     _succeed(result, as_json)
 
@@ -261,6 +270,11 @@ def evidence_verify(
 # refused at the current time: say which option verifies it at its time (docs/dcap.md).
 NOW_HINT = (
     " (verified at the current time: give --at with a time inside the collateral's validity to"
+    " verify at another)"
+)
+# The same for a certificate of the evidence (an expired VLEK, an AK certificate) or of its chain.
+CERTIFICATE_NOW_HINT = (
+    " (verified at the current time: give --at with a time inside the certificate's validity to"
     " verify at another)"
 )
 

@@ -2,7 +2,8 @@
 
 Until the CAS exists this is the main job: it runs the same verification path as
 ``confide evidence verify`` on real evidence from Intel SGX and TDX machines (and AMD SEV-SNP,
-NVIDIA H100 and AWS Nitro where this build verifies them), each at a time inside its collateral
+NVIDIA H100, AWS Nitro, Azure and Google Compute Engine vTPMs where this build verifies them),
+each at a time inside its collateral
 window, and then shows that a tampered copy of each is refused.
 """
 
@@ -71,6 +72,12 @@ ITEMS = [
          show=("driver_version", "vbios_version")),
     Item("AWS Nitro Enclave", Platform.AWS_NITRO, "nitro/realAttestation_repaired.cose",
          "2026-01-03T20:41:07Z", show=("module_id", "pcr0", "debug")),
+    Item("Azure SEV-SNP CVM, vTPM (trustee)", Platform.AZURE_SNP_VTPM,
+         "tpm/trustee-az-snp-vtpm/evidence-v2.json", "2025-06-01T00:00:00Z",
+         show=("measurement", "vmpl", "debug")),
+    Item("GCE Shielded VM, vTPM (go-tpm-tools)", Platform.GCE_TPM,
+         "tpm/google-go-tpm-tools/gce-cos-85-nonce9009.pb", "2024-01-01T00:00:00Z",
+         extra=(("nonce", "9009"),), show=("nonce", "reset_count", "ak_restricted_signing")),
 ]  # fmt: skip
 
 

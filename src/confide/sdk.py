@@ -274,7 +274,9 @@ class PolicyStatus:
     """``apply``'s warnings about the policy it applied, one line each (what ``confide policy
     apply`` prints on stderr): a secret a service's command puts into its arguments (readable
     in ``/proc/PID/cmdline``; :func:`confide.policy.command_warnings`), an injection file whose
-    ``permission`` lets group or others read it (:func:`confide.policy.policy_warnings`)."""
+    ``permission`` lets group or others read it (:func:`confide.policy.policy_warnings`), an
+    attestation variant the policy's tolerances let nothing match
+    (:func:`confide.policy.model.tolerance_warnings`)."""
 
     @property
     def active(self) -> bool:

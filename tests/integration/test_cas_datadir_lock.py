@@ -40,7 +40,7 @@ def snapshot(data_dir: Path) -> dict[str, object]:
         db.close()
     return {
         "names": sorted(p.name for p in data_dir.iterdir()),
-        **{name: (data_dir / name).read_bytes() for name in FILES},
+        **{name: (data_dir / name).read_bytes() if (data_dir / name).exists() else None for name in FILES},
         "events": events,
         "meta": meta,
     }
@@ -133,9 +133,9 @@ def test_a_start_removes_the_client_env_of_the_run_before(tmp_path: Path) -> Non
     written when it listens, so a start that fails (here: --join to an address nothing listens
     on) leaves none naming a CAS that is not there."""
     cas = CasProcess(tmp_path / "cas", None).start()
-    cas.stop()
     env_file = cas.data_dir / "client.env"
-    assert env_file.is_file()  # the stopped CAS's, naming its port
+    cas.stop(signal.SIGKILL)  # no chance to clean up
+    assert env_file.is_file()  # the killed CAS's, naming its port
     join = tmp_path / "joining"
     join.mkdir(mode=0o700)
     (join / "client.env").write_bytes(env_file.read_bytes())  # as a run before would have left it
@@ -146,3 +146,21 @@ def test_a_start_removes_the_client_env_of_the_run_before(tmp_path: Path) -> Non
     assert out.returncode == errors.NetworkError.exit_code, out.stderr
     assert "cannot obtain the master key, not starting" in out.stderr, out.stderr
     assert not (join / "client.env").exists()
+
+
+def test_a_stopped_cas_removes_its_client_env(tmp_path: Path) -> None:
+    """README's `cas serve ... &` then `until [ -e DIR/client.env ]`, on a directory a CAS ran
+    in before: the check runs before the new process (a second or more of imports) holds the run
+    lock and removes the earlier file, so a stopped CAS's file would let it go on at once with the
+    stopped CAS's address. A CAS stopped by SIGTERM or SIGINT removes the file it wrote."""
+    cas = CasProcess(tmp_path / "cas", None).start()
+    env_file = cas.data_dir / "client.env"
+    assert env_file.is_file()
+    cas.stop(signal.SIGTERM)
+    assert cas.proc is not None and cas.proc.returncode == -signal.SIGTERM
+    assert not env_file.exists()
+    cas.start()
+    assert env_file.is_file()
+    cas.stop(signal.SIGINT)
+    assert not env_file.exists()
+    assert (cas.data_dir / LOCK_NAME).is_file()  # the lock file stays (never deleted)

@@ -481,6 +481,15 @@ def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> No
     )
     assert pin.read_bytes() == Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes()
     assert "SIMULATED" in r.stderr
+    # CONFIDE_CAS_SPKI pins the key, not the certificate: the value it takes is shown, and a
+    # client pinned with it is accepted (the certificate's SHA-256 is refused, exit 40).
+    key_line = re.search(r"TLS key SHA-256 \(CONFIDE_CAS_SPKI\): ([0-9a-f]{64})\n", r.stderr)
+    assert key_line is not None, r.stderr
+    shown = key_line.group(1)
+    assert shown != r.stdout.strip()
+    CasClient.from_env({**cas.env, "CONFIDE_CAS_SPKI": shown}).close()
+    with pytest.raises(errors.NetworkError, match="TLS key SHA-256"):
+        CasClient.from_env({**cas.env, "CONFIDE_CAS_SPKI": r.stdout.strip()})
     # The CAS says when it obtained the evidence (it refreshes it every --evidence-refresh).
     assert re.search(r"evidence obtained: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+ h \d+ min ago\)", r.stderr), (
         r.stderr

@@ -133,3 +133,24 @@ def test_missing_vcek_exits_25() -> None:
     code, out = run(ASSETS / "google-go-sev-guest/attestation.bin")
     assert code == 25
     assert out["error"]["class"] == "CollateralMissingError"
+
+
+def test_an_expired_vlek_without_at_says_how_to_verify_at_its_time() -> None:
+    """trustee's VLEK expired on 2025-12-10: verified now (no --at), the refusal's line names
+    --at as an expired collateral's does (text mode only); with --at, no such hint."""
+    from confide.cli import CERTIFICATE_NOW_HINT
+    from confide.errors import CertificateChainError
+
+    report, vlek = ASSETS / "trustee" / "test-vlek-report.bin", ASSETS / "trustee" / "test-vlek.der"
+    now = run_confide("evidence", "verify", report, "--platform", "sev-snp", "--vcek", vlek)
+    assert now.returncode == CertificateChainError.exit_code, now.stderr
+    assert now.stderr.startswith("error: CertificateChainError: VLEK") and now.stderr.count("\n") == 1
+    assert now.stderr.endswith(f"{CERTIFICATE_NOW_HINT}\n") and "--at" in CERTIFICATE_NOW_HINT
+    later = run_confide(
+        "evidence", "verify", report, "--platform", "sev-snp", "--vcek", vlek, "--at", "2026-01-01T00:00:00Z"
+    )
+    assert later.returncode == CertificateChainError.exit_code and "expired" in later.stderr
+    assert CERTIFICATE_NOW_HINT not in later.stderr
+    code, out = run(report, "--vcek", vlek)
+    assert code == CertificateChainError.exit_code
+    assert CERTIFICATE_NOW_HINT not in out["error"]["message"]

@@ -91,3 +91,14 @@ def test_a_malformed_url_is_a_usage_error(url: str) -> None:
     (``urlsplit``'s ``ValueError``), before anything was sent."""
     with pytest.raises(UsageError, match="expected an https:// CAS URL"):
         pin.fetch_unverified(url, "/v1/cas/evidence")
+
+
+def test_nothing_listening_says_where_the_cas_address_comes_from() -> None:
+    """`cas attest URL` at an address nothing listens on (a stopped CAS, or one restarted on
+    another port): "Connection refused" alone said nothing of what to do."""
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(NetworkError, match="Connection refused") as caught:
+        pin.fetch_unverified(f"https://127.0.0.1:{port}", "/v1/cas/evidence")
+    assert "is a CAS running there?" in caught.value.message and "client.env" in caught.value.message

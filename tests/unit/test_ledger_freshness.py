@@ -118,10 +118,15 @@ def test_a_required_witness_without_a_cosignature_is_an_unknown_key_error(
 ) -> None:
     w1, w2 = _witness(tmp_path, log), _witness(tmp_path, log, "w2.example")
     note = _cosigned(_cp(log, _leaves(5)), w1, T0)
-    with pytest.raises(errors.UnknownKeyError, match=r"no cosignature by witness w2\.example"):
+    with pytest.raises(errors.UnknownKeyError, match=r"no cosignature by witness w2\.example") as caught:
         verify_checkpoint_update(
             None, note, [], log.verifier, witnesses=[w1.verifier, w2.verifier], freshness=_fresh(T0)
         )
+    # ... saying what to look at (a witness not asked yet, down, or not the log's), with or
+    # without --max-age
+    assert "run again later" in caught.value.message and "--witness list" in caught.value.message
+    with pytest.raises(errors.UnknownKeyError, match="run again later"):
+        verify_checkpoint_update(None, note, [], log.verifier, witnesses=[w1.verifier, w2.verifier])
     # Every required witness must be fresh: one stale witness among fresh ones is refused, named.
     both = (
         _cosigned(_cp(log, _leaves(5)), w1, T0)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from confide.errors import PolicyError
-from confide.policy import Policy, appraise, canonical_json, loads_policy, policy_hash
+from confide.policy import Policy, appraise, canonical_json, loads_policy, policy_hash, policy_warnings
 from confide.policy.model import GceTpmFactors, Tolerance
 from confide.policy.problems import Problem
 from confide.verify.gce_tpm import verify_gce_attestation
@@ -84,6 +84,24 @@ def test_a_vtpm_quote_needs_the_vtpm_only_tolerance() -> None:
     assert [(r.field, r.expected) for r in result.reasons] == [
         ("platform", "security.attestation.tolerate to include 'vtpm-only'")
     ]
+
+
+def test_a_variant_without_the_tolerance_is_warned_about_when_applied() -> None:
+    """Valid, but it accepts nothing: `policy apply` (and the SDK's) says so before the first
+    attestation is refused; with `vtpm-only`, no warning. An NVIDIA GPU variant alone without
+    `gpu-only` likewise."""
+    [warning] = policy_warnings(policy(FACTORS, security=""))
+    assert warning == (
+        "warning: service 'svc' attestation[0] (gce-tpm) accepts nothing: a Google vTPM's quote is"
+        " accepted only with security.attestation.tolerate: [vtpm-only] (docs/gce-tpm.md)"
+    )
+    assert policy_warnings(policy(FACTORS)) == ()
+    gpu = "        nvidia-gpu:\n          count: 1\n"
+    [warning] = policy_warnings(policy(gpu, security=""))
+    assert "(nvidia-gpu) accepts nothing" in warning and "[gpu-only]" in warning
+    assert (
+        policy_warnings(policy(gpu, security="security:\n  attestation:\n    tolerate: [gpu-only]\n")) == ()
+    )
 
 
 def test_every_mismatch_is_reported_with_what_was_found() -> None:

@@ -673,6 +673,9 @@ def cas_attest(
     pcs_tcb_eval_number: int | None,
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
+    from cryptography import x509
+
+    from confide.cas.documents import spki_sha256
     from confide.cas.pin import WitnessExpectation, attest_cas, attest_collateral, write_pin
     from confide.platforms import tcb_evaluation_minimum
     from confide.platforms.dcap import COLLATERAL_ENV
@@ -740,6 +743,9 @@ def cas_attest(
         )
         click.echo(f"  AMD CRL: {crl}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
+    # What CONFIDE_CAS_SPKI pins (the key, not the certificate: docs/cas.md "Command-line contract").
+    key_sha256 = spki_sha256(x509.load_pem_x509_certificate(pinned.certificate_pem))
+    click.echo(f"  TLS key SHA-256 (CONFIDE_CAS_SPKI): {key_sha256}", err=True)
     click.echo(printable(f"  transparency log key: {pinned.log_key}"), err=True)
     witnesses = pinned.witnesses
     if witnesses is None:

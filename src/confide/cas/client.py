@@ -291,14 +291,15 @@ class CasClient:
             # a mistyped one be reported as another CAS's certificate).
             raise UsageError(
                 f"{ENV_PIN}: got {given[:80]!r}, expected the SHA-256 of the CAS's key, 64 hex digits "
-                "('confide cas attest' shows it)"
+                "('confide cas attest' shows it as 'TLS key SHA-256')"
             )
         client = cls(url, Path(cert) if cert else None)
         if pin and not hmac.compare_digest((client.cas_spki_sha256 or "").encode(), pin):
             client.close()
             raise NetworkError(
-                f"the CAS certificate in {ENV_CERT} is not the CAS this runtime is pinned to ({ENV_PIN}, set "
-                "by the image: 'confide sconify --cas'): its key's SHA-256 differs; nothing was sent"
+                f"the CAS certificate in {ENV_CERT} is not the CAS this runtime is pinned to ({ENV_PIN}: "
+                "set by an image converted with 'confide sconify --cas', or by you): its key's SHA-256 "
+                "differs ('confide cas attest' shows a CAS's as 'TLS key SHA-256'); nothing was sent"
             )
         return client
 

@@ -272,6 +272,11 @@ def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[byt
                 total += len(chunk)
                 if total > MAX_BODY:
                     raise NetworkError("CAS evidence response is too large")
+    except ConnectionRefusedError as exc:  # nothing listens there: most often a stopped or moved CAS
+        raise NetworkError(
+            f"cannot reach the CAS at {url}: {exc}; is a CAS running there? 'confide cas serve' writes"
+            " the address it listens on (CONFIDE_CAS_URL) into its client.env when it starts"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         raise NetworkError(f"cannot reach the CAS at {url}: {exc}") from None
     if not cert:

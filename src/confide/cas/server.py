@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -1334,6 +1335,22 @@ def _forget_client_env(data_dir: Path) -> None:
         raise StorageError(f"cannot remove the earlier {path}: {exc.strerror or exc}") from None
 
 
+def _withdraw_client_env(path: Path) -> None:
+    """A stopping CAS removes the ``client.env`` it wrote (it still holds the run lock: no other
+    CAS wrote it meanwhile), so that ``until [ -e DIR/client.env ]`` right after a restart's
+    ``cas serve &`` waits for the new CAS rather than going on with the stopped one's address
+    before the new process has taken the lock (docs/cas.md "The data directory"). A CAS killed
+    without a chance to clean up (SIGKILL) leaves it for the next start to remove."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {"event": "client-env-not-removed", "path": str(path), "error": exc.strerror or str(exc)}
+            )
+        )
+
+
 def _metrics_files(
     metrics_addr: tuple[str, int] | None,
     token_file: Path | None,
@@ -1432,7 +1449,11 @@ def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
 
 class _CasServer(ServerWithCompanions):
     """uvicorn's server, also running the second listeners' (``companions``: the public one,
-    the metrics one) on its loop (:class:`~confide.httpserve.server.ServerWithCompanions`)."""
+    the metrics one) on its loop (:class:`~confide.httpserve.server.ServerWithCompanions`).
+    ``on_stop``: called once the server has stopped serving, before the process ends (by the
+    signal that stopped it, which uvicorn raises again: code after ``run()`` does not run then)."""
+
+    on_stop: Callable[[], None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -1444,6 +1465,8 @@ class _CasServer(ServerWithCompanions):
             try:
                 yield
             finally:
+                if self.on_stop is not None:
+                    self.on_stop()
                 for handler in logging.getLogger().handlers:
                     handler.flush()
 
@@ -1600,6 +1623,8 @@ def _serve(
         refusal_delay=refusal_delay if opaque_refusals else 0.0,  # waiting refusals finish on a stop
         reloaders=reloaders,
     )  # fmt: skip
+    if isinstance(server, _CasServer):
+        server.on_stop = functools.partial(_withdraw_client_env, data_dir / "client.env")
     logging.getLogger("confide.cas").info(
         json.dumps(
             {

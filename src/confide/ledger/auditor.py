@@ -43,7 +43,7 @@ from confide.errors import (
 from confide.fsutil import lock_beside, read_bounded, write_atomic
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from confide.ledger.db import DB_ERRORS, Conn
-from confide.ledger.freshness import NO_WITNESS, Freshness, check_fresh
+from confide.ledger.freshness import NO_WITNESS, Freshness, check_fresh, not_cosigned
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -162,9 +162,7 @@ def verify_checkpoint_update(
         try:
             note, _ = open_note(new_checkpoint, [witness])
         except UnknownKeyError:
-            raise UnknownKeyError(
-                f"checkpoint {new.size} has no cosignature by witness {witness.vkey}"
-            ) from None
+            raise UnknownKeyError(not_cosigned(new.size, witness.vkey)) from None
     if old is not None:
         # 3. The tree must not shrink.
         if new.size < old.size:

@@ -865,7 +865,9 @@ def accesses_cmd(
     witness_keys: tuple[str, ...],
     max_age: str | None,
 ) -> None:
-    """Which attested services received POLICY's secrets, when, under which measurement."""
+    """Which attested services received POLICY's secrets, when, under which measurement; and
+    which services of importing policies received the secrets and volumes POLICY exports (the
+    importer named)."""
     from confide.cas.audit import accesses, read_audited, verified_events
 
     # Policy names may have namespaces (a/b/c), secret names never contain "/": TARGET is the

@@ -39,6 +39,18 @@ __all__ = [
 
 NO_WITNESS = "--max-age goes with --witness VKEY: only a witness's cosignature carries a time"
 
+
+def not_cosigned(size: int, vkey: str) -> str:
+    """The refusal of a checkpoint a required witness did not cosign (``UnknownKeyError``), with
+    what to look at: the log asks its witnesses after it signs, a failed witness again later."""
+    return (
+        f"checkpoint {size} has no cosignature by witness {vkey}: that witness has not cosigned it"
+        " (not asked yet, down, or not a witness of this log: a CAS asks its --witness witnesses"
+        " within a second of a new checkpoint, and one that failed again after 60 s); run again"
+        " later, and check the witness and the log's --witness list if it persists"
+    )
+
+
 MAX_SKEW = timedelta(seconds=60)
 """How far in the future a cosignature's timestamp may be (the witness's clock ahead of the
 verifier's); beyond it the cosignature is refused."""
@@ -101,7 +113,7 @@ def check_fresh(note: Note, size: int, witnesses: Sequence[NoteVerifier], freshn
     for witness in witnesses:
         times = cosignature_times(note, witness)
         if not times:
-            raise UnknownKeyError(f"checkpoint {size} has no cosignature by witness {witness.vkey}")
+            raise UnknownKeyError(not_cosigned(size, witness.vkey))
         newest = max(times)
         if newest - now > freshness.skew.total_seconds():
             raise FreshnessError(

@@ -111,6 +111,7 @@ def read_bounded(
     *,
     within: float,
     trace: Callable[[str, dict[str, Any]], None] | None = None,
+    unreachable: str = "",
     **kwargs: Any,
 ) -> Answer:
     """One request whose answer is read up to ``limit`` bytes (after any content decoding), all
@@ -119,7 +120,8 @@ def read_bounded(
     a slower one, is a :class:`NetworkError` and read no further, so a hostile log or witness
     cannot make its client read, nor wait, without bound. ``client``: one keeping no connection
     alive (:func:`confide.httpbody.answer_client`); ``trace``: the caller's own ``trace``
-    extension (:func:`confide.httpbody.fetch`)."""
+    extension (:func:`confide.httpbody.fetch`); ``unreachable``: added to the error when nothing
+    could be connected to (what to do)."""
     try:
         return fetch(
             client, method, url, limit=limit, within=within, trace=trace,
@@ -128,8 +130,17 @@ def read_bounded(
         )  # fmt: skip
     except httpx2.InvalidURL as exc:  # a port that is not a number, a broken IPv6 address
         raise UsageError(f"{method} {url[:120]!r}: not a valid URL: {exc}") from None
+    except httpx2.ConnectError as exc:
+        raise NetworkError(f"{method} {url}: {exc}{unreachable}") from None
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
+
+
+# No connection to a log at all: most often a CAS stopped, or started again on another port.
+LOG_NOT_LISTENING = (
+    "; is the log served there? 'confide cas serve' writes its log's address (CONFIDE_LOG_URL) into"
+    " its client.env when it starts: source that one"
+)
 
 
 def _cas_refusal(body: bytes) -> bool:
@@ -158,7 +169,9 @@ class HttpLogClient:
         url = f"{self.base_url}/{path}"
         for attempt in range(MAX_RETRIES + 1):
             # Read no more than the largest resource a log serves (an entry bundle).
-            resp = read_bounded(self._client, "GET", url, MAX_RESOURCE, within=MAX_ANSWER_TIME)
+            resp = read_bounded(
+                self._client, "GET", url, MAX_RESOURCE, within=MAX_ANSWER_TIME, unreachable=LOG_NOT_LISTENING
+            )
             if resp.status_code != 429 or attempt == MAX_RETRIES:
                 break
             wait = resp.headers.get("retry-after", "")

@@ -12,7 +12,9 @@ Public names::
     command_warnings(policy)                  -> one line per service and secret its command's
         arguments name (readable in /proc/PID/cmdline; a warning, not a refusal)
     policy_warnings(policy)                   -> command_warnings, then one line per injection file
-        whose permission lets group or others read it
+        whose permission lets group or others read it, then one per attestation variant the
+        policy's tolerances let nothing match (gce-tpm without vtpm-only, nvidia-gpu alone
+        without gpu-only)
 """
 
 from confide.policy.access import is_authorized

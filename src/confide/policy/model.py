@@ -135,6 +135,7 @@ __all__ = [
     "injection_file_warning",
     "injection_file_warnings",
     "policy_warnings",
+    "tolerance_warnings",
 ]
 
 SUPPORTED_VERSION = "0.3"
@@ -623,10 +624,38 @@ def injection_file_warnings(policy: Policy) -> tuple[str, ...]:
     )
 
 
+_NEEDS_TOLERANCE = {
+    Platform.GCE_TPM: (Tolerance.VTPM_ONLY, "a Google vTPM's quote", "docs/gce-tpm.md"),
+    Platform.NVIDIA_GPU: (Tolerance.GPU_ONLY, "an NVIDIA GPU report alone", "docs/nvidia.md"),
+}
+"""Variants whose evidence the appraisal accepts only with a tolerance (``confide.policy.appraise``):
+the platform, the tolerance, what it is and where it is explained."""
+
+
+def tolerance_warnings(policy: Policy) -> tuple[str, ...]:
+    """One warning per attestation variant that no evidence can match because the policy does
+    not tolerate what it attests: a ``gce-tpm`` variant without ``vtpm-only``, an ``nvidia-gpu``
+    variant alone without ``gpu-only`` (valid, but every attestation by it is then refused; a
+    ``sim`` variant without ``simulation`` is refused when the policy is loaded)."""
+    sec = policy.security.attestation
+    out = []
+    for service in policy.services:
+        for j, variant in enumerate(service.variants()):
+            need = _NEEDS_TOLERANCE.get(variant.platform)
+            if need is not None and not sec.tolerates(need[0]):
+                out.append(
+                    f"warning: service '{service.name}' attestation[{j}] ({variant.platform.value}) accepts"
+                    f" nothing: {need[1]} is accepted only with security.attestation.tolerate:"
+                    f" [{need[0].value}] ({need[2]})"
+                )
+    return tuple(out)
+
+
 def policy_warnings(policy: Policy) -> tuple[str, ...]:
     """Every warning about a valid policy, in order: :func:`command_warnings`, then
-    :func:`injection_file_warnings` (``confide policy apply``, the SDK's apply)."""
-    return command_warnings(policy) + injection_file_warnings(policy)
+    :func:`injection_file_warnings`, then :func:`tolerance_warnings` (``confide policy apply``,
+    the SDK's apply)."""
+    return command_warnings(policy) + injection_file_warnings(policy) + tolerance_warnings(policy)
 
 
 def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:

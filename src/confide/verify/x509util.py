@@ -47,6 +47,7 @@ __all__ = [
     "load_der_crl",
     "name_of",
     "parse_certificate_fields",
+    "refused_at_its_time",
     "split_der",
     "verify_chain_signatures",
     "verify_issued_by",
@@ -329,8 +330,17 @@ def check_cert_dates(
     state = "is not yet valid" if at < start else "expired"
     label = what() if callable(what) else what
     raise error(
-        f"{label} {state} (valid from {start.isoformat()} to {end.isoformat()}, not at {at.isoformat()})"
+        f"{label} {state} (valid from {start.isoformat()} to {end.isoformat()}{_NOT_AT}{at.isoformat()})"
     )
+
+
+_NOT_AT = ", not at "
+
+
+def refused_at_its_time(exc: ConfideError) -> bool:
+    """Whether ``exc`` is :func:`check_cert_dates`'s refusal: a certificate not valid at the
+    verification time (which another time, ``evidence verify --at``, may verify)."""
+    return " (valid from " in exc.message and _NOT_AT in exc.message and exc.message.endswith(")")
 
 
 def check_validity(
