@@ -243,3 +243,33 @@ class DbEnv:
             return (
                 [tuple(r) for r in cur.fetchall()] if statement.lstrip().upper().startswith("SELECT") else []
             )
+
+    def commit_while_judged(
+        self, monkeypatch: pytest.MonkeyPatch, policy_text: str, *, scanned: bool
+    ) -> list[Any]:
+        """Make the next read of the ledger's size by the head index (``HeadIndex.view``, what
+        a policy's or a secret's head is judged against) race with ``policy_text`` applied by
+        the owner through another CAS process on the same database (committed when it returns):
+        applied before that size is read (``scanned`` false: the rows were read before, the
+        ledger's size after), or right after it, then scanned by another read of this process
+        (``scanned`` true: the verified heads it changed dropped while the first read is still
+        judging). Returns the list the applied version is appended to (once)."""
+        index = self.cas.policy_auth.index
+        view = index.view
+        done: list[Any] = []
+
+        def racing(conn: Any) -> Any:
+            seen = view(conn) if scanned else None
+            if not done:
+                other = InProcessCas.start(self.data, "", db_url=self.db_url)
+                try:
+                    done.append(other.apply(policy_text, self.owner))
+                finally:
+                    other.cas.db.dispose()
+                if scanned:
+                    with self.cas.db.read() as fresh:
+                        view(fresh)
+            return view(conn) if seen is None else seen
+
+        monkeypatch.setattr(index, "view", racing)
+        return done

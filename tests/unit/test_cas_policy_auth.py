@@ -459,3 +459,79 @@ def test_offline_rotation_of_a_schema_14_database_binds_then_rotates(env: Env) -
     keys = {row[0] for row in env.sql("SELECT key_id FROM policy_heads UNION SELECT key_id FROM policies")}
     assert keys == {result.new_key_id}
     assert_intact(env, v1, v2)
+
+
+def test_an_update_committed_between_the_head_and_the_ledger_is_read_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads are READ COMMITTED: an update another process commits after a read
+    transaction read a policy's head row and before it read the ledger's size is, for that
+    transaction, in the ledger only; the head is read again, not refused. (SQLite: one
+    snapshot, the version read first stands.)"""
+    v1 = env.ipc.apply(board_policy("app", [env.owner]), env.owner).hash
+    env.restart()  # the head not verified before: the ledger is read
+    update = board_policy("app", [env.owner], measurement=OTHER, predecessor=v1)
+    done = env.commit_while_judged(monkeypatch, update, scanned=False)
+    with env.cas.db.read() as conn:
+        head = env.cas.policy_auth.head(conn, "app")
+    assert done and head is not None
+    assert head.hash == (done[0].hash if env.db_url else v1)
+
+
+def test_a_head_verified_against_a_view_older_than_a_scan_is_not_cached(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head verified against the ledger as a transaction saw it before an update, while
+    another read's scan of the update's entry drops the cached head, is not cached after that
+    drop: the head and version rows then written back as they were before the update (each
+    with its genuine MAC) are refused, not served from the cache."""
+    v1 = env.ipc.apply(board_policy("app", [env.owner]), env.owner).hash
+    old_head = env.head_row("app")
+    [old_version] = env.sql(f"SELECT {VERSION_COLUMNS} FROM policies WHERE name = 'app' AND hash = ?", (v1,))
+    env.restart()  # the head not verified before: the ledger is read
+    update = board_policy("app", [env.owner], measurement=OTHER, predecessor=v1)
+    done = env.commit_while_judged(monkeypatch, update, scanned=True)
+    with env.cas.db.read() as conn:
+        head = env.cas.policy_auth.head(conn, "app")
+    assert done and head is not None and head.hash == v1  # as of its view: v1 was current
+    monkeypatch.undo()
+    env.set_head_row("app", old_head)
+    env.sql(
+        "UPDATE policies SET state = ?, key_id = ?, mac = ? WHERE name = 'app' AND hash = ?",
+        (*old_version, v1),
+    )
+    with pytest.raises(PolicyRowsAltered, match=r"not the one its latest ledger entry names"):
+        env.attest(MEASUREMENT)
+
+
+def test_an_update_committed_again_during_the_second_read_is_not_a_refusal(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL READ COMMITTED: the head is read again after the ledger named a version the
+    first read missed; a further update another process commits between that second read of
+    the head and its ledger check is not a refusal either (the head read is the version of the
+    refusing entry, or a later one: it was current when read). A head written back below the
+    refusing entry is still refused (test_head_and_version_rolled_back_together_are_refused)."""
+    v1 = env.ipc.apply(board_policy("app", [env.owner]), env.owner).hash
+    env.restart()  # the head not verified before: the ledger is read
+    index = env.cas.policy_auth.index
+    view = index.view
+    applied = [v1]
+
+    def racing(conn: Any) -> Any:
+        if len(applied) < 3:
+            update = board_policy(
+                "app", [env.owner], measurement=f"{len(applied):02x}" * 48, predecessor=applied[-1]
+            )
+            other = InProcessCas.start(env.data, "", db_url=env.db_url)
+            try:
+                applied.append(str(other.apply(update, env.owner).hash))
+            finally:
+                other.cas.db.dispose()
+        return view(conn)
+
+    monkeypatch.setattr(index, "view", racing)
+    with env.cas.db.read() as conn:
+        head = env.cas.policy_auth.head(conn, "app")
+    assert len(applied) == (3 if env.db_url else 2) and head is not None  # SQLite: no second read
+    assert head.hash == (applied[1] if env.db_url else v1)

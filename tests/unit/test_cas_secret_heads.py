@@ -645,23 +645,8 @@ def test_a_version_committed_between_the_rows_and_the_ledger_is_read_again(
     snapshot, the version read first stands.)"""
     first = env.ipc.apply(owned(20), env.owner)
     env.password()
-    heads = env.cas.secret_heads
-    heads.forget([("owned", "pw")])  # not verified before: the ledger is read
-    ledger = heads.ledger
-    assert ledger is not None
-    done: list[int] = []
-
-    def racing(conn: Any, policy: str, name: str, *below: int | None) -> tuple[int, int] | None:
-        if (policy, name) == ("owned", "pw") and not done:
-            done.append(1)
-            other = InProcessCas.start(env.data, "", db_url=env.db_url)
-            try:
-                other.apply(owned(21, first.hash), env.owner)
-            finally:
-                other.cas.db.dispose()
-        return ledger(conn, policy, name, *below)
-
-    monkeypatch.setattr(heads, "ledger", racing)
+    env.cas.secret_heads.forget([("owned", "pw")], 0)  # not verified before: the ledger is read
+    done = env.commit_while_judged(monkeypatch, owned(21, first.hash), scanned=False)
     with env.cas.db.read() as conn:
         row = env.cas._latest_secret(conn, "owned", "pw")
     assert done and row is not None
@@ -679,23 +664,47 @@ def test_a_version_committed_again_during_the_second_read_is_not_a_refusal(
     secret nobody altered. A head written back below the ledger's version is still refused."""
     first = env.ipc.apply(owned(20), env.owner)
     env.password()
-    heads = env.cas.secret_heads
-    heads.forget([("owned", "pw")])  # not verified before: the ledger is read
-    ledger = heads.ledger
-    assert ledger is not None
+    env.cas.secret_heads.forget([("owned", "pw")], 0)  # not verified before: the ledger is read
+    index = env.cas.policy_auth.index
+    view = index.view
     updates = [owned(21, first.hash)]
 
-    def racing(conn: Any, policy: str, name: str, *below: int | None) -> tuple[int, int] | None:
-        if (policy, name) == ("owned", "pw") and len(updates) < 3:
+    def racing(conn: Any) -> Any:
+        if len(updates) < 3:
             other = InProcessCas.start(env.data, "", db_url=env.db_url)
             try:
                 updates.append(owned(22 + len(updates), other.apply(updates[-1], env.owner).hash))
             finally:
                 other.cas.db.dispose()
-        return ledger(conn, policy, name, *below)
+        return view(conn)
 
-    monkeypatch.setattr(heads, "ledger", racing)
+    monkeypatch.setattr(index, "view", racing)
     with env.cas.db.read() as conn:
         row = env.cas._latest_secret(conn, "owned", "pw")
     assert len(updates) == (3 if env.db_url else 2) and row is not None  # SQLite: no second read
     assert row.version == (2 if env.db_url else 1)
+
+
+def test_a_head_verified_against_a_view_older_than_a_scan_is_not_cached(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret's head verified against the ledger as a transaction saw it before an update,
+    while another read's scan of the update's entry drops the cached head, is not cached after
+    that drop: the head written back as it was before the update (its genuine MAC) with the
+    newer row deleted is refused, not served from the cache."""
+    first = env.ipc.apply(owned(20), env.owner)
+    old = env.password()
+    old_head = env.head_row("pw")
+    env.restart()  # the head not verified before: the ledger is read
+    done = env.commit_while_judged(monkeypatch, owned(21, first.hash), scanned=True)
+    with env.cas.db.read() as conn:
+        row = env.cas._latest_secret(conn, "owned", "pw")
+    assert done and row is not None and row.version == 1  # as of its view: version 1 was current
+    monkeypatch.undo()
+    env.delete("pw", 2)
+    env.sql(
+        f"UPDATE secret_heads SET ({HEAD_COLUMNS}) = (?, ?, ?, ?) WHERE policy = 'owned' AND name = 'pw'",
+        old_head,
+    )
+    error = refused(env)
+    assert "ledger entry" in str(error) and old.decode() not in str(error)

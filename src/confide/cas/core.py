@@ -87,7 +87,7 @@ from confide.cas.documents import (
     sign_document,
     spki_sha256,
 )
-from confide.cas.head_index import check_leaf
+from confide.cas.head_index import HeadRefused, HeadView, check_leaf, reread_behind_ledger
 from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
@@ -101,7 +101,7 @@ from confide.cas.release_crypto import (
     decrypt_release,
 )
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
-from confide.cas.secret_heads import SecretHeads, SecretRowsAltered
+from confide.cas.secret_heads import SecretHeads
 from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
@@ -627,7 +627,7 @@ class Cas:
         # Each secret's current version, MAC'd under the master key (confide.cas.secret_heads).
         # Each checked against the ledger's newest version of it when not verified before; a scan
         # that finds a newer one drops the verified head (confide.cas.secret_ledger).
-        self.secret_heads = SecretHeads(sealer, ledger=self._recorded_version)
+        self.secret_heads = SecretHeads(sealer, ledger=self._ledger_view)
         self.policy_auth.index.on_secrets = self.secret_heads.forget
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
@@ -1544,23 +1544,14 @@ class Cas:
         secret's authenticated head names and not older than the newest version the ledger
         records (confide.cas.secret_heads, confide.cas.secret_ledger; SecretRowsAltered
         otherwise). ``None``: neither a row nor a head (not generated yet)."""
-        try:
-            return self._read_secret(conn, policy, name)
-        except SecretRowsAltered as exc:
-            if not exc.ledger or exc.ledger_at is None:
-                raise
-            at = exc.ledger_at
-        # PostgreSQL reads are READ COMMITTED: a version another transaction committed between
-        # the rows' read and the ledger's (its row, head and entry together) is in the ledger
-        # only. Read once more, judged against the ledger's entries up to the one that refused:
-        # committed before this read began, so a refusal now stands (SQLite, a write
-        # transaction: the same answer). Not against the ledger read anew: a further version
-        # committed meanwhile would be the same race again (before 2026-12-07, a refusal).
-        return self._read_secret(conn, policy, name, below=at + 1)
+        # a refusal for a newer ledger entry is read once more, judged against that entry
+        # (PostgreSQL's READ COMMITTED; confide.cas.head_index.reread_behind_ledger)
+        return reread_behind_ledger(self._read_secret, conn, policy, name)
 
     def _read_secret(
-        self, conn: Connection, policy: str, name: str, *, below: int | None = None
+        self, conn: Connection, policy: str, name: str, refusal: HeadRefused | None
     ) -> SecretRow | None:
+        below = None if refusal is None or refusal.ledger_at is None else refusal.ledger_at + 1
         row = raw_execute(
             conn,
             "SELECT s.policy, s.name, s.version, s.kind, s.sealed, s.public, h.version, h.key_id, h.mac "
@@ -1576,13 +1567,10 @@ class Cas:
         self.secret_heads.checked(conn, policy, name, row[2], head, below)
         return SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
-    def _recorded_version(
-        self, conn: Connection, policy: str, name: str, below: int | None = None
-    ) -> tuple[int, int] | None:
-        """The newest version of a secret the ledger records as ``conn``'s transaction sees it
-        (only its entries below index ``below`` when given), and its entry's index
-        (confide.cas.secret_ledger; a head-cache miss only)."""
-        return self.policy_auth.index.view(conn).secret(policy, name, below)
+    def _ledger_view(self, conn: Connection) -> HeadView:
+        """The ledger as ``conn``'s transaction sees it: the newest version of each secret it
+        records (confide.cas.secret_ledger; a secret head-cache miss only)."""
+        return self.policy_auth.index.view(conn)
 
     def _put_secret_head(self, conn: Connection, policy: str, name: str, version: int) -> None:
         """Make ``version`` (its row just inserted in ``conn``) the secret's current version."""

@@ -58,6 +58,17 @@ sees as an overlay for that call, never kept. A reader is answered as of the led
 own transaction sees (:meth:`HeadView.latest`), so a read transaction that began before another
 thread's scan is not judged against entries it cannot see.
 
+Both kinds of heads are read the same two ways against it. **A refusal for a newer ledger
+entry is read once more** (:func:`reread_behind_ledger`): PostgreSQL's reads are READ
+COMMITTED, so a version another transaction commits (rows, head and entry together) between a
+reader's read of the rows and its read of the ledger's size is in the ledger only for that
+reader; read again after that size, the rows include it. **A verified head is cached only when
+no scan dropped it since the view it was judged against** (:class:`VerifiedHeads`): each scan
+that changes a policy's chain or raises a secret's version drops their cached heads and records
+the ledger size it reached; a head judged against a smaller view (a read transaction that began
+before the update, or whose check ran while another thread scanned) is not cached, or it would
+outlive the drop meant for it.
+
 What remains (docs/limitations.md): a running process judges a head it has cached (same row,
 same MACs) without scanning, so a row written back to exactly the values it last verified is
 accepted until its next scan (:data:`REFRESH_SECONDS` in ``cas serve``); a whole-database
@@ -76,7 +87,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, TypeVarTuple
 
 from sqlalchemy import Connection
 
@@ -91,6 +102,7 @@ from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.merkle import HASH_SIZE, hash_leaf
 from confide.ledger.store import Ledger
 from confide.ledger.tiles import TILE_WIDTH
+from confide.lru import Lru
 
 if TYPE_CHECKING:
     from confide.cas.db import Database
@@ -102,11 +114,14 @@ __all__ = [
     "HeadAnchorAltered",
     "HeadIndex",
     "HeadIndexRefresher",
+    "HeadRefused",
     "HeadView",
     "LedgerEntriesAltered",
+    "VerifiedHeads",
     "anchor_mac",
     "check_leaf",
     "reauthenticate_anchor",
+    "reread_behind_ledger",
 ]
 
 ANCHOR_INFO = b"confide-policy-head-anchor/v1"  # the HKDF info of the snapshot's MAC key
@@ -122,6 +137,75 @@ _HEAD_TYPES = (EntryType.POLICY_CREATED, EntryType.POLICY_UPDATED)
 _SUFFIXES = tuple(f',"type":"{t.value}","v":{v}}}'.encode() for t in _HEAD_TYPES for v in (1, 2))
 # the entries a scan parses: head, successor board and secret version entries
 _WANTED = _SUFFIXES + BOARD_SUFFIXES + SECRET_SUFFIXES
+
+
+Ts = TypeVarTuple("Ts")
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class HeadRefused(StorageError):
+    """A policy's or a secret's current version refused (:class:`~confide.cas.policy_auth.PolicyRowsAltered`,
+    :class:`~confide.cas.secret_heads.SecretRowsAltered`). ``ledger``: refused because the ledger
+    records a newer version than the rows read, in entry ``ledger_at``
+    (:func:`reread_behind_ledger`)."""
+
+    ledger = False
+    ledger_at: int | None = None
+
+
+def reread_behind_ledger(read: Callable[[*Ts, HeadRefused | None], T], *args: *Ts) -> T:
+    """``read(*args, None)`` (rows read, then judged against the ledger), read once more as
+    ``read(*args, refusal)`` when it refuses for a newer ledger entry (:attr:`HeadRefused.ledger`).
+    PostgreSQL's reads are READ COMMITTED: a version committed between the rows' read and the
+    ledger size's is in the ledger only. Read again, after that size, the rows include the
+    refusing entry's version or a later one: the second read is judged against that entry, not
+    the ledger as read anew (a further version committed meanwhile would be the same race
+    again): a secret's head against the entries up to it, a policy's head as the version of
+    that entry or of a later one. What the ledger recorded before it is committed, so a refusal
+    then stands (SQLite, a write transaction: one snapshot, the same answer)."""
+    try:
+        return read(*args, None)
+    except HeadRefused as exc:
+        if not exc.ledger or exc.ledger_at is None:
+            raise
+        refusal = exc
+    return read(*args, refusal)
+
+
+class VerifiedHeads(Generic[K, V]):
+    """Heads verified against the ledger, cached per process (at most ``size``; module
+    docstring). :meth:`forget` (a scan's) drops heads and records the ledger size the scan
+    reached; :meth:`put` caches a head only when the view it was judged against is at least
+    that large, so a head judged before a scan's drop is not cached after it."""
+
+    get: Callable[[K], V | None]  # the cached head (``None``: none); the attestation path's hit
+
+    def __init__(self, size: int) -> None:
+        self._lru: Lru[K, V] = Lru(size)
+        self._lock = threading.Lock()
+        self._dropped_at = 0  # the largest ledger size a scan dropped heads at
+        self.get = self._lru.get  # no frame of its own
+
+    def put(self, key: K, value: V, as_of: int | None) -> None:
+        """Cache ``value``, verified against the ledger's entries below ``as_of`` (``None``: judged
+        against no ledger, by a checker no scan drops heads of)."""
+        with self._lock:
+            if as_of is None or as_of >= self._dropped_at:
+                self._lru.put(key, value)
+
+    def drop(self, key: K) -> None:
+        """Drop ``key``'s head (this process moves it, in a write transaction)."""
+        self._lru.pop(key)
+
+    def forget(self, keys: Iterable[K], size: int) -> None:
+        """Drop these heads: a scan up to ledger size ``size`` found a newer version of each
+        (:attr:`HeadIndex.on_change`, :attr:`HeadIndex.on_secrets`)."""
+        with self._lock:
+            self._dropped_at = max(self._dropped_at, size)
+            for key in keys:
+                self._lru.pop(key)
 
 
 class Event(NamedTuple):
@@ -416,6 +500,20 @@ class HeadView:
         names = set(self.chains).union(self.overlay)
         return sorted(n for n in names if self.latest(n)[0] is not None)
 
+    def accepted_since(self, name: str, at: int, digest: str, predecessor: str | None) -> bool:
+        """Whether an accepted head entry of ``name`` at index ``at`` or later, below this view's
+        size, makes version ``digest`` (with ``predecessor``) current: a head row read after
+        entry ``at`` was committed that is not the latest (a later update committed since) was
+        current when it was read (:func:`reread_behind_ledger`)."""
+        chain = self.overlay.get(name) or self.chains.get(name)
+        if chain is None:
+            return False
+        accepted = chain.accepted  # only ever appended to
+        start = bisect.bisect_left(accepted, at, key=_index)
+        return any(
+            e.at < self.size and e.hash == digest and e.predecessor == predecessor for e in accepted[start:]
+        )
+
     def latest(self, name: str) -> tuple[Event | None, int | None]:
         """``name``'s latest accepted head entry below this view's size (``None``: none), and
         the index of its first held entry below it (``None``: none)."""
@@ -436,16 +534,17 @@ class HeadIndex:
     (module docstring). ``db``: where a write transaction's caller reads the committed entries
     from (``None``: such a scan is an overlay only, as in a rotation's own :class:`PolicyAuth`).
     ``validate``: the predecessor a version's authenticated row names (:data:`Validate`).
-    ``on_change(names)``: called (under the index's lock) with the policies whose chains a scan
-    changed, so the verified-head cache drops them; ``on_secrets(keys)``: likewise with the
-    secrets (policy, name) whose newest recorded version a scan raised."""
+    ``on_change(names, size)``: called (under the index's lock) with the policies whose chains a
+    scan changed and the ledger size the index reached, so the verified-head cache drops them
+    (:meth:`VerifiedHeads.forget`); ``on_secrets(keys, size)``: likewise with the secrets
+    (policy, name) whose newest recorded version a scan raised."""
 
     def __init__(self, sealer: Sealer, validate: Validate, db: Database | None = None) -> None:
         self.sealer = sealer
         self.validate = validate
         self.db = db
-        self.on_change: Callable[[Iterable[str]], None] = lambda names: None
-        self.on_secrets: Callable[[Iterable[tuple[str, str]]], None] = lambda keys: None
+        self.on_change: Callable[[Iterable[str], int], None] = lambda names, size: None
+        self.on_secrets: Callable[[Iterable[tuple[str, str]], int], None] = lambda keys, size: None
         self._lock = threading.RLock()
         self._size: int | None = None  # entries absorbed (all committed); None: not loaded
         self._chains: Chains = {}
@@ -573,9 +672,9 @@ class HeadIndex:
             self._secrets, raised = self._secrets.extended(got.secrets, got.bound)
             self._size = ledger_size
         if changed:
-            self.on_change(changed)
+            self.on_change(changed, self._size)
         if raised:
-            self.on_secrets(raised)
+            self.on_secrets(raised, self._size)
         return ledger_size
 
     def refresh(self, conn: Connection) -> int:

@@ -65,10 +65,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import Connection
 
 from confide.cas.db import POLICY_ROWS_BOUND_META, raw_execute, raw_executemany
-from confide.cas.head_index import HeadIndex, HeadView, reauthenticate_anchor
+from confide.cas.head_index import (
+    HeadIndex,
+    HeadRefused,
+    HeadView,
+    VerifiedHeads,
+    reauthenticate_anchor,
+    reread_behind_ledger,
+)
 from confide.cas.secrets import Sealer
 from confide.errors import StorageError
-from confide.lru import Lru
 
 if TYPE_CHECKING:
     from confide.cas.db import Database
@@ -112,17 +118,21 @@ _COUNTS = (
 )
 
 
-class PolicyRowsAltered(StorageError):
+class PolicyRowsAltered(HeadRefused):
     """A policy's head or a version's row does not authenticate under the master key. Names the
-    policy (and the version) and which row, never a value of it."""
+    policy (and the version) and which row, never a value of it. ``ledger``: the head is not
+    the version the policy's latest ledger entry (index ``ledger_at``) names
+    (:func:`~confide.cas.head_index.reread_behind_ledger`)."""
 
-    def __init__(self, name: str, what: str) -> None:
+    def __init__(self, name: str, what: str, *, ledger: bool = False, ledger_at: int | None = None) -> None:
         super().__init__(
             f"the stored {what} of policy {name[:128]!r} does not authenticate under the master key: "
             "the database was altered; the CAS does not use or change that policy until it is restored"
         )
         self.name = name
         self.what = what
+        self.ledger = ledger
+        self.ledger_at = ledger_at
 
 
 class Head(NamedTuple):
@@ -186,15 +196,19 @@ class PolicyAuth:
     miss. One entry per policy, replaced at each verification and dropped when this process
     moves the head (:meth:`put_head`) or a scan of the ledger finds a head entry of the policy
     (:class:`~confide.cas.head_index.HeadIndex`, ``index``): a row written back from before a
-    change this process has seen is a miss, checked against the ledger again. ``db``: the
-    database a scan in a write transaction reads the committed entries from (the index's)."""
+    change this process has seen is a miss, checked against the ledger again; a head judged
+    against a view older than such a scan is not cached after it
+    (:class:`~confide.cas.head_index.VerifiedHeads`). A head refused for a later ledger entry is
+    read once more (:func:`~confide.cas.head_index.reread_behind_ledger`: PostgreSQL's READ
+    COMMITTED). ``db``: the database a scan in a write transaction reads the committed entries
+    from (the index's)."""
 
     def __init__(self, sealer: Sealer, *, cache: int = 1024, db: Database | None = None) -> None:
         self.sealer = sealer
         self._keys: dict[str, bytes] = {}
-        self._heads: Lru[str, tuple[tuple[object, ...], Head]] = Lru(cache)
+        self._heads: VerifiedHeads[str, tuple[tuple[object, ...], Head]] = VerifiedHeads(cache)
         self.index = HeadIndex(sealer, self.predecessor, db)
-        self.index.on_change = self._forget
+        self.index.on_change = self._heads.forget
 
     def predecessor(self, conn: Connection, name: str, digest: str) -> str | None:
         """The predecessor version ``digest`` of ``name`` names, as its row says, verified (the
@@ -204,10 +218,6 @@ class PolicyAuth:
         if version is None:
             raise PolicyRowsAltered(name, f"version {digest[:16]}… (named by a ledger entry)")
         return version.predecessor
-
-    def _forget(self, names: object) -> None:
-        for name in names:  # type: ignore[attr-defined]
-            self._heads.pop(name)
 
     # --- keys ------------------------------------------------------------------------------------
 
@@ -231,18 +241,33 @@ class PolicyAuth:
     def head(self, conn: Connection, name: str) -> Head | None:
         """``name``'s current version, its head and version rows verified (``None``: no such
         policy); PolicyRowsAltered when either does not verify or the version is not active."""
+        return reread_behind_ledger(self._head, conn, name)
+
+    def _head(self, conn: Connection, name: str, refusal: HeadRefused | None) -> Head | None:
         row = raw_execute(conn, _HEAD, (name,)).fetchone()
-        return None if row is None else self._checked_head(conn, name, tuple(row[1:]))
+        return None if row is None else self._checked_head(conn, name, tuple(row[1:]), None, refusal)
 
     def heads(self, conn: Connection) -> dict[str, Head]:
         """Every policy's current version, verified as :meth:`head` does (one scan)."""
+        return reread_behind_ledger(self._all_heads, conn)
+
+    def _all_heads(self, conn: Connection, refusal: HeadRefused | None) -> dict[str, Head]:
         rows = raw_execute(conn, _JOINED).fetchall()
         view: list[HeadView] = []
-        return {str(r[0]): self._checked_head(conn, str(r[0]), tuple(r[1:]), view) for r in rows}
+        return {str(r[0]): self._checked_head(conn, str(r[0]), tuple(r[1:]), view, refusal) for r in rows}
 
     def _checked_head(
-        self, conn: Connection, name: str, row: tuple[object, ...], view: list[HeadView] | None = None
+        self,
+        conn: Connection,
+        name: str,
+        row: tuple[object, ...],
+        view: list[HeadView] | None = None,
+        refusal: HeadRefused | None = None,
     ) -> Head:
+        """``name``'s head row (``row``: head and version columns) verified. ``refusal``: the
+        first read's refusal, when this is the second (:meth:`head`): for this policy, a head row
+        that is the version of the refusing entry or of a later accepted one is current (it was
+        read after that entry was committed)."""
         cached = self._heads.get(name)
         if cached is not None and cached[0] == row:
             held = self.sealer.key_ids  # a key rotated away: verified again (and refused)
@@ -276,11 +301,19 @@ class PolicyAuth:
                 "not authenticate)",
             )
         if latest is None or latest.hash != digest or latest.predecessor != version.predecessor:
+            since = (
+                refusal.ledger_at if isinstance(refusal, PolicyRowsAltered) and refusal.name == name else None
+            )
+            if since is not None and current.accepted_since(name, since, digest, version.predecessor):
+                return head  # a second read: current after the refusing entry; not cached
             # rows rolled back together, each with its genuine MAC (module docstring)
             raise PolicyRowsAltered(
-                name, f"current version {digest[:16]}… (not the one its latest ledger entry names)"
+                name,
+                f"current version {digest[:16]}… (not the one its latest ledger entry names)",
+                ledger=latest is not None,
+                ledger_at=None if latest is None else latest.at,
             )
-        self._heads.put(name, (row, head))
+        self._heads.put(name, (row, head), current.size)
         return head
 
     def _checked_version(self, name: str, digest: str, row: Sequence[object]) -> Version:
@@ -322,7 +355,7 @@ class PolicyAuth:
     def put_head(self, conn: Connection, name: str, head: Head, updated_at: float, *, new: bool) -> None:
         """Write ``name``'s head (insert it when ``new``) with its MAC; the caller records the
         ``policy-created`` / ``policy-updated`` event naming ``head.hash`` in the same transaction."""
-        self._heads.pop(name)
+        self._heads.drop(name)
         key_id = self.writing_key_id(conn)
         mac = head_mac(self.key(key_id, name, "current version"), key_id, name, head)
         if new:

@@ -55,11 +55,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from confide.cas.db import SECRET_HEADS_BOUND_META, raw_connection, raw_execute, raw_executemany
-from confide.cas.head_index import scan
+from confide.cas.head_index import HeadRefused, HeadView, VerifiedHeads, scan
 from confide.cas.secrets import Sealer
 from confide.errors import StorageError
 from confide.ledger.store import Ledger
-from confide.lru import Lru
 
 __all__ = [
     "BOUND_META",
@@ -78,11 +77,11 @@ BOUND_META = SECRET_HEADS_BOUND_META
 _KEY_ID_META = "master_key_id"  # confide.cas.rotation.KEY_ID_META (rotation imports this module)
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _LOG = logging.getLogger("confide.cas")
-# recorded(conn, policy, name, below): the newest version the ledger records for a secret and
-# its entry's index (None: none) as conn's transaction sees the ledger (only its entries below
-# index ``below`` when given), read only when a head is not the one verified last
-# (confide.cas.secret_ledger; confide.cas.head_index.HeadView.secret)
-Recorded = Callable[[Connection, str, str, "int | None"], "tuple[int, int] | None"]
+# recorded(conn): the ledger as conn's transaction sees it (HeadView.secret: the newest version
+# the ledger records for a secret and its entry's index; HeadView.size: the size it is judged
+# as of), read only when a head is not the one verified last (confide.cas.secret_ledger;
+# confide.cas.head_index.HeadIndex.view)
+Recorded = Callable[[Connection], HeadView]
 _HEAD = "SELECT version, key_id, mac FROM secret_heads WHERE policy = ? AND name = ?"
 _UPSERT = (
     "INSERT INTO secret_heads (policy, name, version, updated_at, key_id, mac) VALUES (?, ?, ?, ?, ?, ?) "
@@ -91,7 +90,7 @@ _UPSERT = (
 )
 
 
-class SecretRowsAltered(StorageError):
+class SecretRowsAltered(HeadRefused):
     """A secret's newest row is not the version its authenticated head names (deleted, rolled
     back, or a head that does not verify). Names the policy and the secret, never a value."""
 
@@ -116,7 +115,8 @@ class SecretRowsAltered(StorageError):
         # the verified current version when the refusal is for rows deleted (no row of it, or
         # only older ones): what a CAS-internal row re-issued when missing continues from
         self.deleted_after = deleted_after
-        # refused because the ledger records a newer version (confide.cas.secret_ledger)
+        # refused because the ledger records a newer version (confide.cas.secret_ledger;
+        # confide.cas.head_index.reread_behind_ledger)
         self.ledger = ledger
         # that version's entry's index: a second read judges against the entries up to it
         # (committed before it began), not against ones committed since
@@ -148,13 +148,14 @@ class SecretHeads:
     included, under a key the sealer still holds), so the attestation path computes no MAC for
     a head it has seen; any change to the row is a miss, and so is a secret whose newer version
     a scan of the ledger found (:meth:`forget`). ``ledger``: the newest version the ledger
-    records for a secret (:data:`Recorded`), checked on a miss (``None``: not checked)."""
+    records for a secret, as a view of the ledger (:data:`Recorded`), checked on a miss (``None``: not
+    checked)."""
 
     def __init__(self, sealer: Sealer, *, cache: int = 4096, ledger: Recorded | None = None) -> None:
         self.sealer = sealer
         self.ledger = ledger
         self._keys: dict[str, bytes] = {}
-        self._verified: Lru[tuple[str, str], tuple[object, object, object]] = Lru(cache)
+        self._verified: VerifiedHeads[tuple[str, str], tuple[object, object, object]] = VerifiedHeads(cache)
 
     def _key(self, key_id: object) -> bytes | None:
         if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id) or key_id not in self.sealer.key_ids:
@@ -164,11 +165,12 @@ class SecretHeads:
             key = self._keys[key_id] = self.sealer.only(key_id).derive_key(SECRET_HEADS_INFO)
         return key
 
-    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Drop the verified heads of these secrets (policy, name): a scan of the ledger found a
-        newer version of each (:attr:`confide.cas.head_index.HeadIndex.on_secrets`)."""
-        for key in keys:
-            self._verified.pop(key)
+    def forget(self, keys: Iterable[tuple[str, str]], size: int) -> None:
+        """Drop the verified heads of these secrets (policy, name): a scan of the ledger up to
+        size ``size`` found a newer version of each (:attr:`~confide.cas.head_index.HeadIndex.on_secrets`);
+        a head judged against a smaller view is not cached after it
+        (:class:`~confide.cas.head_index.VerifiedHeads`)."""
+        self._verified.forget(keys, size)
 
     def verifies(self, policy: str, name: str, version: object, key_id: object, mac: object) -> bool:
         """Whether a stored head's values verify (``False`` for a key this CAS does not hold, a
@@ -203,7 +205,7 @@ class SecretHeads:
         ledger records a version of it."""
         if head is None:
             if row_version is None:
-                recorded = None if self.ledger is None else self.ledger(conn, policy, name, below)
+                recorded = None if self.ledger is None else self.ledger(conn).secret(policy, name, below)
                 if recorded is not None:
                     raise SecretRowsAltered(
                         policy,
@@ -221,7 +223,8 @@ class SecretHeads:
             if not self.verifies(policy, name, version, key_id, mac):
                 raise SecretRowsAltered(policy, name, "its recorded current version does not authenticate")
             assert _integer(version)  # verified
-            recorded = None if self.ledger is None else self.ledger(conn, policy, name, below)
+            view = None if self.ledger is None else self.ledger(conn)
+            recorded = None if view is None else view.secret(policy, name, below)
             if recorded is not None and recorded[0] > int(str(version)):
                 # an earlier genuine head written back with the later rows deleted
                 raise SecretRowsAltered(
@@ -233,7 +236,9 @@ class SecretHeads:
                     ledger=True,
                     ledger_at=recorded[1],
                 )
-            self._verified.put((policy, name), (version, key_id, mac))
+            # judged as of the view's size, or of the entries below ``below`` (a second read)
+            as_of = None if view is None else view.size if below is None else min(view.size, below)
+            self._verified.put((policy, name), (version, key_id, mac), as_of)
         assert _integer(version)  # verified
         if row_version is None or row_version < int(str(version)):
             raise SecretRowsAltered(
@@ -260,7 +265,7 @@ class SecretHeads:
         if key is None:
             raise StorageError(f"the database's master key id {key_id} is not one this CAS holds")
         mac = secret_head_mac(key, key_id, policy, name, version)
-        self._verified.pop((policy, name))
+        self._verified.drop((policy, name))
         raw_execute(conn, _UPSERT, (policy, name, version, now, key_id, mac))
 
 
