@@ -22,6 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from asgi_call import call
 from cas_inproc import MEASUREMENT, DbEnv, InProcessCas, sim_policy, submission
+from confide.cas import core
 from confide.cas.app import create_app
 from confide.cas.core import READ_TYPE, Cas, EventsAltered, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database
@@ -630,3 +631,38 @@ def test_the_periodic_scan_survives_a_database_error(env: Env, caplog: pytest.Lo
     assert '"error": "LostConnection"' in caplog.text
     [(size,)] = env.sql("SELECT size FROM ledger_head WHERE id = 1")
     assert index.size == size  # the second tick scanned
+
+
+def test_an_update_committed_while_the_events_are_listed_is_not_half_listed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads are READ COMMITTED by default: an update another process commits while
+    ``policy events`` is read (after its head and events rows, before its last read of the
+    ledger) made the listing refused as altered. The listing reads one snapshot: the head it
+    names ends the chain of the version entries it lists, nothing is refused, and the next
+    listing has the update. (SQLite: one snapshot already.)"""
+    v1 = env.apply(policy())
+    env.cas.events_for(env.read("events"))  # the head verified and cached
+    listed_entry = core._listed_entry
+    done: list[str] = []
+
+    def racing(*args: Any) -> bytes:
+        if not done:  # the events rows read; the ledger's latest head entry not yet
+            other = InProcessCas.start(env.data, "", db_url=env.db_url)
+            try:
+                done.append(other.apply(policy(OTHER, v1), env.owner).hash)
+            finally:
+                other.cas.db.dispose()
+        return listed_entry(*args)
+
+    monkeypatch.setattr(core, "_listed_entry", racing)
+    listed = env.cas.events_for(env.read("events"))
+    assert done
+    heads = [
+        e["payload"]["hash"] for e in listed["events"] if e["type"] in ("policy-created", "policy-updated")
+    ]
+    assert listed["head"] == v1 and heads == [v1]
+    monkeypatch.undo()
+    listed = env.cas.events_for(env.read("events"))
+    assert listed["head"] == done[0]
+    assert [e["payload"]["hash"] for e in listed["events"] if e["type"] == "policy-updated"] == [done[0]]

@@ -2843,7 +2843,10 @@ class Cas:
         leaving one out changes no other's. ``run``: as for :meth:`_read_request`."""
         info = self._show(*self._read_request(read_request, "events", run))
         name = info["name"]
-        with self.db.read() as conn:
+        # One snapshot (PostgreSQL: REPEATABLE READ): a policy update committed between the head's
+        # read and the events rows' (or the ledger's) would otherwise list rows the head and the
+        # checkpoint do not agree with, or refuse a listing as altered that was not.
+        with self.db.read(snapshot=True) as conn:
             raw = raw_connection(conn)
             note = Ledger.latest_checkpoint(raw)
             size = Checkpoint.from_text(parse_note(note).text).size if note else 0

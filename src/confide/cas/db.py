@@ -811,7 +811,11 @@ class Database:
             raise StorageError(f"database error: {type(exc.orig).__name__ if exc.orig else exc}") from None
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read-only transaction. SQLite's is one snapshot; PostgreSQL's is READ COMMITTED
+        (each statement sees what was committed before it) unless ``snapshot``: then REPEATABLE
+        READ (PostgreSQL 16 §13.2.2: every statement sees the snapshot of the first), for reads
+        whose rows must agree with each other whatever commits meanwhile."""
         kept = self.is_sqlite and self._kept_lock.acquire(blocking=False)
         try:
             if kept:
@@ -820,8 +824,11 @@ class Database:
                 with self._kept_read.begin():
                     yield self._kept_read
             else:
-                with self._reader.connect() as conn, conn.begin():
-                    yield conn
+                with self._reader.connect() as conn:
+                    if snapshot and not self.is_sqlite:
+                        conn.execution_options(isolation_level="REPEATABLE READ")
+                    with conn.begin():
+                        yield conn
         except OperationalError as exc:
             raise StorageError(f"database error: {type(exc.orig).__name__ if exc.orig else exc}") from None
         finally:
