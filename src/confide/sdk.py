@@ -97,7 +97,7 @@ from confide.identity import Identity, PublicIdentity, load_identity
 if TYPE_CHECKING:
     from confide.cas.audit import VerifiedEvent
     from confide.cas.pin import PinnedCas
-    from confide.ledger.auditor import LogVerification, ViewUpdate
+    from confide.ledger.auditor import CosignWait, LogVerification, ViewUpdate
     from confide.ledger.checkpoint import SignedCheckpoint
     from confide.ledger.freshness import Freshness
     from confide.ledger.note import NoteVerifier
@@ -1156,6 +1156,7 @@ class Cas:
         witnesses: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> History:
         """Every version of the policy, who signed and who approved it (``confide ledger
         history``): the checkpoint must be signed by the log key (``log_key``, default
@@ -1165,7 +1166,8 @@ class Cas:
         and every entry remembered for the policy be returned again; the file then remembers
         this run (``History.state`` says what it held). ``witnesses`` (vkeys, ``--witness``):
         each must have cosigned the checkpoint; ``max_age`` and ``now`` (``--max-age``) as
-        :meth:`verify_log` takes them: each one's newest cosignature at most that old.
+        :meth:`verify_log` takes them: each one's newest cosignature at most that old;
+        ``witness_wait`` as :meth:`verify_log` takes it.
 
         Raises ``UnknownKeyError`` (a checkpoint not signed by that key or not cosigned by a
         witness, or a state file of another log), ``EntryMismatchError`` (an entry not
@@ -1176,7 +1178,9 @@ class Cas:
         :meth:`show`."""
         from confide.cas.audit import history  # noqa: PLC0415
 
-        signed, events, update = self._audited(name, identity, log_key, state, witnesses, max_age, now)
+        signed, events, update = self._audited(
+            name, identity, log_key, state, witnesses, max_age, now, witness_wait
+        )
         entries = []
         for row in history(events):
             approvers = row.get("approvers") or []
@@ -1203,6 +1207,7 @@ class Cas:
         witnesses: Iterable[str],
         max_age: str | timedelta | None,
         now: datetime | None,
+        witness_wait: float,
     ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
         """The policy's events verified against the log key (with ``witnesses``, cosigned, and
         with ``max_age`` recently; with ``state``, against the file)."""
@@ -1218,8 +1223,9 @@ class Cas:
 
         state_file = None if state is None else Path(state)
         _name, signed, events, update = read_audited(
-            self._client, verifier, state_file, read, witnesses=cosigners, freshness=freshness
-        )
+            self._client, verifier, state_file, read, witnesses=cosigners, freshness=freshness,
+            wait=_cosign_wait(witness_wait),
+        )  # fmt: skip
         return signed, events, update
 
     def accesses(
@@ -1233,6 +1239,7 @@ class Cas:
         witnesses: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> Accesses:
         """Which attested services received the policy's secrets (only ``secret``'s, when
         given), when, under which measurement (``confide ledger accesses``), verified as
@@ -1241,7 +1248,9 @@ class Cas:
         (with ``state``, what the file held). Raises as :meth:`history`."""
         from confide.cas.audit import accesses  # noqa: PLC0415
 
-        signed, events, update = self._audited(name, identity, log_key, state, witnesses, max_age, now)
+        signed, events, update = self._audited(
+            name, identity, log_key, state, witnesses, max_age, now, witness_wait
+        )
         out = []
         for row in accesses(events, secret):
             released = []
@@ -1318,6 +1327,7 @@ class Cas:
         policies: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> LogVerification:
         """Audit the CAS's transparency log as ``confide ledger verify --url URL --state FILE``
         does (the same code, :func:`confide.ledger.auditor.verify_log`, over the CAS's
@@ -1341,7 +1351,10 @@ class Cas:
         cosignature of the checkpoint must be at most that old at ``now`` (an aware datetime;
         default the clock, read as each checkpoint is fetched) and none dated more than 60 s after it,
         else ``FreshnessError`` (69: the log shows an old checkpoint, e.g. frozen to hide later
-        entries).
+        entries). ``witness_wait`` (seconds, 0 to 60, default 5; only with ``witnesses``): while
+        the checkpoint read lacks a required witness's cosignature (on a growing log the newest
+        is cosigned a witness round trip after it is signed), it is read again, every 0.2 s,
+        until this long has passed; then ``UnknownKeyError`` (65).
 
         Raises ``RollbackError`` (60: a log smaller than the one remembered),
         ``ConsistencyError`` (61: another tree, a fork), ``UnknownKeyError`` (65: a checkpoint
@@ -1358,6 +1371,7 @@ class Cas:
         verifier = log_verifier(self._log_verifier(log_key).vkey, "log_key")
         cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
         freshness = _freshness(max_age, cosigners, now)
+        wait = _cosign_wait(witness_wait)
         names = tuple(policies)
         if (names or identity is not None) and not full:
             raise UsageError("identity and policies go with full=True (whose policies' entries are checked)")
@@ -1370,9 +1384,11 @@ class Cas:
 
                 return verify_readable(
                     self._client, tiles, verifier, identity, names, path, witnesses=cosigners,
-                    freshness=freshness,
+                    freshness=freshness, wait=wait,
                 )  # fmt: skip
-            return verify_log(tiles, verifier, path, full=full, witnesses=cosigners, freshness=freshness)
+            return verify_log(
+                tiles, verifier, path, full=full, witnesses=cosigners, freshness=freshness, wait=wait
+            )
 
     # -- the successor board ------------------------------------------------------------------
 
@@ -1972,6 +1988,20 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _cosign_wait(witness_wait: object) -> CosignWait:
+    """``witness_wait`` of :meth:`Cas.history`, ``accesses`` and ``verify_log``: seconds, 0 to
+    60 (:class:`confide.ledger.auditor.CosignWait`)."""
+    from confide.ledger.auditor import CosignWait  # noqa: PLC0415
+
+    if (
+        isinstance(witness_wait, bool)
+        or not isinstance(witness_wait, int | float)
+        or not 0 <= witness_wait <= 60
+    ):
+        raise UsageError(f"witness_wait: got {witness_wait!r}, expected seconds from 0 to 60")
+    return CosignWait(float(witness_wait))
+
+
 def _freshness(
     max_age: str | timedelta | None, witnesses: Sequence[NoteVerifier], now: datetime | None
 ) -> Freshness | None:
@@ -2155,11 +2185,12 @@ class AsyncCas:
         witnesses: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> History:
         """:meth:`Cas.history`."""
         return await self._run(
             self._cas.history, name, identity, log_key=log_key, state=state, witnesses=tuple(witnesses),
-            max_age=max_age, now=now,
+            max_age=max_age, now=now, witness_wait=witness_wait,
         )  # fmt: skip
 
     async def accesses(
@@ -2173,11 +2204,12 @@ class AsyncCas:
         witnesses: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> Accesses:
         """:meth:`Cas.accesses`."""
         return await self._run(
             self._cas.accesses, name, identity, secret=secret, log_key=log_key, state=state,
-            witnesses=tuple(witnesses), max_age=max_age, now=now,
+            witnesses=tuple(witnesses), max_age=max_age, now=now, witness_wait=witness_wait,
         )  # fmt: skip
 
     async def crl(
@@ -2211,11 +2243,12 @@ class AsyncCas:
         witnesses: Iterable[str] = (),
         max_age: str | timedelta | None = None,
         now: datetime | None = None,
+        witness_wait: float = 5.0,
     ) -> LogVerification:
         """:meth:`Cas.verify_log`."""
         return await self._run(
             self._cas.verify_log, state=state, log_key=log_key, witnesses=tuple(witnesses), max_age=max_age,
-            now=now,
+            now=now, witness_wait=witness_wait,
         )  # fmt: skip
 
     # -- the successor board ------------------------------------------------------------------

@@ -30,7 +30,6 @@ from confide.errors import (
     EntryMismatchError,
     EntryMissingError,
     ParseError,
-    UnknownKeyError,
     UsageError,
 )
 from confide.identity import Identity
@@ -42,7 +41,7 @@ from confide.ledger.note import NoteVerifier
 from confide.policy import loads_policy, policy_hash
 
 if TYPE_CHECKING:
-    from confide.ledger.auditor import LogClient, LogVerification, ViewUpdate
+    from confide.ledger.auditor import CosignWait, LogClient, LogVerification, ViewUpdate
 
 __all__ = [
     "PolicyChainChecker",
@@ -184,6 +183,7 @@ def read_audited(
     *,
     witnesses: Sequence[NoteVerifier] = (),
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
     """``read()`` (the policy read, its checkpoint and verified events); with ``state_file``,
     checked against and added to what the file remembers (:func:`confide.ledger.auditor.audit_view`,
@@ -195,11 +195,17 @@ def read_audited(
     (``--max-age``), each one's newest cosignature within it, judged when the checkpoint was
     read (:meth:`~confide.ledger.freshness.Freshness.renewed`), as ``ledger verify`` judges its
     checkpoint (:func:`~confide.ledger.auditor.verify_checkpoint_update`): else
-    :class:`UnknownKeyError` / :class:`FreshnessError`, after a rollback or fork is named, and
-    with nothing written to the state file."""
+    :class:`~confide.ledger.auditor.NotCosignedError` (an :class:`~confide.errors.UnknownKeyError`) /
+    :class:`FreshnessError`, after a rollback or fork is named, and with nothing written to the
+    state file. ``wait`` (:class:`~confide.ledger.auditor.CosignWait`): while the checkpoint read
+    lacks a required cosignature (the CAS's newest, signed a witness round trip before its
+    cosignatures come), the whole read is made again, within that bound, and judged anew (against
+    the state file as the first was: the checkpoint remembered there is never lowered)."""
     from confide.ledger.auditor import (  # noqa: PLC0415 - the auditor, only here
         AuditorState,
+        NotCosignedError,
         audit_view,
+        cosign_wait,
         distinct_witnesses,
         verify_checkpoint_update,
     )
@@ -207,42 +213,46 @@ def read_audited(
     distinct_witnesses(witnesses)  # refused before the CAS is asked
     if freshness is not None and not witnesses:
         raise UsageError(NO_WITNESS)
+    if not witnesses:
+        wait = None  # nothing to wait for
 
     def cosigned(signed: SignedCheckpoint | None) -> None:
         if witnesses and signed is None:
-            raise UnknownKeyError(
+            raise NotCosignedError(
                 f"the log shows no checkpoint, so none cosigned by witness {witnesses[0].vkey}"
             )
 
     if state_file is None:
-        policy, signed, events = read()
-        cosigned(signed)
-        if signed is not None and witnesses:
-            fresh = None if freshness is None else freshness.renewed()
-            verify_checkpoint_update(None, signed.raw, [], log_key, witnesses=witnesses, freshness=fresh)
-        return policy, signed, events, None
+
+        def attempt() -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]:
+            policy, signed, events = read()
+            cosigned(signed)
+            if signed is not None and witnesses:
+                fresh = None if freshness is None else freshness.renewed()
+                verify_checkpoint_update(None, signed.raw, [], log_key, witnesses=witnesses, freshness=fresh)
+            return policy, signed, events
+
+        return (*cosign_wait(wait, attempt), None)
     from confide.ledger.http import HttpLogClient  # noqa: PLC0415 - only with a state file
 
     state = AuditorState(state_file)
     with state.locked():
         previous = state.load(log_key)  # a bad state file is refused before the CAS is asked
-        policy, signed, events = read()
-        if previous is None:
-            cosigned(signed)  # (with one remembered, no checkpoint is a RollbackError first)
         with HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles:
-            proven = [e.index for e in events if e.included]
-            update = audit_view(
-                tiles,
-                log_key,
-                state,
-                previous,
-                policy,
-                signed,
-                proven,
-                witnesses=witnesses,
-                freshness=freshness,
-            )
-    return policy, signed, events, update
+
+            def audited() -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate]:
+                policy, signed, events = read()
+                if previous is None:
+                    cosigned(signed)  # (with one remembered, no checkpoint is a RollbackError first)
+                proven = [e.index for e in events if e.included]
+                # audit_view verifies before it remembers anything or writes the file
+                update = audit_view(
+                    tiles, log_key, state, previous, policy, signed, proven,
+                    witnesses=witnesses, freshness=freshness,
+                )  # fmt: skip
+                return policy, signed, events, update
+
+            return cosign_wait(wait, audited)
 
 
 _HASH_HEX = re.compile(r"[0-9a-f]{64}")
@@ -446,6 +456,7 @@ def verify_readable(
     *,
     witnesses: Sequence[NoteVerifier] = (),
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> LogVerification:
     """``confide ledger verify --full --identity FILE [--policy NAME]...`` at a CAS (and
     :meth:`confide.sdk.Cas.verify_log` with ``full=True`` and an identity): one stakeholder's
@@ -514,7 +525,8 @@ def verify_readable(
                     structure=f"{name[:128]}: events",
                 )
             answers.append((name, signed_by, head, listed))
-        auditor = Auditor(tiles, log_key, witnesses=witnesses, freshness=freshness)
+        # (``wait``: the latest checkpoint read again while it lacks a required cosignature)
+        auditor = Auditor(tiles, log_key, witnesses=witnesses, freshness=freshness, wait=wait)
         signed = auditor.update(old)
         # Each answer's checkpoint is of the same tree: the largest (the latest, unless an answer
         # came with a newer one) extends the others, proven from the tiles.

@@ -21,10 +21,11 @@ import itertools
 import json
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from confide import jsonstrict
 from confide.errors import (
@@ -60,9 +61,11 @@ from confide.ledger.tiles import TILE_WIDTH, TiledNodes, TileId, format_tile_pat
 __all__ = [
     "Auditor",
     "AuditorState",
+    "CosignWait",
     "LocalLogClient",
     "LogClient",
     "LogVerification",
+    "NotCosignedError",
     "PolicyEntries",
     "ViewUpdate",
     "atomic_write",
@@ -75,6 +78,20 @@ __all__ = [
     "verify_log",
     "witness_verifier",
 ]
+
+
+class NotCosignedError(UnknownKeyError):
+    """A log's checkpoint (signed by the pinned key) has no cosignature by a required witness
+    (``--witness``), or the log shows no checkpoint at all: to every caller the
+    :class:`UnknownKeyError` it was before (exit 65; its ``kind`` is ``UnknownKeyError``, as the
+    CLI's one-line errors and ``--json``'s ``class`` show it). Its own class only so that a
+    reader can tell it from a checkpoint not signed by the log key: on a growing log the newest
+    checkpoint is cosigned a witness round trip after it is signed, and :class:`CosignWait` reads
+    the log again on this error alone."""
+
+    @property
+    def kind(self) -> str:
+        return "UnknownKeyError"
 
 
 class LogClient(Protocol):
@@ -145,10 +162,12 @@ def verify_checkpoint_update(
     """Verify a new signed checkpoint and that it extends ``old`` (pure; no I/O).
 
     Each of ``witnesses`` must have cosigned the checkpoint (tlog-cosignature): a missing
-    cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`. With
+    cosignature is a :class:`NotCosignedError` (an :class:`UnknownKeyError`), an invalid one a
+    :class:`SignatureError`. With
     ``freshness`` (``--max-age``; its ``now`` given, never read here), each one's newest
     cosignature must be within it (:func:`~confide.ledger.freshness.check_fresh`), else a
-    :class:`~confide.errors.FreshnessError`, checked last: a rollback or a fork is named first.
+    :class:`~confide.errors.FreshnessError`, checked last: a rollback or a fork is named first,
+    before a missing or invalid cosignature too.
     """
     distinct_witnesses(witnesses)
     # 1. Signature by the pinned key (SignatureError / UnknownKeyError / ParseError).
@@ -156,22 +175,23 @@ def verify_checkpoint_update(
         new_checkpoint, log_key, origin=origin if origin else (old.origin if old else None)
     )
     new = signed.checkpoint
-    # 2. Cosignatures by every required witness.
+    if old is not None:
+        # 2. The tree must not shrink.
+        if new.size < old.size:
+            raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
+        # 3. The new tree must extend the old one (RFC 9162 §2.1.4.2).
+        try:
+            verify_consistency(old.size, new.size, old.root, new.root, proof)
+        except ConsistencyError as exc:
+            raise ConsistencyError(f"fork: {exc.message}") from None
+    # 4. Cosignatures by every required witness: checked after a rollback or a fork is named (a
+    # reader waiting for the cosignatures, CosignWait, does not wait on a rolled-back log).
     note = None
     for witness in witnesses:
         try:
             note, _ = open_note(new_checkpoint, [witness])
         except UnknownKeyError:
-            raise UnknownKeyError(not_cosigned(new.size, witness.vkey)) from None
-    if old is not None:
-        # 3. The tree must not shrink.
-        if new.size < old.size:
-            raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
-        # 4. The new tree must extend the old one (RFC 9162 §2.1.4.2).
-        try:
-            verify_consistency(old.size, new.size, old.root, new.root, proof)
-        except ConsistencyError as exc:
-            raise ConsistencyError(f"fork: {exc.message}") from None
+            raise NotCosignedError(not_cosigned(new.size, witness.vkey)) from None
     # 5. Fresh: a required witness cosigned it within --max-age of now (a log frozen on an old
     # checkpoint, with its old cosignatures, would hide every later entry without forking).
     if freshness is not None:  # (without witnesses a UsageError)
@@ -212,6 +232,58 @@ def parse_bundle(data: bytes) -> list[bytes]:
 
 EntryCheck = Callable[[int, bytes], None]
 
+_T = TypeVar("_T")
+
+COSIGN_WAIT = 5.0
+"""Seconds a reader that requires witnesses (``--witness``) reads the log again while its newest
+checkpoint lacks a required cosignature: a CAS signs a checkpoint at most every 0.5 s while
+entries are appended and its witnesses cosign it a round trip later
+(:mod:`confide.cas.witness_rounds`), so on a growing log the newest checkpoint is often not
+cosigned yet when it is read (docs/ledger.md "Reading while the log grows")."""
+COSIGN_POLL = 0.2
+"""Seconds between two reads of the log while waiting for a cosigned checkpoint: not a divisor
+of the CAS's 0.5 s checkpoint interval, so that successive reads fall at different points of it
+(a read at the same point each time could keep landing between a signature and its
+cosignatures)."""
+
+
+@dataclass(frozen=True)
+class CosignWait:
+    """How long a reader that requires witnesses waits for the log's newest checkpoint to carry
+    their cosignatures: :meth:`run` repeats a read-and-verify while it fails with
+    :class:`NotCosignedError` alone (no other error is retried: a rollback, a fork, a bad
+    signature or a stale cosignature fails at once), every ``poll`` seconds, until ``seconds``
+    have passed on ``monotonic`` since the first attempt; then the last error is raised. Each
+    attempt verifies the checkpoint it read against everything the reader holds, as a single
+    read would, and nothing is written before one passes: waiting never accepts an older
+    checkpoint than a single read would. Time is injected (``monotonic``, ``sleep``) for tests."""
+
+    seconds: float = COSIGN_WAIT
+    poll: float = COSIGN_POLL
+    monotonic: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seconds <= 60 or not 0 < self.poll <= 60:
+            raise ValueError("seconds: 0 to 60; poll: above 0, at most 60")
+
+    def run(self, attempt: Callable[[], _T]) -> _T:
+        """``attempt()``, repeated while it raises :class:`NotCosignedError`, within the bound."""
+        deadline = self.monotonic() + self.seconds
+        while True:
+            try:
+                return attempt()
+            except NotCosignedError:
+                left = deadline - self.monotonic()
+                if left <= 0:
+                    raise
+                self.sleep(min(self.poll, left))
+
+
+def cosign_wait(wait: CosignWait | None, attempt: Callable[[], _T]) -> _T:
+    """``attempt()`` once (``wait`` ``None``) or as ``wait`` repeats it."""
+    return attempt() if wait is None else wait.run(attempt)
+
 
 @dataclass
 class Auditor:
@@ -222,6 +294,9 @@ class Auditor:
     freshness: Freshness | None = None
     """``--max-age``: each checkpoint verified must have a cosignature of each of ``witnesses``
     within it."""
+    wait: CosignWait | None = None
+    """With ``witnesses``: :meth:`update` reads the log's checkpoint again, within this bound,
+    while it lacks a required cosignature (``None``: one read)."""
 
     def __post_init__(self) -> None:
         distinct_witnesses(self.witnesses)  # refused before anything is fetched
@@ -235,8 +310,11 @@ class Auditor:
         return raw
 
     def update(self, old: Checkpoint | None) -> SignedCheckpoint:
-        """Fetch the latest checkpoint, verify it and its consistency with ``old``."""
-        return self.extend(old, self.fetch_checkpoint())
+        """Fetch the latest checkpoint, verify it and its consistency with ``old``; with
+        ``witnesses`` and a ``wait``, fetched again while it lacks a required cosignature."""
+        return cosign_wait(
+            self.wait if self.witnesses else None, lambda: self.extend(old, self.fetch_checkpoint())
+        )
 
     def extend(self, old: Checkpoint | None, raw: bytes) -> SignedCheckpoint:
         """Verify the signed checkpoint ``raw`` (the log's latest, or one the log sent with
@@ -564,11 +642,13 @@ def audit_once(
     entry_check: EntryCheck | None = None,
     witnesses: Sequence[NoteVerifier] = (),
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> tuple[Checkpoint | None, SignedCheckpoint]:
     """One audit round: verify the latest checkpoint against the state (and, with
-    ``freshness``, that its witnesses cosigned it recently), optionally all entries, then
-    remember it. Returns (previous, new)."""
-    auditor = Auditor(client, log_key, witnesses=witnesses, freshness=freshness)
+    ``freshness``, that its witnesses cosigned it recently; with ``wait``, read again while it
+    lacks a required cosignature), optionally all entries, then remember it. Returns (previous,
+    new)."""
+    auditor = Auditor(client, log_key, witnesses=witnesses, freshness=freshness, wait=wait)
     with state.locked() if state is not None else contextlib.nullcontext():
         old = state.load(log_key) if state is not None else None
         signed = auditor.update(old)
@@ -654,6 +734,7 @@ def verify_log(
     full: bool = False,
     witnesses: Sequence[NoteVerifier] = (),
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> LogVerification:
     """One audit of the log ``client`` reads (``confide ledger verify``, and
     :meth:`confide.sdk.Cas.verify_log`): its latest checkpoint signed by ``log_key`` and
@@ -661,7 +742,9 @@ def verify_log(
     :class:`~confide.errors.FreshnessError`); with ``state_file``, consistent with the checkpoint remembered
     there (a smaller one is a ``RollbackError``, another tree a ``ConsistencyError``), which the
     file then remembers; with ``full``, every entry downloaded, the tree recomputed and each
-    policy entry checked (:class:`confide.cas.audit.PolicyChainChecker`). Nothing is written on an error."""
+    policy entry checked (:class:`confide.cas.audit.PolicyChainChecker`). ``wait``: while the
+    latest checkpoint lacks a required cosignature, it is read again within this bound
+    (:class:`CosignWait`). Nothing is written on an error."""
     entry_check = None
     if full:  # policy entries re-checked (signatures, hashes, linear predecessor chains)
         from confide.cas.audit import PolicyChainChecker  # noqa: PLC0415 - the CAS's entry types, only here
@@ -675,6 +758,7 @@ def verify_log(
         entry_check=entry_check,
         witnesses=witnesses,
         freshness=freshness,
+        wait=wait,
     )
     cp = signed.checkpoint
     return LogVerification(

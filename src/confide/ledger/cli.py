@@ -36,6 +36,7 @@ from confide.httpserve.options import reload_interval
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
+    CosignWait,
     LocalLogClient,
     LogClient,
     LogVerification,
@@ -276,7 +277,9 @@ def _verify(
                 ctx = client_tls_context(ca)
                 http = stack.enter_context(answer_client(verify=ctx, timeout=30.0))
             client = stack.enter_context(HttpLogClient(url, client=http))
-        return verify_log(client, log_key, state, full=full, witnesses=witnesses, freshness=freshness)
+        return verify_log(
+            client, log_key, state, full=full, witnesses=witnesses, freshness=freshness, wait=CosignWait()
+        )
 
 
 def _verify_readable(
@@ -313,8 +316,9 @@ def _verify_readable(
         HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles,
     ):
         return verify_readable(
-            client, tiles, log_key, identity, policies, state, witnesses=witnesses, freshness=freshness
-        )
+            client, tiles, log_key, identity, policies, state, witnesses=witnesses, freshness=freshness,
+            wait=CosignWait(),
+        )  # fmt: skip
 
 
 def _env_cert() -> Path | None:
@@ -821,7 +825,7 @@ def history_cmd(
             return (policy, *verified_events(client, policy, ident, log_key))
 
         _, signed, events, update = read_audited(
-            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=CosignWait()
         )
     except ConfideError as exc:
         _fail(exc)
@@ -892,7 +896,7 @@ def accesses_cmd(
                     raise whole from None  # neither reading: name the target as given
 
         policy, signed, events, update = read_audited(
-            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=CosignWait()
         )
         rows = accesses(events, secret or None)
     except ConfideError as exc:
