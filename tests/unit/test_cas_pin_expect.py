@@ -12,6 +12,7 @@ from cli import run_confide
 from confide.cas.pin import expected_claim_mismatches
 from confide.errors import UsageError
 from confide.verify.result import ClaimValue
+from pki import self_signed_pem
 
 CLAIMS: dict[str, ClaimValue] = {
     "rtmr1": "AB" * 48,
@@ -60,7 +61,7 @@ def test_cli_refuses_malformed_expectations(spec: str) -> None:
     ("crl_checked", "line"), [(True, "AMD CRL: checked"), (False, "AMD CRL: not checked")]
 )
 def test_cas_attest_prints_whether_an_amd_crl_was_checked(
-    monkeypatch: pytest.MonkeyPatch, crl_checked: bool, line: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crl_checked: bool, line: str
 ) -> None:
     """``confide cas attest`` says whether the SEV-SNP chain was checked against the CRL the CAS
     published (``amd_crl``), so a CAS that published none is not passed over in silence."""
@@ -73,7 +74,9 @@ def test_cas_attest_prints_whether_an_amd_crl_was_checked(
         platform=Platform.SEV_SNP, claims={"measurement": "cd" * 48}, verified_at=datetime.now(UTC),
         evidence_digest="00" * 32, details={"crl_checked": crl_checked},
     )  # fmt: skip
-    pinned = pin.PinnedCas("https://cas", b"", "ab" * 32, "log-key", evidence)
+    pinned = pin.PinnedCas(
+        "https://cas", self_signed_pem(tmp_path / "cas.pem").read_bytes(), "ab" * 32, "log-key", evidence
+    )
     monkeypatch.setattr(pin, "attest_cas", lambda url, **_kw: pinned)
     result = CliRunner().invoke(cli.cas, ["attest", "https://cas.example"])
     assert result.exit_code == 0, result.output

@@ -29,6 +29,7 @@ from confide.cas.witness_quorum import RETRY_SECONDS, WitnessGuard, WitnessQuoru
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, NoteVerifier, parse_note
 from confide.ledger.store import Ledger, connect, write_transaction
 from confide.ledger.witness_http import request_cosignatures
+from pki import self_signed_pem
 from witness_servers import Witnesses
 
 ORIGIN = "cas.example/log"
@@ -417,7 +418,9 @@ def _at(document: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("with_witnesses", [True, False])
-def test_cas_attest_prints_the_witness_quorum(monkeypatch: pytest.MonkeyPatch, with_witnesses: bool) -> None:
+def test_cas_attest_prints_the_witness_quorum(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, with_witnesses: bool
+) -> None:
     """``confide cas attest`` says which witnesses a CAS binds, or that it has none, and hands
     ``--expect-witnesses``/``--expect-witness`` (keys read as verifier keys) to the check."""
     from datetime import UTC, datetime
@@ -432,7 +435,14 @@ def test_cas_attest_prints_the_witness_quorum(monkeypatch: pytest.MonkeyPatch, w
         platform=Platform.SIMULATED, claims={"measurement": "cd" * 48}, verified_at=datetime.now(UTC),
         evidence_digest="00" * 32, simulated=True,
     )  # fmt: skip
-    pinned = pin.PinnedCas("https://cas", b"", "ab" * 32, "log-key", evidence, witnesses=attested)
+    pinned = pin.PinnedCas(
+        "https://cas",
+        self_signed_pem(tmp_path / "cas.pem").read_bytes(),
+        "ab" * 32,
+        "log-key",
+        evidence,
+        witnesses=attested,
+    )
     seen: list[object] = []
 
     def attest(url: str, **kw: Any) -> pin.PinnedCas:

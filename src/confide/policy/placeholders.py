@@ -306,9 +306,9 @@ class RenderBudget:
 
     __slots__ = ("left", "limit")
 
-    def __init__(self, limit: int = MAX_RENDERED) -> None:
-        self.limit = limit
-        self.left = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_RENDERED if limit is None else limit
+        self.left = self.limit
 
     def take(self, size: int, where: str) -> None:
         """Count ``size`` more bytes of the release (``where``: what they are)."""
