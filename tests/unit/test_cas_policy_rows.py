@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
+from confide.cas import rotation
 from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.declaration import declaration
@@ -299,6 +302,122 @@ def test_offline_rotation_of_an_older_database_seals_its_rows(env: Env) -> None:
     env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
     for document, submission in rows(env).values():
         assert row_key_ids(document, submission) == {result.new_key_id}
+    assert_shown(env, digest)
+    env.assert_no_values()
+
+
+@pytest.fixture
+def pg_env(tmp_path: Path, postgres: Any) -> Iterator[Env]:
+    """:func:`env` on PostgreSQL only."""
+    db_url = postgres.new_database()
+    data = tmp_path / "cas"
+    out = Env(data, db_url, InProcessCas.start(data, "", db_url=db_url), Identity.generate(), postgres.data)
+    try:
+        yield out
+    finally:
+        out.ipc.cas.db.dispose()
+
+
+def old_snapshot(env: Env, table: str = "meta") -> tuple[Database, Connection]:
+    """Another session of the database in a REPEATABLE READ transaction whose snapshot is
+    taken now, after reading ``table`` (``meta``: no lock on the re-sealed tables)."""
+    other = Database(env.url())
+    conn = other.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    conn.begin()
+    assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() > 0
+    return other, conn
+
+
+def rotate_offline(env: Env) -> Any:
+    db = Database(env.url())
+    try:
+        return rotate_master_key(env.data, db, seal=None, to_seal=None, events=LedgerEventSink())
+    finally:
+        db.dispose()
+
+
+def test_vacuum_full_waits_for_a_session_older_than_the_resealing(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VACUUM FULL copies the row versions an older snapshot may still see: step 5 waits until
+    no session of the database began before the re-sealing commit (here one that ends 1 s into
+    the wait), so the clear rows are gone from the files."""
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_ATTEMPTS", 30)
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_WAIT_MS", 200)
+    env = pg_env
+    digest = apply_both(env)
+    make_old(env)
+    other, conn = old_snapshot(env)
+    ended = threading.Timer(1.0, conn.close)
+    ended.start()
+    try:
+        result = rotate_offline(env)
+    finally:
+        ended.join()
+        other.dispose()
+    assert result.wal_warning is None
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert_shown(env, digest)
+    env.assert_no_values()
+
+
+def test_a_session_older_than_the_resealing_is_reported_and_the_next_rotation_scrubs(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session that outlasts the wait: the rotation completes and warns (result, log) with
+    its pid; the clear rows it may still read are in the files until the next rotation, which
+    drops them once the session has ended."""
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_ATTEMPTS", 2)
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_WAIT_MS", 0)
+    env = pg_env
+    digest = apply_both(env)
+    make_old(env)
+    other, conn = old_snapshot(env)
+    try:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with caplog.at_level("WARNING", logger="confide.cas"):
+            result = rotate_offline(env)
+        assert result.wal_warning is not None and f"pid {pid}" in result.wal_warning
+        (logged,) = [
+            json.loads(r.getMessage())
+            for r in caplog.records
+            if rotation.EVENT_OLD_SNAPSHOT in r.getMessage()
+        ]
+        assert logged == {
+            "event": rotation.EVENT_OLD_SNAPSHOT, "pids": [pid], "attempts": 2, "not_rewritten": []
+        }  # fmt: skip
+        assert any(SECRET_VALUE_2.encode() in blob for blob in env.files())  # kept for that session
+        env.ipc.cas.db.dispose()  # files() read through the stopped CAS's pool
+    finally:
+        conn.close()
+        other.dispose()
+    assert rotate_offline(env).wal_warning is None
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert_shown(env, digest)
+    env.assert_no_values()
+
+
+def test_a_session_holding_a_table_does_not_block_the_rotation(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session in a transaction that read ``policies`` holds off VACUUM FULL's lock: the wait
+    is bounded (``lock_timeout``), the rotation completes and says which table was not
+    rewritten; the next rotation rewrites it once the session has ended."""
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_ATTEMPTS", 1)
+    monkeypatch.setattr(rotation, "VACUUM_LOCK_TIMEOUT_MS", 300)
+    env = pg_env
+    digest = apply_both(env)
+    make_old(env)
+    other, conn = old_snapshot(env, "policies")
+    try:
+        result = rotate_offline(env)
+        assert result.wal_warning is not None
+        assert "VACUUM FULL of policies could not take its lock within 300 ms" in result.wal_warning
+    finally:
+        conn.close()
+        other.dispose()
+    assert rotate_offline(env).wal_warning is None
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
     assert_shown(env, digest)
     env.assert_no_values()
 

@@ -139,7 +139,7 @@ class RotationStatus:
     policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
     event_seq: int | None = None
     error: str | None = None
-    wal_warning: str | None = None  # step 5 could not truncate SQLite's WAL (rotation._scrub)
+    wal_warning: str | None = None  # step 5 could not scrub: SQLite's WAL, PostgreSQL (rotation._scrub)
     started_at: float | None = None
     finished_at: float | None = None
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from confide.cas.db import SQLITE_BUSY_TIMEOUT_MS, Database, EventSink, meta, raw_execute
 from confide.cas.db import policies as policies_table
@@ -418,7 +419,7 @@ class RotationResult:
     sealing_to: str
     event_seq: int
     policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
-    wal_warning: str | None = None  # step 5 could not truncate SQLite's WAL (_scrub)
+    wal_warning: str | None = None  # step 5 could not scrub: SQLite's WAL, PostgreSQL (_scrub)
 
 
 def _no_step(_name: str) -> None:
@@ -456,13 +457,16 @@ def write_sealed(conn: Connection, updates: list[dict[str, Any]]) -> None:
 WAL_TRUNCATE_ATTEMPTS = 5  # step 5 on SQLite: checkpoints tried before the warning
 WAL_TRUNCATE_WAIT_MS = 1000  # each waits this long for readers of an older snapshot
 EVENT_WAL_NOT_TRUNCATED = "master-key-rotation-wal-not-truncated"
+EVENT_OLD_SNAPSHOT = "master-key-rotation-old-snapshot"  # the same on PostgreSQL (_vacuum_full)
+VACUUM_LOCK_TIMEOUT_MS = 10000  # PostgreSQL: each VACUUM FULL's wait for its lock (_vacuum_full)
 
 
 def _scrub(database: Database) -> str | None:
     """Old row contents out of the database files (step 5; free blocks are another matter).
     Returns ``None``, or a warning (also logged as ``master-key-rotation-wal-not-truncated``) when
-    SQLite's WAL could not be truncated: ``PRAGMA wal_checkpoint(TRUNCATE)`` answers ``(busy, log,
-    checkpointed)`` (SQLite "PRAGMA wal_checkpoint"), and while a reader holds a snapshot older
+    SQLite's WAL could not be truncated (PostgreSQL: :func:`_vacuum_full`): ``PRAGMA
+    wal_checkpoint(TRUNCATE)`` answers ``(busy, log, checkpointed)`` (SQLite "PRAGMA
+    wal_checkpoint"), and while a reader holds a snapshot older
     than the re-sealing commit it is busy and the WAL keeps the frames written before it, rows
     sealed under the old key among them. It is tried :data:`WAL_TRUNCATE_ATTEMPTS` times, each
     waiting :data:`WAL_TRUNCATE_WAIT_MS` for such readers; a later checkpoint (the next rotation,
@@ -506,10 +510,77 @@ def _scrub(database: Database) -> str | None:
             )
         )
         return warning
+    return _vacuum_full(database, attempts)
+
+
+# PostgreSQL "Monitoring Database Activity" (pg_stat_activity.backend_xid, backend_xmin) and
+# "Transaction IDs and Snapshot Information Functions" (pg_current_snapshot, pg_snapshot_xmax):
+# the sessions of this database whose transaction or snapshot began before ``:horizon``, the
+# snapshot's xmax taken after the re-sealing commit, as 32-bit xids compared by age().
+_OLDER_SESSIONS = text(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid() AND ("
+    "(backend_xmin IS NOT NULL AND age(backend_xmin) > age(CAST(:horizon AS xid))) OR "
+    "(backend_xid IS NOT NULL AND age(backend_xid) > age(CAST(:horizon AS xid)))) ORDER BY pid"
+)
+
+
+def _vacuum_full(database: Database, attempts: int) -> str | None:
+    """Step 5 on PostgreSQL: ``VACUUM FULL`` copies the row versions some session may still see
+    ("recently dead") into the rewritten table, so a transaction begun before the re-sealing
+    commit (an open reader, a backup, autovacuum's ANALYZE) would keep rows sealed under the old
+    key in the files. The sessions of this database whose transaction or snapshot is older than
+    the commit are waited for (:data:`WAL_TRUNCATE_ATTEMPTS` times
+    :data:`WAL_TRUNCATE_WAIT_MS`): once none is left, no later snapshot can see the old rows
+    either. Each ``VACUUM FULL`` waits at most :data:`VACUUM_LOCK_TIMEOUT_MS` for its exclusive
+    lock (``lock_timeout``; a session in a transaction that read the table holds it off, and
+    the CAS's own queries on the table queue behind the wait). If such sessions are still there,
+    the tables are rewritten all the same (those that could be locked) and the warning returned
+    (and logged as ``master-key-rotation-old-snapshot``); the next ``VACUUM FULL`` (the next
+    rotation) drops the rows once those sessions have ended."""
+    older: list[int] = []
+    locked: list[str] = []
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        xmax = int(conn.execute(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")).scalar_one())
+        horizon = str(xmax % (1 << 32))  # the xid8's epoch dropped: pg_stat_activity shows xids
+        for attempt in range(attempts):
+            older = [int(pid) for (pid,) in conn.execute(_OLDER_SESSIONS, {"horizon": horizon})]
+            if not older:
+                break
+            if attempt + 1 < attempts:
+                time.sleep(max(0, WAL_TRUNCATE_WAIT_MS) / 1000)
+        conn.execute(text(f"SET lock_timeout = {max(1, int(VACUUM_LOCK_TIMEOUT_MS))}"))
         for table in (secrets_table.name, policies_table.name):
-            conn.execute(text(f"VACUUM FULL {table}"))
-    return None
+            try:
+                conn.execute(text(f"VACUUM FULL {table}"))
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                locked.append(table)
+        conn.execute(text("RESET lock_timeout"))
+    if not older and not locked:
+        return None
+    logging.getLogger("confide.cas").warning(
+        json.dumps(
+            {"event": EVENT_OLD_SNAPSHOT, "pids": older, "attempts": attempts, "not_rewritten": locked}
+        )
+    )
+    parts = []
+    if older:
+        parts.append(
+            f"{len(older)} session(s) of this database (pid {', '.join(map(str, older))}) still had "
+            f"a transaction from before the re-sealing commit after {attempts} checks, so VACUUM "
+            "FULL kept row versions sealed under the old master key that they may still read"
+        )
+    if locked:
+        parts.append(
+            f"VACUUM FULL of {', '.join(locked)} could not take its lock within "
+            f"{int(VACUUM_LOCK_TIMEOUT_MS)} ms (a session in a transaction read the table), so the "
+            "table was not rewritten and its files may still hold rows sealed under the old master key"
+        )
+    return "; ".join(parts) + (
+        "; the next VACUUM FULL (the next rotation) drops them once those sessions have ended"
+    )
 
 
 def rotate_master_key(
