@@ -199,3 +199,30 @@ def test_cosign_wait_bounds() -> None:
     with pytest.raises(NotCosignedError):
         clock.wait(0.5).run(never)
     assert clock.sleeps == pytest.approx([0.2, 0.2, 0.1]) and len(calls) == 5
+
+
+def test_the_ledger_commands_take_the_wait_from_witness_wait(log: Log, tmp_path: Path) -> None:
+    """``--witness-wait SECONDS`` (0 to 60) bounds the commands' wait: a witness that never
+    answers fails ``ledger verify`` in that bound (a short one here, well under the default),
+    exit 65; a bad value, or the option without ``--witness``, is a usage error (exit 2)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from confide.ledger.cli import ledger
+
+    log.cosign(log.grow(10))
+    newest = log.grow(5)
+    (tmp_path / "w.vkey").write_text(log.witness.verifier.vkey + "\n")
+    base = ["verify", "--log-db", str(tmp_path / "log.db"), "--key", log.key.verifier.vkey]
+    runner = CliRunner()
+    started = time.monotonic()
+    r = runner.invoke(ledger, [*base, "--witness", str(tmp_path / "w.vkey"), "--witness-wait", "0.4"])
+    took = time.monotonic() - started
+    assert r.exit_code == 65 and f"checkpoint {newest} has no cosignature by witness" in r.output, r.output
+    assert 0.4 <= took < COSIGN_WAIT, took
+    for value in ("61", "-1", "nan", "inf", "soon"):
+        r = runner.invoke(ledger, [*base, "--witness", str(tmp_path / "w.vkey"), "--witness-wait", value])
+        assert r.exit_code == 2 and "expected a number of seconds from 0 to 60" in r.output, (value, r.output)
+    r = runner.invoke(ledger, [*base, "--witness-wait", "1"])
+    assert r.exit_code == 2 and "--witness-wait goes with --witness" in r.output, r.output

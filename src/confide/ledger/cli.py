@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ from confide.httpserve.options import reload_interval
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
+    COSIGN_WAIT,
     CosignWait,
     LocalLogClient,
     LogClient,
@@ -96,6 +98,29 @@ def _witness_key(value: str) -> NoteVerifier:
 _witness_option = click.option(
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
 )
+
+
+def _witness_wait_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 <= seconds <= 60:
+        raise click.BadParameter(f"got {value[:40]!r}, expected a number of seconds from 0 to 60")
+    return seconds
+
+
+_witness_wait_option = click.option(
+    "--witness-wait",
+    "witness_wait",
+    metavar="SECONDS",
+    callback=_witness_wait_value,
+    help=f"With --witness: read the log again for up to this long (0 to 60; default {COSIGN_WAIT:g})"
+    " while its newest checkpoint lacks a required cosignature (a growing log's newest checkpoint is"
+    " cosigned a round trip after it is signed); then exit 65.",
+)
 _max_age_option = click.option(
     "--max-age",
     "max_age",
@@ -146,6 +171,7 @@ def ledger() -> None:
     " with --state, every one the file remembers).",
 )
 @_witness_option
+@_witness_wait_option
 @_max_age_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
@@ -160,6 +186,7 @@ def verify(
     identity_file: Path | None,
     policy_names: tuple[str, ...],
     witness_keys: tuple[str, ...],
+    witness_wait: float | None,
     max_age: str | None,
     as_json: bool,
     cacert: Path | None,
@@ -181,7 +208,7 @@ def verify(
                 if full
                 else "--identity goes with --full (it names whose policies' entries are checked)"
             )
-        witnesses, freshness = _witness_freshness(witness_keys, max_age)
+        witnesses, freshness, wait = _witness_freshness(witness_keys, max_age, witness_wait)
         # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
         # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
         if key is None:
@@ -201,10 +228,10 @@ def verify(
         if identity_file is not None:
             assert url is not None
             checked = _verify_readable(
-                url, cacert, log_key, identity_file, policy_names, state, witnesses, freshness
+                url, cacert, log_key, identity_file, policy_names, state, witnesses, freshness, wait
             )
         else:
-            checked = _verify(log_db, url, cacert, log_key, state, full, witnesses, freshness)
+            checked = _verify(log_db, url, cacert, log_key, state, full, witnesses, freshness, wait)
     except ConfideError as exc:
         if as_json:
             error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
@@ -239,14 +266,18 @@ def verify(
 
 
 def _witness_freshness(
-    witness_keys: tuple[str, ...], max_age: str | None
-) -> tuple[list[NoteVerifier], Freshness | None]:
-    """``--witness VKEY... [--max-age DURATION]`` of ``ledger verify``, ``history`` and
-    ``accesses``: the witness keys, and the freshness their cosignatures must show. The verify
-    layer is given the time: read here, and again as each checkpoint is fetched (a wait for the
-    state's lock, a long listing: judged when it was read)."""
+    witness_keys: tuple[str, ...], max_age: str | None, witness_wait: float | None = None
+) -> tuple[list[NoteVerifier], Freshness | None, CosignWait]:
+    """``--witness VKEY... [--witness-wait SECONDS] [--max-age DURATION]`` of ``ledger verify``,
+    ``history`` and ``accesses``: the witness keys, the freshness their cosignatures must show,
+    and how long to wait for them. The verify layer is given the time: read here, and again as
+    each checkpoint is fetched (a wait for the state's lock, a long listing: judged when it was
+    read)."""
+    if witness_wait is not None and not witness_keys:
+        raise UsageError("--witness-wait goes with --witness (it bounds the wait for their cosignatures)")
     witnesses = [_witness_key(w) for w in witness_keys]
-    return witnesses, freshness_for(max_age, witnesses, lambda: datetime.now(UTC))
+    wait = CosignWait() if witness_wait is None else CosignWait(witness_wait)
+    return witnesses, freshness_for(max_age, witnesses, lambda: datetime.now(UTC)), wait
 
 
 def _verify(
@@ -258,6 +289,7 @@ def _verify(
     full: bool,
     witnesses: list[NoteVerifier],
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> LogVerification:
     """``ledger verify`` of the log database ``log_db`` or of the tlog-tiles at ``url``."""
     with contextlib.ExitStack() as stack:
@@ -278,8 +310,9 @@ def _verify(
                 http = stack.enter_context(answer_client(verify=ctx, timeout=30.0))
             client = stack.enter_context(HttpLogClient(url, client=http))
         return verify_log(
-            client, log_key, state, full=full, witnesses=witnesses, freshness=freshness, wait=CosignWait()
-        )
+            client, log_key, state, full=full, witnesses=witnesses, freshness=freshness,
+            wait=wait or CosignWait(),
+        )  # fmt: skip
 
 
 def _verify_readable(
@@ -291,6 +324,7 @@ def _verify_readable(
     state: Path | None,
     witnesses: list[NoteVerifier],
     freshness: Freshness | None = None,
+    wait: CosignWait | None = None,
 ) -> LogVerification:
     """``ledger verify --full --identity``: the CAS of client.env (``CONFIDE_CAS_URL``, trusting
     ``--cacert`` or ``CONFIDE_CAS_CERT``), whose log must be ``url``; its tiles read on the same
@@ -317,7 +351,7 @@ def _verify_readable(
     ):
         return verify_readable(
             client, tiles, log_key, identity, policies, state, witnesses=witnesses, freshness=freshness,
-            wait=CosignWait(),
+            wait=wait or CosignWait(),
         )  # fmt: skip
 
 
@@ -784,6 +818,7 @@ def _audit_options(command: F) -> F:
                      help="Remember the checkpoint and the policy's entries in FILE: the next run refuses "
                      "an older or forked log (exit 60, 61) and an entry seen before left out (exit 64)."),
         _witness_option,
+        _witness_wait_option,
         _max_age_option,
     )  # fmt: skip
     for option in reversed(options):  # as written above the function, top first
@@ -812,20 +847,21 @@ def history_cmd(
     as_json: bool,
     state_file: Path | None,
     witness_keys: tuple[str, ...],
+    witness_wait: float | None,
     max_age: str | None,
 ) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
     from confide.cas.audit import history, read_audited, verified_events
 
     try:
-        witnesses, freshness = _witness_freshness(witness_keys, max_age)
+        witnesses, freshness, wait = _witness_freshness(witness_keys, max_age, witness_wait)
         client, ident, log_key = _cas_inputs(identity_file, key)
 
         def read() -> tuple[str, Any, list[Any]]:
             return (policy, *verified_events(client, policy, ident, log_key))
 
         _, signed, events, update = read_audited(
-            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=CosignWait()
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=wait
         )
     except ConfideError as exc:
         _fail(exc)
@@ -867,6 +903,7 @@ def accesses_cmd(
     as_json: bool,
     state_file: Path | None,
     witness_keys: tuple[str, ...],
+    witness_wait: float | None,
     max_age: str | None,
 ) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement; and
@@ -879,7 +916,7 @@ def accesses_cmd(
     # the last "/".
     secret = ""
     try:
-        witnesses, freshness = _witness_freshness(witness_keys, max_age)
+        witnesses, freshness, wait = _witness_freshness(witness_keys, max_age, witness_wait)
         client, ident, log_key = _cas_inputs(identity_file, key)
 
         def read() -> tuple[str, Any, list[Any]]:
@@ -896,7 +933,7 @@ def accesses_cmd(
                     raise whole from None  # neither reading: name the target as given
 
         policy, signed, events, update = read_audited(
-            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=CosignWait()
+            client, log_key, state_file, read, witnesses=witnesses, freshness=freshness, wait=wait
         )
         rows = accesses(events, secret or None)
     except ConfideError as exc:
