@@ -288,6 +288,8 @@ def test_the_cas_keeps_them_in_its_data_directory(tmp_path: Path) -> None:
     (data_dir / STATE_NAME).write_text('{"v": 1}')
     with pytest.raises(errors.ParseError, match="rollback memory"):
         prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None, gce_crl="fetch")
+    # refused before any key or database state is made (since 2026-12-07)
+    assert [p.name for p in data_dir.iterdir()] == [STATE_NAME]
 
 
 def test_a_memory_that_cannot_be_written_is_kept_in_memory(

@@ -744,18 +744,12 @@ def prepare(
         _join_preconditions(join, data_dir, dev=dev, tee=tee)
     elif join_as_successor:
         raise UsageError("--join-as-successor needs --join URL")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
-    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
-    if successor_board is not None:
-        _initialising(data_dir, database, join)
-    master = b""
-    if join is None:
-        # Before anything else is read or written: finish an interrupted master-key rotation,
-        # and refuse a key that is not the one the database names (confide.cas.rotation).
-        master = open_master_key(data_dir, seal, database)
-    # The highest TCB evaluation numbers verified so far (docs/cas.md "No going back"): read
-    # before anything is verified; a file that does not parse stops the CAS.
+    # The options that can be checked without a key, checked before any key or database state
+    # is created (a start refused for them leaves a fresh data directory as it found it): the
+    # sources and the files they read. The highest TCB evaluation numbers verified so far
+    # (docs/cas.md "No going back"): read before anything is verified; a file that does not parse
+    # stops the CAS (authenticated once the master key is open, below). It and the rollback
+    # memory of --gce-crl fetch are not touched by a rotation an open_master_key below finishes.
     tcb_floor = TcbEvaluationFloor(data_dir / FLOOR_FILE)
     dcap_source = (
         source_for(
@@ -810,6 +804,17 @@ def prepare(
         gce_crl_file = gce_crl_source(gce_crl, data_dir)
         if isinstance(gce_crl_file, GceCrlFile):
             gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    if successor_board is not None:
+        _initialising(data_dir, database, join)
+    master = b""
+    if join is None:
+        # Before any other key or the database is read or written: finish an interrupted
+        # master-key rotation, and refuse a key that is not the one the database names
+        # (confide.cas.rotation).
+        master = open_master_key(data_dir, seal, database)
     sim_dir = data_dir / "sim"
     sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
     sim_key = sim_platform.public_key if sim_platform is not None else None
