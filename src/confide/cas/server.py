@@ -121,9 +121,10 @@ from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
 from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
+from confide.cas.state_auth import AuthenticatedState, record_state
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
-from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
+from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
 from confide.cas.witness_quorum import (
     RECOSIGN_SECONDS,
@@ -992,7 +993,7 @@ def prepare(
     except ConfideError:
         database.dispose()  # not starting: the pool's connections closed
         raise
-    tcb_floor.on_raise = _floor_recorder(cas, tcb_floor)
+    tcb_floor.on_raise = _state_recorder(cas, tcb_floor)
     if joined is not None:
         logging.getLogger("confide.cas").info(
             json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
@@ -1001,25 +1002,28 @@ def prepare(
     return cas, cas_evidence, key_path, cert_path, env, signer
 
 
-def _floor_recorder(cas: Cas, floor: TcbEvaluationFloor) -> Callable[[], None]:
-    """What a raise of the DCAP TCB evaluation floor calls: a ledger entry
-    (``dcap-tcb-evaluation-floor-raised``, :func:`record_floor`) of the floor as it is when the
-    entry is written, merged with the ledger's, in a thread of its own: the raise happens
-    while evidence is verified, possibly inside another write transaction. A failure is logged;
-    the next start records a floor the ledger lacks (:meth:`TcbEvaluationFloor.authenticate`)."""
+def _state_recorder(cas: Cas, state: AuthenticatedState[Any]) -> Callable[[dict[str, Any]], None]:
+    """What a raise of an authenticated state (the DCAP TCB evaluation floor, the rollback memory
+    of Google's CRLs) calls with what its entry says besides the state: a ledger entry (its
+    ``…-raised``, :func:`~confide.cas.state_auth.record_state`) of the state as it is when the
+    entry is written, merged with the ledger's, in a thread of its own: the raise happens while
+    evidence is verified, possibly inside another write transaction. A failure is logged
+    (``…-not-recorded``); the next start records a state the ledger lacks
+    (:meth:`~confide.cas.state_auth.AuthenticatedState.authenticate`)."""
     lock = threading.Lock()
+    kind = type(state)
 
-    def write() -> None:
+    def write(extra: dict[str, Any]) -> None:
         try:
             with lock, cas.db.write() as conn:
-                record_floor(conn, cas.events, EVENT_RAISED, floor.tables())
+                record_state(conn, cas.events, kind, kind.EVENT_RAISED, {**extra, **state.payload()})
         except Exception as exc:  # logged, never raised into a daemon thread's void
             logging.getLogger("confide.cas").warning(
-                json.dumps({"event": "dcap-tcb-evaluation-floor-not-recorded", "error": type(exc).__name__})
+                json.dumps({"event": kind.EVENT_NOT_RECORDED, "error": type(exc).__name__})
             )
 
-    def record() -> None:
-        threading.Thread(target=write, name="tcb-floor-entry", daemon=True).start()
+    def record(extra: dict[str, Any]) -> None:
+        threading.Thread(target=write, args=(extra,), name=f"{kind.EVENT_RAISED}-entry", daemon=True).start()
 
     return record
 
