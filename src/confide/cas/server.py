@@ -89,7 +89,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
-from confide.cas.gce_crl import GceCrlFile, gce_crl_source
+from confide.cas.gce_crl import GceCrlFetcher, GceCrlFile, RollbackMemory, gce_crl_source
 from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
@@ -121,7 +121,7 @@ from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
 from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
-from confide.cas.state_auth import AuthenticatedState, record_state
+from confide.cas.state_auth import AuthenticatedState, ledger_state, record_state
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
 from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
@@ -805,6 +805,7 @@ def prepare(
         gce_crl_file = gce_crl_source(gce_crl, data_dir)
         if isinstance(gce_crl_file, GceCrlFile):
             gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
+    rollback_memory = gce_crl_file.newest if isinstance(gce_crl_file, GceCrlFetcher) else None
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
@@ -959,6 +960,13 @@ def prepare(
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
         if floor_event is not None:
             record_floor(conn, cas.events, *floor_event)
+        if rollback_memory is not None:
+            # The rollback memory of Google's CRLs, likewise (confide.cas.gce_crl, state_auth).
+            memory_event = rollback_memory.authenticate(
+                sealer, ledger_state(conn, RollbackMemory, store=True)
+            )
+            if memory_event is not None:
+                record_state(conn, cas.events, RollbackMemory, *memory_event)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
@@ -994,6 +1002,8 @@ def prepare(
         database.dispose()  # not starting: the pool's connections closed
         raise
     tcb_floor.on_raise = _state_recorder(cas, tcb_floor)
+    if rollback_memory is not None:
+        rollback_memory.on_raise = _state_recorder(cas, rollback_memory)
     if joined is not None:
         logging.getLogger("confide.cas").info(
             json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
@@ -1546,9 +1556,11 @@ def _serve(
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls, guard=guard)
     checkpointer.start()
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
+    gce_crls = getattr(cas.verifier, "gce_crl", None)
     rotation = OnlineRotation(
-        data_dir, cas.db, cas.sealer, seal, cas.events, lock, floor=getattr(cas.verifier, "tcb_floor", None)
-    )
+        data_dir, cas.db, cas.sealer, seal, cas.events, lock, floor=getattr(cas.verifier, "tcb_floor", None),
+        rollback_memory=gce_crls.newest if isinstance(gce_crls, GceCrlFetcher) else None,
+    )  # fmt: skip
     admin = AdminChannel(data_dir, rotation)
     if not cas.master_key_in_memory:
         # A key held in memory only has no file an online rotation could replace (it would

@@ -49,10 +49,11 @@ from sqlalchemy import Connection
 
 from confide.cas.db import EventSink, raw_execute
 from confide.cas.secrets import Sealer
-from confide.errors import ConfideError, ParseError
+from confide.errors import ConfideError
 from confide.fsutil import write_atomic
 
 __all__ = [
+    "MACS_EXPECTED",
     "AuthenticatedState",
     "Found",
     "ledger_state",
@@ -80,12 +81,16 @@ def _hex(value: object, length: int) -> bool:
     return isinstance(value, str) and len(value) == length and set(value) <= _HEX
 
 
-def parse_macs(value: object, path: Path, structure: str) -> dict[str, str]:
-    """A file's ``macs`` member: key id (32 hex) -> MAC (64 hex); :class:`ParseError` otherwise."""
+MACS_EXPECTED = "macs: expected key id (32 hex) -> MAC (64 hex)"
+
+
+def parse_macs(value: object) -> dict[str, str] | None:
+    """A file's ``macs`` member: key id (32 hex) -> MAC (64 hex); ``None`` if it is not that (the
+    caller raises its :class:`~confide.errors.ParseError`, :data:`MACS_EXPECTED`)."""
     if not isinstance(value, dict) or not all(
         _hex(k, _KEY_ID_LEN) and _hex(v, _MAC_LEN) for k, v in value.items()
     ):
-        raise ParseError(f"{path}: macs: expected key id (32 hex) -> MAC (64 hex)", structure=structure)
+        return None
     return dict(value)
 
 

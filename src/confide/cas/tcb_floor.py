@@ -73,6 +73,7 @@ from confide import jsonstrict
 from confide.cas.db import EventSink
 from confide.cas.secrets import Sealer
 from confide.cas.state_auth import (
+    MACS_EXPECTED,
     AuthenticatedState,
     Found,
     ledger_state,
@@ -191,7 +192,10 @@ def _read_file(path: Path) -> Found[Tables] | None:
         _table(doc["tcb_info"], "tcb_info", _TCB_INFO_KEY),
         _table(doc["qe_identity"], "qe_identity", _QE_IDENTITY_KEY),
     )
-    return Found(doc["v"], tables, parse_macs(doc.get("macs", {}), path, _STRUCTURE))
+    macs = parse_macs(doc.get("macs", {}))
+    if macs is None:
+        raise ParseError(f"{path}: {MACS_EXPECTED}", structure=_STRUCTURE)
+    return Found(doc["v"], tables, macs)
 
 
 class TcbEvaluationFloor(AuthenticatedState[Tables]):
