@@ -13,13 +13,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
 import pytest
 from test_cas_gce_crl_fetch import AT, CHAIN, GOOGLE, INT_URL, Points, _der
+from test_cas_tcb_floor_auth import events, wait_for
 
 from confide import errors
 from confide.cas.core import Cas
@@ -289,22 +289,6 @@ def restarted_takes_older(data_dir: Path, db_url: str | None) -> Cas:
         cas.db.dispose()
         raise
     return cas
-
-
-def events(cas: Cas, type_: str) -> list[dict[str, object]]:
-    with cas.db.read() as conn:
-        rows = raw_execute(
-            conn, "SELECT payload FROM events WHERE type = ? ORDER BY seq", (type_,)
-        ).fetchall()
-    return [json.loads(r[0]) for r in rows]
-
-
-def wait_for(cas: Cas, type_: str, count: int) -> list[dict[str, object]]:
-    """The entries of ``type_`` once ``count`` are there (each is written by a thread of its own)."""
-    deadline = time.monotonic() + 30
-    while len(found := events(cas, type_)) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return found
 
 
 def take_newer(data_dir: Path, db_url: str | None) -> None:

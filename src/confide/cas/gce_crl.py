@@ -14,8 +14,9 @@ refuses every ``gce-tpm`` attestation with its error until it is fixed.
 
 ``fetch`` keeps what it fetched in the CAS's data directory (:func:`gce_crl_source`): the CRLs,
 read back as hostile input (:class:`GceCrlFetcher`), so that a restarted CAS without egress
-still verifies while they are current, and the rollback memory (:class:`RollbackMemory`), so
-that a restarted CAS still refuses a CRL older than one it saw. The data directory, not the
+still verifies while they are current, and the rollback memory (:class:`RollbackMemory`, MAC'd
+under the master key and mirrored in the ledger), so that a restarted CAS still refuses a CRL
+older than one it saw. The data directory, not the
 user's cache directory (``$XDG_CACHE_HOME/confide/pcs`` of the PCS source, which the CLI shares):
 the rollback memory is state of this CAS, not a cache a cleaner may empty, the CAS's other
 fetch caches (``kds-cache``, ``ocsp-cache``, ``rim-cache``) are there, and one ``cas serve``

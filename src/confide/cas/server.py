@@ -718,7 +718,11 @@ def prepare(
     here (a file that cannot be read or parsed: the CAS does not start), then before every such
     attestation when it changed; ``fetch``: from the verified chain's distribution points, kept in
     ``data_dir/gce-crl-cache`` with the rollback memory in ``data_dir/gce-crl-newest.json`` (one
-    that cannot be read or parsed: the CAS does not start)."""
+    that cannot be read or parsed: the CAS does not start; authenticated under the master key
+    and against the ledger in the start transaction, :class:`~confide.cas.gce_crl.RollbackMemory`).
+    These, and the other options that can be checked without a key, are checked before any key
+    or database state is made: a start refused for them leaves a fresh data directory as it
+    found it."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
