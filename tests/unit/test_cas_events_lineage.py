@@ -38,7 +38,7 @@ UNFILED = {
     "successor-approval-refused", "successor-withdrawn", "successor-withdrawal-refused",
     "successor-board-change-approved", "successor-board-change-refused", "successor-board-changed",
     "successor-version-retired", "successor-retirement-approved", "successor-retirement-refused", "policy-rows-bound",
-    "secret-heads-bound",
+    "secret-heads-bound", "gce-crl-newest-raised", "gce-crl-newest-altered", "gce-crl-newest-bound",
 }  # fmt: skip
 
 

@@ -135,16 +135,25 @@ def test_the_file_is_parsed_again_only_when_it_changed(crl_file: Path) -> None:
 
 
 def test_the_cas_does_not_start_with_a_bad_file(tmp_path: Path) -> None:
+    """Refused before any key or database state is made: the data directory is not created (a
+    start that fails for an option leaves nothing behind; since 2026-12-07), and one that exists
+    is left as it was."""
     bad = tmp_path / "bad.crl"
     bad.write_bytes(b"-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n")
-    with pytest.raises(errors.ParseError, match="not base64"):
+    with pytest.raises(errors.ParseError, match="not base64") as info:
         prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None, gce_crl=str(bad))
-    with pytest.raises(errors.StorageError, match="No such file"):
+    assert info.value.exit_code == 10 and not (tmp_path / "cas").exists()
+    (tmp_path / "cas2").mkdir()
+    with pytest.raises(errors.StorageError, match="No such file") as stored:
         prepare(
             tmp_path / "cas2",
             host="127.0.0.1",
-            dev=False,
+            dev=True,
             db_url=None,
             collateral=None,
             gce_crl=str(tmp_path / "none"),
         )
+    assert stored.value.exit_code == 50 and list((tmp_path / "cas2").iterdir()) == []
+    with pytest.raises(errors.UsageError, match="--kds"):
+        prepare(tmp_path / "cas3", host="127.0.0.1", dev=True, db_url=None, collateral=None, kds="ftp://x")
+    assert not (tmp_path / "cas3").exists()

@@ -32,6 +32,7 @@ from confide.cas.gce_crl import (
     crl_scope,
     gce_crl_source,
 )
+from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
 from confide.verify.gce_crl import load_crls
 
@@ -47,11 +48,19 @@ class Offline:
         raise errors.NetworkError(f"GET {url}: ConnectError: no route to host")
 
 
+SEALER = Sealer(bytes(32))  # the master key the rollback memory is MAC'd under (a CAS's)
+
+
 def _fetcher(tmp_path: Path, points: Points | Offline) -> GceCrlFetcher:
+    """A fetcher on the files in ``tmp_path``, its rollback memory authenticated as a CAS's start
+    does (no ledger here: see test_cas_gce_crl_auth)."""
     files = {"directory": tmp_path / CACHE_DIR_NAME, "state": tmp_path / STATE_NAME}
     if isinstance(points, Offline):
-        return GceCrlFetcher(source=points, **files)
-    return GceCrlFetcher(transport=httpx2.MockTransport(points.handler), **files)
+        fetcher = GceCrlFetcher(source=points, **files)
+    else:
+        fetcher = GceCrlFetcher(transport=httpx2.MockTransport(points.handler), **files)
+    fetcher.newest.authenticate(SEALER, None)
+    return fetcher
 
 
 def _cached(tmp_path: Path) -> list[Path]:
@@ -111,8 +120,10 @@ def test_a_crl_number_the_memory_cannot_hold_is_refused(tmp_path: Path, number: 
     RollbackMemory(tmp_path / STATE_NAME)  # parses
 
 
-def test_without_the_rollback_memory_the_first_crl_is_trusted(tmp_path: Path) -> None:
-    """What the documentation says of deleting ``gce-crl-newest.json``: trust on first use."""
+def test_without_the_rollback_memory_or_a_ledger_the_first_crl_is_trusted(tmp_path: Path) -> None:
+    """A fetcher without its file and without a ledger to restore it from (a fresh data directory
+    and database): trust on first use. A CAS restores a deleted file from its ledger
+    (test_cas_gce_crl_auth)."""
     _fetcher(tmp_path, Points(AT, number=7)).crls(CHAIN, AT)
     (tmp_path / STATE_NAME).unlink()
     for path in _cached(tmp_path):
@@ -217,7 +228,10 @@ def test_a_cached_crl_older_than_the_memory_is_a_rollback(tmp_path: Path) -> Non
         (b"{", "not JSON"),
         (b"\xff", "not JSON"),
         (b"[]", "expected"),
-        (b'{"v": 2, "crls": {}}', "expected"),
+        (b'{"v": 3, "crls": {}}', "expected"),
+        (b'{"v": 1, "crls": {}, "macs": {}}', "expected"),
+        (b'{"v": 2, "crls": {}, "macs": {"a": "b"}}', "macs: expected key id"),
+        (b'{"v": 2, "crls": {}, "macs": []}', "macs: expected key id"),
         (b'{"v": true, "crls": {}}', "expected"),
         (b'{"v": 1.0, "crls": {}}', "expected"),
         (b'{"v": 1, "crls": {}, "x": 1}', "expected"),
@@ -256,7 +270,7 @@ def test_a_rollback_memory_that_does_not_parse_stops_the_start(
     state.write_bytes(content)
     with pytest.raises(errors.ParseError, match=message) as info:
         RollbackMemory(state)
-    assert "deleting it makes the next CRL of every issuer trusted" in str(info.value)
+    assert "deleting it makes the CAS take the newest CRLs its ledger recorded" in str(info.value)
     assert "\n" not in str(info.value)
 
 
@@ -288,6 +302,8 @@ def test_the_cas_keeps_them_in_its_data_directory(tmp_path: Path) -> None:
     (data_dir / STATE_NAME).write_text('{"v": 1}')
     with pytest.raises(errors.ParseError, match="rollback memory"):
         prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None, gce_crl="fetch")
+    # refused before any key or database state is made (since 2026-12-07)
+    assert [p.name for p in data_dir.iterdir()] == [STATE_NAME]
 
 
 def test_a_memory_that_cannot_be_written_is_kept_in_memory(
@@ -296,6 +312,7 @@ def test_a_memory_that_cannot_be_written_is_kept_in_memory(
     fetcher = GceCrlFetcher(
         transport=httpx2.MockTransport(Points(AT).handler), state=tmp_path / "missing" / STATE_NAME
     )
+    fetcher.newest.authenticate(SEALER, None)
     with caplog.at_level(logging.WARNING, logger="confide.cas"):
         crls = fetcher.crls(CHAIN, AT)
     assert any("gce-crl-newest-not-written" in r.getMessage() for r in caplog.records)

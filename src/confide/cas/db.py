@@ -865,7 +865,7 @@ class Database:
     def dispose(self, *, wait: float = DISPOSE_WAIT) -> None:
         """Close the pool's connections. A connection another thread still has checked out (a
         write that is just committing, e.g. the TCB floor's ledger entry, confide.cas.server
-        ``_floor_recorder``) is waited for, up to ``wait`` seconds: one returned to a pool
+        ``_state_recorder``) is waited for, up to ``wait`` seconds: one returned to a pool
         already disposed would never be closed, only garbage-collected (psycopg warns)."""
         with self._kept_lock:
             if self._kept_read is not None:

@@ -14,8 +14,9 @@ refuses every ``gce-tpm`` attestation with its error until it is fixed.
 
 ``fetch`` keeps what it fetched in the CAS's data directory (:func:`gce_crl_source`): the CRLs,
 read back as hostile input (:class:`GceCrlFetcher`), so that a restarted CAS without egress
-still verifies while they are current, and the rollback memory (:class:`RollbackMemory`), so
-that a restarted CAS still refuses a CRL older than one it saw. The data directory, not the
+still verifies while they are current, and the rollback memory (:class:`RollbackMemory`, MAC'd
+under the master key and mirrored in the ledger), so that a restarted CAS still refuses a CRL
+older than one it saw. The data directory, not the
 user's cache directory (``$XDG_CACHE_HOME/confide/pcs`` of the PCS source, which the CLI shares):
 the rollback memory is state of this CAS, not a cache a cleaner may empty, the CAS's other
 fetch caches (``kds-cache``, ``ocsp-cache``, ``rim-cache``) are there, and one ``cas serve``
@@ -32,7 +33,6 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from confide.cas.cache_files import CacheFiles, Log
 from confide.cas.fetch_cache import FetchCache
+from confide.cas.state_auth import MACS_EXPECTED, AuthenticatedState, Found, parse_macs
 from confide.errors import (
     CollateralError,
     CollateralMissingError,
@@ -53,7 +54,7 @@ from confide.errors import (
     ParseError,
     StorageError,
 )
-from confide.fsutil import read_regular, write_atomic
+from confide.fsutil import read_regular
 from confide.httpbody import answer_client, fetch
 from confide.verify.gce_crl import crl_dp_urls, crl_is_current, iso_z, load_crls
 from confide.verify.x509util import check_crl, name_of
@@ -63,10 +64,12 @@ __all__ = [
     "CACHE_ENTRIES",
     "DISK_ENTRIES",
     "FAILURE_GRACE",
+    "LEDGER_META",
     "MAX_CRL_SIZE",
     "MAX_FILE_SIZE",
     "MAX_STATE_SIZE",
     "NEWEST_ENTRIES",
+    "STATE_INFO",
     "STATE_NAME",
     "CrlSource",
     "GceCrlFetcher",
@@ -127,7 +130,11 @@ NEWEST_ENTRIES = 1024
 """CRL scopes (issuer and Issuing Distribution Point) whose newest CRL is remembered."""
 MAX_STATE_SIZE = 512 * 1024
 """The largest rollback memory file read (bytes): :data:`NEWEST_ENTRIES` entries take < 200 KiB."""
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: before the MAC (bound once at the first start)
+STATE_INFO = b"confide-gce-crl-newest/v1"
+"""The HKDF info of the rollback memory's MAC key (RFC 5869 §2.3; :mod:`confide.cas.state_auth`)."""
+LEDGER_META = "gce_crl_newest"
+"""The ``meta`` row of the ledger's merged rollback memory (:func:`~confide.cas.state_auth.record_state`)."""
 FAILURE_GRACE = 30.0
 """Seconds for which a failed fetch's error is given again without asking the points (as
 AMD KDS's, :data:`confide.cas.kds.FAILURE_GRACE`)."""
@@ -225,36 +232,107 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
         return None
 
 
-class RollbackMemory:
-    """The newest CRL seen per scope (:func:`crl_scope`; at most :data:`NEWEST_ENTRIES`, least
-    recently seen forgotten first): an older one after it is refused (a network attacker's
-    rollback to before a revocation). Kept in ``path`` (``None``: memory only), read when made
-    and replaced atomically (:func:`~confide.fsutil.write_atomic`) whenever a scope's newest
-    CRL changes, before that CRL is used, so a restarted CAS still refuses the older one. The
-    file is hostile input: at most :data:`MAX_STATE_SIZE` bytes, parsed strictly; one that
-    cannot be read or parsed is an error (:class:`StorageError` / :class:`ParseError`: the CAS
-    does not start) rather than forgotten; an absent file is an empty memory (trust on first
-    use). A failed write is logged (``gce-crl-newest-not-written``), the memory kept.
-    Thread-safe."""
+State = dict[str, Newest]
+"""The rollback memory: the newest CRL per scope (:func:`crl_scope`)."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._newest: OrderedDict[str, Newest] = OrderedDict()
-        if path is not None:
-            self._newest = _read_state(path)
+
+def _bounded(state: State) -> State:
+    """At most :data:`NEWEST_ENTRIES` scopes: those whose newest CRL is oldest are forgotten."""
+    if len(state) <= NEWEST_ENTRIES:
+        return state
+    kept = sorted(state.items(), key=lambda item: (item[1].this_update, item[0]))[-NEWEST_ENTRIES:]
+    return dict(kept)
+
+
+def _merge(a: State, b: State) -> State:
+    """Per scope, the later thisUpdate and the higher CRL number of ``a`` and ``b``."""
+    out = dict(a)
+    for scope, theirs in b.items():
+        ours = out.get(scope)
+        if ours is None:
+            out[scope] = theirs
+            continue
+        numbers = [n for n in (ours.crl_number, theirs.crl_number) if n is not None]
+        out[scope] = Newest(max(ours.this_update, theirs.this_update), max(numbers) if numbers else None)
+    return _bounded(out)
+
+
+class RollbackMemory(AuthenticatedState[State]):
+    """The newest CRL seen per scope (:func:`crl_scope`; at most :data:`NEWEST_ENTRIES`, those
+    whose newest CRL is oldest forgotten first): an older one after it is refused (a network
+    attacker's rollback to before a revocation). Kept in ``path`` (``None``: memory only), read
+    when made and replaced atomically (:func:`~confide.fsutil.write_atomic`, mode 0600) whenever
+    a scope's newest CRL changes, before that CRL is used, so a restarted CAS still refuses the
+    older one. The file is hostile input: at most :data:`MAX_STATE_SIZE` bytes, parsed strictly;
+    one that cannot be read or parsed is an error (:class:`StorageError` / :class:`ParseError`:
+    the CAS does not start) rather than forgotten. A failed write is logged
+    (``gce-crl-newest-not-written``), the memory kept. Thread-safe.
+
+    **Authenticated** (docs/cas.md "Revocation of GCE AK certificates"), as the DCAP TCB
+    evaluation floor is (:mod:`confide.cas.state_auth`): the file carries HMAC-SHA256 under
+    HKDF-SHA256 of each master key held (info :data:`STATE_INFO`); each change is a ledger entry
+    (``gce-crl-newest-raised``: the whole memory, and the issuer and scope that changed), the
+    ledger's merged memory kept in the ``meta`` row :data:`LEDGER_META`. At each start
+    (:meth:`authenticate`, in the start transaction) the memory is the merge of the file's and
+    the ledger's: a deleted file, or one behind the ledger (a backup, a replica), takes the
+    ledger's (logged ``gce-crl-newest-from-ledger``); one whose MAC fails is merged with the
+    ledger's, written back MAC'd, logged as a warning and recorded (``gce-crl-newest-altered``);
+    one of version 1 (before the MAC) is MAC'd as found (``gce-crl-newest-bound``). Until then
+    (a CAS that has not opened its master key) the file is used unchecked and a change held in
+    memory only."""
+
+    VERSION = STATE_VERSION
+    INFO = STATE_INFO
+    META = LEDGER_META
+    EVENT_RAISED = "gce-crl-newest-raised"
+    EVENT_ALTERED = "gce-crl-newest-altered"
+    EVENT_BOUND = "gce-crl-newest-bound"
+    EVENT_FROM_LEDGER = "gce-crl-newest-from-ledger"
+    EVENT_NOT_WRITTEN = "gce-crl-newest-not-written"
+    EVENT_NOT_RECORDED = "gce-crl-newest-not-recorded"
+    FILE_MODE = 0o600
+    ACTION = (
+        "the memory is the newer of the file's and the ledger's CRLs, written back MAC'd; "
+        "restore the file from a backup of this CAS if it was not you"
+    )
+    merge = staticmethod(_merge)
+
+    @staticmethod
+    def read(path: Path) -> Found[State] | None:
+        return _read_state(path)
+
+    @staticmethod
+    def members(state: State) -> dict[str, Any]:
+        return {"crls": {scope: _entry(state[scope]) for scope in sorted(state)}}
+
+    @staticmethod
+    def from_members(payload: object) -> State | None:
+        if not isinstance(payload, dict):
+            return None
+        try:
+            return _crls(payload.get("crls"), ParseError)
+        except ParseError:
+            return None
+
+    @staticmethod
+    def below(a: State, b: State) -> bool:
+        return _merge(a, b) != a
+
+    @staticmethod
+    def empty() -> State:
+        return {}
 
     def __len__(self) -> int:
-        return len(self._newest)
+        return len(self._state)
 
     def get(self, scope: str) -> Newest | None:
         with self._lock:
-            return self._newest.get(scope)
+            return self._state.get(scope)
 
     def admit(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
         """Refuse ``crl`` (:class:`CollateralError`) when a newer one of its scope was seen:
         a later thisUpdate, or a higher CRL number (both having one); else remember it (the
-        larger of each), persisted first when it changed."""
+        larger of each), persisted first when it changed, and then recorded (:attr:`on_raise`)."""
         scope = crl_scope(crl, issuer)
         this_update, number = crl.last_update_utc, _crl_number(crl)
         if number is not None and not 0 <= number < 1 << 160:
@@ -262,7 +340,7 @@ class RollbackMemory:
             expected = "expected a non-negative integer of at most 20 octets"
             raise ParseError(f"cRLNumber: {expected}", structure=what)
         with self._lock:
-            newest = self._newest.get(scope)
+            newest = self._state.get(scope)
             if newest is not None:
                 if this_update < newest.this_update:
                     raise CollateralError(
@@ -274,42 +352,31 @@ class RollbackMemory:
                         f"{what}: CRL number {number:#x} is lower than that of a CRL of this issuer"
                         f" seen before ({newest.crl_number:#x}): a rollback, refused"
                     )
-                numbers = [n for n in (number, newest.crl_number) if n is not None]
-                merged = Newest(this_update, max(numbers) if numbers else None)
-            else:
-                merged = Newest(this_update, number)
-            self._newest[scope] = merged
-            self._newest.move_to_end(scope)
-            while len(self._newest) > NEWEST_ENTRIES:
-                self._newest.popitem(last=False)
-            if merged != newest and self.path is not None:
-                try:
-                    write_atomic(self.path, _encode_state(self._newest), mode=0o600)
-                except OSError as exc:
-                    event = {"event": "gce-crl-newest-not-written", "file": str(self.path),
-                             "error": type(exc).__name__}  # fmt: skip
-                    log.warning(json.dumps(event))
+            # the file holds whole seconds: a thisUpdate with a fraction is remembered as its second
+            merged = _merge(self._state, {scope: Newest(this_update.replace(microsecond=0), number)})
+            changed = merged != self._state
+            if changed:
+                self._state = merged
+                self._write(merged)  # a failure logged; the memory kept for the life of the process
+        if changed and self.on_raise is not None:
+            self.on_raise({"issuer": issuer.subject.rfc4514_string(), "scope": scope})
 
 
-def _encode_state(newest: OrderedDict[str, Newest]) -> bytes:
-    crls = {
-        scope: {
-            "this_update": iso_z(n.this_update.replace(microsecond=0)),
-            "crl_number": None if n.crl_number is None else format(n.crl_number, "x"),
-        }
-        for scope, n in newest.items()
+def _entry(newest: Newest) -> dict[str, str | None]:
+    return {
+        "this_update": iso_z(newest.this_update.replace(microsecond=0)),
+        "crl_number": None if newest.crl_number is None else format(newest.crl_number, "x"),
     }
-    return json.dumps({"v": STATE_VERSION, "crls": crls}, indent=1).encode()
 
 
-def _read_state(path: Path) -> OrderedDict[str, Newest]:
-    """The file's memory, in its order (least recently seen first); absent: empty."""
+def _read_state(path: Path) -> Found[State] | None:
+    """The file's memory, its version and MACs (not yet checked); absent: ``None``."""
     what = f"the --gce-crl fetch rollback memory {str(path)!r}"
-    advice = " (deleting it makes the next CRL of every issuer trusted as the newest)"
+    advice = " (deleting it makes the CAS take the newest CRLs its ledger recorded)"
     try:
         data = read_regular(path, MAX_STATE_SIZE)
     except FileNotFoundError:
-        return OrderedDict()
+        return None
     except OSError as exc:
         raise StorageError(f"{what}: {exc.strerror or exc}{advice}") from None
     if len(data) > MAX_STATE_SIZE:
@@ -328,17 +395,27 @@ def _read_state(path: Path) -> OrderedDict[str, Newest]:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=object_pairs, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("not JSON") from None
+    # "macs" only in version 2; there, missing or empty is a MAC that fails (authenticate)
     if (
         not isinstance(doc, dict)
-        or set(doc) != {"v", "crls"}
-        or type(doc["v"]) is not int
-        or doc["v"] != STATE_VERSION
+        or type(doc.get("v")) is not int
+        or doc["v"] not in (1, STATE_VERSION)
+        or not {"v", "crls"} <= set(doc) <= {"v", "crls", *(["macs"] if doc["v"] == STATE_VERSION else [])}
     ):
-        raise bad(f'expected {{"v": {STATE_VERSION}, "crls": {{...}}}}')
-    crls = doc["crls"]
+        raise bad(
+            f'expected {{"v": {STATE_VERSION}, "crls": {{...}}, "macs": {{...}}}} (or version 1 without macs)'
+        )
+    macs = parse_macs(doc.get("macs", {}))
+    if macs is None:
+        raise bad(MACS_EXPECTED)
+    return Found(doc["v"], _crls(doc["crls"], bad), macs)
+
+
+def _crls(crls: object, bad: Callable[[str], ParseError]) -> State:
+    """The ``crls`` member (the file's, or a ledger entry's), parsed strictly."""
     if not isinstance(crls, dict) or len(crls) > NEWEST_ENTRIES:
         raise bad(f"crls: expected an object of at most {NEWEST_ENTRIES} entries")
-    out: OrderedDict[str, Newest] = OrderedDict()
+    out: State = {}
     for scope, entry in crls.items():
         if not _HEX64.fullmatch(scope):
             raise bad(f"crls: key {scope[:80]!r} is not 64 lower-case hex digits")

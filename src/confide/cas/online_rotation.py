@@ -62,6 +62,7 @@ from sqlalchemy import Connection, select, tuple_
 
 from confide.cas.db import Database, EventSink, raw_execute
 from confide.cas.db import secrets as secrets_table
+from confide.cas.gce_crl import RollbackMemory
 from confide.cas.keyfiles import SEALED_LOG_KEY_NAME, TLS_KEY_NAME, reprotect_tls_key, reseal_log_key
 from confide.cas.master_key import MASTER_KEY_SIZE, PLAIN_NAME, SEALED_NAME, seal_master_key
 from confide.cas.policy_auth import reauthenticate_rows as reauthenticate_policy_rows
@@ -164,6 +165,7 @@ class OnlineRotation:
         pause: float = 0.005,
         step: Step = _no_step,
         floor: TcbEvaluationFloor | None = None,
+        rollback_memory: RollbackMemory | None = None,
     ) -> None:
         if batch_size < 1:
             raise UsageError("batch size must be at least 1")
@@ -172,7 +174,9 @@ class OnlineRotation:
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
         self.status = RotationStatus()
-        self.floor = floor  # the DCAP TCB evaluation floor, MAC'd under both keys (_prepare)
+        # The DCAP TCB evaluation floor and the rollback memory of Google's CRLs, MAC'd under
+        # both keys (_prepare).
+        self.floor, self.rollback_memory = floor, rollback_memory
 
     def in_progress(self) -> bool:
         """Whether the database names the new key of a rotation not yet switched over."""
@@ -284,10 +288,11 @@ class OnlineRotation:
                     )
             self.step("files-written")
             self.sealer.add_key(new_key)
-            if self.floor is not None:
-                # MAC'd under both keys before the database names the new one: the file verifies
-                # whichever key a crash leaves (confide.cas.tcb_floor).
-                self.floor.rewrite()
+            for state in (self.floor, self.rollback_memory):
+                if state is not None:
+                    # MAC'd under both keys before the database names the new one: the file
+                    # verifies whichever key a crash leaves (confide.cas.state_auth).
+                    state.rewrite()
             with self.database.write() as conn:
                 if _read_id(conn) != old_id or _read_id(conn, NEXT_KEY_META) is not None:
                     raise UsageError("the database's master key changed meanwhile: rotation abandoned")

@@ -65,6 +65,8 @@ from sqlalchemy.exc import OperationalError
 from confide.cas.db import SQLITE_BUSY_TIMEOUT_MS, Database, EventSink, meta, raw_execute
 from confide.cas.db import policies as policies_table
 from confide.cas.db import secrets as secrets_table
+from confide.cas.gce_crl import STATE_NAME as GCE_CRL_STATE
+from confide.cas.gce_crl import RollbackMemory
 from confide.cas.keyfiles import (
     LOG_KEY_NAME,
     SEALED_LOG_KEY_NAME,
@@ -91,6 +93,7 @@ from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
 from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secret_heads import reauthenticate_heads as reauthenticate_secret_heads
 from confide.cas.secrets import Sealer, key_id
+from confide.cas.state_auth import rebind_state_file
 from confide.cas.successor_board import reauthenticate_board
 from confide.cas.tcb_floor import rebind_floor_file
 from confide.errors import ConfideError, ParseError, StorageError, UsageError
@@ -640,6 +643,8 @@ def rotate_master_key(
         # The DCAP TCB evaluation floor file, MAC'd under both keys: it verifies whether or not
         # the commit below happens (confide.cas.tcb_floor).
         tcb_floor = rebind_floor_file(data_dir, old_key, new_key)
+        # The rollback memory of Google's CRLs (--gce-crl fetch), likewise (confide.cas.gce_crl).
+        gce_crl_newest = rebind_state_file(RollbackMemory, data_dir / GCE_CRL_STATE, old_key, new_key)
         step("files-written")
         # 4. Every secret re-sealed, the new id and the ledger entry: one transaction.
         with database.write() as conn:
@@ -679,6 +684,7 @@ def rotate_master_key(
                 **({"successor_board": "re-authenticated"} if board else {}),
                 **({"revocations": revocations} if revocations else {}),
                 **({"tcb_floor": tcb_floor} if tcb_floor else {}),
+                **({"gce_crl_newest": gce_crl_newest} if gce_crl_newest else {}),
                 "sealing": {"from": describe(seal), "to": describe(to_seal)},
                 "tls_key": tls_key, "log_key": log_key,
             }  # fmt: skip

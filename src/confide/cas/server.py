@@ -89,7 +89,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
-from confide.cas.gce_crl import GceCrlFile, gce_crl_source
+from confide.cas.gce_crl import GceCrlFetcher, GceCrlFile, RollbackMemory, gce_crl_source
 from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
@@ -121,9 +121,10 @@ from confide.cas.secret_heads import EVENT_BOUND as SECRET_HEADS_BOUND
 from confide.cas.secret_heads import bind_unbound as bind_secret_heads
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
+from confide.cas.state_auth import AuthenticatedState, ledger_state, record_state
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
-from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
+from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
 from confide.cas.witness_quorum import (
     RECOSIGN_SECONDS,
@@ -717,7 +718,11 @@ def prepare(
     here (a file that cannot be read or parsed: the CAS does not start), then before every such
     attestation when it changed; ``fetch``: from the verified chain's distribution points, kept in
     ``data_dir/gce-crl-cache`` with the rollback memory in ``data_dir/gce-crl-newest.json`` (one
-    that cannot be read or parsed: the CAS does not start)."""
+    that cannot be read or parsed: the CAS does not start; authenticated under the master key
+    and against the ledger in the start transaction, :class:`~confide.cas.gce_crl.RollbackMemory`).
+    These, and the other options that can be checked without a key, are checked before any key
+    or database state is made: a start refused for them leaves a fresh data directory as it
+    found it."""
     check_pcs_update(collateral, pcs_update, pcs_tcb_eval_number, min_tcb_evaluation_data_number)
     if dev and tee is not None:
         raise UsageError(
@@ -744,18 +749,12 @@ def prepare(
         _join_preconditions(join, data_dir, dev=dev, tee=tee)
     elif join_as_successor:
         raise UsageError("--join-as-successor needs --join URL")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
-    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
-    if successor_board is not None:
-        _initialising(data_dir, database, join)
-    master = b""
-    if join is None:
-        # Before anything else is read or written: finish an interrupted master-key rotation,
-        # and refuse a key that is not the one the database names (confide.cas.rotation).
-        master = open_master_key(data_dir, seal, database)
-    # The highest TCB evaluation numbers verified so far (docs/cas.md "No going back"): read
-    # before anything is verified; a file that does not parse stops the CAS.
+    # The options that can be checked without a key, checked before any key or database state
+    # is created (a start refused for them leaves a fresh data directory as it found it): the
+    # sources and the files they read. The highest TCB evaluation numbers verified so far
+    # (docs/cas.md "No going back"): read before anything is verified; a file that does not parse
+    # stops the CAS (authenticated once the master key is open, below). It and the rollback
+    # memory of --gce-crl fetch are not touched by a rotation an open_master_key below finishes.
     tcb_floor = TcbEvaluationFloor(data_dir / FLOOR_FILE)
     dcap_source = (
         source_for(
@@ -810,6 +809,18 @@ def prepare(
         gce_crl_file = gce_crl_source(gce_crl, data_dir)
         if isinstance(gce_crl_file, GceCrlFile):
             gce_crl_file.load()  # a file that cannot be read or parsed: refused at startup
+    rollback_memory = gce_crl_file.newest if isinstance(gce_crl_file, GceCrlFetcher) else None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    if successor_board is not None:
+        _initialising(data_dir, database, join)
+    master = b""
+    if join is None:
+        # Before any other key or the database is read or written: finish an interrupted
+        # master-key rotation, and refuse a key that is not the one the database names
+        # (confide.cas.rotation).
+        master = open_master_key(data_dir, seal, database)
     sim_dir = data_dir / "sim"
     sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
     sim_key = sim_platform.public_key if sim_platform is not None else None
@@ -953,6 +964,13 @@ def prepare(
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
         if floor_event is not None:
             record_floor(conn, cas.events, *floor_event)
+        if rollback_memory is not None:
+            # The rollback memory of Google's CRLs, likewise (confide.cas.gce_crl, state_auth).
+            memory_event = rollback_memory.authenticate(
+                sealer, ledger_state(conn, RollbackMemory, store=True)
+            )
+            if memory_event is not None:
+                record_state(conn, cas.events, RollbackMemory, *memory_event)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
@@ -987,7 +1005,9 @@ def prepare(
     except ConfideError:
         database.dispose()  # not starting: the pool's connections closed
         raise
-    tcb_floor.on_raise = _floor_recorder(cas, tcb_floor)
+    tcb_floor.on_raise = _state_recorder(cas, tcb_floor)
+    if rollback_memory is not None:
+        rollback_memory.on_raise = _state_recorder(cas, rollback_memory)
     if joined is not None:
         logging.getLogger("confide.cas").info(
             json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
@@ -996,25 +1016,28 @@ def prepare(
     return cas, cas_evidence, key_path, cert_path, env, signer
 
 
-def _floor_recorder(cas: Cas, floor: TcbEvaluationFloor) -> Callable[[], None]:
-    """What a raise of the DCAP TCB evaluation floor calls: a ledger entry
-    (``dcap-tcb-evaluation-floor-raised``, :func:`record_floor`) of the floor as it is when the
-    entry is written, merged with the ledger's, in a thread of its own: the raise happens
-    while evidence is verified, possibly inside another write transaction. A failure is logged;
-    the next start records a floor the ledger lacks (:meth:`TcbEvaluationFloor.authenticate`)."""
+def _state_recorder(cas: Cas, state: AuthenticatedState[Any]) -> Callable[[dict[str, Any]], None]:
+    """What a raise of an authenticated state (the DCAP TCB evaluation floor, the rollback memory
+    of Google's CRLs) calls with what its entry says besides the state: a ledger entry (its
+    ``…-raised``, :func:`~confide.cas.state_auth.record_state`) of the state as it is when the
+    entry is written, merged with the ledger's, in a thread of its own: the raise happens while
+    evidence is verified, possibly inside another write transaction. A failure is logged
+    (``…-not-recorded``); the next start records a state the ledger lacks
+    (:meth:`~confide.cas.state_auth.AuthenticatedState.authenticate`)."""
     lock = threading.Lock()
+    kind = type(state)
 
-    def write() -> None:
+    def write(extra: dict[str, Any]) -> None:
         try:
             with lock, cas.db.write() as conn:
-                record_floor(conn, cas.events, EVENT_RAISED, floor.tables())
+                record_state(conn, cas.events, kind, kind.EVENT_RAISED, {**extra, **state.payload()})
         except Exception as exc:  # logged, never raised into a daemon thread's void
             logging.getLogger("confide.cas").warning(
-                json.dumps({"event": "dcap-tcb-evaluation-floor-not-recorded", "error": type(exc).__name__})
+                json.dumps({"event": kind.EVENT_NOT_RECORDED, "error": type(exc).__name__})
             )
 
-    def record() -> None:
-        threading.Thread(target=write, name="tcb-floor-entry", daemon=True).start()
+    def record(extra: dict[str, Any]) -> None:
+        threading.Thread(target=write, args=(extra,), name=f"{kind.EVENT_RAISED}-entry", daemon=True).start()
 
     return record
 
@@ -1537,9 +1560,11 @@ def _serve(
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls, guard=guard)
     checkpointer.start()
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
+    gce_crls = getattr(cas.verifier, "gce_crl", None)
     rotation = OnlineRotation(
-        data_dir, cas.db, cas.sealer, seal, cas.events, lock, floor=getattr(cas.verifier, "tcb_floor", None)
-    )
+        data_dir, cas.db, cas.sealer, seal, cas.events, lock, floor=getattr(cas.verifier, "tcb_floor", None),
+        rollback_memory=gce_crls.newest if isinstance(gce_crls, GceCrlFetcher) else None,
+    )  # fmt: skip
     admin = AdminChannel(data_dir, rotation)
     if not cas.master_key_in_memory:
         # A key held in memory only has no file an online rotation could replace (it would

@@ -106,6 +106,9 @@ class EntryType(StrEnum):
     TCB_FLOOR_RAISED = "dcap.tcb-floor.raised"  # the CAS's DCAP TCB evaluation floor grew
     TCB_FLOOR_ALTERED = "dcap.tcb-floor.altered"  # its file failed its MAC or lay behind the ledger
     TCB_FLOOR_BOUND = "dcap.tcb-floor.bound"  # a file from before the MAC, MAC'd at a start
+    GCE_CRL_NEWEST_RAISED = "gce.crl-newest.raised"  # the rollback memory of Google's CRLs took a newer CRL
+    GCE_CRL_NEWEST_ALTERED = "gce.crl-newest.altered"  # its file failed its MAC
+    GCE_CRL_NEWEST_BOUND = "gce.crl-newest.bound"  # a file from before the MAC, MAC'd at a start
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
