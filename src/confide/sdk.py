@@ -228,13 +228,13 @@ def _ca_certificate(ca: CaCertificate) -> x509.Certificate:
     from cryptography import x509  # noqa: PLC0415
 
     from confide.verify.crl_answer import load_ca_certificate  # noqa: PLC0415
-    from confide.verify.x509util import check_certificate_fields  # noqa: PLC0415
+    from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields  # noqa: PLC0415
 
     what = "the CA certificate (ca=)"
     if isinstance(ca, x509.Certificate):
         try:
             return check_certificate_fields(ca)
-        except (ValueError, TypeError) as exc:
+        except CERTIFICATE_ERRORS as exc:
             raise ParseError(f"got a malformed certificate ({exc})", structure=what) from None
     data = ca if isinstance(ca, bytes) else read_small_file(Path(ca), 1 << 20, what)
     return load_ca_certificate(data, what)
