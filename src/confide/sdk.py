@@ -21,7 +21,8 @@ Stakeholders (:class:`Identity` signs)::
     cas.events(name, identity) -> tuple[PolicyEvent, ...]
     cas.history(name, identity) -> History           # confide ledger history (proven in the log)
     cas.accesses(name, identity, secret=None) -> Accesses (a tuple of Access)
-    cas.crl(name, secret, identity=None) -> bytes
+    cas.crl(name, secret, identity=None, ca=None) -> bytes   # checked: signed by the CA, current
+    cas.checked_crl(name, secret, identity=None, ca=None) -> CheckedCrl   # and what was checked
     cas.revoke(name, secret, identity, serial=... | all_valid=True) -> Revocation
 
 The auditor's check of the CAS's log (``confide ledger verify --state FILE``)::
@@ -95,6 +96,8 @@ from confide.fsutil import read_small_file
 from confide.identity import Identity, PublicIdentity, load_identity
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from confide.cas.audit import VerifiedEvent
     from confide.cas.pin import PinnedCas
     from confide.ledger.auditor import CosignWait, LogVerification, ViewUpdate
@@ -105,6 +108,7 @@ if TYPE_CHECKING:
     from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
     from confide.runtime.run import Release
     from confide.runtime.volumes import MountedVolumes, VolumeRelease
+    from confide.verify.crl_answer import CheckedCrl
 
 __all__ = [
     "ENV_LOG_KEY",
@@ -117,7 +121,9 @@ __all__ = [
     "BoardChange",
     "BoardChangeApproval",
     "BoardChanges",
+    "CaCertificate",
     "Cas",
+    "CheckedCrl",
     "Evidence",
     "Expiry",
     "History",
@@ -161,7 +167,11 @@ _SERVICE_SIDE = {
 }
 """The service side's names, imported when first used: a stakeholder's script does not load the
 runtime (secret rendering, volumes, quote providers)."""
-_LAZY = {**_SERVICE_SIDE, "LogVerification": "confide.ledger.auditor"}
+_LAZY = {
+    **_SERVICE_SIDE,
+    "LogVerification": "confide.ledger.auditor",
+    "CheckedCrl": "confide.verify.crl_answer",
+}
 """Names imported when first used (the log auditor's too)."""
 
 
@@ -197,7 +207,37 @@ RevocationReason: TypeAlias = Literal[
 ]
 """RFC 5280 §5.3.1 reasons ``confide policy revoke --reason`` takes."""
 
+CaCertificate: TypeAlias = "x509.Certificate | bytes | str | os.PathLike[str]"
+"""A CA's certificate as :meth:`Cas.crl` takes it: loaded, PEM or DER bytes, or a file's path."""
+
 _EMPTY: Mapping[str, JsonValue] = FrozenMap({})
+
+
+def _edge_now(now: datetime | None) -> datetime:
+    """``now``, or this machine's clock: the one place the CRL check's time is read."""
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise UsageError("now: give the time zone (a datetime with tzinfo, e.g. UTC)")
+    return now
+
+
+def _ca_certificate(ca: CaCertificate) -> x509.Certificate:
+    """The CA certificate a caller gave :meth:`Cas.crl` (``ParseError`` unless it is one
+    certificate; ``UsageError`` for a file that cannot be read)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    from confide.verify.crl_answer import load_ca_certificate  # noqa: PLC0415
+    from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields  # noqa: PLC0415
+
+    what = "the CA certificate (ca=)"
+    if isinstance(ca, x509.Certificate):
+        try:
+            return check_certificate_fields(ca)
+        except CERTIFICATE_ERRORS as exc:
+            raise ParseError(f"got a malformed certificate ({exc})", structure=what) from None
+    data = ca if isinstance(ca, bytes) else read_small_file(Path(ca), 1 << 20, what)
+    return load_ca_certificate(data, what)
 
 
 def _scalar(value: object) -> JsonValue:
@@ -1283,11 +1323,74 @@ class Cas:
             )
         return Accesses(out, signed.checkpoint.size if signed is not None else 0, _view(update))
 
-    def crl(self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False) -> bytes:
+    def crl(
+        self,
+        name: str,
+        secret: str,
+        identity: Identity | None = None,
+        *,
+        pem: bool = False,
+        ca: CaCertificate | None = None,
+        allow_expired: bool = False,
+        now: datetime | None = None,
+    ) -> bytes:
         """The current CRL of the CA ``secret`` of policy ``name`` (DER, or PEM with ``pem``;
         ``confide policy crl``), read as ``identity`` or, without one, as the public (a CA
-        declared ``export_public``). Raises ``AccessDeniedError``, ``NetworkError``."""
-        return self._client.crl(name, secret, identity, pem=pem)
+        declared ``export_public``), once :meth:`checked_crl` has checked it: the bytes the CAS
+        sent. Raises as :meth:`checked_crl`."""
+        return self.checked_crl(
+            name,
+            secret,
+            identity,
+            pem=pem,
+            ca=ca,
+            allow_expired=allow_expired,
+            now=now,
+        ).data
+
+    def checked_crl(
+        self,
+        name: str,
+        secret: str,
+        identity: Identity | None = None,
+        *,
+        pem: bool = False,
+        ca: CaCertificate | None = None,
+        allow_expired: bool = False,
+        now: datetime | None = None,
+    ) -> CheckedCrl:
+        """:meth:`crl` and what was checked (``confide policy crl``; docs/cas.md "Revocation"):
+        the CAS's answer must be one CRL in the form asked for (DER, or PEM with ``pem``) and
+        nothing else (``ParseError``); issued and signed by the CA's certificate, which may sign
+        CRLs (``CollateralError``, ``SignatureError``, ``CertificateChainError``); and current
+        at ``now`` (a timezone-aware time; default: this machine's clock): a nextUpdate before
+        it is ``CollateralExpiredError`` unless ``allow_expired``.
+
+        The CA's certificate: ``ca`` (an ``x509.Certificate``, PEM or DER bytes, or the path of
+        a PEM or DER file: the certificate you trust for that CA), else the one ``policy show``
+        gives ``identity`` for ``secret`` (one more request). Read as the public (no
+        ``identity``) without ``ca`` there is none to check against: only the form and the dates
+        are checked, and :attr:`CheckedCrl.verified` is false. Also raises ``UsageError`` (a
+        ``ca`` file that cannot be read, ``now`` without a timezone), ``AccessDeniedError``,
+        ``PolicyError`` (not a generated CA), ``NetworkError``."""
+        from confide.verify.crl_answer import check_crl_answer  # noqa: PLC0415
+
+        at = _edge_now(now)
+        cert = None if ca is None else _ca_certificate(ca)
+        data = self._client.crl(name, secret, identity, pem=pem)
+        if cert is None and identity is not None:
+            cert = self._shown_ca_certificate(name, secret, identity)
+        return check_crl_answer(data, pem=pem, ca=cert, now=at, allow_expired=allow_expired)
+
+    def _shown_ca_certificate(self, name: str, secret: str, identity: Identity) -> x509.Certificate:
+        """The certificate of the CA ``secret`` as ``policy show`` gives it to ``identity``."""
+        from confide.verify.crl_answer import load_ca_certificate  # noqa: PLC0415
+
+        what = f"the CAS's policy: the certificate of {secret}"
+        info = self.show(name, identity).secrets.get(secret)
+        if info is None or info.certificate is None:
+            raise ParseError("got no certificate, expected the CA's (policy show)", structure=what)
+        return load_ca_certificate(info.certificate.encode(), what)
 
     def revoke(
         self,
@@ -2213,10 +2316,38 @@ class AsyncCas:
         )  # fmt: skip
 
     async def crl(
-        self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False
+        self,
+        name: str,
+        secret: str,
+        identity: Identity | None = None,
+        *,
+        pem: bool = False,
+        ca: CaCertificate | None = None,
+        allow_expired: bool = False,
+        now: datetime | None = None,
     ) -> bytes:
         """:meth:`Cas.crl`."""
-        return await self._run(self._cas.crl, name, secret, identity, pem=pem)
+        return await self._run(
+            self._cas.crl, name, secret, identity, pem=pem, ca=ca, allow_expired=allow_expired,
+            now=now,
+        )  # fmt: skip
+
+    async def checked_crl(
+        self,
+        name: str,
+        secret: str,
+        identity: Identity | None = None,
+        *,
+        pem: bool = False,
+        ca: CaCertificate | None = None,
+        allow_expired: bool = False,
+        now: datetime | None = None,
+    ) -> CheckedCrl:
+        """:meth:`Cas.checked_crl`."""
+        return await self._run(
+            self._cas.checked_crl, name, secret, identity, pem=pem, ca=ca, allow_expired=allow_expired,
+            now=now,
+        )  # fmt: skip
 
     async def revoke(
         self,

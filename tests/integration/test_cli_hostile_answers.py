@@ -518,7 +518,8 @@ def test_a_failed_online_rotation_shows_its_error_escaped(
     assert "disk full\\x1b]52;c;cm0gLXJmIH4K\\x07" in err and "\\u2028\\U000e0041" in err, err
 
 
-def _crl_pem() -> bytes:
+def _crl_pem(ca_file: Path | None = None) -> bytes:
+    """A CRL in PEM of a new CA (its certificate written to ``ca_file`` when given)."""
     from datetime import UTC, datetime, timedelta
 
     from cryptography import x509
@@ -528,13 +529,21 @@ def _crl_pem() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
     crl = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+        .issuer_name(name)
         .last_update(now)
         .next_update(now + timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
+    if ca_file is not None:
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
@@ -556,7 +565,8 @@ def test_a_crl_answer_that_is_not_a_crl_alone_reaches_no_terminal(
 ) -> None:
     """``policy crl`` wrote the CAS's answer to standard output byte for byte: a hostile CAS's
     escape sequences went to the terminal as they are. The answer must be one CRL (PEM, or DER
-    with ``--der``) and nothing else, else exit 10 and nothing on standard output."""
+    with ``--der``) and nothing else, else exit 10 and nothing on standard output (also when
+    no CA certificate is given to check it against)."""
     hostile.answers = {CRL_ROUTE: body}
     code = _main(["policy", "crl", "p", "ca"], monkeypatch, hostile)
     out, err = capsys.readouterr()
@@ -567,13 +577,23 @@ def test_a_crl_answer_that_is_not_a_crl_alone_reaches_no_terminal(
 def test_a_crl_answer_is_printed_as_the_crl(
     hostile: HostileCas, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    pem = _crl_pem()
+    ca = tmp_path / "ca.pem"
+    pem = _crl_pem(ca)
     hostile.answers = {CRL_ROUTE: pem}
-    assert _main(["policy", "crl", "p", "ca"], monkeypatch, hostile) == 0
+    assert _main(["policy", "crl", "p", "ca", "--ca", str(ca)], monkeypatch, hostile) == 0
     assert capsys.readouterr().out == pem.decode()
     out = tmp_path / "ca.crl"
-    assert _main(["policy", "crl", "p", "ca", "--out", str(out)], monkeypatch, hostile) == 0
+    assert _main(["policy", "crl", "p", "ca", "--ca", str(ca), "--out", str(out)], monkeypatch, hostile) == 0
     assert out.read_bytes() == pem
+    # without --ca or --identity: written, and said to be unchecked
+    assert _main(["policy", "crl", "p", "ca"], monkeypatch, hostile) == 0
+    out_text, err = capsys.readouterr()
+    assert out_text == pem.decode() and "UNVERIFIED" in err and "--ca FILE" in err, err
+    # the same CRL checked against another CA's certificate: nothing written
+    _crl_pem(ca)
+    out.unlink()
+    assert _main(["policy", "crl", "p", "ca", "--ca", str(ca), "--out", str(out)], monkeypatch, hostile) == 21
+    assert not out.exists()
 
 
 def test_a_crl_out_path_that_cannot_be_written_is_one_line(

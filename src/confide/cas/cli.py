@@ -1265,28 +1265,58 @@ def policy_events(name: str, identity_file: Path) -> None:
 @click.argument("secret")
 @click.option("--identity", "identity_file", type=_PATH,
               help="Read as this identity (a reader of the policy); without it, only the CRL of a CA "
-              "declared export_public is served.")  # fmt: skip
+              "declared export_public is served. The CRL is checked against the CA certificate policy "
+              "show gives this identity, unless --ca is given.")  # fmt: skip
 @click.option("--out", type=_PATH, help="Write the CRL here (default: standard output).")
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
-def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | None, der: bool) -> None:
-    """The current CRL of the CA SECRET of policy NAME (a CA the CAS generated)."""
+@click.option("--ca", "ca_file", type=_PATH, metavar="FILE",
+              help="Check the CRL against this CA certificate (PEM or DER): the one you trust for "
+              "SECRET. Without it and without --identity, its issuer and signature are not checked "
+              "(said on standard error).")  # fmt: skip
+@click.option("--allow-expired", is_flag=True,
+              help="Write a CRL whose nextUpdate is past (else refused, exit 26).")  # fmt: skip
+def policy_crl(
+    name: str,
+    secret: str,
+    identity_file: Path | None,
+    out: Path | None,
+    der: bool,
+    ca_file: Path | None,
+    allow_expired: bool,
+) -> None:
+    """The current CRL of the CA SECRET of policy NAME (a CA the CAS generated), once checked:
+    one CRL in the form asked for, issued and signed by the CA's certificate (keyUsage cRLSign),
+    its nextUpdate not past. What was checked (number, thisUpdate, nextUpdate, the CA
+    certificate's SHA-256) goes to standard error; nothing is written when a check fails.
+
+    \b
+    Example:
+      confide policy crl my-policy ca --identity alice.id --out ca.crl
+      confide policy crl my-policy ca --ca ca.pem --der --out ca.crl   # public (export_public)
+    """
     from confide.cas.client import CasClient
-    from confide.cas.crl import check_crl_answer
+    from confide.sdk import Cas
 
     ident = load_identity(identity_file) if identity_file is not None else None
-    crl = check_crl_answer(CasClient.from_env().crl(name, secret, ident, pem=not der), pem=not der)
+    with Cas(CasClient.from_env()) as cas:
+        checked = cas.checked_crl(
+            name, secret, ident, pem=not der, ca=ca_file, allow_expired=allow_expired,
+            now=datetime.now(UTC),
+        )  # fmt: skip
     if out is not None:
         from confide.fsutil import new_file_error
 
         try:
-            out.write_bytes(crl)
+            out.write_bytes(checked.data)
         except OSError as exc:
             raise new_file_error(
                 exc, f"--out {str(out)!r}: cannot write the CRL: {exc.strerror or exc}"
             ) from None
     else:
-        sys.stdout.buffer.write(crl)
+        sys.stdout.buffer.write(checked.data)
         sys.stdout.buffer.flush()
+    hint = "" if checked.verified else " (give --ca FILE, or --identity FILE, to check it)"
+    click.echo(printable(checked.summary()) + hint, err=True)
 
 
 @policy.command("revoke")

@@ -46,7 +46,6 @@ elsewhere or put in an error.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -71,10 +70,11 @@ from confide.cas.revocation_auth import (
     verified_rows,
 )
 from confide.cas.secrets import Sealer, SecretValue, crl_distribution_id, renewable
-from confide.errors import ParseError, PolicyError, UsageError
+from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
 from confide.policy._types import option_duration
 from confide.policy.secret import Secret, SecretKind
+from confide.verify.crl_answer import crl_pem
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -457,32 +457,6 @@ def build_crl(
         None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
     )
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER)
-
-
-def crl_pem(der: bytes) -> bytes:
-    """RFC 7468 §5: a CRL as PEM (``X509 CRL``)."""
-    b64 = base64.b64encode(der)
-    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
-    return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
-
-
-def check_crl_answer(data: bytes, *, pem: bool) -> bytes:
-    """``data``, a CAS's answer to a CRL request (``confide policy crl``: hostile input), when
-    it is one CRL and nothing else, as the CAS encodes it (DER, or :func:`crl_pem` with
-    ``pem``); else a :class:`ParseError`, so that no other bytes (a terminal's escape sequences)
-    are written where the user asked for a CRL. Its signature is not checked here."""
-    try:
-        if pem:
-            der = x509.load_pem_x509_crl(data).public_bytes(serialization.Encoding.DER)
-            exact = crl_pem(der) == data
-        else:
-            exact = x509.load_der_x509_crl(data).public_bytes(serialization.Encoding.DER) == data
-    except ValueError:
-        exact = False
-    if not exact:
-        form = "PEM" if pem else "DER"
-        raise ParseError(f"expected one CRL in {form} and nothing else", structure="the CAS's CRL answer")
-    return data
 
 
 def _verified_entries(
