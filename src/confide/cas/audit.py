@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
-from confide.cas.ledger_sink import ENTRY_TYPES
+from confide.cas.documents import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
+from confide.cas.entry_types import ENTRY_TYPES
 from confide.errors import (
     AccessDeniedError,
     ConfideError,

@@ -79,16 +79,19 @@ from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw
 from confide.cas.declaration import WITHHELD, declaration, fingerprints
 from confide.cas.documents import (
     APPROVAL_TYPE,
+    APPROVAL_V1_TYPE,
     POLICY_TYPE,
+    POLICY_V1_TYPE,
     READ_NONCE_PATH,
     READ_TYPE,
     READ_V2_TYPE,
     READABLE_PATH,
     sign_document,
     spki_sha256,
+    verify_signed,
 )
+from confide.cas.entry_types import ENTRY_TYPES
 from confide.cas.head_index import HeadRefused, HeadView, check_leaf, reread_behind_ledger
-from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
@@ -192,13 +195,6 @@ __all__ = [
     "verify_signed",
 ]
 
-POLICY_V1_TYPE = "confide/policy/v1"
-"""A policy submission that names no CAS: refused since v2 (docs/cas.md "Policies and
-governance"); ledger entries and ``policies`` rows recorded before hold such submissions
-(``confide.cas.audit``)."""
-APPROVAL_V1_TYPE = "confide/approval/v1"
-"""An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
-governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
 READ_RULES_CACHE = 1 << 16
 """Policy versions whose read rules the CAS keeps in memory (``GET /v1/read/policies`` looks at
 every current policy: docs/cas.md "Reading a policy")."""
@@ -241,29 +237,6 @@ class EvidenceVerifier(Protocol):
         at: datetime,
         prefetched: Prefetched | None = None,
     ) -> VerifiedEvidence: ...
-
-
-def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
-    if not isinstance(doc, dict):
-        raise ParseError("expected a JSON object", structure=expected_type)
-    if doc.get("type") != expected_type:
-        raise ParseError(
-            f"got type {doc.get('type')!r}, expected {expected_type!r}", structure="signed document"
-        )
-    sig_text = doc.get("signature")
-    if not isinstance(sig_text, str):
-        raise ParseError("missing signature", structure=expected_type, field="signature")
-    try:
-        signature = base64.b64decode(sig_text, validate=True)
-    except ValueError:
-        raise ParseError("signature is not base64", structure=expected_type, field="signature") from None
-    if base64.b64encode(signature).decode() != sig_text:  # RFC 4648 §3.5: one text per signature
-        raise ParseError("signature is not canonical base64 (pad bits set)", structure=expected_type,
-                         field="signature")  # fmt: skip
-    signer = PublicIdentity.from_base64(doc.get("signer"))
-    body = {k: v for k, v in doc.items() if k != "signature"}
-    signer.verify(signature, jcs(body))
-    return body, signer
 
 
 def _explicit_volume_key(key: object) -> bool:

@@ -17,12 +17,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from confide.errors import ParseError
+from confide.identity import PublicIdentity
 from confide.jcs import jcs
 
 __all__ = [
     "APPROVAL_TYPE",
+    "APPROVAL_V1_TYPE",
     "BOARD_CHANGE_TYPE",
     "POLICY_TYPE",
+    "POLICY_V1_TYPE",
     "READABLE_PATH",
     "READ_NONCE_PATH",
     "READ_TYPE",
@@ -33,6 +37,7 @@ __all__ = [
     "WITHDRAWAL_TYPE",
     "sign_document",
     "spki_sha256",
+    "verify_signed",
 ]
 
 POLICY_TYPE = "confide/policy/v2"
@@ -65,3 +70,38 @@ def spki_sha256(certificate: x509.Certificate) -> str:
 def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
     doc = {**body, "signer": signer_b64}
     return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
+
+
+POLICY_V1_TYPE = "confide/policy/v1"
+"""A policy submission that names no CAS: refused since v2 (docs/cas.md "Policies and
+governance"); ledger entries and ``policies`` rows recorded before hold such submissions
+(``confide.cas.audit``)."""
+APPROVAL_V1_TYPE = "confide/approval/v1"
+"""An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
+governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
+
+
+def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
+    """The body of a document signed as :func:`sign_document` signs it (Ed25519 over the RFC 8785
+    JSON of everything but ``signature``) and its signer, once the type, the canonical base64
+    signature and the signature itself are checked."""
+    if not isinstance(doc, dict):
+        raise ParseError("expected a JSON object", structure=expected_type)
+    if doc.get("type") != expected_type:
+        raise ParseError(
+            f"got type {doc.get('type')!r}, expected {expected_type!r}", structure="signed document"
+        )
+    sig_text = doc.get("signature")
+    if not isinstance(sig_text, str):
+        raise ParseError("missing signature", structure=expected_type, field="signature")
+    try:
+        signature = base64.b64decode(sig_text, validate=True)
+    except ValueError:
+        raise ParseError("signature is not base64", structure=expected_type, field="signature") from None
+    if base64.b64encode(signature).decode() != sig_text:  # RFC 4648 §3.5: one text per signature
+        raise ParseError("signature is not canonical base64 (pad bits set)", structure=expected_type,
+                         field="signature")  # fmt: skip
+    signer = PublicIdentity.from_base64(doc.get("signer"))
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    signer.verify(signature, jcs(body))
+    return body, signer

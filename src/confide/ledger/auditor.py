@@ -43,7 +43,7 @@ from confide.errors import (
 )
 from confide.fsutil import lock_beside, read_bounded, write_atomic
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
-from confide.ledger.db import DB_ERRORS, Conn
+from confide.ledger.db import Conn, db_errors
 from confide.ledger.freshness import NO_WITNESS, Freshness, check_fresh, not_cosigned
 from confide.ledger.merkle import (
     EMPTY_ROOT,
@@ -109,7 +109,7 @@ class LocalLogClient:
     def fetch(self, path: str) -> bytes | None:
         try:
             resource = serve(self.conn, path)
-        except DB_ERRORS as exc:
+        except db_errors() as exc:
             raise StorageError(f"reading {path}: {exc}") from None
         return None if resource is None else resource.body
 

@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import psycopg
-from psycopg.pq import TransactionStatus
+if TYPE_CHECKING:
+    import psycopg
 
 from confide.errors import StorageError
 
 __all__ = [
-    "DB_ERRORS",
     "Conn",
     "connect",
     "connect_postgres",
+    "db_errors",
     "execute",
     "executemany",
     "in_transaction",
@@ -40,7 +41,21 @@ __all__ = [
 ]
 
 Conn: TypeAlias = "sqlite3.Connection | psycopg.Connection[Any]"
-DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+
+
+def db_errors() -> tuple[type[Exception], ...]:
+    """The drivers' error classes (``except db_errors():``): psycopg's only once it is loaded,
+    which it is before any PostgreSQL connection exists (:func:`connect_postgres`), so a command
+    that reads an SQLite ledger or none does not import it."""
+    pg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if pg is None else (sqlite3.Error, pg.Error)
+
+
+def _pg_connection(conn: object) -> bool:
+    pg = sys.modules.get("psycopg")  # not loaded: no connection can be one of its
+    return pg is not None and isinstance(conn, pg.Connection)
+
+
 BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = (
@@ -56,7 +71,7 @@ _SCHEMA = (
 
 
 def is_postgres(conn: Conn) -> bool:
-    return isinstance(conn, psycopg.Connection)
+    return _pg_connection(conn)
 
 
 def schema(conn: Conn) -> list[str]:
@@ -80,17 +95,19 @@ def execute(conn: Conn, statement: str, params: Sequence[object] = ()) -> Any:
 
 
 def executemany(conn: Conn, statement: str, rows: Sequence[Sequence[object]]) -> None:
-    if isinstance(conn, psycopg.Connection):
+    if isinstance(conn, sqlite3.Connection):
+        conn.executemany(statement, rows)
+    else:
         with conn.cursor() as cur:
             cur.executemany(sql(conn, statement), rows)
-    else:
-        conn.executemany(statement, rows)
 
 
 def in_transaction(conn: Conn) -> bool:
-    if isinstance(conn, psycopg.Connection):
-        return conn.info.transaction_status == TransactionStatus.INTRANS
-    return conn.in_transaction
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    from psycopg.pq import TransactionStatus  # noqa: PLC0415 - loaded with its connection
+
+    return conn.info.transaction_status == TransactionStatus.INTRANS
 
 
 def connect(
@@ -115,6 +132,8 @@ def connect(
 
 def connect_postgres(conninfo: str) -> psycopg.Connection[Any]:
     """A PostgreSQL connection in autocommit mode (transactions via :func:`write_transaction`)."""
+    import psycopg  # noqa: PLC0415 - only for a PostgreSQL database
+
     try:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
@@ -125,7 +144,9 @@ def connect_postgres(conninfo: str) -> psycopg.Connection[Any]:
 def write_transaction(conn: Conn) -> Iterator[Conn]:
     """A write transaction: SQLite ``BEGIN IMMEDIATE`` (write lock first), PostgreSQL
     ``conn.transaction()``; committed on success, rolled back on any exception."""
-    if isinstance(conn, psycopg.Connection):
+    if not isinstance(conn, sqlite3.Connection):
+        import psycopg  # noqa: PLC0415 - loaded already: the connection is one of its
+
         try:
             with conn.transaction():
                 yield conn

@@ -39,9 +39,9 @@ from queue import Empty, SimpleQueue
 from confide.errors import ConsistencyError, RollbackError, StorageError, UsageError
 from confide.ledger.checkpoint import Checkpoint, sign_checkpoint
 from confide.ledger.db import (
-    DB_ERRORS,
     Conn,
     connect,
+    db_errors,
     execute,
     executemany,
     in_transaction,
@@ -184,7 +184,7 @@ class Ledger:
         sql = "SELECT size FROM ledger_head WHERE id = 1" + (lock_clause(conn) if lock else "")  # noqa: S608
         try:
             row = execute(conn, sql).fetchone()
-        except DB_ERRORS as exc:
+        except db_errors() as exc:
             raise StorageError(f"cannot read the ledger head: {exc}") from None
         if row is None:
             raise StorageError("the ledger head row is missing")
@@ -236,7 +236,7 @@ class Ledger:
             )
             if cur.rowcount != 1:
                 raise StorageError("the ledger head changed during the append (missing write lock?)")
-        except DB_ERRORS as exc:
+        except db_errors() as exc:
             raise StorageError(f"append failed: {exc}") from None
         return start
 
