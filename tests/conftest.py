@@ -26,6 +26,13 @@ settings.register_profile(
 )
 settings.load_profile("confide")
 
+# Coverage: `make test` traces the test processes (pytest-cov), which makes pure-Python CPU work
+# about 1.5 times slower (measured 2026-12-07). The sweeps that spend seconds of CPU re-running
+# code that other tests cover (exhaustive Merkle proofs, every flipped byte of a report,
+# property tests of the parsers) are marked `@pytest.mark.no_cover`: pytest-cov pauses tracing
+# for them, so they check as much and the CI stays within its time budget. Do not mark a test
+# whose lines no other test reaches (the coverage report would lose them).
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -26,6 +26,7 @@ _TDX_V4 = next(c for c in CASES if c.quote.endswith("cos-113-tdx-quote.dat"))
 _TDX_V5 = next(c for c in CASES if c.quote.endswith("quote_v5_sample.dat"))
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @pytest.mark.parametrize("seed", [1, 2])
 def test_mutations_never_accepted_where_dcap_qvl_refuses_and_verdicts_agree(seed: int) -> None:
     """1,200 trials per seed (real evidence under Intel's root: quote bytes and length fields,

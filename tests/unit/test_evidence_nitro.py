@@ -214,6 +214,7 @@ _cbor_values = st.recursive(
 )
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=400, deadline=None)
 @given(_cbor_values, st.sampled_from(["pcrs", "cabundle", "nonce", "timestamp", "module_id", "x"]))
 def test_structured_cbor_only_raises_parse_error(value: Any, key: str) -> None:

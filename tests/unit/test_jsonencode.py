@@ -53,6 +53,7 @@ def _outcome(encode: Any, value: Any) -> tuple[str, str]:
         return (type(exc).__name__, str(exc))
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @pytest.mark.parametrize("options", OPTIONS)
 @settings(max_examples=300, deadline=None)
 @given(value=_values)

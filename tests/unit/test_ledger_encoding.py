@@ -220,6 +220,7 @@ def _error_or_bytes(make: Callable[[], bytes]) -> bytes | None:
         return None
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(st.text(max_size=4) | st.sampled_from(["a", "é", "policy"]), _mixed, max_size=4),
@@ -273,6 +274,7 @@ _payload_values = st.recursive(
 )
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=500, deadline=None)
 @given(
     st.dictionaries(_NAMES | st.integers(0, 3), _payload_values, max_size=4),

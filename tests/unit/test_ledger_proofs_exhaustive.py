@@ -192,6 +192,7 @@ def test_roots_of_every_size_match_the_reference() -> None:
         assert rng.root() == ref_mth(0, n)
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_inclusion_proof_of_sizes_1_to_70() -> None:
     nodes = MemNodes()
     roots = [ref_mth(0, n) for n in range(MAX_SIZE + 1)]
@@ -219,6 +220,7 @@ def test_every_inclusion_proof_of_sizes_1_to_70() -> None:
     assert checked > 250_000
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_consistency_proof_of_sizes_0_to_70() -> None:
     nodes = MemNodes()
     roots = [ref_mth(0, n) for n in range(MAX_SIZE + 1)]
@@ -299,6 +301,7 @@ def test_the_tree_of_size_0_has_one_root() -> None:
             verify_consistency(0, size2, other, root2, [])
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_the_stores_proofs_match_the_reference_across_tile_boundaries(tmp_path: Path) -> None:
     """The proofs the store computes (stored tiles and their interior nodes) and those a client
     computes from the C2SP tiles alone, for every size of 1..70 and around the 256- and

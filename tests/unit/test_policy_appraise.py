@@ -696,6 +696,7 @@ _claim_names = st.sampled_from(
 )
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(list(Platform)),

@@ -53,6 +53,7 @@ def test_explicit_tags_are_refused(tagged: str) -> None:
     assert "tag" in p.message and p.line == 7
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_depth_is_bounded() -> None:
     p = refused("a: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n")
     assert f"deeper than {MAX_DEPTH}" in p.message
@@ -66,6 +67,7 @@ def test_size_is_bounded() -> None:
     assert "more than" in refused(big.encode()).message
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_node_count_is_bounded() -> None:
     many = "a: [" + ",".join(["1"] * (MAX_NODES + 1)) + "]\n"
     assert f"more than {MAX_NODES} YAML nodes" in refused(many).message
@@ -207,6 +209,7 @@ def test_random_bytes_only_raise_policy_error(data: bytes) -> None:
         loads_policy(data)
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_yaml_trees)
 def test_random_structures_only_raise_policy_error(tree: object) -> None:
@@ -218,6 +221,7 @@ def test_random_structures_only_raise_policy_error(tree: object) -> None:
         assert all(isinstance(p, Problem) and p.line is not None for p in exc.problems), exc.problems
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_yaml_trees, _yaml_trees, _yaml_trees, _yaml_trees)
 def test_random_sections_of_a_valid_skeleton_only_raise_policy_error(

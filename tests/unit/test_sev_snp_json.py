@@ -49,6 +49,7 @@ def test_malformed_json() -> None:
         report_from_serde_json(b"{")
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=200, deadline=None)
 @given(
     st.recursive(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import unicodedata
 
+import pytest
+
 from confide.termsafe import printable, printable_lines
 
 
@@ -48,6 +50,7 @@ def test_bidirectional_controls_and_invisible_characters_are_escaped() -> None:
     assert printable("policy-\u202elive\u202c") == "policy-\\u202elive\\u202c"
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_format_character_and_the_other_invisible_ones_are_escaped() -> None:
     """Category Cf (the tags beyond U+FFFF too), the separators, default-ignorable code points of
     other categories (variation selectors, the Hangul filler, the combining grapheme joiner),

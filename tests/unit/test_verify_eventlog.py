@@ -276,6 +276,7 @@ def test_log_of_another_td_does_not_match_its_quote() -> None:
 # --- property test: a corrupted log gives only ParseError or MeasurementError ---------------
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 @settings(max_examples=150, deadline=None)
 @given(st.integers(min_value=0, max_value=18100), st.integers(min_value=1, max_value=255))
 def test_corrupted_log_never_verifies_silently(offset: int, xor: int) -> None:

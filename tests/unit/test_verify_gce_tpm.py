@@ -186,6 +186,7 @@ def test_ak_pub_attributes_are_bound_by_the_quotes_qualified_signer() -> None:
         verify_gce_attestation(tampered, at=AT, expected_nonce=NONCE)
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_flipped_ak_pub_byte_is_refused() -> None:
     raw = parse_gce_attestation(NONCE9009).ak_pub.raw
     for at in range(len(raw)):
@@ -194,6 +195,7 @@ def test_every_flipped_ak_pub_byte_is_refused() -> None:
             pytest.fail(f"ak_pub byte {at} flipped still verifies")
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_sampled_flips_outside_the_event_log_are_refused() -> None:
     """Every field but the event log is signed or bound (quotes, signatures, PCR values, ak_pub,
     AK certificate): a sample of single-bit flips never verifies. (The event log is bound event

@@ -134,6 +134,7 @@ def test_wrong_root_is_refused() -> None:
         verify_nitro_document(EXAMPLE, at=EXAMPLE_AT, root=other)
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_flipped_byte_is_rejected() -> None:
     doc = NitroDocument.from_bytes(EXAMPLE).document
     cert_spans = []

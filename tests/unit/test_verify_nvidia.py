@@ -143,6 +143,7 @@ def _sampled_positions() -> list[int]:
     return sorted(set(out))
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_every_flipped_byte_of_signed_report_is_rejected() -> None:
     positions = _sampled_positions()
     assert len(positions) > 900

@@ -278,6 +278,7 @@ def test_every_single_byte_flip_is_detected_small_volume(tmp_path: Path) -> None
     assert n == sum(p.stat().st_size for p in targets)
 
 
+@pytest.mark.no_cover  # CPU-bound sweep: run untraced (conftest.py, "Coverage")
 def test_dense_sample_of_byte_flips_is_detected_larger_volume(tmp_path: Path) -> None:
     files = {f"d{i}/f": _pattern(CS * i + 7 * i, i) for i in range(1, 6)}
     vol, key, tag = _volume(tmp_path, files)
