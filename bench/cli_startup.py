@@ -39,6 +39,11 @@ def child_cpu(argv: list[str], env: dict[str, str], before: str | None = None) -
     return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
+# A log key (C2SP signed-note verifier key) for the ledger commands; they fail at the refused
+# connection after parsing it.
+LOG_KEY = "bench.example/log+7b6e57e2+AVyMEAaEHCII28MxCeowsYjb80Gxv85hGHwkhKj7q1gE"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
@@ -72,6 +77,26 @@ def main() -> None:
         ),
         ("confide policy show", [py, "-m", "confide", "policy", "show", "p", "--identity", ident], None),
         ("confide cas successor show", [py, "-m", "confide", "cas", "successor", "show"], None),
+        (
+            "confide ledger history",
+            [py, "-m", "confide", "ledger", "history", "p", "--identity", ident, "--key", LOG_KEY],
+            None,
+        ),
+        (
+            "confide ledger verify",
+            [
+                py,
+                "-m",
+                "confide",
+                "ledger",
+                "verify",
+                "--url",
+                "https://127.0.0.1:1/v1/log",
+                "--key",
+                LOG_KEY,
+            ],
+            None,
+        ),
         (
             "confide run",
             [py, "-m", "confide", "run", "--config-id", "p/s", "--tee", "sim", "--", "/bin/true"],
