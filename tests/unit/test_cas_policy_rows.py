@@ -12,6 +12,7 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,14 +319,27 @@ def pg_env(tmp_path: Path, postgres: Any) -> Iterator[Env]:
         out.ipc.cas.db.dispose()
 
 
-def old_snapshot(env: Env, table: str = "meta") -> tuple[Database, Connection]:
+@contextmanager
+def old_snapshot(env: Env, table: str = "meta") -> Iterator[Connection]:
     """Another session of the database in a REPEATABLE READ transaction whose snapshot is
-    taken now, after reading ``table`` (``meta``: no lock on the re-sealed tables)."""
+    taken now, after reading ``table`` (``meta``: no lock on the re-sealed tables); ended on
+    exit if the test did not close it before."""
     other = Database(env.url())
-    conn = other.engine.connect().execution_options(isolation_level="REPEATABLE READ")
-    conn.begin()
-    assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() > 0
-    return other, conn
+    try:
+        with other.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+            conn.begin()
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() > 0
+            yield conn
+    finally:
+        other.dispose()
+
+
+def assert_scrubbed(env: Env, digest: str) -> None:
+    """The CAS started again on the rotated database serves the policy, and no clear value is
+    left in the database files."""
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert_shown(env, digest)
+    env.assert_no_values()
 
 
 def rotate_offline(env: Env) -> Any:
@@ -347,18 +361,15 @@ def test_vacuum_full_waits_for_a_session_older_than_the_resealing(
     env = pg_env
     digest = apply_both(env)
     make_old(env)
-    other, conn = old_snapshot(env)
-    ended = threading.Timer(1.0, conn.close)
-    ended.start()
-    try:
-        result = rotate_offline(env)
-    finally:
-        ended.join()
-        other.dispose()
+    with old_snapshot(env) as conn:
+        ended = threading.Timer(1.0, conn.close)
+        ended.start()
+        try:
+            result = rotate_offline(env)
+        finally:
+            ended.join()
     assert result.wal_warning is None
-    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
-    assert_shown(env, digest)
-    env.assert_no_values()
+    assert_scrubbed(env, digest)
 
 
 def test_a_session_older_than_the_resealing_is_reported_and_the_next_rotation_scrubs(
@@ -372,8 +383,7 @@ def test_a_session_older_than_the_resealing_is_reported_and_the_next_rotation_sc
     env = pg_env
     digest = apply_both(env)
     make_old(env)
-    other, conn = old_snapshot(env)
-    try:
+    with old_snapshot(env) as conn:
         pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with caplog.at_level("WARNING", logger="confide.cas"):
             result = rotate_offline(env)
@@ -388,13 +398,8 @@ def test_a_session_older_than_the_resealing_is_reported_and_the_next_rotation_sc
         }  # fmt: skip
         assert any(SECRET_VALUE_2.encode() in blob for blob in env.files())  # kept for that session
         env.ipc.cas.db.dispose()  # files() read through the stopped CAS's pool
-    finally:
-        conn.close()
-        other.dispose()
     assert rotate_offline(env).wal_warning is None
-    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
-    assert_shown(env, digest)
-    env.assert_no_values()
+    assert_scrubbed(env, digest)
 
 
 def test_a_session_holding_a_table_does_not_block_the_rotation(
@@ -408,18 +413,12 @@ def test_a_session_holding_a_table_does_not_block_the_rotation(
     env = pg_env
     digest = apply_both(env)
     make_old(env)
-    other, conn = old_snapshot(env, "policies")
-    try:
+    with old_snapshot(env, "policies"):
         result = rotate_offline(env)
-        assert result.wal_warning is not None
-        assert "VACUUM FULL of policies could not take its lock within 300 ms" in result.wal_warning
-    finally:
-        conn.close()
-        other.dispose()
+    assert result.wal_warning is not None
+    assert "VACUUM FULL of policies could not take its lock within 300 ms" in result.wal_warning
     assert rotate_offline(env).wal_warning is None
-    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
-    assert_shown(env, digest)
-    env.assert_no_values()
+    assert_scrubbed(env, digest)
 
 
 def test_online_rotation_reseals_the_policy_rows(env: Env) -> None:

@@ -109,6 +109,8 @@ def verify_crl_by_ca(crl: x509.CertificateRevocationList, ca: x509.Certificate) 
         usage = None
     if usage is not None and not usage.crl_sign:
         raise CertificateChainError(f"{WHAT}: the CA certificate {ca_name} has keyUsage without cRLSign")
+    # The issuer is compared here before the key identifiers (check_crl compares it again, for
+    # its other callers): another CA's CRL is named as such, with the issuer it carries.
     try:
         same = crl.issuer == ca.subject
     except ValueError:
